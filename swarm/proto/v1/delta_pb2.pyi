@@ -1,0 +1,59 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENCODING_UNSPECIFIED: _ClassVar[Encoding]
+    ENCODING_DENSE_F32: _ClassVar[Encoding]
+    ENCODING_SPARSE_F32: _ClassVar[Encoding]
+    ENCODING_DENSE_INT8: _ClassVar[Encoding]
+    ENCODING_SPARSE_INT8: _ClassVar[Encoding]
+ENCODING_UNSPECIFIED: Encoding
+ENCODING_DENSE_F32: Encoding
+ENCODING_SPARSE_F32: Encoding
+ENCODING_DENSE_INT8: Encoding
+ENCODING_SPARSE_INT8: Encoding
+
+class KnowledgeDelta(_message.Message):
+    __slots__ = ("sender", "round", "base_version", "num_params", "layout", "encoding", "indices", "values", "scale", "norm", "examples", "signature")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    round: int
+    base_version: int
+    num_params: int
+    layout: str
+    encoding: Encoding
+    indices: bytes
+    values: bytes
+    scale: float
+    norm: float
+    examples: int
+    signature: bytes
+    def __init__(self, sender: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., layout: _Optional[str] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., scale: _Optional[float] = ..., norm: _Optional[float] = ..., examples: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class DeltaBatch(_message.Message):
+    __slots__ = ("sender_node", "round", "deltas")
+    SENDER_NODE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    DELTAS_FIELD_NUMBER: _ClassVar[int]
+    sender_node: str
+    round: int
+    deltas: _containers.RepeatedCompositeFieldContainer[KnowledgeDelta]
+    def __init__(self, sender_node: _Optional[str] = ..., round: _Optional[int] = ..., deltas: _Optional[_Iterable[_Union[KnowledgeDelta, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,214 @@
+"""Scenario files: a strict typed schema and a loader whose errors name file, key path and line.
+
+A scenario is YAML. Every section is a strict pydantic model (`swarm._config.Section`): an
+unknown or misspelled key, a wrong type or an impossible value is an error. `load_scenario`
+turns pydantic's errors into one readable paragraph per problem::
+
+    scenarios/bad.yaml:4: agents.cout: unknown key (did you mean 'count'?)
+
+`ScenarioError` carries that text; the CLI prints it and exits 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from agents.config import LearnConfig, ModelConfig
+from envs.drone_patrol.config import DronePatrolConfig
+from protocols.config import GossipConfig
+from swarm._config import Section
+
+
+class AgentsConfig(Section):
+    """How many agents, and how they are packed into Ray actors."""
+
+    count: int = Field(12, ge=1, le=100_000)
+    """Number of agents (drones), each with its own model."""
+    per_shard: int = Field(4, ge=1, le=100_000)
+    """Agents hosted by one AgentShard actor (their models are stacked and batched)."""
+
+
+class MetricsConfig(Section):
+    """What is measured during a run, and how often."""
+
+    interval: int = Field(20, ge=1)
+    """Ticks between two metric records (probe accuracy, bytes, task figures)."""
+    probe_per_class: int = Field(30, ge=1, le=10_000)
+    """Held-out probe windows per event class, used to score every agent's model."""
+
+
+class BaselineConfig(Section):
+    """The comparison that shows what sharing bought."""
+
+    isolated: bool = True
+    """Train an isolated shadow copy of every agent on exactly the same observations and labels,
+    never sharing, and report its probe accuracy next to the sharing agents'."""
+
+
+class RayConfig(Section):
+    """The embedded Ray runtime (ignored for settings an existing cluster fixes)."""
+
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs the embedded Ray may use (default: all)."""
+    dashboard: bool = True
+    """Start the Ray dashboard and print its URL."""
+    object_store_mb: int = Field(256, ge=64)
+    """Object store size of the embedded Ray; runs pass small arrays only."""
+
+
+class Scenario(Section):
+    """One runnable scenario: world, agents, their minds, and how they share knowledge."""
+
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Short identifier; part of the run directory name."""
+    seed: int = Field(0, ge=0)
+    """Seeds the world, the models and every sampler; same seed + sync gossip = same results."""
+    ticks: int = Field(400, ge=1)
+    """Length of the run in ticks."""
+    agents: AgentsConfig = AgentsConfig()
+    world: DronePatrolConfig = DronePatrolConfig()
+    model: ModelConfig = ModelConfig()
+    learning: LearnConfig = LearnConfig()
+    gossip: GossipConfig = GossipConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _fits(self) -> Scenario:
+        if self.gossip.graph.kind == "random_regular" and (
+            self.gossip.graph.degree >= self.agents.count
+            or (self.gossip.graph.degree * self.agents.count) % 2
+        ):
+            raise ValueError(
+                "gossip.graph: a random_regular graph needs degree < agents.count and "
+                f"degree * count even (got degree {self.gossip.graph.degree}, "
+                f"count {self.agents.count})"
+            )
+        return self
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.agents.count // self.agents.per_shard)
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used; `str()` is the message for the user."""
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+def _compose(text: str, path: Path) -> tuple[Any, yaml.Node | None]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(f"{where}: not valid YAML: {problem}") from None
+    return data, node
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the deepest YAML node on `loc` (the key itself where it exists)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    line, node = key.start_mark.line + 1, value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _fields_at(model: type[Section], loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the section that holds the last key of `loc` (for 'did you mean')."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        current = fields[part].annotation
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(Scenario, loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        choices = f"; known keys here: {', '.join(known)}" if known and not close else ""
+        return f"unknown key{hint}{choices}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict | list):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # pydantic adds pseudo-parts for tagged unions and literal dict keys ('[key]'); drop them.
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("[")))
+
+
+def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
+    """Validate scenario YAML text; raises ScenarioError with file:line: key.path: problem."""
+    path = Path(path)
+    data, root = _compose(text, path)
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}:1: a scenario must be a YAML mapping of keys to values")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        found = []
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]))
+            line = _line_of(root, loc)
+            where = f"{path}:{line}" if line else str(path)
+            found.append(
+                (line or 0, f"{where}: {_dotted(loc) or '(top level)'}: {_describe(dict(err))}")
+            )
+        lines = [text for _, text in sorted(found, key=lambda item: item[0])]
+        n = len(lines)
+        head = f"{path}: {n} problem{'s' if n > 1 else ''} in the scenario:\n  "
+        raise ScenarioError(head + "\n  ".join(lines)) from None
+
+
+def load_scenario(path: Path | str) -> Scenario:
+    """Read and validate a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
+    return parse_scenario(text, path)
+
+
+def dump_scenario(scenario: Scenario) -> str:
+    """The resolved scenario (every default filled in) as YAML, saved next to a run."""
+    return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,222 @@
+"""Knowledge-exchange logic against theory and hand-computed arrays (no network)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocols.compression import DENSE_F32, Compressed, compress
+from protocols.config import CompressionConfig, GraphConfig
+from protocols.coordinator import CoordinatorState, FederatedClient, fedavg
+from protocols.delta import Delta, DeltaRejected, Rejection
+from protocols.gossip import ChocoGossip, agent_name
+from protocols.topology import build_graph, metropolis_weights, spectral_rho
+from protocols.wire import from_proto, to_proto
+
+KEY = b"k" * 32
+GRAPHS = [
+    GraphConfig(kind="ring"),
+    GraphConfig(kind="torus"),
+    GraphConfig(kind="random_regular", degree=4),
+    GraphConfig(kind="erdos_renyi", p=0.3),
+    GraphConfig(kind="small_world", degree=4, p=0.2),
+    GraphConfig(kind="complete"),
+]
+
+
+@pytest.mark.parametrize("cfg", GRAPHS, ids=lambda c: c.kind)
+def test_metropolis_weights_symmetric_doubly_stochastic(cfg: GraphConfig) -> None:
+    w = metropolis_weights(build_graph(cfg, 16, seed=3))
+    assert np.allclose(w, w.T)
+    assert np.allclose(w.sum(0), 1) and np.allclose(w.sum(1), 1)
+    assert (w >= 0).all()
+    assert spectral_rho(w) < 1  # connected: gossip reaches consensus
+
+
+def test_rho_matches_reference_figures() -> None:
+    # REFERENCES.md: ring n=16 rho 0.949; 8x8 torus 0.883; complete: exact in one step.
+    assert spectral_rho(metropolis_weights(build_graph(GraphConfig(kind="ring"), 16, 0))) == (
+        pytest.approx(0.949, abs=1e-3)
+    )
+    torus = metropolis_weights(build_graph(GraphConfig(kind="torus"), 64, 0))
+    assert spectral_rho(torus) == pytest.approx(0.883, abs=1e-3)
+    assert spectral_rho(metropolis_weights(build_graph(GraphConfig(kind="complete"), 8, 0))) == (
+        pytest.approx(0.0, abs=1e-9)
+    )
+
+
+@pytest.mark.parametrize("kind", ["none", "topk", "int8", "topk_int8"])
+def test_compressors_round_trip_within_their_error(kind: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=1000).astype(np.float32)
+    c = compress(x, CompressionConfig(kind=kind, ratio=0.1))
+    y = c.decode()
+    assert y.shape == x.shape and y.dtype == np.float32
+    kept = np.flatnonzero(y) if "topk" in kind else np.arange(x.size)
+    if "topk" in kind:
+        assert kept.size == 100
+        # the kept entries are the largest in magnitude
+        assert np.abs(x[kept]).min() >= np.sort(np.abs(x))[-100] - 1e-6
+    tol = np.abs(x).max() / 127 / 2 + 1e-6 if "int8" in kind else 0
+    assert np.abs(y[kept] - x[kept]).max() <= tol
+    assert c.nbytes < x.nbytes or kind == "none"
+
+
+def _delta(values: np.ndarray, sender: str = "agent-1", version: int = 0) -> Delta:
+    payload = Compressed(DENSE_F32, values.size, values.astype(np.float32))
+    return Delta(sender, 0, version, "L", payload, float(np.linalg.norm(values)), 3)
+
+
+def test_wire_round_trip() -> None:
+    d = Delta(
+        "agent-3",
+        5,
+        2,
+        "L",
+        compress(np.arange(20, dtype=np.float32) - 7, CompressionConfig(kind="topk_int8")),
+        0.0,
+        9,
+    )
+    d = Delta(
+        d.sender,
+        d.round,
+        d.base_version,
+        d.layout,
+        d.payload,
+        float(np.linalg.norm(d.payload.decode())),
+        d.examples,
+    )
+    back = from_proto(to_proto(d, KEY), key=KEY, num_params=20, layout="L")
+    assert (back.sender, back.round, back.base_version, back.examples) == ("agent-3", 5, 2, 9)
+    assert np.array_equal(back.payload.decode(), d.payload.decode())
+
+
+def _tampered(kind: str):
+    msg = to_proto(_delta(np.ones(8, np.float32)), KEY)
+    if kind == "bad_signature":
+        msg.signature = b"\x00" * 32
+        return msg, Rejection.BAD_SIGNATURE
+    if kind == "wrong_shape":
+        msg.values = np.ones(9, "<f4").tobytes()
+        msg.num_params = 9
+        reason = Rejection.WRONG_SHAPE
+    elif kind == "non_finite":
+        msg.values = np.array([np.nan] + [1] * 7, "<f4").tobytes()
+        reason = Rejection.NON_FINITE
+    elif kind == "malformed":
+        msg.values = msg.values[:-1]
+        reason = Rejection.MALFORMED
+    elif kind == "wrong_norm":
+        msg.norm = 100.0
+        reason = Rejection.MALFORMED
+    else:
+        raise AssertionError(kind)
+    from protocols.wire import sign
+
+    sign(msg, KEY)  # a correctly signed message that is still wrong
+    return msg, reason
+
+
+@pytest.mark.parametrize(
+    "kind", ["bad_signature", "wrong_shape", "non_finite", "malformed", "wrong_norm"]
+)
+def test_wire_rejects_bad_deltas(kind: str) -> None:
+    msg, reason = _tampered(kind)
+    with pytest.raises(DeltaRejected) as info:
+        from_proto(msg, key=KEY, num_params=8, layout="L")
+    assert info.value.reason == reason
+
+
+def _choco_swarm(n: int, kind: str, gamma: float, x0: np.ndarray):
+    w = metropolis_weights(build_graph(GraphConfig(kind="ring"), n, 0))
+    nodes = [
+        ChocoGossip(
+            local=[i],
+            weights=w,
+            x0=x0,
+            gamma=gamma,
+            compression=CompressionConfig(kind=kind, ratio=0.25),
+            layout="L",
+            owner=lambda j: f"n{j}",
+        )
+        for i in range(n)
+    ]
+    return w, nodes
+
+
+def _choco_round(nodes, xs, r):
+    outbox = [node.make_deltas(xs[i][None], r, [1])[0] for i, node in enumerate(nodes)]
+    for node in nodes:
+        node.receive([outbox[j] for j in range(len(nodes)) if node.known_sender(agent_name(j))])
+    for i, node in enumerate(nodes):
+        x = xs[i][None].copy()
+        node.apply(x)
+        xs[i] = x[0]
+
+
+def test_choco_with_identity_compressor_is_plain_gossip() -> None:
+    rng = np.random.default_rng(1)
+    n, p = 8, 5
+    x0 = np.zeros(p, np.float32)
+    w, nodes = _choco_swarm(n, "none", 1.0, x0)
+    xs = rng.normal(size=(n, p)).astype(np.float32)
+    expected = xs.astype(np.float64)
+    for r in range(5):
+        _choco_round(nodes, xs, r)
+        expected = w @ expected
+        assert np.allclose(xs, expected, atol=1e-5)
+
+
+def test_compressed_choco_keeps_mean_and_reaches_consensus() -> None:
+    rng = np.random.default_rng(2)
+    n, p = 8, 40
+    x0 = np.zeros(p, np.float32)
+    _, nodes = _choco_swarm(n, "topk", 0.4, x0)
+    xs = rng.normal(size=(n, p)).astype(np.float32)
+    mean0 = xs.mean(0)
+    err0 = np.linalg.norm(xs - mean0)
+    for r in range(300):
+        _choco_round(nodes, xs, r)
+    assert np.allclose(xs.mean(0), mean0, atol=1e-4)  # W doubly stochastic: mean kept
+    assert np.linalg.norm(xs - xs.mean(0)) < 1e-3 * err0
+
+
+def test_gossip_rejects_unknown_sender_and_stale_versions() -> None:
+    x0 = np.zeros(4, np.float32)
+    _, nodes = _choco_swarm(6, "none", 1.0, x0)
+    with pytest.raises(DeltaRejected) as info:
+        nodes[0].receive([_delta(np.ones(4), sender="agent-3")])  # not a ring neighbour of 0
+    assert info.value.reason == Rejection.UNKNOWN_SENDER
+    nodes[0].receive([_delta(np.ones(4), sender="agent-1", version=0)])
+    with pytest.raises(DeltaRejected) as info:
+        nodes[0].receive([_delta(np.ones(4), sender="agent-1", version=0)])  # replay
+    assert info.value.reason == Rejection.STALE
+
+
+def test_fedavg_matches_hand_computed_weights() -> None:
+    a = _delta(np.array([1.0, 0.0]), "agent-0")
+    b = _delta(np.array([0.0, 4.0]), "agent-1")
+    a = Delta(a.sender, 0, 0, "L", a.payload, a.norm, examples=1)
+    b = Delta(b.sender, 0, 0, "L", b.payload, b.norm, examples=3)
+    assert np.allclose(fedavg([a, b], 2), [0.25, 3.0])
+    no_examples = [Delta(d.sender, 0, 0, "L", d.payload, d.norm, 0) for d in (a, b)]
+    assert np.allclose(fedavg(no_examples, 2), [0.5, 2.0])
+
+
+def test_coordinator_round_moves_every_agent_to_the_global_model() -> None:
+    x0 = np.zeros(3, np.float32)
+    comp = CompressionConfig(kind="none")
+    clients = [FederatedClient(local=[i], x0=x0, compression=comp, layout="L") for i in range(2)]
+    state = CoordinatorState(agents=["agent-0", "agent-1"], num_params=3, layout="L")
+    xs = [np.array([[1.0, 2.0, 3.0]], np.float32), np.array([[3.0, 2.0, 1.0]], np.float32)]
+    for c, x in zip(clients, xs, strict=True):
+        state.submit(c.make_deltas(x, 0, [1]))
+    closed = state.wait_aggregate(0, timeout_s=1)
+    assert closed is not None and closed[1] == 2
+    for c, x in zip(clients, xs, strict=True):
+        c.apply_aggregate(x, closed[0])
+        assert np.allclose(x, [[2.0, 2.0, 2.0]])
+    stale = Delta("agent-0", 1, 0, "L", Compressed(DENSE_F32, 3, np.zeros(3, np.float32)), 0.0)
+    with pytest.raises(DeltaRejected) as info:  # version 0 is closed: a late delta is stale
+        state.submit([stale])
+    assert info.value.reason == Rejection.STALE
