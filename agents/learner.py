@@ -1,0 +1,198 @@
+"""The online learner an AgentShard hosts: K agents that act and keep learning from late labels.
+
+Per agent: a ring of recent observations (so a label that arrives late still finds the window that
+ended at its tick), a class-partitioned reservoir replay memory, and its own row of the stacked
+population. Deterministic given the seed: all sampling uses one numpy Generator owned here, and the
+weights' init uses a torch Generator seeded inside `init_flat`; the global RNGs are never touched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agents.config import LearnConfig, ModelConfig
+from agents.population import Population
+
+EVAL_CHUNK = 256  # probe windows per forward pass in `evaluate`: bounds activation memory
+
+
+class ReservoirReplay:
+    """Per-agent, per-class reservoir memories of fixed-shape items (Vitter 1985, Algorithm R).
+
+    Each (agent, class) reservoir keeps at most `capacity // n_classes` items; the n-th item of a
+    class is kept with probability M/n and replaces a uniformly chosen slot, so the memory is a
+    uniform sample of everything the agent saw of that class. Partitioning by class lets batches
+    be class-balanced: background observations vastly outnumber events.
+    """
+
+    def __init__(
+        self,
+        n_agents: int,
+        n_classes: int,
+        capacity: int,
+        item_shape: tuple[int, ...],
+        rng: np.random.Generator,
+    ) -> None:
+        if capacity < n_classes:
+            raise ValueError(
+                f"replay capacity ({capacity}) must be >= n_classes ({n_classes}): every class "
+                "needs at least one slot; raise learn.replay"
+            )
+        self.n_agents, self.n_classes = n_agents, n_classes
+        self.per_class = capacity // n_classes  # M of each (agent, class) reservoir
+        self.rng = rng
+        self.items = np.zeros((n_agents, n_classes, self.per_class, *item_shape), np.float32)
+        self.size = np.zeros((n_agents, n_classes), np.int64)  # items held
+        self.seen = np.zeros((n_agents, n_classes), np.int64)  # items offered, ever
+
+    def add(self, agents: np.ndarray, classes: np.ndarray, items: np.ndarray) -> None:
+        """Offer items (N, *item_shape) to reservoirs (agents[i], classes[i])."""
+        u = self.rng.random(len(agents))  # one draw per item, used only once a reservoir is full
+        for i, (a, c) in enumerate(zip(agents.tolist(), classes.tolist(), strict=True)):
+            self.seen[a, c] += 1
+            if self.size[a, c] < self.per_class:
+                slot = self.size[a, c]
+                self.size[a, c] += 1
+            else:
+                slot = int(u[i] * self.seen[a, c])  # uniform in [0, n)
+                if slot >= self.per_class:  # kept with probability M/n
+                    continue
+            self.items[a, c, slot] = items[i]
+
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class-balanced batch per agent: a class uniformly among those it holds, then an item
+        uniformly within it. Returns items (K, batch, *item_shape), classes (K, batch) int64 and
+        mask (K, batch) bool (False for every row of an agent whose replay is empty)."""
+        K, C = self.n_agents, self.n_classes
+        held = self.size > 0  # (K, C)
+        has_any = np.asarray(held.any(1))  # (K,)
+        probs = held / np.maximum(held.sum(1, keepdims=True), 1)  # (K, C)
+        cum = np.cumsum(probs, axis=1)  # (K, C)
+        r = self.rng.random((K, batch, 1))
+        cls = np.minimum((r >= cum[:, None, :]).sum(-1), C - 1)  # (K, batch)
+        n_held = self.size[np.arange(K)[:, None], cls]  # (K, batch)
+        slot = (self.rng.random((K, batch)) * n_held).astype(np.int64)  # 0 where empty
+        items = self.items[np.arange(K)[:, None], cls, slot]  # (K, batch, *item_shape)
+        mask = np.broadcast_to(has_any[:, None], (K, batch)).copy()
+        return items, cls.astype(np.int64), mask
+
+
+class OnlineLearner:
+    """K agents that act every tick and learn online from labels that arrive late."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        learn_cfg: LearnConfig,
+        n_agents: int,
+        obs_dim: int,
+        n_classes: int,
+        seed: int,
+    ) -> None:
+        self.learn_cfg = learn_cfg
+        self.n_agents, self.obs_dim, self.n_classes = n_agents, obs_dim, n_classes
+        self.population = Population(model_cfg, learn_cfg, n_agents, obs_dim, n_classes, seed)
+        self.rng = np.random.default_rng(seed)
+        # observation ring: `history` ticks a label may look back, plus window-1 older ones so
+        # the window of the oldest labellable tick is still whole
+        self._ring = learn_cfg.history + learn_cfg.window - 1
+        self._obs = np.zeros((n_agents, self._ring, obs_dim), np.float32)  # (K, R, obs_dim)
+        self._ticks = np.full(self._ring, -1, np.int64)  # tick of each ring slot (shared by all)
+        self._n = 0  # observations recorded so far (act calls)
+        self.replay = ReservoirReplay(
+            n_agents, n_classes, learn_cfg.replay, (learn_cfg.window, obs_dim), self.rng
+        )
+        self._new_examples = np.zeros(n_agents, np.int64)
+        self.labels_dropped = 0
+        """Labels whose tick had left the history (or was never observed), since creation."""
+
+    def act(self, tick: int, obs: np.ndarray) -> np.ndarray:
+        """Record obs (K, obs_dim) at `tick`, run one recurrent step, return classes (K,) int64."""
+        obs = np.asarray(obs, np.float32)
+        if obs.shape != (self.n_agents, self.obs_dim):
+            raise ValueError(f"obs has shape {obs.shape}, expected {(self.n_agents, self.obs_dim)}")
+        if self._n and tick <= self._last_tick():
+            raise ValueError(f"ticks must increase: got {tick} after {self._last_tick()}")
+        slot = self._n % self._ring
+        self._obs[:, slot] = obs
+        self._ticks[slot] = tick
+        self._n += 1
+        logits = self.population.step(obs)  # (K, n_classes)
+        return logits.argmax(-1).numpy().astype(np.int64)
+
+    def _last_tick(self) -> int:
+        return int(self._ticks[(self._n - 1) % self._ring])
+
+    def add_labels(self, labels: np.ndarray) -> None:
+        """labels (M, 3) int64 rows (agent_index, tick, cls): the true class of what the agent
+        observed at `tick`. Windows still in the history go to the agent's replay; the rest are
+        dropped and counted in `labels_dropped`."""
+        labels = np.asarray(labels, np.int64).reshape(-1, 3)
+        agents, ticks, classes = labels.T
+        if ((agents < 0) | (agents >= self.n_agents)).any():
+            raise ValueError(f"agent index outside [0, {self.n_agents}) in labels")
+        if ((classes < 0) | (classes >= self.n_classes)).any():
+            raise ValueError(f"class outside [0, {self.n_classes}) in labels")
+        W = self.learn_cfg.window
+        lo = max(0, self._n - self.learn_cfg.history)  # oldest labellable observation index
+        recent = np.arange(lo, self._n)  # observation indices, oldest first
+        recent_ticks = self._ticks[recent % self._ring]  # increasing (act enforces it)
+        pos = np.searchsorted(recent_ticks, ticks)
+        found = pos < len(recent)
+        found[found] = recent_ticks[pos[found]] == ticks[found]
+        self.labels_dropped += int((~found).sum())
+        if not found.any():
+            return
+        agents, classes = agents[found], classes[found]
+        end = lo + pos[found]  # (M',) observation index of each labelled tick
+        idx = end[:, None] + np.arange(-W + 1, 1)  # (M', W) the window, oldest first
+        windows = self._obs[agents[:, None], idx % self._ring]  # (M', W, obs_dim)
+        windows[idx < 0] = 0.0  # zero-padded before the first observation
+        self.replay.add(agents, classes, windows)
+        self._new_examples += np.bincount(agents, minlength=self.n_agents)
+
+    def learn_step(self) -> dict[str, np.ndarray]:
+        """One batched optimizer step; each agent trains on `batch` windows of its own replay.
+
+        Returns {"loss": (K,) float32, nan where not trained; "trained": (K,) bool}.
+        """
+        x, y, mask = self.replay.sample(self.learn_cfg.batch)
+        trained = np.asarray(mask.any(1))  # (K,)
+        if not trained.any():
+            return {"loss": np.full(self.n_agents, np.nan, np.float32), "trained": trained}
+        loss = self.population.train_step(x, y, mask).numpy()
+        return {"loss": np.where(trained, loss, np.nan).astype(np.float32), "trained": trained}
+
+    @torch.no_grad()
+    def evaluate(self, windows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Per-class accuracy (K, n_classes) of every agent on a probe set, nan for absent classes.
+
+        windows (N, W, obs_dim), labels (N,): each window read from a zero state, last token
+        classified (the same task as training).
+        """
+        probe = torch.as_tensor(np.asarray(windows, np.float32))  # (N, W, obs_dim)
+        labels = np.asarray(labels, np.int64)
+        K = self.n_agents
+        preds = []
+        for start in range(0, len(probe), EVAL_CHUNK):
+            chunk = probe[start : start + EVAL_CHUNK]  # (n, W, obs_dim)
+            x = chunk.unsqueeze(0).expand(K, *chunk.shape)  # (K, n, W, obs_dim)
+            preds.append(self.population.logits_parallel(x)[:, :, -1].argmax(-1).numpy())
+        pred = np.concatenate(preds, axis=1)  # (K, N)
+        acc = np.full((K, self.n_classes), np.nan)
+        for c in range(self.n_classes):
+            sel = labels == c
+            if sel.any():
+                acc[:, c] = (pred[:, sel] == c).mean(1)
+        return acc
+
+    def take_example_counts(self) -> np.ndarray:
+        """Labelled windows added to each agent's replay since the last call (K,) int64."""
+        out, self._new_examples = self._new_examples, np.zeros(self.n_agents, np.int64)
+        return out
+
+
+def balanced_accuracy(per_class: np.ndarray) -> np.ndarray:
+    """(K, n_classes) per-class accuracy -> (K,) mean over the classes present (non-nan)."""
+    return np.nanmean(per_class, axis=1)

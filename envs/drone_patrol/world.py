@@ -1,0 +1,266 @@
+"""``DronePatrolWorld``: the drone patrol as the Ray World actor drives it, one tick at a time.
+
+Design (each piece is its own module, so the later issue can swap physics or sensor alone):
+
+Map (``layout``): a square of side ``area_m`` centred on the origin; zones are its quadrants
+(forest SW, city SE, river NW, industrial NE); a river meanders through the river quadrant;
+``cruise_points_per_zone`` seeded cruise points per zone (river ones on the river).
+
+Patrol (``patrol``): drone ``i`` ("drone_i") cycles through the cruise points of zone ``i % 4``,
+so it only ever meets that zone's event kinds; a zone's drones start spread along the tour, at
+distinct altitudes around ``cruise_altitude_m`` and with distinct hover slots around each point;
+each dwells ``DWELL_TICKS`` at a point.
+
+Physics (``physics``): PyBullet DIRECT, ground plane, one Crazyflie-class box per drone flown by a
+PD position controller through ``applyExternalForce`` with gravity compensation, control at
+48 Hz over ``physics_hz`` physics steps; new drone-drone and drone-ground contacts are counted as
+collisions.
+
+Events (``events``): kinds from ``cfg.events`` appear at free cruise points of their zones
+(Poisson, ``rate_per_min``, only from ``appears_after_s``), live an exponential
+``duration_s`` and clear; one per point; each shown by a collision-free marker body.
+
+Sensor (``sensor``): observation = event signature (class prototype blended with the 'none'
+prototype by visibility, plus Gaussian noise) + 4 telemetry dims. The true class is the event at
+the nearest cruise point within ``sensing_radius_m``, else 'none'.
+
+Labels: an operator confirms an observation with probability ``label_fraction`` (event in view)
+or ``background_label_fraction`` ('none'); the confirmation ``(agent_index, tick_of_observation,
+true_class)`` is returned by the step that produces tick ``tick_of_observation +
+label_delay_ticks`` (tick-0 labels with no delay come with tick 1: ``reset`` returns no labels).
+
+One tick, ``step(predictions)``: score the predictions against the observations of the current
+tick; a drone that predicts the altitude-limit sign while a point is in view starts its climb;
+fly ``tick_s`` (the targets are held for the tick); count sign passages and visits along the
+control-rate trajectory; ``tick += 1``; update arrivals/dwell; update events; observe; draw new
+labels; return the due ones.
+
+Randomness: the world seed is split (``SeedSequence.spawn``) into independent streams for the
+map, the class prototypes, the events, the sensor noise and the labels. ``reset`` restarts every
+stream and rebuilds the PyBullet scene, so each reset replays the same episode, and the event
+timeline never depends on the predictions. Same seed + same predictions => identical
+observations, labels and metrics.
+
+Metrics: see ``metrics`` for every ``task/...`` key and ``task/score = f1 * compliance``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig
+from envs.drone_patrol.events import EventField
+from envs.drone_patrol.layout import build_map
+from envs.drone_patrol.metrics import PatrolMetrics
+from envs.drone_patrol.patrol import VISIT_RADIUS_M, Patroller
+from envs.drone_patrol.physics import DronePhysics
+from envs.drone_patrol.sensor import HEADING_MIN_SPEED, FeatureSensor
+
+SIGN = EVENT_CLASSES.index("altitude_limit_sign")
+
+
+@dataclass
+class StepResult:
+    obs: np.ndarray  # (N, obs_dim) float32: observations of the new tick
+    labels: np.ndarray  # (M, 3) int64 rows (agent_index, tick_of_observation, true_class)
+    tick: int  # the new tick
+
+
+class DronePatrolWorld:
+    def __init__(self, cfg: DronePatrolConfig, n_agents: int, seed: int):
+        if n_agents < 1:
+            raise ValueError(f"n_agents must be >= 1, got {n_agents}")
+        self.cfg = cfg
+        self.n_agents = n_agents
+        self.seed = seed
+        self.agent_ids = [f"drone_{i}" for i in range(n_agents)]
+        self.n_classes = len(EVENT_CLASSES)
+        map_ss, proto_ss, event_ss, noise_ss, label_ss = np.random.SeedSequence(seed).spawn(5)
+        self._noise_ss, self._label_ss = noise_ss, label_ss
+        self.map = build_map(cfg, np.random.default_rng(map_ss))
+        self.sensor = FeatureSensor(cfg, np.random.default_rng(proto_ss))
+        self.obs_dim = self.sensor.obs_dim
+        self.events = EventField(cfg, self.map, event_ss)
+        self.patrol = Patroller(cfg, self.map, n_agents)
+        self.physics = DronePhysics(cfg, self.map, self.events.hosts)
+        self._restart()
+
+    # ---- episode -------------------------------------------------------------------------
+
+    def _restart(self) -> np.ndarray:
+        self.tick = 0
+        self._noise_rng = np.random.default_rng(self._noise_ss)
+        self._label_rng = np.random.default_rng(self._label_ss)
+        start = self.patrol.reset()
+        self.physics.reset(start)
+        self.events.reset()
+        self.metrics = PatrolMetrics(self.cfg.tick_s)
+        self._heading = np.zeros(self.n_agents)  # (N,) radians, kept while hovering
+        self._over = self._over_points(self.physics.pos[None])[0]  # (N, P)
+        self._last_visit_s = np.zeros(self.map.n_points)  # (P,)
+        self._pending: dict[int, list[np.ndarray]] = defaultdict(list)  # due tick -> rows
+        self._sync_events(self.events.update(0))
+        return self._observe()
+
+    def reset(self) -> np.ndarray:
+        """Restart the episode (same seed, same episode); observations of tick 0 (N, obs_dim)."""
+        return self._restart()
+
+    def step(self, predictions: np.ndarray) -> StepResult:
+        pred = np.asarray(predictions).astype(np.int64, copy=False).reshape(-1)
+        if pred.shape != (self.n_agents,):
+            raise ValueError(f"predictions must have shape ({self.n_agents},), got {pred.shape}")
+        if pred.min() < 0 or pred.max() >= self.n_classes:
+            raise ValueError(f"predictions must be class ids in [0, {self.n_classes})")
+        self.metrics.scored(self.tick, pred, self._true, self._event_id)
+        self.patrol.act(pred, self._point_in_view, self.physics.pos)
+
+        traj = self.physics.advance(self.patrol.targets(self.physics.pos))  # (K, N, 3)
+        self._passages(traj)
+        self.metrics.collisions = self.physics.drone_collisions + self.physics.ground_collisions
+
+        self.tick += 1
+        self.patrol.update(self.physics.pos)
+        self._sync_events(self.events.update(self.tick))
+        obs = self._observe()
+        due = self._pending.pop(self.tick, [])
+        labels = np.concatenate(due) if due else np.zeros((0, 3), dtype=np.int64)
+        return StepResult(obs=obs, labels=labels, tick=self.tick)
+
+    # ---- pieces of a tick ---------------------------------------------------------------
+
+    def _sync_events(self, changed: np.ndarray) -> None:
+        for pt in changed:
+            self.physics.show_event(int(pt), int(self.events.kind[pt]))
+
+    def _over_points(self, traj: np.ndarray) -> np.ndarray:
+        """(K, N, 3) positions -> (K, N, P) bool: within VISIT_RADIUS_M of each point."""
+        d = np.linalg.norm(traj[:, :, None, :2] - self.map.points[None, None], axis=-1)
+        return d < VISIT_RADIUS_M
+
+    def _passages(self, traj: np.ndarray) -> None:
+        over = self._over_points(traj)  # (K, N, P)
+        seq = np.concatenate([self._over[None], over], axis=0)  # (K+1, N, P)
+        departed = seq[:-1] & ~seq[1:]  # (K, N, P)
+        passes = departed & (self.events.kind == SIGN)[None, None, :]
+        below = traj[:, :, 2] < self.cfg.altitude_limit_m  # (K, N)
+        self.metrics.sign_passages += int(passes.sum())
+        self.metrics.violations += int((passes & below[:, :, None]).sum())
+        self._over = over[-1]
+        now_s = (self.tick + 1) * self.cfg.tick_s
+        self._last_visit_s[over.any(axis=(0, 1))] = now_s
+        self.metrics.idleness(now_s - self._last_visit_s)
+
+    def _observe(self) -> np.ndarray:
+        pos, vel = self.physics.pos, self.physics.vel
+        d = np.linalg.norm(pos[:, None, :2] - self.map.points[None], axis=-1)  # (N, P)
+        nearest = d.argmin(axis=1)  # (N,)
+        dmin = d[np.arange(self.n_agents), nearest]
+        in_view = dmin < self.cfg.sensing_radius_m
+        self._point_in_view = np.where(in_view, nearest, -1)  # (N,)
+        self._true = np.where(in_view, self.events.kind[nearest], 0).astype(np.int64)  # (N,)
+        self._event_id = np.where(self._true > 0, self.events.event_id[nearest], -1)  # (N,)
+        vis = np.where(in_view, self.sensor.visibility(dmin), 0.0)
+        speed_xy = np.hypot(vel[:, 0], vel[:, 1])
+        moving = speed_xy > HEADING_MIN_SPEED
+        self._heading[moving] = np.arctan2(vel[moving, 1], vel[moving, 0])
+        obs = self.sensor.observe(
+            self._true, vis, pos[:, 2], np.linalg.norm(vel, axis=1), self._heading,
+            self._noise_rng,
+        )
+        self.metrics.observed(self.tick, self._event_id)
+
+        frac = np.where(
+            self._true > 0, self.cfg.label_fraction, self.cfg.background_label_fraction
+        )
+        chosen = np.flatnonzero(self._label_rng.random(self.n_agents) < frac)
+        if chosen.size:
+            rows = np.stack(
+                [chosen, np.full(chosen.size, self.tick), self._true[chosen]], axis=1
+            ).astype(np.int64)  # (M, 3)
+            self._pending[max(self.tick + self.cfg.label_delay_ticks, 1)].append(rows)
+        return obs
+
+    # ---- probes and read-outs -----------------------------------------------------------
+
+    def probe_set(self, per_class: int, window: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out windows from the live sensor model: X (C*per_class, window, obs_dim) float32,
+        y (C*per_class,) int64 = class of the last token.
+
+        Each window is a drone's view on its way to a cruise point whose event is ``y`` (or an
+        empty point for 'none'): half the windows end while hovering over the point (the last
+        up to DWELL_TICKS tokens at rest within VISIT_RADIUS_M), half during the approach (last
+        token uniform within the sensing radius); earlier tokens step back along a straight line
+        at cruise speed, background once beyond the radius. Cruise altitude jitters like the
+        drones' altitude band; the heading is uniform. Uses its own generator: the live episode
+        is untouched, and the same seed gives the same probe set.
+        """
+        from envs.drone_patrol.patrol import ALT_HALF_BAND_M, DWELL_TICKS
+
+        if per_class < 1 or window < 1:
+            raise ValueError("per_class and window must be >= 1")
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, seed, 0x9E0B]))
+        n, w = self.n_classes * per_class, window
+        y = np.repeat(np.arange(self.n_classes, dtype=np.int64), per_class)  # (n,)
+        hover = rng.random(n) < 0.5
+        d_last = np.where(
+            hover,
+            rng.uniform(0, VISIT_RADIUS_M, n),
+            rng.uniform(0, self.cfg.sensing_radius_m, n),
+        )  # (n,)
+        n_rest = np.where(hover, rng.integers(1, DWELL_TICKS + 1, n), 0)  # (n,)
+        back = np.arange(w)[::-1][None, :]  # (1, w) tokens before the last
+        moving = back >= n_rest[:, None]  # (n, w) in flight (the rest are hovering)
+        # Steps back from d_last: a hovering window's first moving token is one step out.
+        steps = np.where(moving, back - n_rest[:, None] + hover[:, None], 0)  # (n, w)
+        dist = d_last[:, None] + steps * self.cfg.speed_mps * self.cfg.tick_s  # (n, w)
+        in_view = dist < self.cfg.sensing_radius_m
+        cls = np.where(in_view, y[:, None], 0)  # (n, w)
+        vis = np.where(in_view, self.sensor.visibility(dist), 0.0)
+        alt = self.cfg.cruise_altitude_m + rng.uniform(-ALT_HALF_BAND_M, ALT_HALF_BAND_M, n)
+        altitude = np.broadcast_to(alt[:, None], (n, w))
+        speed = np.where(moving, self.cfg.speed_mps, 0.0)
+        heading = np.broadcast_to(rng.uniform(-np.pi, np.pi, n)[:, None], (n, w))
+        x = self.sensor.observe(cls, vis, altitude, speed, heading, rng)  # (n, w, obs_dim)
+        return x, y
+
+    def true_classes(self) -> np.ndarray:
+        """True class of each agent's current observation (N,) int64 (for tests and oracles)."""
+        return self._true.copy()
+
+    def target_points(self) -> np.ndarray:
+        """Index (into ``layout()['cruise_points']``) of each drone's current target (N,)."""
+        return self.patrol.target_points()
+
+    def event_log(self) -> list[dict[str, Any]]:
+        """Every event so far: id, point, zone, kind, appear_tick, clear_tick (planned)."""
+        return [
+            {
+                "id": r.id,
+                "point": r.point,
+                "zone": ZONES[int(self.map.point_zone[r.point])],
+                "kind": EVENT_CLASSES[r.cls],
+                "appear_tick": r.appear_tick,
+                "clear_tick": r.clear_tick,
+            }
+            for r in self.events.log
+        ]
+
+    def task_metrics(self) -> dict[str, float]:
+        return self.metrics.summary(self.events.log, self.tick)
+
+    def positions(self) -> np.ndarray:
+        return self.physics.pos.astype(np.float32)
+
+    def velocities(self) -> np.ndarray:
+        return self.physics.vel.astype(np.float32)
+
+    def layout(self) -> dict[str, Any]:
+        return self.map.to_dict()
+
+    def close(self) -> None:
+        self.physics.close()

@@ -1,0 +1,163 @@
+"""`swarm`: run, validate and report on swarm scenarios.
+
+    swarm run scenarios/drone_patrol.yaml        # embedded Ray; --address joins a cluster
+    swarm validate scenarios/drone_patrol.yaml   # check a file without running it
+    swarm report runs/<run-id>                   # redraw the plots of a finished run
+
+A bad scenario file exits with status 2 and one paragraph naming file, key path and line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from swarm.scenario import Scenario, ScenarioError, load_scenario
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="yan-swarm: continually learning Yan agents that gossip knowledge over gRPC.",
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _load(path: Path, **overrides: Any) -> Scenario:
+    scenario = load_scenario(path)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes:
+        scenario = Scenario.model_validate({**scenario.model_dump(mode="json"), **changes})
+    return scenario
+
+
+@app.command()
+def validate(scenario: Path = typer.Argument(..., help="Scenario YAML file.")) -> None:
+    """Check a scenario file (schema, types, values) without running it."""
+    sc = _load(scenario)
+    out.print(
+        f"[green]ok[/green] {scenario}: '{sc.name}', {sc.agents.count} agents in "
+        f"{sc.n_shards} shards, {sc.ticks} ticks, gossip {sc.gossip.topology}/{sc.gossip.mode}"
+    )
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    address: str = typer.Option(
+        None, "--address", envvar="RAY_ADDRESS", help="Join this Ray cluster (default: embedded)."
+    ),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Where run directories are made."),
+    ticks: int = typer.Option(None, "--ticks", help="Override the scenario's tick count."),
+    seed: int = typer.Option(None, "--seed", help="Override the scenario's seed."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run a scenario: agents act, learn online and share knowledge; writes runs/<run-id>/."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from swarm.runner import Runner, new_run_dir
+
+    sc = _load(scenario, ticks=ticks, seed=seed)
+    run_dir = new_run_dir(runs, sc)
+    console.print(
+        f"[bold]{sc.name}[/bold]: {sc.agents.count} agents in {sc.n_shards} shards, "
+        f"{sc.ticks} ticks, gossip {sc.gossip.topology}/{sc.gossip.mode} -> {run_dir}"
+    )
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ticks"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    )
+    task = bar.add_task("starting Ray", total=sc.ticks)
+
+    def on_start(url: str | None) -> None:
+        console.print(
+            f"Ray dashboard: {url}"
+            if url
+            else "Ray dashboard: not started (ray.dashboard: false, or an existing cluster's)"
+        )
+        bar.update(task, description="running")
+
+    def on_tick(tick: int) -> None:
+        bar.update(task, completed=tick + 1)
+
+    with bar:
+        result = Runner(sc, run_dir, address=address, on_start=on_start, on_tick=on_tick).run()
+    print_summary(result.summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    m = summary["metrics"]
+    r = summary["run"]
+    table = Table(
+        title=f"{summary['scenario']} — {summary['agents']} agents, {summary['topology']}"
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    table.add_row("task score", f"{m.get('task/score', float('nan')):.3f}")
+    table.add_row("detection F1", f"{m.get('task/f1', float('nan')):.3f}")
+    table.add_row("altitude-limit violations", f"{m.get('task/altitude_violations', 0):.0f}")
+    table.add_row("probe accuracy, sharing", pct(m["learn/probe_acc"]))
+    table.add_row("probe accuracy, isolated", pct(m["learn/probe_acc_isolated"]))
+    table.add_row("gain from sharing", f"{100 * m['learn/sharing_gain']:+.1f} points")
+    table.add_row("bytes sent (swarm)", f"{m['gossip/bytes_sent'] / 2**20:.2f} MiB")
+    ratio = m.get("gossip/compression_ratio")
+    table.add_row("vs dense fp32 sharing", "n/a" if not ratio else f"{ratio:.1f}x fewer")
+    if m.get("gossip/rho") is not None:
+        table.add_row("rho of gossip graph", f"{m['gossip/rho']:.3f}")
+    table.add_row("wall time", f"{r['wall_s']:.1f} s ({r['real_time_factor']:.1f}x real time)")
+    out.print(table)
+    out.print(f"results: {r['run_dir']}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<run-id>).")) -> None:
+    """Redraw the plots of a finished run from its metrics.jsonl."""
+    from swarm.report import write_plots
+
+    if not (run_dir / "metrics.jsonl").exists():
+        raise typer.BadParameter(f"{run_dir} has no metrics.jsonl", param_hint="RUN_DIR")
+    for path in write_plots(run_dir):
+        out.print(f"wrote {path}")
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        print_summary(json.loads(summary.read_text()))
+
+
+def main() -> None:
+    """Console entry point: user errors become one paragraph and exit code 2."""
+    try:
+        app()
+    except ScenarioError as exc:
+        # The message holds key paths like `zones[1]`: print it as plain text, not rich markup.
+        console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

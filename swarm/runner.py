@@ -1,0 +1,300 @@
+"""The Runner: starts Ray, places the World, AgentShards and Coordinator, drives the ticks.
+
+The driver only schedules. Each tick it submits `shard.act(step)` for every shard and
+`world.step(*predictions)`, passing object refs so Ray chains the calls without the driver
+waiting; gossip rounds chain `share` -> `merge` the same way (in sync mode every `merge` takes
+all `share` results as arguments: that is the round barrier). The driver waits (`ray.wait`) only
+to bound the calls in flight and to show progress, and fetches metrics as lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swarm.scenario import Scenario, dump_scenario
+
+#: Ticks the driver lets run ahead of the last finished world step.
+MAX_TICKS_IN_FLIGHT = 4
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def new_run_dir(root: Path, scenario: Scenario) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_dir = root / f"{scenario.name}-{stamp}-{secrets.token_hex(2)}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None]:
+    """Join `address` (or RAY_ADDRESS) if given, else start an embedded Ray.
+
+    Returns (we started it, dashboard URL or None).
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        return False, None
+    # Actors import our packages by name; make sure workers find them where the driver does.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}}
+    if address:
+        ctx = ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        ctx = ray.init(
+            num_cpus=scenario.ray.num_cpus,
+            include_dashboard=scenario.ray.dashboard,
+            object_store_memory=scenario.ray.object_store_mb * 2**20,
+            runtime_env=env,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    url = getattr(ctx, "dashboard_url", None) or None
+    return not address, (f"http://{url}" if url and not url.startswith("http") else url)
+
+
+class Runner:
+    """Runs one scenario to completion and writes runs/<run-id>/."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        run_dir: Path,
+        *,
+        address: str | None = None,
+        on_start: Callable[[str | None], None] = lambda url: None,
+        on_tick: Callable[[int], None] = lambda tick: None,
+    ):
+        self.sc = scenario
+        self.run_dir = run_dir
+        self.address = address
+        self.on_start = on_start
+        self.on_tick = on_tick
+
+    def run(self) -> RunResult:
+        import ray
+
+        from swarm.shard import AgentShard, CoordinatorHost, WorldHost
+
+        sc = self.sc
+        (self.run_dir / "scenario.yaml").write_text(dump_scenario(sc))
+        t0 = time.perf_counter()
+        started, url = start_ray(sc, self.address)
+        self.on_start(url)
+        spec = sc.model_dump(mode="json")
+        key = secrets.token_bytes(32)  # HMAC key of this run's deltas; never leaves Ray
+        shards: list[Any] = []
+        world = coordinator = None
+        try:
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            per_shard_cpu = min(1.0, cpus / sc.n_shards)
+            world = ray.remote(num_cpus=0)(WorldHost).remote(spec)
+            info = ray.get(world.info.remote())
+            probe = world.probe.remote(
+                sc.metrics.probe_per_class, sc.learning.window, sc.seed + 1_000_003
+            )
+            n, per = sc.agents.count, sc.agents.per_shard
+            shard_cls = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
+            shards = [
+                shard_cls.options(name=None).remote(
+                    spec,
+                    s,
+                    list(range(s * per, min(n, (s + 1) * per))),
+                    info["obs_dim"],
+                    info["n_classes"],
+                    probe,
+                    key,
+                )
+                for s in range(sc.n_shards)
+            ]
+            endpoints = ray.get([s.endpoint.remote() for s in shards])
+            coord_addr = ""
+            if sc.gossip.topology == "coordinator":
+                num_params, layout = ray.get(shards[0].model_info.remote())
+                coordinator = ray.remote(num_cpus=0)(CoordinatorHost).remote(
+                    spec, num_params, layout, key
+                )
+                coord_addr = ray.get(coordinator.address.remote())
+            ray.get([s.connect.remote(endpoints, coord_addr) for s in shards])
+            t_setup = time.perf_counter() - t0
+            rows = self._loop(world, shards, info)
+            trajectory, layout_map = ray.get(world.trajectories.remote())
+            wall = time.perf_counter() - t0
+        finally:
+            if shards:
+                ray.get([s.close.remote() for s in shards])
+            if coordinator is not None:
+                ray.get(coordinator.close.remote())
+            if world is not None:
+                ray.get(world.close.remote())
+            if started:
+                ray.shutdown()
+        summary = self._summary(rows, info, wall, t_setup, url)
+        self._write(rows, summary, trajectory, layout_map, info)
+        return RunResult(self.run_dir, summary, rows)
+
+    # -- the tick loop ---------------------------------------------------------------------------
+
+    def _loop(self, world: Any, shards: list[Any], info: dict[str, Any]) -> list[dict[str, Any]]:
+        import ray
+
+        sc = self.sc
+        sharing = sc.gossip.topology != "isolated"
+        step = world.reset.remote()
+        in_flight: list[Any] = []
+        pending: list[tuple[int, list[Any]]] = []
+        rows: list[dict[str, Any]] = []
+        exchanges: list[Any] = []
+        round_ = 0
+        for tick in range(sc.ticks):
+            predictions = [s.act.remote(step) for s in shards]
+            step = world.step.remote(*predictions)
+            if sharing and (tick + 1) % sc.gossip.interval == 0:
+                sent = [s.share.remote(round_) for s in shards]
+                barrier = sent if sc.gossip.mode == "sync" else []
+                # Kept so a failed round surfaces as an error instead of vanishing.
+                exchanges.extend(s.merge.remote(round_, *barrier) for s in shards)
+                round_ += 1
+            last = tick == sc.ticks - 1
+            if (tick + 1) % sc.metrics.interval == 0 or last:
+                refs = [world.measure.remote(), *[s.measure.remote(tick + 1) for s in shards]]
+                pending.append((tick + 1, refs))
+            in_flight.append(step)
+            if len(in_flight) > MAX_TICKS_IN_FLIGHT:
+                ray.wait([in_flight.pop(0)], num_returns=1)
+                self.on_tick(tick - MAX_TICKS_IN_FLIGHT)
+            while pending and (last or len(pending) > 1):
+                at, refs = pending.pop(0)
+                world_m, *shard_m = ray.get(refs)
+                rows.append(self._row(at, world_m, shard_m, info))
+                ray.get(exchanges)  # all done by now; raises if a round failed
+                exchanges.clear()
+        ray.get(in_flight + exchanges)
+        self.on_tick(sc.ticks - 1)
+        return rows
+
+    def _row(
+        self, tick: int, world_m: dict[str, float], shard_m: list[dict[str, Any]], info: dict
+    ) -> dict[str, Any]:
+        acc = np.concatenate([m["probe_acc"] for m in shard_m])
+        iso = np.concatenate([m["probe_acc_isolated"] for m in shard_m])
+        per_class = np.concatenate([np.asarray(m["per_class"]) for m in shard_m])
+        n = len(acc)
+        sum_x = np.sum([m["sum_x"] for m in shard_m], axis=0)
+        consensus = float(sum(m["sum_sq"] for m in shard_m) / n - np.sum((sum_x / n) ** 2))
+        traffic = [m["traffic"] for m in shard_m]
+        sent = np.concatenate(
+            [
+                t.get("bytes_sent", [0] * len(m["agents"]))
+                for t, m in zip(traffic, shard_m, strict=True)
+            ]
+        )
+        dense = sum(sum(t.get("dense_bytes", [])) for t in traffic)
+        present = per_class >= 0
+        class_acc = np.where(present, per_class, 0).sum(0) / np.maximum(present.sum(0), 1)
+        row: dict[str, Any] = {"tick": tick, "sim_time_s": round(tick * self.sc.world.tick_s, 6)}
+        row.update({k: _clean(v) for k, v in world_m.items()})
+        row.update(
+            {
+                "learn/probe_acc": float(acc.mean()),
+                "learn/probe_acc_min": float(acc.min()),
+                "learn/probe_acc_isolated": float(iso.mean()),
+                "learn/consensus_distance": max(consensus, 0.0),
+                "gossip/bytes_sent": int(sent.sum()),
+                "gossip/dense_bytes": int(dense),
+                "gossip/wire_bytes": int(sum(t.get("wire_bytes_sent", 0) for t in traffic)),
+                "gossip/deltas_accepted": int(sum(t.get("deltas_accepted", 0) for t in traffic)),
+                "gossip/deltas_rejected": int(sum(t.get("deltas_rejected", 0) for t in traffic)),
+                "gossip/rounds": int(max((t.get("rounds", 0) for t in traffic), default=0)),
+            }
+        )
+        for c, name in enumerate(info["classes"]):
+            row[f"learn/class_acc/{name}"] = float(class_acc[c])
+        row["agents"] = {
+            "learn/probe_acc": [round(float(a), 6) for a in acc],
+            "learn/probe_acc_isolated": [round(float(a), 6) for a in iso],
+            "gossip/bytes_sent": [int(b) for b in sent],
+        }
+        return row
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def _summary(
+        self,
+        rows: list[dict[str, Any]],
+        info: dict[str, Any],
+        wall: float,
+        setup: float,
+        url: str | None,
+    ) -> dict[str, Any]:
+        sc = self.sc
+        final = {k: v for k, v in rows[-1].items() if k != "agents"}
+        rho = None
+        if sc.gossip.topology == "decentralized":
+            from protocols.topology import build_graph, metropolis_weights, spectral_rho
+
+            graph = build_graph(sc.gossip.graph, sc.agents.count, sc.seed)
+            rho = spectral_rho(metropolis_weights(graph))
+        dense = final["gossip/dense_bytes"]
+        final["gossip/compression_ratio"] = (
+            dense / final["gossip/bytes_sent"] if final["gossip/bytes_sent"] else None
+        )
+        final["gossip/rho"] = rho
+        final["learn/sharing_gain"] = final["learn/probe_acc"] - final["learn/probe_acc_isolated"]
+        return {
+            "scenario": sc.name,
+            "seed": sc.seed,
+            "agents": sc.agents.count,
+            "shards": sc.n_shards,
+            "topology": sc.gossip.topology,
+            "mode": sc.gossip.mode,
+            "classes": info["classes"],
+            "metrics": final,
+            # Wall-clock figures differ between identical runs; kept apart from `metrics`.
+            "run": {
+                "run_dir": str(self.run_dir),
+                "wall_s": round(wall, 3),
+                "setup_s": round(setup, 3),
+                "ticks_per_s": round(sc.ticks / max(wall - setup, 1e-9), 3),
+                "real_time_factor": round(sc.ticks * sc.world.tick_s / max(wall - setup, 1e-9), 3),
+                "dashboard_url": url,
+            },
+        }
+
+    def _write(
+        self,
+        rows: list[dict[str, Any]],
+        summary: dict[str, Any],
+        trajectory: np.ndarray,
+        layout_map: dict[str, Any],
+        info: dict[str, Any],
+    ) -> None:
+        with open(self.run_dir / "metrics.jsonl", "w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, sort_keys=True) + "\n")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        np.save(self.run_dir / "trajectory.npy", trajectory.astype(np.float32))
+        (self.run_dir / "layout.json").write_text(json.dumps(layout_map, indent=2))
+        from swarm.report import write_plots
+
+        write_plots(self.run_dir)
+
+
+def _clean(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)

@@ -1,0 +1,370 @@
+"""The roles of a run: World, AgentShard and Coordinator (plain classes; Ray wraps them).
+
+Each class is an ordinary Python object so it can be tested in-process; the Runner turns them
+into Ray actors with `ray.remote(...)`. An AgentShard hosts several agents whose models are
+stacked in one OnlineLearner, and owns a gRPC server through which other shards deliver
+knowledge deltas: shards talk to each other directly, never through the driver.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from protocols.delta import Delta
+from protocols.gossip import agent_name
+from swarm.scenario import Scenario
+
+#: Seconds a gRPC call between nodes may take before the round reports a failure.
+RPC_TIMEOUT_S = 60.0
+
+
+def _quiet_threads() -> None:
+    # One intra-op thread per actor: actors are the unit of parallelism, and a single thread
+    # keeps float sums in a fixed order, which a reproducible sync run needs.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def torch_from(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+@dataclass
+class Step:
+    """What every shard receives each tick: all observations and the labels that arrived."""
+
+    tick: int
+    obs: np.ndarray  # (N, obs_dim) float32
+    labels: np.ndarray  # (M, 3) int64 rows (agent, tick, class)
+
+
+class WorldHost:
+    """Owns the environment: steps it with the agents' decisions, records trajectories."""
+
+    def __init__(self, scenario: dict[str, Any]):
+        from envs.drone_patrol.world import DronePatrolWorld
+
+        sc = Scenario.model_validate(scenario)
+        self.world = DronePatrolWorld(sc.world, sc.agents.count, sc.seed)
+        self.trajectory: list[np.ndarray] = []
+
+    def info(self) -> dict[str, Any]:
+        from envs.drone_patrol.config import EVENT_CLASSES
+
+        return {
+            "obs_dim": self.world.obs_dim,
+            "n_classes": self.world.n_classes,
+            "classes": list(EVENT_CLASSES),
+            "agent_ids": list(self.world.agent_ids),
+        }
+
+    def probe(self, per_class: int, window: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.world.probe_set(per_class, window, seed)
+
+    def reset(self) -> Step:
+        obs = self.world.reset()
+        self.trajectory = [self.world.positions().copy()]
+        return Step(0, obs, np.zeros((0, 3), np.int64))
+
+    def step(self, *predictions: np.ndarray) -> Step:
+        result = self.world.step(np.concatenate(predictions).astype(np.int64))
+        self.trajectory.append(self.world.positions().copy())
+        return Step(result.tick, result.obs, result.labels)
+
+    def measure(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.world.task_metrics().items()}
+
+    def trajectories(self) -> tuple[np.ndarray, dict[str, Any]]:
+        return np.stack(self.trajectory), self.world.layout()
+
+    def close(self) -> None:
+        self.world.close()
+
+
+class AgentShard:
+    """Hosts agents `agents` (global indices): their stacked models, learning and exchange."""
+
+    def __init__(
+        self,
+        scenario: dict[str, Any],
+        index: int,
+        agents: list[int],
+        obs_dim: int,
+        n_classes: int,
+        probe: tuple[np.ndarray, np.ndarray],
+        key: bytes,
+        host: str = "127.0.0.1",
+    ):
+        _quiet_threads()
+        from agents.learner import OnlineLearner
+
+        self.sc = sc = Scenario.model_validate(scenario)
+        self.index, self.node = index, f"shard-{index}"
+        self.agents = list(agents)
+        self.first = self.agents[0]
+        self.key = key
+        self.probe = probe
+        self.learner = OnlineLearner(
+            sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed
+        )
+        # The isolated baseline: same observations, same labels, same seed, never shares.
+        sharing = sc.gossip.topology != "isolated"
+        self.shadow = (
+            OnlineLearner(sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed)
+            if sc.baseline.isolated and sharing
+            else None
+        )
+        self.exchange = _Exchange(self, host) if sharing else None
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def endpoint(self) -> str:
+        """host:port of this shard's gRPC server ('' when it does not share)."""
+        return self.exchange.endpoint if self.exchange else ""
+
+    def model_info(self) -> tuple[int, str]:
+        """(number of parameters, layout fingerprint) of this shard's models."""
+        from protocols.delta import layout_fingerprint
+
+        population = self.learner.population
+        return population.num_params, layout_fingerprint(population.specs)
+
+    def connect(self, endpoints: list[str], coordinator: str) -> None:
+        if self.exchange:
+            self.exchange.connect(endpoints, coordinator)
+
+    # -- the tick ----------------------------------------------------------------------------
+
+    def act(self, step: Step) -> np.ndarray:
+        """Take this tick's labels and observations; return each local agent's classification."""
+        lo, hi = self.first, self.first + len(self.agents)
+        labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
+        labels[:, 0] -= lo
+        obs = step.obs[lo:hi]
+        learn = step.tick > 0 and step.tick % self.sc.learning.learn_every == 0
+        out = None
+        for learner in (self.learner, self.shadow):
+            if learner is None:
+                continue
+            learner.add_labels(labels)
+            if learn:
+                learner.learn_step()
+            preds = learner.act(step.tick, obs)
+            out = preds if out is None else out
+        assert out is not None
+        return out
+
+    def share(self, round_: int) -> dict[str, int]:
+        """Send this round's knowledge deltas (over gRPC); returns what was sent."""
+        assert self.exchange is not None
+        return self.exchange.share(round_)
+
+    def merge(self, round_: int, *barrier: Any) -> int:
+        """Apply what arrived (after the barrier in sync mode); returns deltas applied."""
+        assert self.exchange is not None
+        return self.exchange.merge(round_)
+
+    # -- measuring ---------------------------------------------------------------------------
+
+    def measure(self, tick: int) -> dict[str, Any]:
+        from agents.learner import balanced_accuracy
+
+        windows, labels = self.probe
+        per_class = self.learner.evaluate(windows, labels)
+        flat = self.learner.population.flat.detach().numpy().astype(np.float64)
+        out: dict[str, Any] = {
+            "agents": self.agents,
+            "probe_acc": balanced_accuracy(per_class).tolist(),
+            "per_class": np.nan_to_num(per_class, nan=-1.0).tolist(),
+            # Sufficient statistics for the swarm's consensus distance (mean ||x_i - xbar||^2).
+            "sum_x": flat.sum(axis=0),
+            "sum_sq": float((flat**2).sum()),
+            "traffic": self.exchange.traffic() if self.exchange else {},
+        }
+        if self.shadow is not None:
+            out["probe_acc_isolated"] = balanced_accuracy(
+                self.shadow.evaluate(windows, labels)
+            ).tolist()
+        else:
+            out["probe_acc_isolated"] = out["probe_acc"]
+        return out
+
+    def weights(self) -> np.ndarray:
+        """A copy of the local agents' parameters (K, P)."""
+        return self.learner.population.flat.detach().numpy().copy()
+
+    def set_weights(self, flat: np.ndarray) -> None:
+        """Overwrite the local agents' parameters (K, P) in place (restore, tests)."""
+        self.learner.population.flat.data.copy_(torch_from(flat))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        if self.exchange:
+            self.exchange.close()
+
+
+class _Exchange:
+    """The shard's side of knowledge exchange: gossip or coordinator, over real gRPC."""
+
+    def __init__(self, shard: AgentShard, host: str):
+        from protocols import wire
+        from protocols.coordinator import FederatedClient
+        from protocols.delta import layout_fingerprint
+        from protocols.gossip import ChocoGossip
+        from protocols.topology import build_graph, metropolis_weights
+        from protocols.transport import GossipServicer, Peers, TrafficCounters, start_server
+
+        sc = shard.sc
+        self.shard = shard
+        self.cfg = sc.gossip
+        population = shard.learner.population
+        self.x = population.flat.data.numpy()  # (K, P) shares memory with the live models
+        x0 = self.x[0].copy()  # every agent starts from the common init
+        self.layout = layout_fingerprint(population.specs)
+        self.num_params = population.num_params
+        self.counters = TrafficCounters()
+        self.max_bytes = int(sc.gossip.max_message_mb * 2**20)
+        self.peers = Peers(self.max_bytes, self.counters)
+        self.endpoints: list[str] = []
+        self.coordinator = ""
+        per = sc.agents.per_shard
+        self.logical_bytes = np.zeros(len(shard.agents), np.int64)
+        self.dense_bytes = np.zeros(len(shard.agents), np.int64)
+        self.rounds = 0
+        if sc.gossip.topology == "decentralized":
+            graph = build_graph(sc.gossip.graph, sc.agents.count, sc.seed)
+            self.algo: Any = ChocoGossip(
+                local=shard.agents,
+                weights=metropolis_weights(graph),
+                x0=x0,
+                gamma=sc.gossip.gamma,
+                compression=sc.gossip.compression,
+                layout=self.layout,
+                owner=lambda j: f"shard-{j // per}",
+            )
+            servicer = GossipServicer(shard.node, self._decode, self.algo.receive, self.counters)
+            self.server, port = start_server(
+                host, 0, gossip=servicer, max_message_bytes=self.max_bytes
+            )
+            self.endpoint = f"{host}:{port}"
+        else:
+            self.algo = FederatedClient(
+                local=shard.agents, x0=x0, compression=sc.gossip.compression, layout=self.layout
+            )
+            self.server, self.endpoint = None, ""
+        self._wire = wire
+
+    def _decode(self, msg: Any) -> Delta:
+        return self._wire.from_proto(
+            msg, key=self.shard.key, num_params=self.num_params, layout=self.layout
+        )
+
+    def connect(self, endpoints: list[str], coordinator: str) -> None:
+        self.endpoints, self.coordinator = endpoints, coordinator
+
+    def share(self, round_: int) -> dict[str, int]:
+        from swarm.proto.v1 import delta_pb2
+
+        examples = self.shard.learner.take_example_counts()
+        deltas = self.algo.make_deltas(self.x, round_, examples)
+        messages = [self._wire.to_proto(d, self.shard.key) for d in deltas]
+        dense = 4 * self.num_params
+        if self.cfg.topology == "coordinator":
+            batch = delta_pb2.DeltaBatch(sender_node=self.shard.node, round=round_, deltas=messages)
+            self.peers.submit(self.coordinator, batch, RPC_TIMEOUT_S)
+            for row, msg in enumerate(messages):
+                self.logical_bytes[row] += msg.ByteSize()
+                self.dense_bytes[row] += dense
+        else:
+            by_node: dict[str, list[Any]] = {}
+            for row, msg in enumerate(messages):
+                i = self.shard.agents[row]
+                fanout = self.algo.logical_recipients(i)
+                # As standalone devices, an agent would send its delta to every neighbour.
+                self.logical_bytes[row] += fanout * msg.ByteSize()
+                self.dense_bytes[row] += fanout * dense
+                for node in self.algo.destinations(i):
+                    by_node.setdefault(node, []).append(msg)
+            for node, msgs in sorted(by_node.items()):
+                address = self.endpoints[int(node.split("-")[1])]
+                batch = delta_pb2.DeltaBatch(sender_node=self.shard.node, round=round_, deltas=msgs)
+                self.peers.push(address, batch, RPC_TIMEOUT_S)
+        self.rounds += 1
+        return {"deltas": len(deltas)}
+
+    def merge(self, round_: int) -> int:
+        if self.cfg.topology == "coordinator":
+            reply = self.peers.get_aggregate(
+                self.coordinator, self.shard.node, round_, RPC_TIMEOUT_S
+            )
+            aggregate = self._wire.from_proto(
+                reply.aggregate, key=self.shard.key, num_params=self.num_params, layout=self.layout
+            )
+            self.algo.apply_aggregate(self.x, aggregate)
+            return 1
+        return self.algo.apply(self.x)
+
+    def traffic(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counters.snapshot())
+        out["bytes_sent"] = self.logical_bytes.tolist()
+        out["dense_bytes"] = self.dense_bytes.tolist()
+        out["rounds"] = self.rounds
+        return out
+
+    def close(self) -> None:
+        self.peers.close()
+        if self.server is not None:
+            self.server.stop(grace=None)
+
+
+class CoordinatorHost:
+    """The coordinator service: collects each round's deltas over gRPC and aggregates them."""
+
+    def __init__(
+        self,
+        scenario: dict[str, Any],
+        num_params: int,
+        layout: str,
+        key: bytes,
+        host: str = "127.0.0.1",
+    ):
+        from protocols import wire
+        from protocols.coordinator import CoordinatorState
+        from protocols.transport import CoordinatorServicer, TrafficCounters, start_server
+
+        sc = Scenario.model_validate(scenario)
+        self.state = CoordinatorState(
+            agents=[agent_name(i) for i in range(sc.agents.count)],
+            num_params=num_params,
+            layout=layout,
+        )
+        self.counters = TrafficCounters()
+        max_bytes = int(sc.gossip.max_message_mb * 2**20)
+        servicer = CoordinatorServicer(
+            decode=lambda m: wire.from_proto(m, key=key, num_params=num_params, layout=layout),
+            submit=self.state.submit,
+            wait_aggregate=self.state.wait_aggregate,
+            encode=lambda d: wire.to_proto(d, key),
+            counters=self.counters,
+            round_timeout_s=RPC_TIMEOUT_S,
+        )
+        self.server, port = start_server(host, 0, coordinator=servicer, max_message_bytes=max_bytes)
+        self.endpoint = f"{host}:{port}"
+
+    def address(self) -> str:
+        return self.endpoint
+
+    def traffic(self) -> dict[str, int]:
+        return self.counters.snapshot()
+
+    def close(self) -> None:
+        self.server.stop(grace=None)
