@@ -93,8 +93,9 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
         )
     area = layout.get("area_m")
     if area:
-        ax.set_xlim(0, area)
-        ax.set_ylim(0, area)
+        lo = -area / 2 if layout.get("origin") == "centre" else 0.0
+        ax.set_xlim(lo, lo + area)
+        ax.set_ylim(lo, lo + area)
     ax.set_aspect("equal")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
