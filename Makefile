@@ -24,8 +24,7 @@ setup: $(VENV)/.installed
 run: setup  ## set up and run the drone patrol scenario on an embedded Ray
 	$(VENV)/bin/swarm run $(SCENARIO)
 
-test: setup  ## set up, lint, check the generated stubs, and run the test suite
-	$(VENV)/bin/ruff check .
+test: lint  ## set up, lint, type-check, check the generated stubs, and run the test suite
 	$(PY) proto/generate.py --check
 	$(PY) -m pytest -q
 

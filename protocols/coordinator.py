@@ -51,7 +51,9 @@ class FederatedClient:
         self.version = 0
         self.error = np.zeros((len(self.local), x0.size), dtype=np.float32)
 
-    def make_deltas(self, x: np.ndarray, round_: int, examples: Sequence[int]) -> list[Delta]:
+    def make_deltas(
+        self, x: np.ndarray, round_: int, examples: Sequence[int] | np.ndarray
+    ) -> list[Delta]:
         out = []
         for row, i in enumerate(self.local):
             v = x[row] - self.global_model + self.error[row]

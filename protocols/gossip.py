@@ -90,7 +90,9 @@ class ChocoGossip:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def make_deltas(self, x: np.ndarray, round_: int, examples: Sequence[int]) -> list[Delta]:
+    def make_deltas(
+        self, x: np.ndarray, round_: int, examples: Sequence[int] | np.ndarray
+    ) -> list[Delta]:
         """The knowledge delta of every local agent for this round (updates own public copies).
 
         `x` is (K, P) with one row per local agent; `examples` is labelled examples per agent.
@@ -167,3 +169,8 @@ class ChocoGossip:
 
     def known_sender(self, name: str) -> bool:
         return name in self._remote
+
+    def received_from(self, name: str) -> int:
+        """How many deltas of remote agent `name` this node has accepted so far."""
+        with self._lock:
+            return self._expected[self._remote[name]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from protocols.compression import DENSE_F32, DENSE_INT8, SPARSE_F32, SPARSE_INT8
 from protocols.delta import Delta, DeltaRejected, Rejection
 from swarm.proto.v1 import delta_pb2
 
-_VALUE_DTYPE = {
+_VALUE_DTYPE: dict[int, np.dtype[Any]] = {
     DENSE_F32: np.dtype("<f4"),
     SPARSE_F32: np.dtype("<f4"),
     DENSE_INT8: np.dtype("i1"),
@@ -54,7 +55,7 @@ def to_proto(delta: Delta, key: bytes) -> delta_pb2.KnowledgeDelta:
         base_version=delta.base_version,
         num_params=payload.num_params,
         layout=delta.layout,
-        encoding=payload.encoding,
+        encoding=delta_pb2.Encoding.Name(payload.encoding),
         values=payload.values.astype(_VALUE_DTYPE[payload.encoding], copy=False).tobytes(),
         scale=payload.scale,
         norm=delta.norm,

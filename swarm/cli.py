@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from swarm.runner import RunError
 from swarm.scenario import Scenario, ScenarioError, load_scenario
 
 app = typer.Typer(
@@ -157,6 +158,9 @@ def main() -> None:
         # The message holds key paths like `zones[1]`: print it as plain text, not rich markup.
         console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
         sys.exit(2)
+    except RunError as exc:
+        console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,15 @@ def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None
     root = str(Path(__file__).resolve().parents[1])
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}}
     if address:
-        ctx = ray.init(address=address, runtime_env=env, log_to_driver=False)
+        _token_auth_for_clients()
+        try:
+            ctx = ray.init(address=address, runtime_env=env, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise RunError(
+                f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]} "
+                "(is `ray start --head` running there, and is its auth token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN?)"
+            ) from None
     else:
         ctx = ray.init(
             num_cpus=scenario.ray.num_cpus,
@@ -67,6 +75,20 @@ def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None
         )
     url = getattr(ctx, "dashboard_url", None) or None
     return not address, (f"http://{url}" if url and not url.startswith("http") else url)
+
+
+class RunError(Exception):
+    """A run that cannot start or finish for a reason the user can act on."""
+
+
+def _token_auth_for_clients() -> None:
+    # Ray >= 2.59 enables token auth on clusters started with `ray start --head`, but a client
+    # joining with ray.init(address=...) only sends the token when RAY_AUTH_MODE=token
+    # (ray-project/ray#64755 review: "Clients skip auto token auth"). Opt in when a token exists.
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    has_token = "RAY_AUTH_TOKEN" in os.environ or token_file.exists()
+    if has_token and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 class Runner:
@@ -100,17 +122,18 @@ class Runner:
         spec = sc.model_dump(mode="json")
         key = secrets.token_bytes(32)  # HMAC key of this run's deltas; never leaves Ray
         shards: list[Any] = []
-        world = coordinator = None
+        world: Any = None
+        coordinator: Any = None
         try:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             per_shard_cpu = min(1.0, cpus / sc.n_shards)
             world = ray.remote(num_cpus=0)(WorldHost).remote(spec)
-            info = ray.get(world.info.remote())
+            info: dict[str, Any] = ray.get(world.info.remote())
             probe = world.probe.remote(
                 sc.metrics.probe_per_class, sc.learning.window, sc.seed + 1_000_003
             )
             n, per = sc.agents.count, sc.agents.per_shard
-            shard_cls = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
+            shard_cls: Any = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
             shards = [
                 shard_cls.options(name=None).remote(
                     spec,
@@ -123,11 +146,11 @@ class Runner:
                 )
                 for s in range(sc.n_shards)
             ]
-            endpoints = ray.get([s.endpoint.remote() for s in shards])
-            coord_addr = ""
+            endpoints: list[str] = ray.get([s.endpoint.remote() for s in shards])
+            coord_addr: str = ""
             if sc.gossip.topology == "coordinator":
                 num_params, layout = ray.get(shards[0].model_info.remote())
-                coordinator = ray.remote(num_cpus=0)(CoordinatorHost).remote(
+                coordinator = ray.remote(num_cpus=0)(CoordinatorHost).remote(  # type: ignore[attr-defined]
                     spec, num_params, layout, key
                 )
                 coord_addr = ray.get(coordinator.address.remote())

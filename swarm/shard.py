@@ -49,10 +49,10 @@ class WorldHost:
     """Owns the environment: steps it with the agents' decisions, records trajectories."""
 
     def __init__(self, scenario: dict[str, Any]):
-        from envs.drone_patrol.world import DronePatrolWorld
+        from envs import make_world
 
         sc = Scenario.model_validate(scenario)
-        self.world = DronePatrolWorld(sc.world, sc.agents.count, sc.seed)
+        self.world = make_world(sc.world, sc.agents.count, sc.seed)
         self.trajectory: list[np.ndarray] = []
 
     def info(self) -> dict[str, Any]:

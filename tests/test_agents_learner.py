@@ -154,8 +154,9 @@ def test_learner_on_delayed_partial_labels_beats_chance_and_misses_unseen_class(
     # Prepare: 4 agents, 3 classes; agent 3 never sees class 2; half the ticks are labelled,
     # 3 ticks late
     K, n_classes, delay = 4, 3, 3
-    stream, probe_x, probe_y = _stream_and_probe(K, n_classes, blind_agent=3, blind_class=2,
-                                                 ticks=400)
+    stream, probe_x, probe_y = _stream_and_probe(
+        K, n_classes, blind_agent=3, blind_class=2, ticks=400
+    )
     learner = _learner(K=K, n_classes=n_classes, seed=0)
     label_rng = np.random.default_rng(1)
     pending: deque[np.ndarray] = deque()

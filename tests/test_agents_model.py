@@ -74,7 +74,9 @@ def test_forward_last_equals_last_token_of_parallel():
     x = torch.randn(2, 5, 9, OBS, dtype=torch.float64)
     # Execute / Assert
     torch.testing.assert_close(
-        forward_last(cfg, params, x), forward_parallel(cfg, params, x)[:, :, -1], atol=1e-12,
+        forward_last(cfg, params, x),
+        forward_parallel(cfg, params, x)[:, :, -1],
+        atol=1e-12,
         rtol=0,
     )
 
@@ -190,8 +192,10 @@ def test_batched_train_step_equals_loop_of_single_agents(optimizer):
     for _ in range(2):
         loss = pop.train_step(x, y, mask)
         loop_loss = torch.cat(
-            [s.train_step(x[k : k + 1], y[k : k + 1], mask[k : k + 1])
-             for k, s in enumerate(singles)]
+            [
+                s.train_step(x[k : k + 1], y[k : k + 1], mask[k : k + 1])
+                for k, s in enumerate(singles)
+            ]
         )
     # Assert
     torch.testing.assert_close(loss, loop_loss, atol=1e-5, rtol=0)
@@ -222,8 +226,11 @@ def test_agent_with_all_false_mask_is_unchanged_even_with_adam_momentum():
 def test_state_dict_round_trip_keeps_the_flat_tensor_object():
     # Prepare
     a, b = _population(2, _perturbed_flat(ModelConfig(), 2)), _population(2)
-    a.train_step(torch.randn(2, 3, 8, OBS), torch.zeros(2, 3, dtype=torch.int64),
-                 torch.ones(2, 3, dtype=torch.bool))
+    a.train_step(
+        torch.randn(2, 3, 8, OBS),
+        torch.zeros(2, 3, dtype=torch.int64),
+        torch.ones(2, 3, dtype=torch.bool),
+    )
     a.step(np.ones((2, OBS), np.float32))
     flat_obj = b.flat
     # Execute

@@ -32,7 +32,10 @@ class EventKindConfig(Section):
     """The kind does not exist before this simulated time (new kinds appear mid-run)."""
 
 
-def _default_events() -> dict[str, EventKindConfig]:
+EventName = Literal["fire", "garbage_overflow", "river_garbage", "altitude_limit_sign"]
+
+
+def _default_events() -> dict[EventName, EventKindConfig]:
     # Each zone hosts its own kinds, so a drone patrolling one zone meets only some of them:
     # that is what makes sharing knowledge worth anything.
     return {
@@ -78,10 +81,7 @@ class DronePatrolConfig(Section):
     """Fraction of background ('none') observations that get a label."""
     label_delay_ticks: int = Field(4, ge=0)
     """Labels arrive this many ticks after the observation (operators are slow)."""
-    events: dict[
-        Literal["fire", "garbage_overflow", "river_garbage", "altitude_limit_sign"],
-        EventKindConfig,
-    ] = Field(default_factory=_default_events)
+    events: dict[EventName, EventKindConfig] = Field(default_factory=_default_events)
     """Event kinds by name (from EVENT_CLASSES)."""
 
     @model_validator(mode="after")

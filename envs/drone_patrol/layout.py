@@ -94,8 +94,12 @@ def build_map(cfg: DronePatrolConfig, rng: np.random.Generator) -> PatrolMap:
     n = cfg.cruise_points_per_zone
     rects = np.array(
         [
-            [-half + (z % 2) * side, -half + (z // 2) * side,
-             -half + (z % 2 + 1) * side, -half + (z // 2 + 1) * side]
+            [
+                -half + (z % 2) * side,
+                -half + (z // 2) * side,
+                -half + (z % 2 + 1) * side,
+                -half + (z // 2 + 1) * side,
+            ]
             for z in range(len(ZONES))
         ]
     )  # (Z, 4)

@@ -104,7 +104,10 @@ class DronePhysics:
         for xyz in start:
             b = p.createMultiBody(DRONE_MASS_KG, box, -1, xyz.tolist(), physicsClientId=cid)
             p.changeDynamics(
-                b, -1, linearDamping=0.0, localInertiaDiagonal=DRONE_INERTIA,
+                b,
+                -1,
+                linearDamping=0.0,
+                localInertiaDiagonal=DRONE_INERTIA,
                 physicsClientId=cid,
             )
             self.drones.append(b)
@@ -128,7 +131,10 @@ class DronePhysics:
         for pt, cls in self.hosts:
             x, y = self.pmap.points[pt]
             self.markers[(pt, cls)] = p.createMultiBody(
-                0, -1, shapes[EVENT_CLASSES[cls]], [float(x), float(y), HIDDEN_Z],
+                0,
+                -1,
+                shapes[EVENT_CLASSES[cls]],
+                [float(x), float(y), HIDDEN_Z],
                 physicsClientId=cid,
             )
 
@@ -140,13 +146,17 @@ class DronePhysics:
         x, y = self.pmap.points[point]
         if old:
             p.resetBasePositionAndOrientation(
-                self.markers[(point, old)], [float(x), float(y), HIDDEN_Z], [0, 0, 0, 1],
+                self.markers[(point, old)],
+                [float(x), float(y), HIDDEN_Z],
+                [0, 0, 0, 1],
                 physicsClientId=self.cid,
             )
         if cls:
             z = _MARKERS[EVENT_CLASSES[cls]][3]
             p.resetBasePositionAndOrientation(
-                self.markers[(point, cls)], [float(x), float(y), z], [0, 0, 0, 1],
+                self.markers[(point, cls)],
+                [float(x), float(y), z],
+                [0, 0, 0, 1],
                 physicsClientId=self.cid,
             )
         self.shown[point] = cls

@@ -169,14 +169,16 @@ class DronePatrolWorld:
         moving = speed_xy > HEADING_MIN_SPEED
         self._heading[moving] = np.arctan2(vel[moving, 1], vel[moving, 0])
         obs = self.sensor.observe(
-            self._true, vis, pos[:, 2], np.linalg.norm(vel, axis=1), self._heading,
+            self._true,
+            vis,
+            pos[:, 2],
+            np.linalg.norm(vel, axis=1),
+            self._heading,
             self._noise_rng,
         )
         self.metrics.observed(self.tick, self._event_id)
 
-        frac = np.where(
-            self._true > 0, self.cfg.label_fraction, self.cfg.background_label_fraction
-        )
+        frac = np.where(self._true > 0, self.cfg.label_fraction, self.cfg.background_label_fraction)
         chosen = np.flatnonzero(self._label_rng.random(self.n_agents) < frac)
         if chosen.size:
             rows = np.stack(
