@@ -9,6 +9,8 @@ stays one contiguous float32 CPU tensor and is never replaced.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -125,7 +127,12 @@ class Population:
         return forward_parallel(self.model_cfg, unflatten(self.flat, self.specs), x)
 
     def train_step(
-        self, x: np.ndarray | Tensor, y: np.ndarray | Tensor, mask: np.ndarray | Tensor
+        self,
+        x: np.ndarray | Tensor,
+        y: np.ndarray | Tensor,
+        mask: np.ndarray | Tensor,
+        penalty: Callable[[Tensor], Tensor] | None = None,
+        grad_mask: Tensor | None = None,
     ) -> Tensor:
         """One optimizer step per agent on its own batch; returns each agent's loss (K,).
 
@@ -133,6 +140,10 @@ class Population:
         agent's loss is the mean cross-entropy over its unmasked examples, and the summed loss
         is differentiated, so agent k's gradient is that of its own mean loss, whatever K is.
         Agents with no unmasked example are left exactly unchanged (weights and optimizer).
+
+        penalty: maps the flat parameters (K, P) to a per-agent regulariser (K,) added to each
+        agent's loss (online EWC uses it). grad_mask: (P,) or (K, P) bool, parameters outside it
+        get zero gradient (training only a small subset of the weights).
         """
         x = torch.as_tensor(x, dtype=torch.float32)
         y = torch.as_tensor(y, dtype=torch.int64)
@@ -144,7 +155,11 @@ class Population:
         ).view(y.shape)  # (K, B)
         n = w.sum(1)  # (K,)
         loss = (ce * w).sum(1) / n.clamp(min=1.0)  # (K,)
+        if penalty is not None:
+            loss = loss + penalty(self.flat)  # (K,)
         (grad,) = torch.autograd.grad(loss.sum(), self.flat)  # (K, P)
+        if grad_mask is not None:
+            grad = grad * grad_mask.to(grad.dtype)
         self.optimizer.step(self.flat.data, grad, active=n > 0)
         return loss.detach()
 
