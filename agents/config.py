@@ -23,12 +23,34 @@ class ModelConfig(Section):
     """Feed-forward width = ffn_mult * d_model."""
     slope_window: int = Field(4, ge=1, le=256)
     """W: how many recent tokens the slope section aggregates (short-range)."""
+    ffn_groups: int = Field(1, ge=1, le=4096)
+    """G: the feed-forward neurons are split into G groups that a router switches on per token
+    (selective activation, agents/yan/selective.py); 1 = dense FFN, no router."""
+    ffn_top_k: int = Field(1, ge=1, le=4096)
+    """k <= G: groups active per token (activation density k / G)."""
+    router_noise_anneal_steps: int = Field(500, ge=0)
+    """Training steps of an agent over which the router's exploration noise falls linearly
+    from 1 to 0 ("random at first, targeted later"); 0 = never noisy."""
 
     @model_validator(mode="after")
     def _channels_divide_width(self) -> ModelConfig:
         if self.d_model % self.channels:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by channels ({self.channels})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _groups_divide_ffn(self) -> ModelConfig:
+        ffn = self.ffn_mult * self.d_model
+        if ffn % self.ffn_groups:
+            raise ValueError(
+                f"ffn_groups ({self.ffn_groups}) must divide the FFN width ffn_mult * d_model "
+                f"({ffn})"
+            )
+        if self.ffn_top_k > self.ffn_groups:
+            raise ValueError(
+                f"ffn_top_k ({self.ffn_top_k}) must be <= ffn_groups ({self.ffn_groups})"
             )
         return self
 
@@ -50,6 +72,31 @@ class LearnConfig(Section):
     """Ticks of raw observations each agent keeps so late labels can still find their window."""
     optimizer: Literal["adam", "sgd"] = "adam"
     """Per-agent optimizer (its state is stacked with the parameters)."""
+    replay_mode: Literal["reservoir", "none"] = "reservoir"
+    """"reservoir": train on class-balanced batches of the per-class reservoir replay; "none":
+    plain online SGD, each step trains once on the windows labelled since the previous step."""
+    ewc_lambda: float = Field(0.0, ge=0.0)
+    """lambda of online EWC's penalty (lambda/2) sum_i F_i (theta_i - theta*_i)^2; 0 = off."""
+    ewc_gamma: float = Field(0.9, ge=0.0, le=1.0)
+    """Decay of the running Fisher at each consolidation, F <- gamma F + F_new (Schwarz et al.
+    2018 use gamma < 1 so old importance fades)."""
+    consolidate_every: int = Field(100, ge=1)
+    """Learning steps between two EWC consolidations (new Fisher, new anchor): a deployed agent
+    sees no task boundaries. With fisher_batch 32 one consolidation costs ~8 plain steps (K 16,
+    batch 16, window 8, default model), so 100 keeps it under ~10% of learning time."""
+    fisher_batch: int = Field(32, ge=1, le=4096)
+    """Labelled windows per agent for each Fisher estimate (replay samples, or the newest
+    windows when replay_mode is "none")."""
+    ssl_weight: float = Field(0.0, ge=0.0)
+    """Weight of the self-supervised next-step loss on unlabelled windows of the agent's own
+    recent experience (0 = off): unlabelled experience teaches too."""
+    ssl_batch: int = Field(8, ge=1, le=4096)
+    """Unlabelled windows per agent per learning step when ssl_weight > 0."""
+    trainable: Literal["all", "head", "last_block", "random"] = "all"
+    """Which parameters online learning may change: all; the head and every norm gain; the
+    last block, final norm and head; or a fixed random `trainable_fraction` of them."""
+    trainable_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    """Share of the parameters trained when `trainable` is "random"."""
 
     @model_validator(mode="after")
     def _history_holds_window(self) -> LearnConfig:

@@ -1,9 +1,11 @@
 """The online learner an AgentShard hosts: K agents that act and keep learning from late labels.
 
 Per agent: a ring of recent observations (so a label that arrives late still finds the window that
-ended at its tick), a class-partitioned reservoir replay memory, and its own row of the stacked
-population. Deterministic given the seed: all sampling uses one numpy Generator owned here, and the
-weights' init uses a torch Generator seeded inside `init_flat`; the global RNGs are never touched.
+ended at its tick), a class-partitioned reservoir replay memory (or, with `replay_mode: none`,
+only the newest labelled windows: plain online SGD), optional online EWC and a trainable subset
+(agents/continual.py), and its own row of the stacked population. Deterministic given the seed:
+all sampling uses one numpy Generator owned here, and the weights' init uses a torch Generator
+seeded inside `init_flat`; the global RNGs are never touched.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from agents.config import LearnConfig, ModelConfig
+from agents.continual import OnlineEWC, trainable_mask
 from agents.population import Population
 
 EVAL_CHUNK = 256  # probe windows per forward pass in `evaluate`: bounds activation memory
@@ -78,6 +81,45 @@ class ReservoirReplay:
         return items, cls.astype(np.int64), mask
 
 
+class RecentWindows:
+    """Per-agent FIFO of the newest `capacity` labelled windows, and how many arrived since the
+    last learning step: the data of plain online SGD (`replay_mode: none`)."""
+
+    def __init__(self, n_agents: int, capacity: int, item_shape: tuple[int, ...]) -> None:
+        self.capacity = capacity
+        self.items = np.zeros((n_agents, capacity, *item_shape), np.float32)
+        self.classes = np.zeros((n_agents, capacity), np.int64)
+        self.count = np.zeros(n_agents, np.int64)  # windows added, ever
+        self.fresh = np.zeros(n_agents, np.int64)  # windows added since the last `take_fresh`
+
+    def add(self, agents: np.ndarray, classes: np.ndarray, items: np.ndarray) -> None:
+        """Append items (N, *item_shape) in order; each agent's oldest are overwritten."""
+        for i, (a, c) in enumerate(zip(agents.tolist(), classes.tolist(), strict=True)):
+            slot = self.count[a] % self.capacity
+            self.items[a, slot], self.classes[a, slot] = items[i], c
+            self.count[a] += 1
+            self.fresh[a] += 1
+
+    def newest(self, n: int, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each agent's min(n, limit[k], held) newest windows, newest first: items (K, n, ...),
+        classes (K, n), mask (K, n) bool (False past an agent's share)."""
+        n = min(n, self.capacity)
+        K = len(self.count)
+        age = np.arange(n)  # 0 = newest
+        slot = (self.count[:, None] - 1 - age) % self.capacity  # (K, n)
+        take = np.minimum(np.minimum(limit, self.count), n)  # (K,)
+        mask = age[None, :] < take[:, None]  # (K, n)
+        rows = np.arange(K)[:, None]
+        return self.items[rows, slot], self.classes[rows, slot], mask
+
+    def take_fresh(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The newest windows that arrived since the last call (at most n per agent; older fresh
+        ones beyond n are skipped, never trained on), then marks all of them used."""
+        out = self.newest(n, self.fresh)
+        self.fresh[:] = 0
+        return out
+
+
 class OnlineLearner:
     """K agents that act every tick and learn online from labels that arrive late."""
 
@@ -103,6 +145,25 @@ class OnlineLearner:
         self.replay = ReservoirReplay(
             n_agents, n_classes, learn_cfg.replay, (learn_cfg.window, obs_dim), self.rng
         )
+        self.recent: RecentWindows | None = None
+        """The newest labelled windows, kept only when replay_mode is "none"."""
+        if learn_cfg.replay_mode == "none":
+            capacity = learn_cfg.batch
+            if learn_cfg.ewc_lambda > 0:
+                capacity = max(capacity, learn_cfg.fisher_batch)
+            self.recent = RecentWindows(n_agents, capacity, (learn_cfg.window, obs_dim))
+        self.ewc: OnlineEWC | None = None
+        """Online EWC state (running Fisher, anchor), when ewc_lambda > 0."""
+        if learn_cfg.ewc_lambda > 0:
+            self.ewc = OnlineEWC(
+                n_agents, self.population.num_params, learn_cfg.ewc_lambda, learn_cfg.ewc_gamma
+            )
+        self.grad_mask = trainable_mask(
+            self.population.specs, learn_cfg.trainable, learn_cfg.trainable_fraction, seed
+        )
+        """(P,) bool: the parameters online learning may change; None = all."""
+        self.learn_steps = 0
+        """learn_step calls so far (the EWC consolidation clock)."""
         self._new_examples = np.zeros(n_agents, np.int64)
         self.labels_dropped = 0
         """Labels whose tick had left the history (or was never observed), since creation."""
@@ -149,20 +210,67 @@ class OnlineLearner:
         idx = end[:, None] + np.arange(-W + 1, 1)  # (M', W) the window, oldest first
         windows = self._obs[agents[:, None], idx % self._ring]  # (M', W, obs_dim)
         windows[idx < 0] = 0.0  # zero-padded before the first observation
-        self.replay.add(agents, classes, windows)
+        if self.recent is not None:
+            self.recent.add(agents, classes, windows)
+        else:
+            self.replay.add(agents, classes, windows)
         self._new_examples += np.bincount(agents, minlength=self.n_agents)
 
     def learn_step(self) -> dict[str, np.ndarray]:
-        """One batched optimizer step; each agent trains on `batch` windows of its own replay.
+        """One batched optimizer step; each agent trains on up to `batch` of its labelled windows:
+        a class-balanced replay sample, or (replay_mode "none") those that arrived since the
+        previous step. With EWC on, every `consolidate_every` steps the agents that hold data
+        are consolidated after the step (new Fisher, anchor = the weights just reached).
 
-        Returns {"loss": (K,) float32, nan where not trained; "trained": (K,) bool}.
+        Returns {"loss": (K,) float32, nan where not trained (includes the EWC penalty);
+        "trained": (K,) bool; "consolidated": (K,) bool}.
         """
-        x, y, mask = self.replay.sample(self.learn_cfg.batch)
+        cfg, K = self.learn_cfg, self.n_agents
+        self.learn_steps += 1
+        if self.recent is not None:
+            x, y, mask = self.recent.take_fresh(cfg.batch)
+        else:
+            x, y, mask = self.replay.sample(cfg.batch)
         trained = np.asarray(mask.any(1))  # (K,)
-        if not trained.any():
-            return {"loss": np.full(self.n_agents, np.nan, np.float32), "trained": trained}
-        loss = self.population.train_step(x, y, mask).numpy()
-        return {"loss": np.where(trained, loss, np.nan).astype(np.float32), "trained": trained}
+        unlabeled = self._unlabeled_windows() if cfg.ssl_weight > 0 else None
+        if unlabeled is not None:
+            trained[:] = True  # every agent has its own experience to learn from
+        loss = np.full(K, np.nan, np.float32)
+        if trained.any():
+            penalty = self.ewc.penalty if self.ewc is not None else None
+            out = self.population.train_step(
+                x, y, mask, penalty=penalty, grad_mask=self.grad_mask,
+                unlabeled=unlabeled, ssl_weight=cfg.ssl_weight,
+            ).numpy()  # fmt: skip
+            loss = np.where(trained, out, np.nan).astype(np.float32)
+        consolidated = np.zeros(K, bool)
+        if self.ewc is not None and self.learn_steps % cfg.consolidate_every == 0:
+            consolidated = self.consolidate()
+        return {"loss": loss, "trained": trained, "consolidated": consolidated}
+
+    def _unlabeled_windows(self) -> np.ndarray | None:
+        """(K, ssl_batch, window, obs_dim) windows of each agent's own recent observations,
+        ending at random ticks of its history; None until a whole window has been seen."""
+        W, n = self.learn_cfg.window, self._n
+        lo = max(W - 1, n - self.learn_cfg.history)
+        if n - 1 < lo:
+            return None
+        ends = self.rng.integers(lo, n, size=(self.n_agents, self.learn_cfg.ssl_batch))
+        idx = ends[..., None] + np.arange(-W + 1, 1)  # (K, Bu, W), oldest first
+        agents = np.arange(self.n_agents)[:, None, None]
+        return self._obs[agents, idx % self._ring]  # (K, Bu, W, obs_dim)
+
+    def consolidate(self) -> np.ndarray:
+        """Online-EWC consolidation now, on `fisher_batch` of each agent's windows (replay
+        sample, or the newest ones); agents without data are skipped. Returns which (K,) bool."""
+        if self.ewc is None:
+            raise RuntimeError("EWC is off: set learn.ewc_lambda > 0")
+        n = self.learn_cfg.fisher_batch
+        if self.recent is not None:
+            x, y, mask = self.recent.newest(n, self.recent.count)
+        else:
+            x, y, mask = self.replay.sample(n)
+        return self.ewc.consolidate(self.population, x, y, mask).numpy()
 
     @torch.no_grad()
     def evaluate(self, windows: np.ndarray, labels: np.ndarray) -> np.ndarray:

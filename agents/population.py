@@ -5,6 +5,10 @@ All agents start from the same initial weights (`init_flat(seed)`): a common ini
 parameter averaging between agents meaningful (FedAvg, McMahan et al. 2017, fig. 1). Gossip code
 may edit `flat.data` in place (also through `flat.data.numpy()`, which shares memory), so `flat`
 stays one contiguous float32 CPU tensor and is never replaced.
+
+With selective activation (model_cfg.ffn_groups > 1) training adds the Switch load-balance loss
+and anneals each agent's router noise over its own step count; `select_stats` holds the latest
+routing figures per agent for the runner to log (agents/yan/selective.py).
 """
 
 from __future__ import annotations
@@ -18,21 +22,39 @@ from torch import Tensor
 from torch.optim.adam import adam
 
 from agents.config import LearnConfig, ModelConfig
+from agents.yan.io import self_supervised_loss
 from agents.yan.model import (
     State,
+    forward_chunkwise,
     forward_last,
     forward_parallel,
     forward_step,
+    hidden,
+    infer_inputs,
     init_flat,
     init_state,
     num_params,
     param_specs,
     unflatten,
 )
+from agents.yan.selective import (
+    RouteRecord,
+    Routing,
+    load_balance_loss,
+    noise_scale,
+    selective_stats,
+)
 
 # Adam constants: the defaults of Kingma & Ba 2015 (and torch.optim.Adam).
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+# logits_parallel switches to the chunkwise form above this many tokens: the parallel form's
+# (C, 2, T, T) mixing matrix grows as T^2. Measured here (default model, K=16, B=4, 1 thread,
+# parallel vs chunkwise): T=64 14.5 vs 23 ms, T=128 62 vs 52 ms, T=256 183 vs 37 ms.
+CHUNKWISE_FROM_T = 128
+# chunk length: per token the Toeplitz work grows as L, the Python loop over chunks as T / L;
+# at 64 a 16384-token prefill of one default agent took 0.43 s here
+CHUNK = 64
 
 
 class StackedOptimizer:
@@ -103,6 +125,9 @@ class Population:
             learn_cfg.optimizer, learn_cfg.lr, n_agents, self.num_params
         )
         self.state: State = init_state(model_cfg, n_agents, 1)
+        # router exploration noise: owned here so a run stays a pure function of the seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self._route_records: list[RouteRecord] = []  # the last train_step's, detached
 
     # -- acting (recurrent form) ---------------------------------------------------------------
 
@@ -122,9 +147,15 @@ class Population:
 
     @torch.no_grad()
     def logits_parallel(self, x: np.ndarray | Tensor) -> Tensor:
-        """x (K, B, T, obs_dim) -> logits (K, B, T, n_classes), every window from a zero state."""
+        """x (K, B, T, obs_dim) -> logits (K, B, T, n_classes), every window from a zero state.
+
+        Windows longer than CHUNKWISE_FROM_T tokens run in the chunkwise form (same function,
+        memory linear in T)."""
         x = torch.as_tensor(x, dtype=torch.float32)
-        return forward_parallel(self.model_cfg, unflatten(self.flat, self.specs), x)
+        params = unflatten(self.flat, self.specs)
+        if x.shape[2] > CHUNKWISE_FROM_T:
+            return forward_chunkwise(self.model_cfg, params, x, chunk=CHUNK)[0]
+        return forward_parallel(self.model_cfg, params, x)
 
     def train_step(
         self,
@@ -133,6 +164,8 @@ class Population:
         mask: np.ndarray | Tensor,
         penalty: Callable[[Tensor], Tensor] | None = None,
         grad_mask: Tensor | None = None,
+        unlabeled: np.ndarray | Tensor | None = None,
+        ssl_weight: float = 0.0,
     ) -> Tensor:
         """One optimizer step per agent on its own batch; returns each agent's loss (K,).
 
@@ -144,24 +177,60 @@ class Population:
         penalty: maps the flat parameters (K, P) to a per-agent regulariser (K,) added to each
         agent's loss (online EWC uses it). grad_mask: (P,) or (K, P) bool, parameters outside it
         get zero gradient (training only a small subset of the weights).
+
+        unlabeled: (K, Bu, Tu, obs_dim) windows of raw experience, no labels: with ssl_weight > 0
+        each agent also minimises ssl_weight * its self-supervised next-step loss on them (the
+        next-step head, agents/yan/io.py), so unlabelled experience teaches too, and every agent
+        takes a step.
+
+        Selective FFN (ffn_groups > 1): the router picks groups under noise annealed over each
+        agent's own step count, the load-balance loss of every token of the batch (masked rows
+        included) is added to the loss, and `select_stats` is refreshed.
         """
         x = torch.as_tensor(x, dtype=torch.float32)
         y = torch.as_tensor(y, dtype=torch.int64)
         w = torch.as_tensor(mask, dtype=torch.bool).float()  # (K, B)
         params = unflatten(self.flat, self.specs)
-        logits = forward_last(self.model_cfg, params, x)  # (K, B, n_classes)
+        cfg = self.model_cfg
+        routing = None
+        if cfg.ffn_groups > 1:
+            a = noise_scale(self.optimizer.t, cfg.router_noise_anneal_steps)  # (K,)
+            routing = Routing(
+                noise_scale=a if bool((a > 0).any()) else None, generator=self.generator
+            )
+        logits = forward_last(cfg, params, x, routing)  # (K, B, n_classes)
         ce = F.cross_entropy(
             logits.reshape(-1, self.n_classes), y.reshape(-1), reduction="none"
         ).view(y.shape)  # (K, B)
         n = w.sum(1)  # (K,)
         loss = (ce * w).sum(1) / n.clamp(min=1.0)  # (K,)
+        if routing is not None:
+            loss = loss + load_balance_loss(routing.records)  # (K,)
+            self._route_records = [
+                RouteRecord(r.selected, r.probs.detach()) for r in routing.records
+            ]
+        active = n > 0
+        if unlabeled is not None and ssl_weight > 0:
+            u = {"vector": torch.as_tensor(unlabeled, dtype=torch.float32)}
+            h = hidden(cfg, params, u, routing)  # (K, Bu, Tu, D)
+            inp = infer_inputs(params, u)
+            loss = loss + ssl_weight * self_supervised_loss(params, h, u, inp)  # (K,)
+            active = torch.ones_like(active)
         if penalty is not None:
             loss = loss + penalty(self.flat)  # (K,)
         (grad,) = torch.autograd.grad(loss.sum(), self.flat)  # (K, P)
         if grad_mask is not None:
             grad = grad * grad_mask.to(grad.dtype)
-        self.optimizer.step(self.flat.data, grad, active=n > 0)
+        self.optimizer.step(self.flat.data, grad, active=active)
         return loss.detach()
+
+    @property
+    def select_stats(self) -> dict[str, np.ndarray]:
+        """Routing figures of the selective FFN from the last train_step, per agent where the
+        array is (K,) or (K, G), plus the static per-token costs (selective.selective_stats).
+        Before any train_step, or for a dense model, only density 1 and the static costs.
+        Computed on read, so a train_step pays nothing for it."""
+        return _numpy(selective_stats(self.model_cfg, self._route_records))
 
     # -- checkpointing -------------------------------------------------------------------------
 
@@ -176,6 +245,7 @@ class Population:
         for i, (v_hist, h) in enumerate(self.state):
             out[f"rec.{i}.v_hist"] = v_hist.clone()
             out[f"rec.{i}.h"] = h.clone()
+        out["rng.router"] = self.generator.get_state()  # uint8 tensor
         return out
 
     def load_state_dict(self, sd: dict[str, Tensor]) -> None:
@@ -193,3 +263,9 @@ class Population:
             (sd[f"rec.{i}.v_hist"].clone(), sd[f"rec.{i}.h"].clone())
             for i in range(self.model_cfg.layers)
         ]
+        if "rng.router" in sd:  # absent in checkpoints written before selective activation
+            self.generator.set_state(sd["rng.router"])
+
+
+def _numpy(stats: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in stats.items()}

@@ -239,6 +239,7 @@ class Runner:
                 "learn/probe_acc_min": float(acc.min()),
                 "learn/probe_acc_isolated": float(iso.mean()),
                 "learn/consensus_distance": max(consensus, 0.0),
+                "learn/activation_density": float(np.mean([m["density"] for m in shard_m])),
                 "gossip/bytes_sent": int(sent.sum()),
                 "gossip/dense_bytes": int(dense),
                 "gossip/wire_bytes": int(sum(t.get("wire_bytes_sent", 0) for t in traffic)),

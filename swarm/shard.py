@@ -187,6 +187,8 @@ class AgentShard:
             "sum_x": flat.sum(axis=0),
             "sum_sq": float((flat**2).sum()),
             "traffic": self.exchange.traffic() if self.exchange else {},
+            # selective activation, measured on the last training step (1.0 when dense)
+            "density": float(np.mean(self.learner.population.select_stats["select/density"])),
         }
         if self.shadow is not None:
             out["probe_acc_isolated"] = balanced_accuracy(

@@ -18,3 +18,15 @@ def ray_local():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread, as in the actors: on 2 busy cores a second torch thread mostly
+    waits (10-50x slower recurrent steps measured here), and sums keep a fixed order."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agents.config import LearnConfig, ModelConfig
-from agents.learner import OnlineLearner, ReservoirReplay, balanced_accuracy
+from agents.learner import OnlineLearner, RecentWindows, ReservoirReplay, balanced_accuracy
 
 OBS = 16
 
@@ -226,3 +226,84 @@ def test_replay_sampling_is_class_balanced_and_uniform_within_a_class():
     hist = np.bincount(background.astype(np.int64), minlength=40)
     expected = len(background) / 40
     assert ((hist - expected) ** 2 / expected).sum() < 72.1  # chi-square, 39 dof, p = 0.001
+
+
+# ---- plain online SGD (replay_mode "none") and online EWC in the learner --------------------
+
+
+def test_recent_windows_returns_the_newest_first_and_overwrites_the_oldest():
+    recent = RecentWindows(n_agents=2, capacity=3, item_shape=(1,))
+    recent.add(np.zeros(5, np.int64), np.arange(5), np.arange(5.0)[:, None])  # agent 0: 0..4
+    recent.add(np.ones(1, np.int64), np.array([7]), np.array([[9.0]]))  # agent 1: one item
+    items, classes, mask = recent.newest(3, limit=np.array([3, 3]))
+    assert classes[0].tolist() == [4, 3, 2] and items[0, :, 0].tolist() == [4, 3, 2]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+    assert classes[1, 0] == 7
+    _, classes, mask = recent.take_fresh(2)  # 5 and 1 fresh: the 2 and 1 newest
+    assert mask.tolist() == [[True, True], [True, False]] and classes[0].tolist() == [4, 3]
+    assert recent.fresh.tolist() == [0, 0]
+
+
+def test_plain_online_sgd_trains_once_on_each_new_window_only():
+    # Prepare: replay off; agent 0 gets two labels, agent 1 none
+    learner = _learner(K=2, replay_mode="none")
+    for t in range(4):
+        learner.act(t, _tick_obs(2, t))
+    learner.add_labels(np.array([[0, 2, 1], [0, 3, 2]]))
+    before = learner.population.flat.detach().clone()
+    # Execute
+    first = learner.learn_step()
+    second = learner.learn_step()  # nothing new arrived: nobody trains
+    # Assert
+    assert first["trained"].tolist() == [True, False] and not second["trained"].any()
+    after = learner.population.flat.detach()
+    assert not torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+    assert learner.replay.size.sum() == 0  # the reservoir is not filled
+
+
+@pytest.mark.parametrize("replay_mode", ["reservoir", "none"])
+def test_ewc_consolidates_every_n_steps_only_agents_with_data(replay_mode):
+    # Prepare: agent 2 never gets a label
+    learner = _learner(K=3, replay_mode=replay_mode, ewc_lambda=10.0, consolidate_every=3)
+    assert learner.ewc is not None
+    rng = np.random.default_rng(0)
+    done = []
+    # Execute
+    for t in range(6):
+        learner.act(t, rng.standard_normal((3, OBS)).astype(np.float32))
+        learner.add_labels(np.array([[0, t, t % 3], [1, t, (t + 1) % 3]]))
+        done.append(learner.learn_step()["consolidated"].tolist())
+    # Assert: steps 3 and 6 consolidate agents 0 and 1; anchor = the weights after step 6
+    assert [i + 1 for i, d in enumerate(done) if any(d)] == [3, 6]
+    assert done[5] == [True, True, False]
+    assert learner.ewc.consolidations.tolist() == [2, 2, 0]
+    assert (learner.ewc.fisher[:2] > 0).any(1).all() and (learner.ewc.fisher[2] == 0).all()
+    torch.testing.assert_close(learner.ewc.anchor[:2], learner.population.flat.detach()[:2])
+
+
+def test_ewc_penalty_holds_the_weights_near_the_anchor():
+    # Prepare: the same learner with and without EWC, consolidated once after 10 steps,
+    # then trained on a new labelling of the same inputs
+    def drift(ewc_lambda: float) -> float:
+        learner = _learner(K=1, ewc_lambda=ewc_lambda, consolidate_every=10, seed=3)
+        rng = np.random.default_rng(0)
+        for t in range(30):
+            learner.act(t, rng.standard_normal((1, OBS)).astype(np.float32))
+            cls = t % 3 if t < 10 else (t + 1) % 3
+            learner.add_labels(np.array([[0, t, cls]]))
+            learner.learn_step()
+            if t == 9:
+                anchor = learner.population.flat.detach().clone()
+        return float((learner.population.flat.detach() - anchor).norm())
+
+    # Execute / Assert: a stiff penalty (lambda 1e5) halves the drift away from the anchor
+    assert drift(1e5) < 0.5 * drift(1e-9)
+
+
+def test_learn_config_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="replay_mode"):
+        LearnConfig(replay_mode="fifo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="trainable"):
+        LearnConfig(trainable="encoder")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ewc_lambda"):
+        LearnConfig(ewc_lambda=-1.0)

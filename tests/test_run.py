@@ -91,6 +91,16 @@ def test_other_topologies_run(ray_local, tmp_path: Path, topology: str) -> None:
         assert m["learn/consensus_distance"] == pytest.approx(0, abs=1e-6)  # FedAvg: one model
 
 
+def test_runner_with_selective_activation_and_ewc(ray_local, tmp_path: Path) -> None:
+    sc = _variant(
+        model={"ffn_groups": 4, "ffn_top_k": 2},
+        learning={"batch": 8, "replay": 64, "ewc_lambda": 10.0, "consolidate_every": 5},
+    )
+    m = _run(sc, tmp_path).summary["metrics"]
+    assert m["learn/activation_density"] == pytest.approx(0.5)  # k / G
+    assert m["gossip/deltas_accepted"] > 0
+
+
 def test_cli_smoke(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

@@ -21,16 +21,37 @@ What is our reconstruction (the paper publishes neither the slope kernel nor any
   - section norm: RMS-normalize each channel of each section without parameters (as RetNet's
     per-head GroupNorm; the output projection carries the scale);
   - block layout: pre-norm residual MCSD sublayer, then a pre-norm residual GELU feed-forward
-    sublayer (dense for now: selective activation will swap `feed_forward`).
+    sublayer, dense or with selective activation (agents/yan/selective.py, all reconstruction).
+
+The equations, per layer, channel c, token t (x_t the normed input of the sublayer):
+    [v | q | u | p]_t = W_c x_t                                  (block-diagonal projections)
+    s_t = sum_{m=0}^{W_c-1} P_c(m) v_{t-m},  P_c(m) = max(0, 1 - m / W_c)          (slope)
+    h_t = lambda_c h_{t-1} + q_t = sum_{m<=t} lambda_c^{t-m} q_m                    (decay)
+    y_t = W_out [rms(u_t * s_t) ; rms(p_t * h_t)]_c                      (fuse, per channel)
+    z <- z + y;  z <- z + FFN(rms(z))
+Three forms compute the same function (tests/test_agents_model.py checks outputs and gradients):
+  - parallel (`forward_parallel`, `forward_last`): both sections as one masked Toeplitz matmul
+    over the whole window, M (C, 2, T, T). Fastest for training windows; O(T^2) memory.
+  - chunkwise (`forward_chunkwise`): chunks of L tokens. Inside a chunk both sections are
+    Toeplitz matmuls; across chunks two states are carried, as RetNet's chunkwise form (arXiv
+    2307.08621, eq. 7) with a per-channel scalar decay:
+        h_{[i]} (at chunk position j) = sum_{m in chunk, m<=j} lambda^{j-m} q_m
+                                        + lambda^{j+1} h_{end of chunk i-1},
+        h_{end of chunk i} = lambda^L h_{end of chunk i-1} + (intra-chunk h at j = L-1),
+    and the slope reads the previous chunk's last W v-vectors (the ring) as extra columns. It
+    starts from any state and returns the final one (prefill, then decode with forward_step).
+    O(T (L + W)) time and memory; no T x T matrix.
+  - recurrent (`forward_step`): one token, a ring of the last W v-vectors and h; O(1) state.
 
 Shapes: K agents, B sequences per agent, T tokens, D = d_model, C channels, Dc = D / C,
-W = slope window, F = ffn_mult * D, P = parameters per agent. Weights are stored (out, in),
-as torch.nn.Linear.
+W = slope window, L = chunk length, F = ffn_mult * D, G = FFN groups, P = parameters per agent.
+Weights are stored (out, in), as torch.nn.Linear.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import lru_cache
 
 import torch
@@ -38,6 +59,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.config import ModelConfig
+from agents.yan import io, selective
+from agents.yan.io import HeadConfig, ImageConfig, InputConfig
+from agents.yan.selective import Routing
+
+Obs = Tensor | Mapping[str, Tensor]
+"""An observation batch: a tensor (..., vector_dim) is the "vector" modality; a mapping holds
+any of "image", "vector", "tokens" (agents/yan/io.py)."""
 
 Spec = tuple[str, tuple[int, ...]]
 State = list[tuple[Tensor, Tensor]]
@@ -51,11 +79,22 @@ RMS_EPS = 1e-6  # keeps rsqrt finite on an all-zero vector (zero-padded stream s
 # Parameters: names, shapes, one flat row per agent
 
 
-def param_specs(cfg: ModelConfig, obs_dim: int, n_classes: int) -> list[Spec]:
-    """Name and per-agent shape of every parameter, in flat-row order."""
+def model_io(obs: int | InputConfig, heads: int | HeadConfig) -> tuple[InputConfig, HeadConfig]:
+    """The model's inputs and heads. An int `obs` is a feature vector of that width; an int
+    `heads` is a classification head over that many classes plus the self-supervised
+    next-step head."""
+    inp = obs if isinstance(obs, InputConfig) else InputConfig(vector_dim=obs)
+    hd = heads if isinstance(heads, HeadConfig) else HeadConfig(n_classes=heads, next_step=True)
+    return inp, hd
+
+
+def param_specs(cfg: ModelConfig, obs: int | InputConfig, heads: int | HeadConfig) -> list[Spec]:
+    """Name and per-agent shape of every parameter, in flat-row order: encoders, blocks,
+    final norm, heads (encoders and heads from agents/yan/io.py)."""
     D, C = cfg.d_model, cfg.channels
     Dc, Fw = D // C, cfg.ffn_mult * D
-    specs: list[Spec] = [("enc.w", (D, obs_dim)), ("enc.b", (D,))]
+    io_part = io.io_specs(*model_io(obs, heads), D)
+    specs: list[Spec] = [spec for spec in io_part if spec[0].startswith("enc.")]
     for i in range(cfg.layers):
         b = f"blocks.{i}"
         specs += [
@@ -69,7 +108,11 @@ def param_specs(cfg: ModelConfig, obs_dim: int, n_classes: int) -> list[Spec]:
             (f"{b}.ffn.w2", (D, Fw)),
             (f"{b}.ffn.b2", (D,)),
         ]
-    specs += [("norm_f", (D,)), ("head.w", (n_classes, D)), ("head.b", (n_classes,))]
+        if cfg.ffn_groups > 1:  # selective activation's router (Shazeer 2017: W_g, W_noise)
+            G = cfg.ffn_groups
+            specs += [(f"{b}.ffn.w_gate", (G, D)), (f"{b}.ffn.w_noise", (G, D))]
+    specs.append(("norm_f", (D,)))
+    specs += [spec for spec in io_part if spec[0].startswith("head.")]
     return specs
 
 
@@ -89,17 +132,25 @@ def unflatten(flat: Tensor, specs: list[Spec]) -> dict[str, Tensor]:
     return {name: c.view(K, *shape) for (name, shape), c in zip(specs, chunks, strict=True)}
 
 
-def init_flat(cfg: ModelConfig, obs_dim: int, n_classes: int, seed: int) -> Tensor:
+def init_flat(
+    cfg: ModelConfig, obs: int | InputConfig, heads: int | HeadConfig, seed: int
+) -> Tensor:
     """One agent's initial parameters (P,), float32, a pure function of the seed."""
     g = torch.Generator().manual_seed(seed)
     # residual-branch outputs scaled by 1/sqrt(2 * layers) so the residual stream's variance
     # does not grow with depth (GPT-2, Radford et al. 2019, section 2.3)
     residual_scale = 1.0 / math.sqrt(2 * cfg.layers)
     parts = []
-    for name, shape in param_specs(cfg, obs_dim, n_classes):
-        if name.endswith(("norm_mix", "norm_ffn", "norm_f")):
+    for name, shape in param_specs(cfg, obs, heads):
+        if io.is_io_param(name):  # encoders and heads: io's own rules
+            t = io.init_io_param(name, shape, g)
+        elif name.endswith(("norm_mix", "norm_ffn", "norm_f")):
             t = torch.ones(shape)
         elif name.endswith((".b", ".b1", ".b2")):
+            t = torch.zeros(shape)
+        elif name.endswith(("w_gate", "w_noise")):
+            # zero router: every group scores alike, so the first picks are uniformly random
+            # under the noise (Shazeer 2017, appendix A)
             t = torch.zeros(shape)
         else:  # matrices (..., out, in): unit-variance outputs for unit-variance inputs
             t = torch.randn(shape, generator=g) / math.sqrt(shape[-1])
@@ -152,6 +203,31 @@ def step_weights(channels: int, slope_window: int, dtype: torch.dtype) -> tuple[
     return kernel.view(channels, 1, slope_window, 1).to(dtype), lam.view(-1, 1, 1).to(dtype)
 
 
+@lru_cache(maxsize=64)
+def chunk_matrices(
+    channels: int, slope_window: int, L: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Chunkwise-form fixed weights for chunks of L tokens.
+
+    S (C, L, W+L): slope over the chunk preceded by the W carried v-vectors; column j is the
+        token at chunk position j - W, so S[c, i, j] = P_c(i + W - j).
+    Lam (C, L, L): intra-chunk decay, Lam[c, i, j] = lambda_c^(i - j) for j <= i.
+    lam_in (C, L): lambda_c^(i + 1), the weight of the carried h at chunk position i.
+    lam_L (C,): lambda_c^L, the carried h's decay over a whole chunk.
+    """
+    W = slope_window
+    i = torch.arange(L, dtype=torch.float64)
+    lag = i[:, None] + W - torch.arange(W + L, dtype=torch.float64)[None, :]  # (L, W+L)
+    W_c = torch.tensor(slope_windows(channels, W), dtype=torch.float64)
+    S = (1.0 - lag / W_c[:, None, None]).clamp(min=0.0) * (lag >= 0)  # (C, L, W+L)
+    lam = torch.tensor(decay_lambdas(channels), dtype=torch.float64)
+    ilag = i[:, None] - i[None, :]  # (L, L)
+    Lam = torch.where(ilag >= 0, lam[:, None, None] ** ilag.clamp(min=0.0), 0.0)  # (C, L, L)
+    lam_in = lam[:, None] ** (i + 1.0)  # (C, L)
+    lam_L = lam**L  # (C,)
+    return S.to(dtype), Lam.to(dtype), lam_in.to(dtype), lam_L.to(dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Batched building blocks. Activations are feature-major, z (K, D, N) with N = B*T tokens (T
 # fastest), so every per-agent map is one contiguous bmm w (K, out, in) @ z (K, in, N), a channel
@@ -171,8 +247,23 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return torch.bmm(w, x) if b is None else torch.baddbmm(b.unsqueeze(-1), w, x)
 
 
-def feed_forward(params: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
-    """Dense GELU FFN, x (K, D, N) -> (K, D, N). Selective activation will replace it."""
+def feed_forward(
+    cfg: ModelConfig,
+    params: dict[str, Tensor],
+    prefix: str,
+    x: Tensor,
+    routing: Routing | None = None,
+    step: bool = False,
+) -> Tensor:
+    """GELU FFN, x (K, D, N) -> (K, D, N): dense if ffn_groups == 1, else selective.
+
+    step: x holds one token per sequence (recurrent form): the selective FFN then reads only
+    the selected groups' weights; otherwise it computes all groups and masks (selective.py).
+    """
+    if cfg.ffn_groups > 1:
+        if step:
+            return selective.ffn_step(params, prefix, x, cfg.ffn_top_k)
+        return selective.ffn_parallel(params, prefix, x, cfg.ffn_top_k, routing)
     h = F.gelu(linear(x, params[f"{prefix}.w1"], params[f"{prefix}.b1"]))  # (K, F, N)
     return linear(h, params[f"{prefix}.w2"], params[f"{prefix}.b2"])  # (K, D, N)
 
@@ -223,40 +314,188 @@ def _mcsd_parallel(
     return mcsd_fuse(params, prefix, (up * sh).view(K, C, 2, Dc, N))  # (K, D, BT)
 
 
-def _features(cfg: ModelConfig, params: dict[str, Tensor], x: Tensor, last_only: bool) -> Tensor:
-    """x (K, B, T, obs_dim) -> final-normed state (K, D, B*T), or (K, D, B) if last_only."""
-    K, B, T, _ = x.shape
-    M = mixing_matrices(cfg.channels, cfg.slope_window, T, x.dtype)  # (C, 2, T, T)
-    z = linear(x.reshape(K, B * T, -1).transpose(1, 2), params["enc.w"], params["enc.b"])
-    for i in range(cfg.layers):  # z (K, D, BT)
+def infer_inputs(params: Mapping[str, Tensor], obs: Mapping[str, Tensor]) -> InputConfig:
+    """The InputConfig of an observation batch, from its shapes and the encoder weights."""
+    image = None
+    if "image" in obs:
+        H, W_, C = obs["image"].shape[-3:]
+        patch = math.isqrt(params["enc.image.w"].shape[-1] // C)
+        image = ImageConfig(height=H, width=W_, channels=C, patch=patch)
+    vector_dim = obs["vector"].shape[-1] if "vector" in obs else 0
+    vocab = params["enc.tokens.emb"].shape[1] if "tokens" in obs else 0
+    return InputConfig(vector_dim=vector_dim, image=image, vocab=vocab)
+
+
+def as_obs(x: Obs) -> dict[str, Tensor]:
+    """A tensor observation is the "vector" modality."""
+    return dict(x) if isinstance(x, Mapping) else {"vector": x}
+
+
+def _embed(params: dict[str, Tensor], x: Obs) -> tuple[Tensor, int, int, int]:
+    """Observations (K, B, T, ...) -> token stream z (K, D, B*L), with B, T and S tokens per
+    step (L = T*S; the heads read the last token of every step)."""
+    obs = as_obs(x)
+    inp = infer_inputs(params, obs)
+    D = params["enc.modality"].shape[-1]
+    stream, _ = io.encode(params, obs, inp, D)  # (K, B, L, D), a view of (K, D, B, L)
+    K, B, L, _ = stream.shape
+    S = io.tokens_per_step(inp)
+    return stream.flatten(1, 2).transpose(1, 2), B, L // S, S  # (K, D, BL) contiguous
+
+
+def _read(z: Tensor, B: int, T: int, S: int) -> Tensor:
+    """Stream states z (K, D, B*T*S) -> at every step's last token (K, D, B*T)."""
+    if S == 1:
+        return z
+    K, D, _ = z.shape
+    return z.view(K, D, B, T, S)[..., -1].reshape(K, D, B * T)
+
+
+def _features(
+    cfg: ModelConfig,
+    params: dict[str, Tensor],
+    x: Obs,
+    last_only: bool,
+    routing: Routing | None,
+) -> Tensor:
+    """Observations (K, B, T, ...) -> final-normed state at every step's read position
+    (K, D, B*T), or at the last one (K, D, B) if last_only."""
+    z, B, T, S = _embed(params, x)  # z (K, D, B*L)
+    K, L = z.shape[0], T * S
+    M = mixing_matrices(cfg.channels, cfg.slope_window, L, z.dtype)  # (C, 2, L, L)
+    for i in range(cfg.layers):  # z (K, D, BL)
         b = f"blocks.{i}"
         last = last_only and i == cfg.layers - 1  # only the last token is read after this
         zn = rms_norm(z, params[f"{b}.norm_mix"])
-        mix = _mcsd_parallel(params, f"{b}.mcsd", zn, M, T, last)
-        z = (z.view(K, -1, B, T)[..., -1] if last else z) + mix
-        z = z + feed_forward(params, f"{b}.ffn", rms_norm(z, params[f"{b}.norm_ffn"]))
-    return rms_norm(z, params["norm_f"])
+        mix = _mcsd_parallel(params, f"{b}.mcsd", zn, M, L, last)
+        z = (z.view(K, -1, B, L)[..., -1] if last else z) + mix
+        z = z + feed_forward(cfg, params, f"{b}.ffn", rms_norm(z, params[f"{b}.norm_ffn"]), routing)
+    return rms_norm(z if last_only else _read(z, B, T, S), params["norm_f"])
 
 
 def head(params: dict[str, Tensor], z: Tensor) -> Tensor:
     """Classification logits from the final-normed state: z (K, D, N) -> (K, n_classes, N)."""
-    return linear(z, params["head.w"], params["head.b"])
+    return linear(z, params["head.cls.w"], params["head.cls.b"])
 
 
-def forward_parallel(cfg: ModelConfig, params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """x (K, B, T, obs_dim) -> logits (K, B, T, n_classes), causal: token t sees tokens <= t."""
-    K, B, T, _ = x.shape
-    logits = head(params, _features(cfg, params, x, last_only=False))  # (K, n, BT)
+def hidden(
+    cfg: ModelConfig, params: dict[str, Tensor], x: Obs, routing: Routing | None = None
+) -> Tensor:
+    """Final-normed state at every step (K, B, T, D): what the heads in agents/yan/io.py read
+    (action/value, self-supervised next-step prediction)."""
+    K, B, T = as_obs(x)[next(iter(as_obs(x)))].shape[:3]
+    z = _features(cfg, params, x, False, routing)  # (K, D, B*T)
+    return z.transpose(1, 2).reshape(K, B, T, -1)
+
+
+def forward_parallel(
+    cfg: ModelConfig, params: dict[str, Tensor], x: Tensor, routing: Routing | None = None
+) -> Tensor:
+    """x (K, B, T, obs_dim) -> logits (K, B, T, n_classes), causal: token t sees tokens <= t.
+
+    Every sequence starts from the zero state. Builds a (C, 2, T, T) mixing matrix: for long
+    sequences use forward_chunkwise. routing: the selective FFN's noise and record (training);
+    None = no noise, nothing recorded.
+    """
+    K, B, T = as_obs(x)[next(iter(as_obs(x)))].shape[:3]
+    logits = head(params, _features(cfg, params, x, False, routing))  # (K, n, BT)
     return logits.transpose(1, 2).reshape(K, B, T, -1)
 
 
-def forward_last(cfg: ModelConfig, params: dict[str, Tensor], x: Tensor) -> Tensor:
+def forward_last(
+    cfg: ModelConfig, params: dict[str, Tensor], x: Tensor, routing: Routing | None = None
+) -> Tensor:
     """x (K, B, T, obs_dim) -> logits of the last token (K, B, n_classes).
 
     Equals forward_parallel(...)[:, :, -1]; the last layer computes only what that token needs
     (training reads only the last token of each window).
     """
-    return head(params, _features(cfg, params, x, last_only=True)).transpose(1, 2)
+    return head(params, _features(cfg, params, x, True, routing)).transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunkwise form (long sequences, prefill): Toeplitz matmuls inside chunks, states across them
+
+
+def _mcsd_chunkwise(
+    params: dict[str, Tensor],
+    prefix: str,
+    x: Tensor,
+    B: int,
+    T: int,
+    L: int,
+    layer_state: tuple[Tensor, Tensor],
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """MCSD sublayer on normed x (K, D, B*T) -> (K, D, B*T), and the state after token T-1.
+
+    layer_state: (v_hist (K, C, Dc, W, B), h (K, C, Dc, B)) before token 0, as forward_step's.
+    """
+    y = mcsd_branches(params, prefix, x)  # (K, C, 4Dc, BT)
+    K, C, Dc4, _ = y.shape
+    Dc = Dc4 // 4
+    v_hist, h0 = layer_state
+    W = v_hist.shape[3]
+    S, Lam, lam_in, lam_L = chunk_matrices(C, W, L, x.dtype)
+    n = -(-T // L)  # chunks; the last one is zero-padded to L tokens
+    pad = n * L - T
+    v = F.pad(y[:, :, :Dc].view(K, C, Dc, B, T), (0, pad))  # (K, C, Dc, B, nL)
+    q = F.pad(y[:, :, Dc : 2 * Dc].view(K, C, Dc, B, T), (0, pad))  # (K, C, Dc, B, nL)
+    up = y[:, :, 2 * Dc :].view(K, C, 2, Dc, B, T)  # u, p
+
+    # slope: each chunk reads its L tokens and the W before them (carried ring, or the
+    # previous chunk's tail): overlapping windows of W+L, one Toeplitz matmul for all chunks
+    v_ext = torch.cat([v_hist.transpose(3, 4), v], dim=-1)  # (K, C, Dc, B, W+nL)
+    windows = v_ext.unfold(-1, W + L, L)  # (K, C, Dc, B, n, W+L)
+    s = torch.matmul(windows.reshape(K, C, -1, W + L), S.transpose(1, 2))  # (K, C, DcBn, L)
+    s = s.view(K, C, Dc, B, n * L)[..., :T]  # (K, C, Dc, B, T)
+
+    # decay: intra-chunk Toeplitz matmul, then the carried state (RetNet eq. 7)
+    intra = torch.matmul(q.view(K, C, -1, L), Lam.transpose(1, 2))  # (K, C, DcBn, L)
+    intra = intra.view(K, C, Dc, B, n, L)
+    lam_L = lam_L.view(C, 1, 1)
+    carried = [h0]  # h at the end of chunk i-1, for i = 0..n-1; (K, C, Dc, B) each
+    for i in range(n - 1):
+        carried.append(lam_L * carried[-1] + intra[..., i, -1])
+    h_in = torch.stack(carried, dim=-1).unsqueeze(-1)  # (K, C, Dc, B, n, 1)
+    h = intra + lam_in.view(C, 1, 1, 1, L) * h_in  # (K, C, Dc, B, n, L)
+    h = h.view(K, C, Dc, B, n * L)[..., :T]  # (K, C, Dc, B, T)
+
+    gated = up * torch.stack([s, h], dim=2)  # (K, C, 2, Dc, B, T) [u * s, p * h]
+    out = mcsd_fuse(params, prefix, gated.view(K, C, 2, Dc, B * T))  # (K, D, BT)
+    # state after token T-1: its last W v-vectors, oldest first, and h_{T-1}
+    v_hist = v_ext[..., T : T + W].transpose(3, 4).contiguous()  # (K, C, Dc, W, B)
+    return out, (v_hist, h[..., -1].contiguous())
+
+
+def forward_chunkwise(
+    cfg: ModelConfig,
+    params: dict[str, Tensor],
+    x: Tensor,
+    state: State | None = None,
+    chunk: int = 64,
+    routing: Routing | None = None,
+) -> tuple[Tensor, State]:
+    """x (K, B, T, obs_dim) -> (logits (K, B, T, n_classes), state after the last token).
+
+    Starts from `state` (init_state's layout; None = the zero state), so a long context can be
+    prefilled in pieces and then continued with forward_step. Same function as forward_step
+    token by token and as forward_parallel from the zero state; memory O(T (chunk + W)).
+    """
+    z, B, T, S = _embed(params, x)  # z (K, D, B*N), N = T*S tokens
+    K, N = z.shape[0], T * S
+    if state is None:
+        state = init_state(cfg, K, B, z.dtype)
+    L = max(1, min(chunk, N))
+    new_state: State = []
+    for i, layer_state in enumerate(state):  # z (K, D, BT)
+        b = f"blocks.{i}"
+        zn = rms_norm(z, params[f"{b}.norm_mix"])
+        mix, layer_state = _mcsd_chunkwise(params, f"{b}.mcsd", zn, B, N, L, layer_state)
+        z = z + mix
+        z = z + feed_forward(cfg, params, f"{b}.ffn", rms_norm(z, params[f"{b}.norm_ffn"]), routing)
+        new_state.append(layer_state)
+    logits = head(params, rms_norm(_read(z, B, T, S), params["norm_f"]))  # (K, n, BT)
+    return logits.transpose(1, 2).reshape(K, B, T, -1), new_state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,12 +512,26 @@ def init_state(cfg: ModelConfig, K: int, B: int, dtype: torch.dtype = torch.floa
 
 
 def forward_step(
-    cfg: ModelConfig, params: dict[str, Tensor], x_t: Tensor, state: State
+    cfg: ModelConfig, params: dict[str, Tensor], x_t: Obs, state: State
 ) -> tuple[Tensor, State]:
-    """One token: x_t (K, B, obs_dim) -> logits (K, B, n_classes), new state (input untouched)."""
-    kernel, lam = step_weights(cfg.channels, cfg.slope_window, x_t.dtype)  # (C,1,W,1), (C,1,1)
-    K, B, _ = x_t.shape
-    z = linear(x_t.transpose(1, 2), params["enc.w"], params["enc.b"])  # (K, D, B)
+    """One step: x_t (K, B, ...) without the T dim -> logits (K, B, n_classes), new state (the
+    input state is untouched). A step of S tokens (image patches, vector, token) runs them
+    through the blocks one by one; the head reads after the last."""
+    obs = {k: v.unsqueeze(2) for k, v in as_obs(x_t).items()}  # T = 1
+    tokens, B, _, S = _embed(params, obs)  # (K, D, B*S), token s of sequence b at b*S + s
+    K, D, _ = tokens.shape
+    tokens = tokens.view(K, D, B, S)
+    for s_ in range(S):
+        z, state = _step_token(cfg, params, tokens[..., s_].contiguous(), state)  # (K, D, B)
+    return head(params, rms_norm(z, params["norm_f"])).transpose(1, 2), state
+
+
+def _step_token(
+    cfg: ModelConfig, params: dict[str, Tensor], z: Tensor, state: State
+) -> tuple[Tensor, State]:
+    """One token through every block: z (K, D, B) -> (K, D, B) before the final norm."""
+    kernel, lam = step_weights(cfg.channels, cfg.slope_window, z.dtype)  # (C,1,W,1), (C,1,1)
+    K, _, B = z.shape
     new_state: State = []
     for i, (v_hist, h) in enumerate(state):
         b = f"blocks.{i}"
@@ -291,6 +544,7 @@ def forward_step(
         h = lam * h + q  # (K, C, Dc, B)                  h_t = lambda_c h_{t-1} + q_t
         gated = up.view(K, C, 2, Dc, B) * torch.stack([s, h], dim=2)  # [u * s, p * h]
         z = z + mcsd_fuse(params, f"{b}.mcsd", gated)
-        z = z + feed_forward(params, f"{b}.ffn", rms_norm(z, params[f"{b}.norm_ffn"]))
+        zn = rms_norm(z, params[f"{b}.norm_ffn"])
+        z = z + feed_forward(cfg, params, f"{b}.ffn", zn, step=True)  # reads only k groups
         new_state.append((v_hist, h))
-    return head(params, rms_norm(z, params["norm_f"])).transpose(1, 2), new_state
+    return z, new_state
