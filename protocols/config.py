@@ -12,14 +12,27 @@ from swarm._config import Section
 class GraphConfig(Section):
     """The gossip graph over agents (networkx)."""
 
-    kind: Literal["ring", "torus", "random_regular", "erdos_renyi", "small_world", "complete"] = (
-        "ring"
-    )
-    """Graph family."""
+    kind: Literal[
+        "ring",
+        "torus",
+        "random_regular",
+        "erdos_renyi",
+        "small_world",
+        "complete",
+        "star",
+        "file",
+        "proximity",
+    ] = "ring"
+    """Graph family. star: agent 0 is the hub; file: edges read from `path`; proximity: agents
+    within `radio_range_m` of each other, rebuilt as they move."""
     degree: int = Field(4, ge=1)
     """Degree of random_regular; neighbours per node (k) of small_world."""
     p: float = Field(0.2, ge=0, le=1)
     """Edge probability of erdos_renyi; rewiring probability of small_world."""
+    path: str | None = None
+    """kind file: an edge list, one 'i j' pair of agent indices per line ('#' comments)."""
+    radio_range_m: float = Field(60.0, gt=0)
+    """kind proximity: radio range in metres."""
 
 
 class CompressionConfig(Section):
@@ -29,6 +42,46 @@ class CompressionConfig(Section):
     """none = dense fp32; topk keeps the largest |entries|; int8 quantizes; topk_int8 both."""
     ratio: float = Field(0.1, gt=0, le=1)
     """Fraction of entries top-k keeps."""
+
+
+class CoordinatorConfig(Section):
+    """How the coordinator aggregates a round, and when it stops waiting."""
+
+    aggregator: Literal["fedavg", "trimmed_mean", "median", "krum", "clipped_mean"] = "fedavg"
+    """fedavg: weighted by examples; trimmed_mean, median: coordinate-wise robust rules; krum:
+    the delta closest to its n - f - 2 nearest; clipped_mean: norms clipped to clip_norm."""
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5)
+    """trimmed_mean: fraction cut from each end per coordinate (Flower's default 0.2)."""
+    byzantine: int = Field(0, ge=0)
+    """krum: f, the number of Byzantine agents tolerated (needs n >= 2f + 3)."""
+    clip_norm: float = Field(1.0, gt=0)
+    """clipped_mean: each delta is scaled down to at most this L2 norm."""
+    round_timeout_s: float = Field(30.0, gt=0)
+    """A round closes this long after its first delta even if some agents are missing ..."""
+    min_completion: float = Field(0.5, gt=0, le=1)
+    """... provided at least this fraction of the agents contributed."""
+
+
+class MembershipConfig(Section):
+    """SWIM-style failure detection (defaults: hashicorp memberlist's LAN profile)."""
+
+    probe_interval_s: float = Field(1.0, gt=0)
+    """Each member pings one random member this often."""
+    probe_timeout_s: float = Field(0.5, gt=0)
+    """A ping unanswered this long triggers indirect probes."""
+    indirect_checks: int = Field(3, ge=0)
+    """Members asked to ping a silent member on our behalf."""
+    suspicion_mult: float = Field(4.0, gt=0)
+    """Suspect -> dead after suspicion_mult * max(1, log10 n) * probe_interval_s."""
+
+
+class TlsConfig(Section):
+    """Transport security of the gRPC links."""
+
+    mode: Literal["off", "tls", "mtls"] = "off"
+    """off: plaintext (loopback only); tls: servers prove who they are; mtls: both sides do."""
+    cert_dir: str | None = None
+    """Directory made by `swarm certs`: ca.pem, and <node>.pem / <node>.key per node."""
 
 
 class GossipConfig(Section):
@@ -50,4 +103,15 @@ class GossipConfig(Section):
     compression: CompressionConfig = CompressionConfig()
     """Delta compression."""
     max_message_mb: float = Field(4.0, gt=0, le=1024)
-    """gRPC message size limit, both directions."""
+    """gRPC message size limit, both directions; larger deltas are sent in chunks."""
+    peers_per_round: int = Field(0, ge=0)
+    """0: every neighbour each round; s > 0: s random neighbours per round (epidemic
+    learning, de Vos et al. 2023)."""
+    push_sum: bool = False
+    """Push-sum (Kempe et al. 2003) instead of CHOCO: for one-way links."""
+    coordinator: CoordinatorConfig = CoordinatorConfig()
+    """Aggregation at the coordinator (topology: coordinator)."""
+    membership: MembershipConfig = MembershipConfig()
+    """Failure detection between nodes."""
+    tls: TlsConfig = TlsConfig()
+    """Transport security."""

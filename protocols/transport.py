@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -100,11 +101,27 @@ def _ingest(
     return n
 
 
-class GossipServicer(gossip_pb2_grpc.GossipServicer):
-    """Receives deltas for the agents of one node."""
+class MembershipHandler(Protocol):
+    """What the Gossip service hands liveness probes to (protocols/membership.py)."""
 
-    def __init__(self, node: str, decode: Decode, sink: Sink, counters: TrafficCounters):
+    def on_ping(self, request: gossip_pb2.PingRequest) -> gossip_pb2.PingReply: ...
+
+    def on_ping_req(self, request: gossip_pb2.PingReqRequest) -> gossip_pb2.PingReqReply: ...
+
+
+class GossipServicer(gossip_pb2_grpc.GossipServicer):
+    """Receives deltas for the agents of one node, and answers liveness probes."""
+
+    def __init__(
+        self,
+        node: str,
+        decode: Decode,
+        sink: Sink,
+        counters: TrafficCounters,
+        membership: MembershipHandler | None = None,
+    ):
         self.node, self.decode, self.sink, self.counters = node, decode, sink, counters
+        self.membership = membership
 
     def PushDeltas(self, request, context):  # noqa: N802 - gRPC method name
         return gossip_pb2.PushReply(
@@ -112,7 +129,14 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         )
 
     def Ping(self, request, context):  # noqa: N802
-        return gossip_pb2.PingReply(node=self.node, incarnation=0)
+        if self.membership is None:
+            return gossip_pb2.PingReply(node=self.node, incarnation=0)
+        return self.membership.on_ping(request)
+
+    def PingReq(self, request, context):  # noqa: N802
+        if self.membership is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node runs no membership protocol")
+        return self.membership.on_ping_req(request)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):

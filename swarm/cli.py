@@ -150,6 +150,21 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<run-
         print_summary(json.loads(summary.read_text()))
 
 
+@app.command()
+def certs(
+    out_dir: Path = typer.Argument(..., help="Directory to write ca.pem and node certificates."),
+    nodes: list[str] = typer.Option(
+        ..., "--node", help="Node name (repeatable); also its DNS name / IP in the cert."
+    ),
+    days: int = typer.Option(365, "--days", help="Validity of the certificates."),
+) -> None:
+    """Make a small CA and one certificate + key per node, for TLS / mutual TLS."""
+    from swarm.certs import make_certs
+
+    for path in make_certs(out_dir, nodes, days=days):
+        out.print(f"wrote {path}")
+
+
 def main() -> None:
     """Console entry point: user errors become one paragraph and exit code 2."""
     try:

@@ -14,14 +14,21 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_SPARSE_F32: _ClassVar[Encoding]
     ENCODING_DENSE_INT8: _ClassVar[Encoding]
     ENCODING_SPARSE_INT8: _ClassVar[Encoding]
+
+class IndexEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INDEX_ENCODING_U32: _ClassVar[IndexEncoding]
+    INDEX_ENCODING_DELTA_VARINT: _ClassVar[IndexEncoding]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_DENSE_F32: Encoding
 ENCODING_SPARSE_F32: Encoding
 ENCODING_DENSE_INT8: Encoding
 ENCODING_SPARSE_INT8: Encoding
+INDEX_ENCODING_U32: IndexEncoding
+INDEX_ENCODING_DELTA_VARINT: IndexEncoding
 
 class KnowledgeDelta(_message.Message):
-    __slots__ = ("sender", "round", "base_version", "num_params", "layout", "encoding", "indices", "values", "scale", "norm", "examples", "signature")
+    __slots__ = ("sender", "round", "base_version", "num_params", "layout", "encoding", "indices", "values", "scale", "norm", "examples", "signature", "chunk_index", "chunk_count", "param_offset", "push_weight", "shapes", "index_encoding")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +41,12 @@ class KnowledgeDelta(_message.Message):
     NORM_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARAM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PUSH_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHAPES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_ENCODING_FIELD_NUMBER: _ClassVar[int]
     sender: str
     round: int
     base_version: int
@@ -46,7 +59,21 @@ class KnowledgeDelta(_message.Message):
     norm: float
     examples: int
     signature: bytes
-    def __init__(self, sender: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., layout: _Optional[str] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., scale: _Optional[float] = ..., norm: _Optional[float] = ..., examples: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    chunk_index: int
+    chunk_count: int
+    param_offset: int
+    push_weight: float
+    shapes: _containers.RepeatedCompositeFieldContainer[ParamShape]
+    index_encoding: IndexEncoding
+    def __init__(self, sender: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., layout: _Optional[str] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., scale: _Optional[float] = ..., norm: _Optional[float] = ..., examples: _Optional[int] = ..., signature: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., param_offset: _Optional[int] = ..., push_weight: _Optional[float] = ..., shapes: _Optional[_Iterable[_Union[ParamShape, _Mapping]]] = ..., index_encoding: _Optional[_Union[IndexEncoding, str]] = ...) -> None: ...
+
+class ParamShape(_message.Message):
+    __slots__ = ("name", "dims")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeltaBatch(_message.Message):
     __slots__ = ("sender_node", "round", "deltas")

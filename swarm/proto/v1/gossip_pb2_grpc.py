@@ -45,6 +45,11 @@ class GossipStub:
                 request_serializer=swarm_dot_v1_dot_gossip__pb2.PingRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_gossip__pb2.PingReply.FromString,
                 _registered_method=True)
+        self.PingReq = channel.unary_unary(
+                '/swarm.v1.Gossip/PingReq',
+                request_serializer=swarm_dot_v1_dot_gossip__pb2.PingReqRequest.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_gossip__pb2.PingReqReply.FromString,
+                _registered_method=True)
 
 
 class GossipServicer:
@@ -67,6 +72,13 @@ class GossipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PingReq(self, request, context):
+        """Indirect liveness probe (SWIM): ping a target for the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GossipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +91,11 @@ def add_GossipServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=swarm_dot_v1_dot_gossip__pb2.PingRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_gossip__pb2.PingReply.SerializeToString,
+            ),
+            'PingReq': grpc.unary_unary_rpc_method_handler(
+                    servicer.PingReq,
+                    request_deserializer=swarm_dot_v1_dot_gossip__pb2.PingReqRequest.FromString,
+                    response_serializer=swarm_dot_v1_dot_gossip__pb2.PingReqReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +152,33 @@ class Gossip:
             '/swarm.v1.Gossip/Ping',
             swarm_dot_v1_dot_gossip__pb2.PingRequest.SerializeToString,
             swarm_dot_v1_dot_gossip__pb2.PingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PingReq(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Gossip/PingReq',
+            swarm_dot_v1_dot_gossip__pb2.PingReqRequest.SerializeToString,
+            swarm_dot_v1_dot_gossip__pb2.PingReqReply.FromString,
             options,
             channel_credentials,
             insecure,
