@@ -36,7 +36,8 @@ STATUS: dict[Rejection, grpc.StatusCode] = {
     Rejection.STALE: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
-Decode = Callable[[delta_pb2.KnowledgeDelta], Delta]
+Decode = Callable[[delta_pb2.KnowledgeDelta], Delta | None]
+"""Checks and decodes one message; None when it is a chunk of a delta still incomplete."""
 Sink = Callable[[Sequence[Delta]], int]
 
 
@@ -93,7 +94,7 @@ def _ingest(
 ) -> int:
     counters.received(batch.ByteSize())
     try:
-        n = sink([decode(msg) for msg in batch.deltas])
+        n = sink([d for d in map(decode, batch.deltas) if d is not None])
     except DeltaRejected as exc:
         counters.reject(exc.reason, max(1, len(batch.deltas)))
         context.abort(STATUS[exc.reason], str(exc))
