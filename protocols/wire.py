@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from protocols.compression import DENSE_F32, DENSE_INT8, SPARSE_F32, SPARSE_INT8, Compressed
+from protocols.compression import (
+    DENSE_F32,
+    DENSE_INT8,
+    SPARSE_F32,
+    SPARSE_INT8,
+    Compressed,
+    decode_index_varint,
+    encode_index_varint,
+)
 from protocols.delta import Delta, DeltaRejected, Rejection
 from swarm.proto.v1 import delta_pb2
 
@@ -62,9 +70,34 @@ def to_proto(delta: Delta, key: bytes) -> delta_pb2.KnowledgeDelta:
         examples=delta.examples,
     )
     if payload.indices is not None:
-        msg.indices = payload.indices.astype(_INDEX_DTYPE, copy=False).tobytes()
+        msg.indices = encode_index_varint(payload.indices)
+        msg.index_encoding = delta_pb2.INDEX_ENCODING_DELTA_VARINT
     sign(msg, key)
     return msg
+
+
+def _indices(msg: delta_pb2.KnowledgeDelta, n_values: int, num_params: int) -> np.ndarray:
+    """The sparse indices of `msg`, checked: as many as values, strictly increasing, in range."""
+    if n_values > num_params:
+        raise DeltaRejected(Rejection.WRONG_SHAPE, "more values than parameters")
+    if msg.index_encoding == delta_pb2.INDEX_ENCODING_DELTA_VARINT:
+        try:
+            indices = decode_index_varint(msg.indices, num_params)
+        except ValueError as exc:
+            raise DeltaRejected(Rejection.MALFORMED, f"indices: {exc}") from None
+    elif msg.index_encoding == delta_pb2.INDEX_ENCODING_U32:
+        if len(msg.indices) != n_values * _INDEX_DTYPE.itemsize:
+            raise DeltaRejected(Rejection.MALFORMED, "indices and values differ in length")
+        indices = np.frombuffer(msg.indices, dtype=_INDEX_DTYPE)
+        if indices.size and int(indices[-1]) >= num_params:
+            raise DeltaRejected(Rejection.WRONG_SHAPE, "an index is out of range")
+        if indices.size > 1 and not np.all(indices[1:] > indices[:-1]):
+            raise DeltaRejected(Rejection.MALFORMED, "indices are not strictly increasing")
+    else:
+        raise DeltaRejected(Rejection.MALFORMED, f"unknown index encoding {msg.index_encoding}")
+    if indices.size != n_values:
+        raise DeltaRejected(Rejection.MALFORMED, "indices and values differ in length")
+    return indices
 
 
 def from_proto(msg: delta_pb2.KnowledgeDelta, *, key: bytes, num_params: int, layout: str) -> Delta:
@@ -90,13 +123,7 @@ def from_proto(msg: delta_pb2.KnowledgeDelta, *, key: bytes, num_params: int, la
     values = np.frombuffer(msg.values, dtype=dtype)
     indices = None
     if encoding in (SPARSE_F32, SPARSE_INT8):
-        if len(msg.indices) != values.size * _INDEX_DTYPE.itemsize:
-            raise DeltaRejected(Rejection.MALFORMED, "indices and values differ in length")
-        indices = np.frombuffer(msg.indices, dtype=_INDEX_DTYPE)
-        if indices.size > num_params or (indices.size and int(indices[-1]) >= num_params):
-            raise DeltaRejected(Rejection.WRONG_SHAPE, "an index is out of range")
-        if indices.size > 1 and not np.all(indices[1:] > indices[:-1]):
-            raise DeltaRejected(Rejection.MALFORMED, "indices are not strictly increasing")
+        indices = _indices(msg, values.size, num_params)
     elif msg.indices or values.size != num_params:
         raise DeltaRejected(
             Rejection.WRONG_SHAPE, f"dense delta has {values.size} values, expected {num_params}"

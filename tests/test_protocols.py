@@ -220,3 +220,28 @@ def test_coordinator_round_moves_every_agent_to_the_global_model() -> None:
     with pytest.raises(DeltaRejected) as info:  # version 0 is closed: a late delta is stale
         state.submit([stale])
     assert info.value.reason == Rejection.STALE
+
+
+@pytest.mark.parametrize("density", [1.0, 0.1, 0.01, 1e-4])
+def test_varint_indices_round_trip_and_cost_about_a_byte_at_top10(density: float) -> None:
+    from protocols.compression import decode_index_varint, encode_index_varint
+
+    rng = np.random.default_rng(5)
+    p = 100_000
+    idx = np.sort(rng.choice(p, size=max(1, int(density * p)), replace=False)).astype(np.uint32)
+    data = encode_index_varint(idx)
+    assert np.array_equal(decode_index_varint(data, p), idx)
+    if density >= 0.1:
+        assert len(data) <= 1.05 * idx.size  # gaps < 128: one byte each (uint32 took four)
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [(b"\x80", "truncated"), (b"\xff" * 5 + b"\x01", "longer than 5"), (b"\x00", ">= 1"),
+     (b"\x7f\x7f", "out of range")],
+)  # fmt: skip
+def test_varint_indices_reject_hostile_bytes(data: bytes, words: str) -> None:
+    from protocols.compression import decode_index_varint
+
+    with pytest.raises(ValueError, match=words):
+        decode_index_varint(data, 200)
