@@ -3,39 +3,52 @@
 Round r, FedAvg (McMahan et al. 2017) with compressed uplinks and error feedback:
 
     agent i:      v_i = x_i - g + e_i;  q_i = Q(v_i);  e_i = v_i - q_i;  submit q_i
-    coordinator:  A = sum_i n_i q_i / sum_i n_i   (n_i = labelled examples behind q_i;
-                  uniform if nobody reports examples)
+    coordinator:  A = AGG({q_i : i contributed})   (fedavg: sum_i n_i q_i / sum_i n_i, n_i =
+                  labelled examples behind q_i; or a robust rule, see protocols.aggregation)
     agent i:      g += A;  x_i = g
 
 Every agent holds the same global model g (version = rounds completed); the coordinator keeps
 only the deltas of the open round, so it never needs the model itself.
+
+A round closes when every expected agent has submitted, or - so that one dead agent never
+stalls the swarm - once `round_timeout_s` has passed since the round's first delta and at
+least quorum = ceil(min_completion * n) agents contributed; the aggregate is then over those
+who arrived. Time is read from an injectable `clock` (time.monotonic by default). There is
+no background thread: an overdue round is closed by whoever looks next - `submit`,
+`wait_aggregate` (its waiters wake when the round falls due) or an explicit `close_if_due()`.
+A delta for a version (round) that already closed is refused STALE.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from protocols import aggregation
 from protocols.compression import DENSE_F32, Compressed, compress
-from protocols.config import CompressionConfig
+from protocols.config import CompressionConfig, CoordinatorConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
 from protocols.gossip import agent_name
 
 COORDINATOR = "coordinator"
 
 
+# ceil(min_completion * n) must be exact for e.g. 0.3 * 10 = 3.0000000000000004.
+_EPS = 1e-9
+
+
 def fedavg(deltas: Sequence[Delta], num_params: int) -> np.ndarray:
-    """Example-weighted mean of decoded deltas, in sender order (float64 accumulate)."""
-    total = np.zeros(num_params, dtype=np.float64)
-    ordered = sorted(deltas, key=lambda d: d.sender)
-    weights = np.array([d.examples for d in ordered], dtype=np.float64)
-    if weights.sum() <= 0:
-        weights = np.ones(len(ordered))
-    for w, d in zip(weights, ordered, strict=True):
-        total += w * d.payload.decode()
-    return (total / weights.sum()).astype(np.float32)
+    """Example-weighted mean of decoded deltas (the rule lives in protocols.aggregation)."""
+    return aggregation.aggregate(CoordinatorConfig(aggregator="fedavg"), deltas, num_params)
+
+
+def quorum(n: int, min_completion: float) -> int:
+    """ceil(min_completion * n): contributors a round needs before it may close on timeout."""
+    return max(1, math.ceil(min_completion * n - _EPS))
 
 
 class FederatedClient:
@@ -86,15 +99,41 @@ class FederatedClient:
 
 
 class CoordinatorState:
-    """Collects one round of deltas from the expected agents and aggregates them."""
+    """Collects one round of deltas from the expected agents and aggregates them.
 
-    def __init__(self, *, agents: Sequence[str], num_params: int, layout: str):
+    `config` picks the aggregation rule and the timeout / minimum-completion policy (defaults:
+    fedavg, 30 s, half the agents); `clock` returns seconds and is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        agents: Sequence[str],
+        num_params: int,
+        layout: str,
+        config: CoordinatorConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config if config is not None else CoordinatorConfig()
         self.expected = set(agents)
         self.num_params = num_params
         self.layout = layout
+        self.quorum = quorum(len(self.expected), self.config.min_completion)
+        if self.config.aggregator == "krum" and self.quorum < 2 * self.config.byzantine + 3:
+            # Checked here, not at close time: a round closing on timeout must never fail.
+            raise ValueError(
+                f"krum with byzantine = {self.config.byzantine} needs >= "
+                f"{2 * self.config.byzantine + 3} deltas per round, but a round may close with "
+                f"{self.quorum} (min_completion = {self.config.min_completion} of "
+                f"{len(self.expected)} agents); raise min_completion or lower byzantine"
+            )
         self.version = 0
+        self._clock = clock
         self._round: dict[str, Delta] = {}
+        self._round_id = 0  # round number of the open round (from its first delta)
+        self._opened_at: float | None = None  # clock() at the open round's first delta
         self._closed: dict[int, tuple[Delta, int]] = {}  # round -> (aggregate, contributors)
+        self._contributors: dict[int, list[str]] = {}  # round -> senders, sorted
         self._cond = threading.Condition()
 
     def submit(self, deltas: Sequence[Delta]) -> int:
@@ -104,22 +143,46 @@ class CoordinatorState:
             for d in deltas:
                 if d.sender not in self.expected:
                     raise DeltaRejected(Rejection.UNKNOWN_SENDER, f"{d.sender!r} is not a member")
-                if d.base_version != self.version or d.sender in seen:
+                if d.base_version != self.version or d.sender in seen or d.round in self._closed:
                     raise DeltaRejected(
                         Rejection.STALE,
-                        f"{d.sender} delta for version {d.base_version} (coordinator at "
-                        f"{self.version}{', already submitted' if d.sender in seen else ''})",
+                        f"{d.sender} delta for round {d.round}, version {d.base_version} "
+                        f"(coordinator at {self.version}"
+                        f"{', already submitted' if d.sender in seen else ''}"
+                        f"{', round closed' if d.round in self._closed else ''})",
                     )
                 seen.add(d.sender)
+            if deltas and not self._round:
+                self._round_id = deltas[0].round
+                self._opened_at = self._clock()
             for d in deltas:
                 self._round[d.sender] = d
-            if set(self._round) == self.expected:
-                self._close(deltas[0].round if deltas else 0)
+            if self._round and set(self._round) == self.expected:
+                self._close()
+            else:
+                self._close_if_due()
             return len(deltas)
 
-    def _close(self, round_: int) -> None:
+    def close_if_due(self) -> int | None:
+        """Close the open round if it timed out with a quorum; the round closed, else None."""
+        with self._cond:
+            return self._close_if_due()
+
+    def _due_in(self) -> float:
+        """Seconds (by clock) until the open round may close on timeout; inf if none is open."""
+        if self._opened_at is None:
+            return math.inf
+        return self._opened_at + self.config.round_timeout_s - self._clock()
+
+    def _close_if_due(self) -> int | None:
+        if len(self._round) < self.quorum or self._due_in() > 0:
+            return None
+        return self._close()
+
+    def _close(self) -> int:
+        round_ = self._round_id
         contributions = list(self._round.values())
-        mean = fedavg(contributions, self.num_params)
+        mean = aggregation.aggregate(self.config, contributions, self.num_params)
         aggregate = Delta(
             sender=COORDINATOR,
             round=round_,
@@ -130,15 +193,44 @@ class CoordinatorState:
             examples=sum(d.examples for d in contributions),
         )
         self._closed[round_] = (aggregate, len(contributions))
+        self._contributors[round_] = sorted(self._round)
         self._round = {}
+        self._opened_at = None
         self.version += 1
         self._cond.notify_all()
+        return round_
 
     def wait_aggregate(self, round_: int, timeout_s: float) -> tuple[Delta, int] | None:
-        """The aggregate of `round_` once it closes; None if it does not close in time."""
+        """The aggregate of `round_` and its number of contributors once it closes; None if it
+        does not close within `timeout_s`.
+
+        A waiter closes an overdue round itself: it sleeps until either a submit notifies it or
+        the open round falls due by `clock`, whichever comes first. `timeout_s` is real time
+        (threading waits in real time); with timeout_s = 0 this is a non-blocking check.
+        """
+        deadline = time.monotonic() + timeout_s
         with self._cond:
-            self._cond.wait_for(lambda: round_ in self._closed, timeout=timeout_s)
-            return self._closed.get(round_)
+            while True:
+                self._close_if_due()
+                if round_ in self._closed:
+                    return self._closed[round_]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                due_in = self._due_in()
+                # Due but short of quorum: only a submit can change that, and it notifies.
+                self._cond.wait(min(remaining, due_in) if due_in > 0 else remaining)
+
+    def contributors(self, round_: int) -> list[str] | None:
+        """The agents whose deltas make up the aggregate of `round_` (sorted); None if open."""
+        with self._cond:
+            found = self._contributors.get(round_)
+            return None if found is None else list(found)
+
+    def missing(self, round_: int) -> list[str] | None:
+        """The expected agents that did not contribute to `round_` (sorted); None if open."""
+        found = self.contributors(round_)
+        return None if found is None else sorted(self.expected - set(found))
 
 
-__all__ = ["COORDINATOR", "CoordinatorState", "FederatedClient", "fedavg"]
+__all__ = ["COORDINATOR", "CoordinatorState", "FederatedClient", "fedavg", "quorum"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,14 +102,29 @@ def _indices(msg: delta_pb2.KnowledgeDelta, n_values: int, num_params: int) -> n
     return indices
 
 
-def from_proto(msg: delta_pb2.KnowledgeDelta, *, key: bytes, num_params: int, layout: str) -> Delta:
+def _check_signature(msg: delta_pb2.KnowledgeDelta, key: bytes) -> None:
+    if not msg.signature or not _signature_ok(msg, key):
+        raise DeltaRejected(Rejection.BAD_SIGNATURE, f"signature of {msg.sender!r} does not verify")
+
+
+def from_proto(
+    msg: delta_pb2.KnowledgeDelta,
+    *,
+    key: bytes,
+    num_params: int,
+    layout: str,
+    signature_checked: bool = False,
+) -> Delta:
     """Check a received message completely and decode it; raises DeltaRejected.
 
     Checks, in order: signature (nothing else is trusted before it), layout and length,
     encoding and byte lengths, index range and order, finiteness, and the declared norm.
+    signature_checked: the Reassembler verified every chunk of a reassembled delta.
     """
-    if not msg.signature or not _signature_ok(msg, key):
-        raise DeltaRejected(Rejection.BAD_SIGNATURE, f"signature of {msg.sender!r} does not verify")
+    if not signature_checked:
+        _check_signature(msg, key)
+    if msg.chunk_count > 1:
+        raise DeltaRejected(Rejection.MALFORMED, "a chunk must go through a Reassembler")
     if msg.layout != layout or msg.num_params != num_params:
         raise DeltaRejected(
             Rejection.WRONG_SHAPE,
@@ -150,3 +167,145 @@ def from_proto(msg: delta_pb2.KnowledgeDelta, *, key: bytes, num_params: int, la
         norm=norm,
         examples=int(msg.examples),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunking: a delta larger than the message limit travels as several signed messages, each
+# holding a contiguous run of the values (dense) or of the kept entries (sparse).
+
+
+def split(
+    msg: delta_pb2.KnowledgeDelta, max_bytes: int, key: bytes
+) -> list[delta_pb2.KnowledgeDelta]:
+    """`msg` itself if it fits in max_bytes, else chunks that each do (each signed)."""
+    if msg.ByteSize() <= max_bytes:
+        return [msg]
+    itemsize = _VALUE_DTYPE[int(msg.encoding)].itemsize
+    sparse = int(msg.encoding) in (SPARSE_F32, SPARSE_INT8)
+    values = np.frombuffer(msg.values, dtype=_VALUE_DTYPE[int(msg.encoding)])
+    indices = _indices(msg, values.size, msg.num_params) if sparse else None
+    # room for the header, and up to 5 varint bytes per sparse entry
+    per_item = itemsize + (_VARINT_BYTES if sparse else 0)
+    room = max_bytes - (msg.ByteSize() - len(msg.values) - len(msg.indices)) - _CHUNK_SLACK
+    if room < per_item:
+        raise ValueError(f"max_bytes {max_bytes} cannot hold even one entry of this delta")
+    step = room // per_item
+    bounds = list(range(0, values.size, step)) or [0]
+    chunks = []
+    for i, lo in enumerate(bounds):
+        hi = min(values.size, lo + step)
+        chunk = delta_pb2.KnowledgeDelta()
+        chunk.CopyFrom(msg)
+        chunk.values = values[lo:hi].tobytes()
+        chunk.chunk_index, chunk.chunk_count = i, len(bounds)
+        if indices is not None:
+            chunk.indices = encode_index_varint(indices[lo:hi])
+            chunk.index_encoding = delta_pb2.INDEX_ENCODING_DELTA_VARINT
+            chunk.param_offset = int(indices[lo]) if hi > lo else 0
+        else:
+            chunk.param_offset = lo
+        sign(chunk, key)
+        chunks.append(chunk)
+    return chunks
+
+
+_VARINT_BYTES = 5
+_CHUNK_SLACK = 64  # chunk fields and varint length prefixes the header estimate leaves out
+#: Most chunks one delta may announce: bounds a hostile sender's claim on receiver memory.
+MAX_CHUNKS = 4096
+
+
+class Reassembler:
+    """Collects the chunks of each (sender, round, base_version); hands out the whole message.
+
+    Every chunk's signature is checked on arrival (a bad one is rejected at once); a complete
+    set is merged into one unsigned message to pass to `from_proto(signature_checked=True)`.
+    Thread-safe. At most one incomplete delta per sender is kept: a newer one replaces it.
+    """
+
+    def __init__(self, key: bytes, num_params: int):
+        self.key, self.num_params = key, num_params
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[tuple[int, int], dict[int, delta_pb2.KnowledgeDelta]]] = {}
+
+    def add(self, msg: delta_pb2.KnowledgeDelta) -> tuple[delta_pb2.KnowledgeDelta, bool] | None:
+        """(message, signature_checked) when a delta is whole, else None."""
+        if msg.chunk_count <= 1:
+            return msg, False
+        _check_signature(msg, self.key)
+        if msg.chunk_count > MAX_CHUNKS or msg.chunk_index >= msg.chunk_count:
+            raise DeltaRejected(Rejection.MALFORMED, "chunk index/count out of range")
+        ident = (int(msg.round), int(msg.base_version))
+        with self._lock:
+            known, parts = self._pending.get(msg.sender, (ident, {}))
+            if known != ident:
+                parts = {}
+            parts[int(msg.chunk_index)] = msg
+            if len(parts) < msg.chunk_count:
+                self._pending[msg.sender] = (ident, parts)
+                return None
+            self._pending.pop(msg.sender, None)
+        ordered = [parts[i] for i in range(msg.chunk_count)]
+        if any(c.chunk_count != msg.chunk_count for c in ordered):
+            raise DeltaRejected(Rejection.MALFORMED, "chunks disagree on their count")
+        return _merge(ordered, self.num_params), True
+
+
+def _merge(chunks: list[delta_pb2.KnowledgeDelta], num_params: int) -> delta_pb2.KnowledgeDelta:
+    whole = delta_pb2.KnowledgeDelta()
+    whole.CopyFrom(chunks[0])
+    whole.values = b"".join(c.values for c in chunks)
+    whole.chunk_index = whole.chunk_count = whole.param_offset = 0
+    whole.signature = b""
+    if int(whole.encoding) in (SPARSE_F32, SPARSE_INT8):
+        itemsize = _VALUE_DTYPE[int(whole.encoding)].itemsize
+        parts = [_indices(c, len(c.values) // itemsize, num_params) for c in chunks]
+        whole.indices = encode_index_varint(np.concatenate(parts))  # re-checked by from_proto
+        whole.index_encoding = delta_pb2.INDEX_ENCODING_DELTA_VARINT
+    return whole
+
+
+def make_decoder(
+    key: bytes, num_params: int, layout: str
+) -> Callable[[delta_pb2.KnowledgeDelta], Delta | None]:
+    """The receive path of one node: reassemble chunks, then check and decode whole deltas
+    (None while a chunked delta is incomplete)."""
+    chunks = Reassembler(key, num_params)
+
+    def decode(msg: delta_pb2.KnowledgeDelta) -> Delta | None:
+        whole = chunks.add(msg)
+        if whole is None:
+            return None
+        merged, checked = whole
+        return from_proto(
+            merged, key=key, num_params=num_params, layout=layout, signature_checked=checked
+        )
+
+    return decode
+
+
+def pack(
+    sender_node: str,
+    round_: int,
+    msgs: list[delta_pb2.KnowledgeDelta],
+    max_bytes: int,
+    key: bytes,
+) -> list[delta_pb2.DeltaBatch]:
+    """DeltaBatches under max_bytes each, holding `msgs` in order (split into chunks where one
+    alone is too large): what a node sends another in one round."""
+    budget = max_bytes - _BATCH_SLACK
+    batches: list[delta_pb2.DeltaBatch] = []
+    current = delta_pb2.DeltaBatch(sender_node=sender_node, round=round_)
+    for msg in msgs:
+        for part in split(msg, budget, key):
+            size = part.ByteSize() + _VARINT_BYTES + 1  # field tag + length prefix
+            if current.deltas and current.ByteSize() + size > budget:
+                batches.append(current)
+                current = delta_pb2.DeltaBatch(sender_node=sender_node, round=round_)
+            current.deltas.append(part)
+    if current.deltas or not batches:
+        batches.append(current)
+    return batches
+
+
+_BATCH_SLACK = 256  # the batch's own fields

@@ -104,7 +104,9 @@ def run(
         bar.update(task, completed=tick + 1)
 
     with bar:
-        result = Runner(sc, run_dir, address=address, on_start=on_start, on_tick=on_tick).run()
+        result = Runner(
+            sc, run_dir, address=address, on_start=on_start, on_tick=on_tick, on_info=console.print
+        ).run()
     print_summary(result.summary)
 
 

@@ -110,13 +110,11 @@ class Node:
         self.peers_by_node = {agent_name(j): address for j, address in args.peer}
         self.outbox: dict[str, list[Any]] = {node: [] for node in self.peers_by_node}
         self.counters = TrafficCounters()
-        max_bytes = int(sc.gossip.max_message_mb * 2**20)
+        max_bytes = self.max_bytes = int(sc.gossip.max_message_mb * 2**20)
         self.peers = Peers(max_bytes, self.counters)
         num_params = population.num_params
 
-        def decode(msg: Any):
-            return wire.from_proto(msg, key=self.key, num_params=num_params, layout=self.layout)
-
+        decode = wire.make_decoder(self.key, num_params, self.layout)
         host, _, port = args.listen.rpartition(":")
         servicer = GossipServicer(self.name, decode, self.gossip.receive, self.counters)
         self.server, self.port = start_server(
@@ -139,14 +137,13 @@ class Node:
 
     def flush(self, round_: int) -> bool:
         """Push every peer's outbox, oldest first; True when all are empty."""
-        from swarm.proto.v1 import delta_pb2
 
         for node, msgs in self.outbox.items():
             if not msgs:
                 continue
-            batch = delta_pb2.DeltaBatch(sender_node=self.name, round=round_, deltas=msgs)
             try:
-                self.peers.push(self.peers_by_node[node], batch, PUSH_TIMEOUT_S)
+                for batch in self._wire.pack(self.name, round_, msgs, self.max_bytes, self.key):
+                    self.peers.push(self.peers_by_node[node], batch, PUSH_TIMEOUT_S)
                 self.outbox[node] = []
             except Exception:  # noqa: BLE001 - any transport failure: keep and retry later
                 self.undelivered_rounds += 1

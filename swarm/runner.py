@@ -102,12 +102,16 @@ class Runner:
         address: str | None = None,
         on_start: Callable[[str | None], None] = lambda url: None,
         on_tick: Callable[[int], None] = lambda tick: None,
+        on_info: Callable[[str], None] = lambda text: None,
     ):
         self.sc = scenario
         self.run_dir = run_dir
         self.address = address
         self.on_start = on_start
         self.on_tick = on_tick
+        self.on_info = on_info
+        self.rho: float | None = None
+        self.mixing: dict[str, Any] = {}
 
     def run(self) -> RunResult:
         import ray
@@ -133,6 +137,7 @@ class Runner:
                 sc.metrics.probe_per_class, sc.learning.window, sc.seed + 1_000_003
             )
             n, per = sc.agents.count, sc.agents.per_shard
+            edges = self._graph_edges(world)
             shard_cls: Any = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
             shards = [
                 shard_cls.options(name=None).remote(
@@ -143,6 +148,7 @@ class Runner:
                     info["n_classes"],
                     probe,
                     key,
+                    edges=edges,
                 )
                 for s in range(sc.n_shards)
             ]
@@ -171,6 +177,33 @@ class Runner:
         summary = self._summary(rows, info, wall, t_setup, url)
         self._write(rows, summary, trajectory, layout_map, info)
         return RunResult(self.run_dir, summary, rows)
+
+    def _graph_edges(self, world: Any) -> list[tuple[int, int]] | None:
+        """Build the gossip graph once (every shard gets the same edges) and log its mixing
+        figures: rho decides how fast gossip can agree (REFERENCES: error <= rho^t).
+
+        A proximity graph is built from the drones' start positions and kept for the run
+        (rebuilding it as they move is not done yet: CHOCO's public copies would have to be
+        handed to new neighbours)."""
+        import ray
+
+        sc = self.sc
+        if sc.gossip.topology != "decentralized":
+            return None
+        from protocols.topology import build_graph, mixing_summary
+
+        positions = None
+        if sc.gossip.graph.kind == "proximity":
+            positions = ray.get(world.positions.remote())
+        graph = build_graph(sc.gossip.graph, sc.agents.count, sc.seed, positions=positions)
+        self.mixing = mixing = mixing_summary(graph)
+        self.rho = float(mixing["rho"])
+        self.on_info(
+            f"gossip graph: {sc.gossip.graph.kind}, {mixing['nodes']} agents, {mixing['edges']} "
+            f"edges, degree {mixing['degree_min']}-{mixing['degree_max']}, "
+            f"rho = {self.rho:.4f} (~{mixing['rounds_to_1e-3']} rounds to agree to 1e-3)"
+        )
+        return sorted((int(i), int(j)) for i, j in graph.edges())
 
     # -- the tick loop ---------------------------------------------------------------------------
 
@@ -269,12 +302,7 @@ class Runner:
     ) -> dict[str, Any]:
         sc = self.sc
         final = {k: v for k, v in rows[-1].items() if k != "agents"}
-        rho = None
-        if sc.gossip.topology == "decentralized":
-            from protocols.topology import build_graph, metropolis_weights, spectral_rho
-
-            graph = build_graph(sc.gossip.graph, sc.agents.count, sc.seed)
-            rho = spectral_rho(metropolis_weights(graph))
+        rho = self.rho
         dense = final["gossip/dense_bytes"]
         final["gossip/compression_ratio"] = (
             dense / final["gossip/bytes_sent"] if final["gossip/bytes_sent"] else None

@@ -200,13 +200,20 @@ def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
 
 
 def load_scenario(path: Path | str) -> Scenario:
-    """Read and validate a scenario file."""
+    """Read and validate a scenario file. Relative file paths inside it (a graph's edge list,
+    a certificate directory) are resolved against the scenario's own directory."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
-    return parse_scenario(text, path)
+    sc = parse_scenario(text, path)
+    data = sc.model_dump(mode="json")
+    gossip = data["gossip"]
+    for section, key in ((gossip["graph"], "path"), (gossip["tls"], "cert_dir")):
+        if section[key] and not Path(section[key]).is_absolute():
+            section[key] = str((path.parent / section[key]).resolve())
+    return Scenario.model_validate(data)
 
 
 def dump_scenario(scenario: Scenario) -> str:

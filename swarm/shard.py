@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from protocols.delta import Delta
 from protocols.gossip import agent_name
 from swarm.scenario import Scenario
 
@@ -81,6 +80,10 @@ class WorldHost:
     def measure(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.world.task_metrics().items()}
 
+    def positions(self) -> np.ndarray:
+        """Where the drones are now (N, 3), e.g. for a proximity graph."""
+        return self.world.positions().copy()
+
     def trajectories(self) -> tuple[np.ndarray, dict[str, Any]]:
         return np.stack(self.trajectory), self.world.layout()
 
@@ -101,6 +104,7 @@ class AgentShard:
         probe: tuple[np.ndarray, np.ndarray],
         key: bytes,
         host: str = "127.0.0.1",
+        edges: list[tuple[int, int]] | None = None,
     ):
         _quiet_threads()
         from agents.learner import OnlineLearner
@@ -121,7 +125,7 @@ class AgentShard:
             if sc.baseline.isolated and sharing
             else None
         )
-        self.exchange = _Exchange(self, host) if sharing else None
+        self.exchange = _Exchange(self, host, edges) if sharing else None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -217,12 +221,12 @@ class AgentShard:
 class _Exchange:
     """The shard's side of knowledge exchange: gossip or coordinator, over real gRPC."""
 
-    def __init__(self, shard: AgentShard, host: str):
+    def __init__(self, shard: AgentShard, host: str, edges: list[tuple[int, int]] | None):
         from protocols import wire
         from protocols.coordinator import FederatedClient
         from protocols.delta import layout_fingerprint
         from protocols.gossip import ChocoGossip
-        from protocols.topology import build_graph, metropolis_weights
+        from protocols.topology import build_graph, graph_from_edges, metropolis_weights
         from protocols.transport import GossipServicer, Peers, TrafficCounters, start_server
 
         sc = shard.sc
@@ -243,7 +247,8 @@ class _Exchange:
         self.dense_bytes = np.zeros(len(shard.agents), np.int64)
         self.rounds = 0
         if sc.gossip.topology == "decentralized":
-            graph = build_graph(sc.gossip.graph, sc.agents.count, sc.seed)
+            graph = graph_from_edges(sc.agents.count, edges) if edges is not None else None
+            graph = graph or build_graph(sc.gossip.graph, sc.agents.count, sc.seed)
             self.algo: Any = ChocoGossip(
                 local=shard.agents,
                 weights=metropolis_weights(graph),
@@ -253,7 +258,8 @@ class _Exchange:
                 layout=self.layout,
                 owner=lambda j: f"shard-{j // per}",
             )
-            servicer = GossipServicer(shard.node, self._decode, self.algo.receive, self.counters)
+            decode = wire.make_decoder(shard.key, self.num_params, self.layout)
+            servicer = GossipServicer(shard.node, decode, self.algo.receive, self.counters)
             self.server, port = start_server(
                 host, 0, gossip=servicer, max_message_bytes=self.max_bytes
             )
@@ -265,24 +271,17 @@ class _Exchange:
             self.server, self.endpoint = None, ""
         self._wire = wire
 
-    def _decode(self, msg: Any) -> Delta:
-        return self._wire.from_proto(
-            msg, key=self.shard.key, num_params=self.num_params, layout=self.layout
-        )
-
     def connect(self, endpoints: list[str], coordinator: str) -> None:
         self.endpoints, self.coordinator = endpoints, coordinator
 
     def share(self, round_: int) -> dict[str, int]:
-        from swarm.proto.v1 import delta_pb2
-
         examples = self.shard.learner.take_example_counts()
         deltas = self.algo.make_deltas(self.x, round_, examples)
         messages = [self._wire.to_proto(d, self.shard.key) for d in deltas]
         dense = 4 * self.num_params
         if self.cfg.topology == "coordinator":
-            batch = delta_pb2.DeltaBatch(sender_node=self.shard.node, round=round_, deltas=messages)
-            self.peers.submit(self.coordinator, batch, RPC_TIMEOUT_S)
+            for batch in self._pack(round_, messages):
+                self.peers.submit(self.coordinator, batch, RPC_TIMEOUT_S)
             for row, msg in enumerate(messages):
                 self.logical_bytes[row] += msg.ByteSize()
                 self.dense_bytes[row] += dense
@@ -298,10 +297,14 @@ class _Exchange:
                     by_node.setdefault(node, []).append(msg)
             for node, msgs in sorted(by_node.items()):
                 address = self.endpoints[int(node.split("-")[1])]
-                batch = delta_pb2.DeltaBatch(sender_node=self.shard.node, round=round_, deltas=msgs)
-                self.peers.push(address, batch, RPC_TIMEOUT_S)
+                for batch in self._pack(round_, msgs):
+                    self.peers.push(address, batch, RPC_TIMEOUT_S)
         self.rounds += 1
         return {"deltas": len(deltas)}
+
+    def _pack(self, round_: int, msgs: list[Any]) -> list[Any]:
+        # under the message limit; a delta too large for one message goes in signed chunks
+        return self._wire.pack(self.shard.node, round_, msgs, self.max_bytes, self.shard.key)
 
     def merge(self, round_: int) -> int:
         if self.cfg.topology == "coordinator":
@@ -348,11 +351,12 @@ class CoordinatorHost:
             agents=[agent_name(i) for i in range(sc.agents.count)],
             num_params=num_params,
             layout=layout,
+            config=sc.gossip.coordinator,
         )
         self.counters = TrafficCounters()
         max_bytes = int(sc.gossip.max_message_mb * 2**20)
         servicer = CoordinatorServicer(
-            decode=lambda m: wire.from_proto(m, key=key, num_params=num_params, layout=layout),
+            decode=wire.make_decoder(key, num_params, layout),
             submit=self.state.submit,
             wait_aggregate=self.state.wait_aggregate,
             encode=lambda d: wire.to_proto(d, key),

@@ -79,16 +79,31 @@ def test_sync_runs_with_same_seed_are_identical(ray_local, tmp_path: Path) -> No
     ).read_text()
 
 
-@pytest.mark.parametrize("topology", ["coordinator", "isolated"])
-def test_other_topologies_run(ray_local, tmp_path: Path, topology: str) -> None:
-    result = _run(_variant(gossip__topology=topology), tmp_path)
+VARIANTS = {
+    "coordinator": {"gossip__topology": "coordinator"},
+    "coordinator-median": {
+        "gossip__topology": "coordinator",
+        "gossip__coordinator": {"aggregator": "median"},
+    },
+    "isolated": {"gossip__topology": "isolated"},
+    "proximity": {"gossip__graph": {"kind": "proximity", "radio_range_m": 200.0}},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_other_topologies_run(ray_local, tmp_path: Path, variant: str) -> None:
+    result = _run(_variant(**VARIANTS[variant]), tmp_path)
     m = result.summary["metrics"]
-    if topology == "isolated":
+    if variant == "isolated":
         assert m["gossip/bytes_sent"] == 0
         assert m["learn/probe_acc"] == m["learn/probe_acc_isolated"]
-    else:
-        assert m["gossip/bytes_sent"] > 0
-        assert m["learn/consensus_distance"] == pytest.approx(0, abs=1e-6)  # FedAvg: one model
+        return
+    assert m["gossip/bytes_sent"] > 0
+    assert m["gossip/deltas_rejected"] == 0
+    if variant.startswith("coordinator"):
+        assert m["learn/consensus_distance"] == pytest.approx(0, abs=1e-6)  # one global model
+    else:  # 4 drones within 200 m of each other: the proximity graph is complete
+        assert m["gossip/rho"] == pytest.approx(0, abs=1e-9)
 
 
 def test_runner_with_selective_activation_and_ewc(ray_local, tmp_path: Path) -> None:

@@ -101,3 +101,14 @@ def test_cli_rejects_bad_scenario_without_traceback(tmp_path: Path, body: str, k
         assert "Traceback" not in proc.stderr + proc.stdout
         assert "bad.yaml:" in proc.stderr and key in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing started for a bad file
+
+
+def test_relative_paths_resolve_against_the_scenario_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    scenario = tmp_path / "sub" / "s.yaml"
+    scenario.write_text(
+        "name: t\ngossip:\n  graph: {kind: file, path: edges.txt}\n  tls: {cert_dir: certs}\n"
+    )
+    sc = load_scenario(scenario)
+    assert sc.gossip.graph.path == str(tmp_path / "sub" / "edges.txt")
+    assert sc.gossip.tls.cert_dir == str(tmp_path / "sub" / "certs")

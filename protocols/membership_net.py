@@ -1,0 +1,338 @@
+"""The gRPC edge of SWIM membership: a prober thread and the Ping/PingReq handler.
+
+`MembershipNode` owns a `protocols.membership.Membership` and only moves its messages: it is
+passed to `GossipServicer(..., membership=node)` to answer Ping/PingReq, and its daemon
+prober thread runs the protocol period (`Membership` docstring) against the wall clock:
+
+    period k starts at s_k = max(s_{k-1} + P, now)   (P = period_s(cfg); no catch-up bursts)
+    ping next_probe() with timeout probe_timeout_s
+    if unanswered: PingReq to the helpers in parallel, deadline s_k + P
+    then sleep until s_{k+1}, waking at suspicion deadlines so `on_change` fires on time
+
+Thread model: one RLock guards the Membership; no RPC is made while holding it. `on_change`
+callbacks are queued under the lock and delivered, in order, after it is released (so a
+callback may call back into this node or take its own locks); they run on whichever thread
+caused the change (prober or gRPC server thread) and must not block.
+
+Channels are cached per address. The default factory makes insecure channels whose reconnect
+backoff is capped at one period (`channel_options`): gRPC's default backoff (1 s, x1.6, up to
+120 s) would leave a member that comes back unreachable for minutes. A TLS factory should
+add the same options.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+
+from protocols.config import MembershipConfig
+from protocols.membership import Member, Membership, OnChange, State, Update, period_s
+from swarm.proto.v1 import gossip_pb2, gossip_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[str], grpc.Channel]
+
+
+def channel_options(cfg: MembershipConfig) -> list[tuple[str, int]]:
+    """gRPC channel options that let a returning member be reached within a period."""
+    backoff_ms = max(1, round(period_s(cfg) * 1000))
+    return [
+        ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms),
+    ]
+
+
+def to_proto(u: Update) -> gossip_pb2.MemberUpdate:
+    return gossip_pb2.MemberUpdate(
+        node=u.node, address=u.address, state=u.state.name, incarnation=u.incarnation
+    )
+
+
+def from_proto(updates: Iterable[gossip_pb2.MemberUpdate]) -> list[Update]:
+    """Decode piggy-backed updates; nameless ones and unknown states are dropped."""
+    out = []
+    for u in updates:
+        if u.node and u.state in State._value2member_map_:
+            out.append(Update(u.node, u.address, State(u.state), int(u.incarnation)))
+    return out
+
+
+class MembershipNode:
+    """One node's SWIM failure detector over gRPC: answers probes, and probes others."""
+
+    def __init__(
+        self,
+        node: str,
+        address: str,
+        cfg: MembershipConfig,
+        *,
+        seed: int = 0,
+        incarnation: int = 0,
+        on_change: OnChange | None = None,
+        channel_factory: ChannelFactory | None = None,
+    ):
+        self.node, self.address, self.cfg = node, address, cfg
+        self._lock = threading.RLock()
+        self._changes: deque[tuple[Member, State | None]] = deque()
+        self._delivering = threading.Lock()
+        self._user_on_change = on_change
+        self._m = Membership(
+            node,
+            address,
+            cfg,
+            seed,
+            time.monotonic,
+            incarnation=incarnation,
+            on_change=lambda m, prev: self._changes.append((m, prev)),
+        )
+        options = channel_options(cfg)
+        self._factory = channel_factory or (
+            lambda addr: grpc.insecure_channel(addr, options=options)
+        )
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, Any] = {}
+        self._channel_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the member table (thread-safe reads) --------------------------------------------
+
+    def join(self, node: str, address: str) -> None:
+        with self._state() as m:
+            m.join(node, address)
+
+    def member(self, node: str) -> Member | None:
+        with self._state() as m:
+            return m.member(node)
+
+    def state(self, node: str) -> State | None:
+        with self._state() as m:
+            return m.state(node)
+
+    def members(self) -> list[Member]:
+        with self._state() as m:
+            return m.members()
+
+    def alive_members(self) -> list[str]:
+        with self._state() as m:
+            return m.alive_members()
+
+    @property
+    def incarnation(self) -> int:
+        with self._state() as m:
+            return m.incarnation
+
+    def detection_bound_s(self, n: int | None = None) -> float:
+        with self._state() as m:
+            return m.detection_bound_s(n)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"membership of {self.node} already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"swim-prober-{self.node}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop probing and close the channels; returns within about one period (the
+        longest an in-flight probe can take). Idempotent. Probes are still answered while
+        the server runs, but no longer relayed (PingReq answers unreachable)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._channel_lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+
+    # -- handler for GossipServicer ------------------------------------------------------
+
+    def on_ping(self, request: gossip_pb2.PingRequest) -> gossip_pb2.PingReply:
+        with self._state() as m:
+            incarnation, updates = m.on_ping(
+                request.sender_node, int(request.incarnation), from_proto(request.updates)
+            )
+        return gossip_pb2.PingReply(
+            node=self.node, incarnation=incarnation, updates=[to_proto(u) for u in updates]
+        )
+
+    def on_ping_req(self, request: gossip_pb2.PingReqRequest) -> gossip_pb2.PingReqReply:
+        with self._state() as m:
+            m.merge(from_proto(request.updates))
+            ping = self._ping_request(m, request.target_node)
+        reply = self._ping(
+            request.target_address, request.target_node, ping, self.cfg.probe_timeout_s
+        )
+        with self._state() as m:
+            if reply is not None:
+                m.on_ack(request.target_node, int(reply.incarnation), from_proto(reply.updates))
+            back = m.piggyback(request.sender_node)
+        return gossip_pb2.PingReqReply(
+            reachable=reply is not None, updates=[to_proto(u) for u in back]
+        )
+
+    # -- internals -----------------------------------------------------------------------
+
+    @contextmanager
+    def _state(self) -> Iterator[Membership]:
+        try:
+            with self._lock:
+                yield self._m
+        finally:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand queued changes to the user's callback, in order, outside the state lock.
+        Whoever holds `_delivering` delivers for everyone; the outer loop re-checks after
+        releasing it so a change queued in between is not stranded."""
+        while self._changes:
+            if not self._delivering.acquire(blocking=False):
+                return
+            try:
+                while self._changes:
+                    member, previous = self._changes.popleft()
+                    if self._user_on_change is not None:
+                        try:
+                            self._user_on_change(member, previous)
+                        except Exception:
+                            log.exception("membership on_change callback failed")
+            finally:
+                self._delivering.release()
+
+    def _stub(self, address: str) -> Any:
+        with self._channel_lock:
+            if self._stop.is_set():
+                raise ValueError(f"membership of {self.node} is stopped")  # as a closed channel
+            if address not in self._stubs:
+                self._channels[address] = self._factory(address)
+                self._stubs[address] = gossip_pb2_grpc.GossipStub(self._channels[address])
+            return self._stubs[address]
+
+    def _ping_request(self, m: Membership, target: str) -> gossip_pb2.PingRequest:
+        return gossip_pb2.PingRequest(
+            sender_node=self.node,
+            incarnation=m.incarnation,
+            updates=[to_proto(u) for u in m.piggyback(target)],
+        )
+
+    def _ping(
+        self, address: str, node: str, request: gossip_pb2.PingRequest, timeout_s: float
+    ) -> gossip_pb2.PingReply | None:
+        """One Ping; None if it failed or another node answers at that address."""
+        if timeout_s <= 0:
+            return None
+        try:
+            reply = self._stub(address).Ping(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            log.debug("%s: ping %s at %s failed: %s", self.node, node, address, exc.code())
+            return None
+        except ValueError:  # the channel was closed by stop()
+            return None
+        if reply.node and reply.node != node:
+            return None
+        return reply
+
+    def _run(self) -> None:
+        period = period_s(self.cfg)
+        start = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._probe_once(start + period)
+            except Exception:  # keep the detector alive whatever one probe does
+                log.exception("%s: probe failed", self.node)
+            start = max(start + period, time.monotonic())
+            while not self._stop.is_set():
+                with self._state() as m:
+                    m.tick()
+                    deadline = m.next_deadline()
+                now = time.monotonic()
+                if now >= start:
+                    break
+                wake = start if deadline is None else min(start, max(deadline, now))
+                self._stop.wait(wake - now)
+
+    def _probe_once(self, period_end: float) -> None:
+        with self._state() as m:
+            target = m.next_probe()
+            if target is None:
+                return
+            member = m.member(target)
+            assert member is not None
+            request = self._ping_request(m, target)
+        reply = self._ping(member.address, target, request, self.cfg.probe_timeout_s)
+        with self._state() as m:
+            if reply is not None:
+                m.on_ack(target, int(reply.incarnation), from_proto(reply.updates))
+                return
+            helpers = m.on_probe_timeout(target)
+            asks = []
+            for helper in helpers:
+                h = m.member(helper)
+                assert h is not None
+                asks.append(
+                    (
+                        h.address,
+                        gossip_pb2.PingReqRequest(
+                            sender_node=self.node,
+                            target_node=target,
+                            target_address=member.address,
+                            updates=[to_proto(u) for u in m.piggyback(helper)],
+                        ),
+                    )
+                )
+        reachable = self._indirect(asks, period_end)
+        with self._state() as m:
+            m.on_indirect_result(target, reachable)
+
+    def _indirect(self, asks: list[tuple[str, gossip_pb2.PingReqRequest]], deadline: float) -> bool:
+        """PingReq every helper at once; True as soon as one reached the target."""
+        timeout_s = deadline - time.monotonic()
+        if not asks or timeout_s <= 0:
+            return False
+        futures = []
+        for address, request in asks:
+            try:
+                futures.append(self._stub(address).PingReq.future(request, timeout=timeout_s))
+            except ValueError:  # the channel was closed by stop()
+                continue
+        if not futures:
+            return False
+        done, reached = threading.Event(), threading.Event()
+        finished = [0]
+        guard = threading.Lock()
+
+        def on_done(future: Any) -> None:
+            ok = not future.cancelled() and future.exception() is None
+            if ok and future.result().reachable:
+                reached.set()
+            with guard:
+                finished[0] += 1
+                if reached.is_set() or finished[0] == len(futures):
+                    done.set()
+
+        for future in futures:
+            future.add_done_callback(on_done)
+        done.wait(timeout_s)
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                with self._state() as m:
+                    m.merge(from_proto(future.result().updates))
+            else:
+                future.cancel()
+        return reached.is_set()

@@ -1,0 +1,466 @@
+"""SWIM membership: the pure logic on a fake clock and network, then 4 nodes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from protocols.config import MembershipConfig
+from protocols.membership import (
+    Member,
+    Membership,
+    State,
+    Update,
+    detection_bound_s,
+    retransmit_limit,
+    suspicion_timeout_s,
+)
+from protocols.membership_net import MembershipNode
+from protocols.transport import GossipServicer, TrafficCounters, start_server
+
+LAN = MembershipConfig()  # memberlist's LAN profile: T = 1 s, timeout 0.5 s, k = 3, mult 4
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeNet:
+    """Lock-step SWIM over an in-memory network. In `period()` every up member pings its
+    target at t0; failed probes time out at t0 + probe_timeout and ask their helpers; the
+    period ends at t0 + T with the suspicions. Members are named by their address."""
+
+    def __init__(self, n: int, cfg: MembershipConfig = LAN, seed: int = 0, join_all=True):
+        self.cfg, self.clock = cfg, FakeClock()
+        self.nodes: dict[str, Membership] = {}
+        self.up: set[str] = set()
+        self.events: list[tuple[float, str, str, State]] = []  # (time, observer, member, state)
+        for i in range(n):
+            self.add(f"n{i}", seed=seed * 1000 + i)
+        if join_all:
+            for a in self.nodes:
+                for b in self.nodes:
+                    self.nodes[a].join(b, b)
+
+    def add(self, name: str, seed: int, incarnation: int = 0) -> Membership:
+        def record(m: Member, previous: State | None, observer: str = name) -> None:
+            self.events.append((self.clock.now, observer, m.node, m.state))
+
+        self.nodes[name] = Membership(
+            name, name, self.cfg, seed, self.clock, incarnation=incarnation, on_change=record
+        )
+        self.up.add(name)
+        return self.nodes[name]
+
+    def ping(self, src: str, dst: str) -> bool:
+        if dst not in self.up:
+            return False
+        s, d = self.nodes[src], self.nodes[dst]
+        incarnation, updates = d.on_ping(src, s.incarnation, s.piggyback(dst))
+        s.on_ack(dst, incarnation, updates)
+        return True
+
+    def ping_req(self, src: str, helper: str, target: str) -> bool:
+        if helper not in self.up:
+            return False
+        self.nodes[helper].merge(self.nodes[src].piggyback(helper))
+        reached = self.ping(helper, target)
+        self.nodes[src].merge(self.nodes[helper].piggyback(src))
+        return reached
+
+    def period(self, kill: str | None = None) -> list[tuple[str, str]]:
+        """One protocol period of every up member; `kill` dies right after the pings (just
+        after being probed: the worst case). Returns the (prober, target) pairs."""
+        t0 = self.clock.now
+        probes, failed = [], {}
+        for name in sorted(self.up):
+            target = self.nodes[name].next_probe()
+            if target is not None:
+                probes.append((name, target))
+                if not self.ping(name, target):
+                    failed[name] = target
+        if kill is not None:
+            self.up.discard(kill)
+        self.clock.now = t0 + self.cfg.probe_timeout_s
+        results = {}
+        for name, target in failed.items():
+            if name in self.up:
+                helpers = self.nodes[name].on_probe_timeout(target)
+                results[name] = any(self.ping_req(name, h, target) for h in helpers)
+        self.clock.now = t0 + self.cfg.probe_interval_s
+        for name, reachable in results.items():
+            self.nodes[name].on_indirect_result(failed[name], reachable)
+        for name in sorted(self.up):
+            self.nodes[name].tick()
+        return probes
+
+    def views(self, member: str) -> dict[str, Member | None]:
+        return {k: self.nodes[k].member(member) for k in sorted(self.up) if k != member}
+
+
+# -- formulas --------------------------------------------------------------------------
+
+
+def test_suspicion_timeout_and_bound_match_hand_computed_values() -> None:
+    # memberlist: 4 * max(1, log10 n) * 1 s; bound 2 (n - 1) P + S(n)
+    assert suspicion_timeout_s(LAN, 5) == pytest.approx(4.0)
+    assert suspicion_timeout_s(LAN, 100) == pytest.approx(8.0)
+    assert detection_bound_s(LAN, 10) == pytest.approx(2 * 9 * 1.0 + 4.0)
+    assert detection_bound_s(LAN, 100) == pytest.approx(2 * 99 * 1.0 + 8.0)
+    short = MembershipConfig(probe_interval_s=0.1, probe_timeout_s=0.05, suspicion_mult=2.0)
+    assert detection_bound_s(short, 4) == pytest.approx(0.6 + 0.2)
+    assert retransmit_limit(4) == 4 and retransmit_limit(16) == 8
+
+
+@pytest.mark.parametrize(
+    ("held", "update", "wins"),
+    [
+        ((State.ALIVE, 3), (State.ALIVE, 4), True),
+        ((State.ALIVE, 3), (State.ALIVE, 3), False),
+        ((State.ALIVE, 3), (State.SUSPECT, 3), True),
+        ((State.ALIVE, 3), (State.SUSPECT, 2), False),
+        ((State.SUSPECT, 3), (State.ALIVE, 3), False),  # only a refutation clears it
+        ((State.SUSPECT, 3), (State.ALIVE, 4), True),
+        ((State.SUSPECT, 3), (State.DEAD, 3), True),
+        ((State.DEAD, 3), (State.ALIVE, 3), False),
+        ((State.DEAD, 3), (State.ALIVE, 4), True),  # rejoin
+        ((State.DEAD, 3), (State.SUSPECT, 3), False),
+    ],
+)
+def test_update_precedence(held, update, wins) -> None:
+    clock = FakeClock()
+    m = Membership("a", "a", LAN, 0, clock)
+    m.join("b", "b")
+    m.merge([Update("b", "b", held[0], held[1])])
+    m.merge([Update("b", "b", update[0], update[1])])
+    assert (m.state("b"), m.member("b").incarnation) == (update if wins else held)
+
+
+# -- protocol period -------------------------------------------------------------------
+
+
+def test_round_robin_probes_everyone_once_per_n_minus_1_periods() -> None:
+    m = Membership("n0", "n0", LAN, seed=7, clock=FakeClock())
+    others = [f"n{i}" for i in range(1, 9)]
+    for o in others:
+        m.join(o, o)
+    passes = [[m.next_probe() for _ in others] for _ in range(6)]
+    assert all(sorted(p) == others for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled at each traversal
+    # a member joining mid-traversal is probed before the traversal ends
+    first = [m.next_probe() for _ in range(3)]
+    m.join("n9", "n9")
+    rest = [m.next_probe() for _ in range(len(others) + 1 - 3)]
+    assert sorted(first + rest) == sorted([*others, "n9"])
+
+
+def test_failed_probe_suspects_then_declares_dead_after_the_suspicion_timeout() -> None:
+    clock = FakeClock()
+    changes: list[tuple[str, State, State | None, float]] = []
+    m = Membership(
+        "a",
+        "a",
+        LAN,
+        0,
+        clock,
+        on_change=lambda mem, prev: changes.append((mem.node, mem.state, prev, clock.now)),
+    )
+    for o in ("b", "c", "d"):
+        m.join(o, o)
+    changes.clear()
+
+    helpers = m.on_probe_timeout("b")
+    clock.now = 1.0
+    m.on_indirect_result("b", reachable=False)
+    timeout = suspicion_timeout_s(LAN, 4)
+
+    assert sorted(helpers) == ["c", "d"]  # k = 3 asked, only 2 others are eligible
+    assert m.state("b") is State.SUSPECT and m.alive_members() == ["b", "c", "d"]
+    clock.now = 1.0 + timeout - 1e-9
+    assert m.state("b") is State.SUSPECT
+    clock.now = 1.0 + timeout + 0.3
+    assert m.state("b") is State.DEAD
+    assert m.member("b").since == pytest.approx(1.0 + timeout)  # exact, not when looked
+    assert m.alive_members() == ["c", "d"]
+    assert [(c[0], c[1], c[2]) for c in changes] == [
+        ("b", State.SUSPECT, State.ALIVE),
+        ("b", State.DEAD, State.SUSPECT),
+    ]
+    assert m.on_probe_timeout("b") == []  # the dead get no indirect probes
+
+
+def test_reachable_via_helper_does_not_suspect() -> None:
+    m = Membership("a", "a", LAN, 0, FakeClock())
+    m.join("b", "b")
+    m.join("c", "c")
+    m.on_indirect_result("b", reachable=True)
+    assert m.state("b") is State.ALIVE
+
+
+def test_suspected_member_refutes_with_a_higher_incarnation() -> None:
+    clock = FakeClock()
+    a = Membership("a", "a", LAN, 0, clock)
+    b = Membership("b", "b", LAN, 1, clock)
+    a.join("b", "b")
+    b.join("a", "a")
+    a.on_indirect_result("b", reachable=False)
+    assert a.state("b") is State.SUSPECT
+
+    incarnation, updates = b.on_ping("a", a.incarnation, a.piggyback("b"))
+    a.on_ack("b", incarnation, updates)
+    clock.now = 10 * suspicion_timeout_s(LAN, 2)
+
+    assert b.incarnation == 1
+    assert a.member("b") is not None and (a.state("b"), a.member("b").incarnation) == (
+        State.ALIVE,
+        1,
+    )
+
+
+def test_dead_member_rejoins_by_gossip_or_by_answering_a_ping() -> None:
+    clock = FakeClock()
+    a = Membership("a", "a", LAN, 0, clock)
+    a.join("b", "b")
+    a.merge([Update("b", "b", State.DEAD, 0)])
+    a.on_ack("b", 0)  # same incarnation: not proof of a new life
+    assert a.state("b") is State.DEAD
+
+    # (1) a fresh process with no memory answers a ping that tells it it is dead
+    b = Membership("b", "b", LAN, 1, clock)
+    incarnation, updates = b.on_ping("a", a.incarnation, a.piggyback("b"))
+    a.on_ack("b", incarnation, updates)
+    assert (a.state("b"), a.member("b").incarnation) == (State.ALIVE, 1)
+
+    # (2) an ALIVE update with a higher incarnation, heard from a third member
+    a.merge([Update("b", "b", State.DEAD, 1)])
+    a.merge([Update("b", "b2", State.ALIVE, 2)])
+    assert (a.state("b"), a.member("b").address) == (State.ALIVE, "b2")
+
+
+# -- the fake network ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_every_member_detects_a_death_within_the_bound(n: int) -> None:
+    bound = detection_bound_s(LAN, n)
+    worst = 0.0
+    for seed in range(4):
+        for kill_at in range(2 * n):
+            net = FakeNet(n, seed=seed)
+            for _ in range(kill_at):
+                net.period()
+            t_kill = net.clock.now
+            net.period(kill="n1")
+            for _ in range(math.ceil(bound / LAN.probe_interval_s) + 1):
+                net.period()
+            views = net.views("n1")
+            assert all(v is not None and v.state is State.DEAD for v in views.values())
+            delays = [v.since - t_kill for v in views.values() if v is not None]
+            worst = max(worst, *delays)
+            assert max(delays) <= bound, (seed, kill_at, delays, bound)
+            # no false positive: nobody else was ever suspected
+            assert {e[2] for e in net.events if e[3] is not State.ALIVE} == {"n1"}
+    assert worst > suspicion_timeout_s(LAN, n)  # the probe wait is part of what was measured
+
+
+def test_a_refuted_suspicion_never_becomes_death() -> None:
+    for seed in range(4):
+        net = FakeNet(5, seed=seed)
+        net.period()
+        net.up.discard("n2")  # n2 is unreachable (and silent) until someone suspects it
+        while not any(e[2] == "n2" and e[3] is State.SUSPECT for e in net.events):
+            net.period()
+        net.up.add("n2")
+        for _ in range(20):
+            net.period()
+
+        assert net.nodes["n2"].incarnation >= 1
+        assert all(v.state is State.ALIVE for v in net.views("n2").values())
+        assert not any(e[2] == "n2" and e[3] is State.DEAD for e in net.events), seed
+
+
+def test_updates_reach_every_member_then_the_buffer_drains() -> None:
+    n = 16
+    for seed in range(4):
+        net = FakeNet(n, seed=seed)
+        for _ in range(2 * n):  # let the join announcements die down
+            net.period()
+        newcomer = net.add("z", seed=99)
+        newcomer.join("n0", "n0")
+        net.nodes["n0"].join("z", "z")
+
+        periods = 0
+        while not all(v is not None for v in net.views("z").values()):
+            net.period()
+            periods += 1
+            assert periods <= 2 * math.ceil(math.log2(n + 1)), (seed, periods)
+        for _ in range(4 * retransmit_limit(n + 1)):
+            net.period()
+        # only each member's own record (carried on every message) is left
+        assert all(m.piggyback() == [Update(k, k, State.ALIVE, 0)] for k, m in net.nodes.items())
+
+
+def test_a_member_that_comes_back_is_alive_again_everywhere() -> None:
+    net = FakeNet(5, seed=3)
+    net.period(kill="n4")
+    for _ in range(math.ceil(detection_bound_s(LAN, 5)) + 1):
+        net.period()
+    assert all(v.state is State.DEAD for v in net.views("n4").values())
+
+    back = net.add("n4", seed=44)  # a new process: remembers nobody, incarnation 0
+    for _ in range(2 * 4):  # dead members stay in everyone's rotation: found within 2m
+        net.period()
+
+    assert all(v.state is State.ALIVE for v in net.views("n4").values())
+    assert back.incarnation >= 1  # it outbid its own death
+    assert sorted(back.alive_members()) == ["n0", "n1", "n2", "n3"]
+
+
+# -- real gRPC on 127.0.0.1 ------------------------------------------------------------
+
+FAST = MembershipConfig(
+    probe_interval_s=0.1, probe_timeout_s=0.05, indirect_checks=2, suspicion_mult=2.0
+)
+# Scheduling slack on top of detection_bound_s: the bound assumes every period starts on time
+# and every RPC deadline fires on time. Here 4 probers, 4 gRPC servers and the test share 2
+# cores and one GIL, so a period can start late (thread wake-up, deadline overshoot); the
+# prober does not catch up, so lateness accumulates over the <= 2(n-1) + 1 periods of the
+# chain. 0.4 s is half the 0.8 s bound; measured here kill -> DEAD took 0.29-0.37 s, so the
+# slack only matters on a machine far busier than this one.
+SLACK_S = 0.4
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.2f} s: {what}"
+        time.sleep(0.005)  # poll interval, not a wait for a race
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.nodes: dict[str, MembershipNode] = {}
+        self.servers: dict[str, object] = {}
+        self.addresses: dict[str, str] = {}
+        self.events: list[tuple[float, str, str, State, int]] = []
+        self._lock = threading.Lock()
+
+    def launch(self, name: str, port: int = 0, incarnation: int = 0) -> MembershipNode:
+        servicer = GossipServicer(name, lambda msg: None, lambda deltas: 0, TrafficCounters())
+        server, bound = start_server(
+            "127.0.0.1", port, gossip=servicer, max_message_bytes=2**20, workers=4
+        )
+        address = f"127.0.0.1:{bound}"
+
+        def record(m: Member, previous: State | None) -> None:
+            with self._lock:
+                self.events.append((time.monotonic(), name, m.node, m.state, m.incarnation))
+
+        node = MembershipNode(
+            name,
+            address,
+            FAST,
+            seed=len(self.nodes),
+            incarnation=incarnation,
+            on_change=record,
+        )
+        servicer.membership = node
+        self.nodes[name], self.servers[name], self.addresses[name] = node, server, address
+        return node
+
+    def kill(self, name: str) -> None:
+        self.nodes[name].stop()
+        self.servers[name].stop(grace=None)  # type: ignore[attr-defined]
+
+    def first(self, member: str, state: State, after: float) -> dict[str, float]:
+        """Per observer: when it first saw `member` in `state` after `after`."""
+        out: dict[str, float] = {}
+        with self._lock:
+            for t, observer, node, s, _ in self.events:
+                if node == member and s is state and t >= after and observer not in out:
+                    out[observer] = t
+        return out
+
+    def close(self) -> None:
+        for name in self.nodes:
+            self.kill(name)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    yield c
+    c.close()
+
+
+def test_four_grpc_nodes_drop_a_killed_member_and_take_it_back(cluster: Cluster) -> None:
+    names = ["a", "b", "c", "d"]
+    for name in names:
+        cluster.launch(name)
+    for x in names:
+        for y in names:
+            if x != y:
+                cluster.nodes[x].join(y, cluster.addresses[y])
+    for node in cluster.nodes.values():
+        node.start()
+    survivors = ["a", "b", "c"]
+    _wait_for(
+        lambda: all(cluster.nodes[s].state("d") is State.ALIVE for s in survivors),
+        5.0,
+        "everyone sees d alive",
+    )
+    bound = detection_bound_s(FAST, 4)
+
+    port = int(cluster.addresses["d"].rsplit(":", 1)[1])
+    old_incarnation = cluster.nodes["d"].incarnation
+    cluster.nodes["d"].stop()  # kill -9: no more probes from d ...
+    assert not cluster.nodes["d"].running
+    t_kill = time.monotonic()
+    cluster.servers["d"].stop(grace=None)  # type: ignore[attr-defined]  # ... nor answers
+    _wait_for(
+        lambda: len(cluster.first("d", State.DEAD, t_kill)) == 3,
+        bound + SLACK_S + 2.0,  # generous here; the bound is asserted below with its slack
+        "a, b and c declare d dead",
+    )
+    dead = {k: t - t_kill for k, t in cluster.first("d", State.DEAD, t_kill).items()}
+    times = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(dead.items()))
+    assert max(dead.values()) <= bound + SLACK_S, (
+        f"kill -> DEAD: first {min(dead.values()):.3f} s, all: {times}; "
+        f"bound {bound:.3f} s + slack {SLACK_S} s"
+    )
+    assert all("d" not in cluster.nodes[s].alive_members() for s in survivors)
+
+    # restart d on the same port as a new process that knows the others (incarnation + 1)
+    t_restart = time.monotonic()
+    back = cluster.launch("d", port=port, incarnation=old_incarnation + 1)
+    assert cluster.addresses["d"] == f"127.0.0.1:{port}"
+    for s in survivors:
+        back.join(s, cluster.addresses[s])
+    back.start()
+    # d pings each survivor within its first traversal of n - 1 periods; each ping is a
+    # direct ALIVE claim at the higher incarnation
+    rejoin_bound = 3 * FAST.probe_interval_s
+    _wait_for(
+        lambda: len(cluster.first("d", State.ALIVE, t_restart)) == 3,
+        rejoin_bound + SLACK_S + 2.0,
+        "a, b and c take d back",
+    )
+    alive = {k: t - t_restart for k, t in cluster.first("d", State.ALIVE, t_restart).items()}
+    times = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(alive.items()))
+    assert max(alive.values()) <= rejoin_bound + SLACK_S, (
+        f"restart -> ALIVE: {times}; bound {rejoin_bound:.3f} s + slack {SLACK_S} s"
+    )
+    _wait_for(
+        lambda: all("d" in cluster.nodes[s].alive_members() for s in survivors),
+        5.0,
+        "d back in every survivor's alive_members",
+    )
+    print(f"\nkill -> DEAD: {dead}\nrestart -> ALIVE: {alive}")
