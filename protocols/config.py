@@ -104,14 +104,10 @@ class GossipConfig(Section):
     """Delta compression."""
     max_message_mb: float = Field(4.0, gt=0, le=1024)
     """gRPC message size limit, both directions; larger deltas are sent in chunks."""
-    peers_per_round: int = Field(0, ge=0)
-    """0: every neighbour each round; s > 0: s random neighbours per round (epidemic
-    learning, de Vos et al. 2023)."""
-    push_sum: bool = False
-    """Push-sum (Kempe et al. 2003) instead of CHOCO: for one-way links."""
     coordinator: CoordinatorConfig = CoordinatorConfig()
     """Aggregation at the coordinator (topology: coordinator)."""
     membership: MembershipConfig = MembershipConfig()
-    """Failure detection between nodes."""
+    """Failure detection between gossip nodes (protocols/membership.py). The simulated
+    runner's shards are supervised by Ray and do not probe each other yet."""
     tls: TlsConfig = TlsConfig()
     """Transport security."""

@@ -4,6 +4,19 @@ Everything here is thin on purpose (the Flower pattern): decoding and every chec
 `protocols.wire`, the round logic in `protocols.gossip` / `protocols.coordinator`. A servicer
 turns a request into plain objects, hands them over, and maps `DeltaRejected` to a gRPC status.
 Every received message is counted, and every rejection by reason, before anything is applied.
+
+Raw bytes in, on purpose: the services are registered with no request deserializer (see
+`_guarded`), so the bytes of every call reach our code. If gRPC parsed them, a message that is
+not valid protobuf would fail inside gRPC (an uncounted INTERNAL) and one above gRPC's own size
+limit would never reach us. Here each message is measured against our limit
+(`max_message_bytes`, -> RESOURCE_EXHAUSTED, counted "oversized") and parsed with `FromString`
+in a try (-> INVALID_ARGUMENT, counted "malformed"). gRPC's hard limit is set at
+`_HARD_LIMIT_FACTOR` times ours so the band in between is seen and counted; only messages beyond
+it are dropped by gRPC unseen (it must stay bounded: it caps the memory one call can take).
+Network bytes are only ever parsed as protobuf, never unpickled.
+
+TLS (`protocols.tls`): pass `tls=TlsConfig(...)` and this node's name to `start_server` and
+`Peers`; mode off keeps plaintext.
 """
 
 from __future__ import annotations
@@ -15,8 +28,11 @@ from concurrent import futures
 from typing import Protocol
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from protocols import tls as tls_
+from protocols.config import TlsConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
 from swarm.proto.v1 import (
     coordinator_pb2,
@@ -92,7 +108,6 @@ def _ingest(
     sink: Sink,
     counters: TrafficCounters,
 ) -> int:
-    counters.received(batch.ByteSize())
     try:
         n = sink([d for d in map(decode, batch.deltas) if d is not None])
     except DeltaRejected as exc:
@@ -178,10 +193,76 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel options: gRPC refuses to send or receive messages above `max_message_bytes`."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+
+
+#: gRPC's own receive limit on a server is this many times `max_message_bytes`, so messages
+#: between the two limits reach `_guarded` and are refused there, counted. 2x lets a peer
+#: configured with twice our limit (the likeliest misconfiguration) be seen, while one call
+#: still cannot make the server buffer an unbounded message.
+_HARD_LIMIT_FACTOR = 2
+
+_Parse = Callable[[bytes], Message]
+_Method = Callable[[Message, grpc.ServicerContext], Message]
+
+
+def _guarded(
+    method: _Method,
+    parse: _Parse,
+    limit: int,
+    counters: TrafficCounters | None,
+) -> Callable[[bytes, grpc.ServicerContext], Message]:
+    """Wrap a servicer method to take the raw request bytes: size check, then a safe parse.
+
+    With `counters` (the delta-carrying methods) the bytes are counted as received and each
+    refused message as one rejection; probes are refused the same way but not counted as deltas.
+    """
+
+    def handler(raw: bytes, context: grpc.ServicerContext) -> Message:
+        if counters is not None:
+            counters.received(len(raw))
+        if len(raw) > limit:
+            if counters is not None:
+                counters.reject(Rejection.OVERSIZED, 1)
+            context.abort(
+                STATUS[Rejection.OVERSIZED],
+                f"message of {len(raw)} bytes is over this node's limit of {limit} bytes",
+            )
+        try:
+            request = parse(raw)
+        except DecodeError:
+            # protobuf raises DecodeError for every kind of bad input (truncated, bad wire type,
+            # invalid UTF-8 in a string field); anything else is a bug and should surface.
+            if counters is not None:
+                counters.reject(Rejection.MALFORMED, 1)
+            context.abort(STATUS[Rejection.MALFORMED], "request is not a valid protobuf message")
+        return method(request, context)
+
+    return handler
+
+
+def _add_service(
+    server: grpc.Server,
+    service: str,
+    methods: dict[str, tuple[_Method, _Parse, Callable[[Message], bytes], bool]],
+    limit: int,
+    counters: TrafficCounters,
+) -> None:
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _guarded(method, parse, limit, counters if counted else None),
+            request_deserializer=None,  # raw bytes: `_guarded` parses
+            response_serializer=serialize,
+        )
+        for name, (method, parse, serialize, counted) in methods.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # As the generated add_*_to_server does: stubs call with _registered_method=True.
+    server.add_registered_method_handlers(service, handlers)
 
 
 def start_server(
@@ -192,54 +273,164 @@ def start_server(
     coordinator: CoordinatorServicer | None = None,
     max_message_bytes: int,
     workers: int = 8,
+    tls: TlsConfig | None = None,
+    node: str | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start a gRPC server with the given services plus standard health checking.
 
-    Returns the server and the bound port (pass port 0 to let the OS choose).
+    Returns the server and the bound port (pass port 0 to let the OS choose). With `tls` mode
+    tls or mtls the port is secure and `node` names this node's certificate in `tls.cert_dir`;
+    a missing or unusable certificate raises `protocols.tls.TlsError` before anything listens.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(max_message_bytes)
-    )
+    credentials = tls_.server_credentials(tls, node)
+    options = [
+        ("grpc.max_receive_message_length", _HARD_LIMIT_FACTOR * max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if gossip is not None:
-        gossip_pb2_grpc.add_GossipServicer_to_server(gossip, server)
+        _add_service(
+            server,
+            "swarm.v1.Gossip",
+            {
+                "PushDeltas": (
+                    gossip.PushDeltas,
+                    delta_pb2.DeltaBatch.FromString,
+                    gossip_pb2.PushReply.SerializeToString,
+                    True,
+                ),
+                "Ping": (
+                    gossip.Ping,
+                    gossip_pb2.PingRequest.FromString,
+                    gossip_pb2.PingReply.SerializeToString,
+                    False,
+                ),
+                "PingReq": (
+                    gossip.PingReq,
+                    gossip_pb2.PingReqRequest.FromString,
+                    gossip_pb2.PingReqReply.SerializeToString,
+                    False,
+                ),
+            },
+            max_message_bytes,
+            gossip.counters,
+        )
         health_servicer.set("swarm.v1.Gossip", health_pb2.HealthCheckResponse.SERVING)
     if coordinator is not None:
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(coordinator, server)
+        _add_service(
+            server,
+            "swarm.v1.Coordinator",
+            {
+                "SubmitDeltas": (
+                    coordinator.SubmitDeltas,
+                    delta_pb2.DeltaBatch.FromString,
+                    coordinator_pb2.SubmitReply.SerializeToString,
+                    True,
+                ),
+                "GetAggregate": (
+                    coordinator.GetAggregate,
+                    coordinator_pb2.AggregateRequest.FromString,
+                    coordinator_pb2.AggregateReply.SerializeToString,
+                    False,
+                ),
+            },
+            max_message_bytes,
+            coordinator.counters,
+        )
         health_servicer.set("swarm.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(f"cannot listen on {address}")
     server.start()
     return server, bound
 
 
-class Peers:
-    """gRPC channels to other nodes, one per address, reused across rounds."""
+#: Timeout of the health check that diagnoses a failed TLS call: a handshake on loopback or a
+#: LAN takes milliseconds; one second leaves room on a loaded machine and bounds the delay.
+_PROBE_TIMEOUT_S = 1.0
 
-    def __init__(self, max_message_bytes: int, counters: TrafficCounters):
+
+class Peers:
+    """gRPC channels to other nodes, one per address, reused across rounds.
+
+    With `tls` mode tls or mtls every channel is secure: the peer's certificate is verified
+    against ca.pem and its address (a SAN); under mtls this node presents `node`'s certificate.
+    Credentials are loaded once, here, so a bad certificate fails at start-up (TlsError).
+    """
+
+    def __init__(
+        self,
+        max_message_bytes: int,
+        counters: TrafficCounters,
+        tls: TlsConfig | None = None,
+        node: str | None = None,
+    ):
         self._options = grpc_options(max_message_bytes)
+        self._tls = tls
+        self._credentials = tls_.channel_credentials(tls, node)
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self.counters = counters
 
+    def channel(self, address: str) -> grpc.Channel:
+        """The shared (secure under TLS) channel to `address`; e.g. a `channel_factory` for
+        protocols.membership_net, so liveness probes use the same credentials."""
+        return self._channel(address)
+
     def _channel(self, address: str) -> grpc.Channel:
         with self._lock:
             if address not in self._channels:
-                self._channels[address] = grpc.insecure_channel(address, options=self._options)
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(address, options=self._options)
+                else:
+                    channel = grpc.secure_channel(address, self._credentials, options=self._options)
+                self._channels[address] = channel
             return self._channels[address]
+
+    def _explain(self, address: str, exc: grpc.RpcError) -> None:
+        """Under TLS, turn a failed call whose cause was the handshake into a TlsHandshakeFailed.
+
+        Calls wait for the peer to be ready (it may still be starting), so a handshake that
+        keeps failing shows only as DEADLINE_EXCEEDED. One health check that does not wait
+        brings out gRPC's real connection error.
+        """
+        if self._tls is None or self._credentials is None:
+            return
+        if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return
+        try:
+            health_pb2_grpc.HealthStub(self._channel(address)).Check(
+                health_pb2.HealthCheckRequest(), timeout=_PROBE_TIMEOUT_S
+            )
+        except grpc.RpcError as probe:
+            hint = tls_.handshake_hint(self._tls, address, str(probe.details()))
+            if hint is not None:
+                raise tls_.TlsHandshakeFailed(hint) from exc
 
     def push(self, address: str, batch: delta_pb2.DeltaBatch, timeout_s: float) -> int:
         stub = gossip_pb2_grpc.GossipStub(self._channel(address))
-        reply = stub.PushDeltas(batch, timeout=timeout_s, wait_for_ready=True)
+        try:
+            reply = stub.PushDeltas(batch, timeout=timeout_s, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            self._explain(address, exc)
+            raise
         self.counters.sent(batch.ByteSize())
         return int(reply.accepted)
 
     def submit(self, address: str, batch: delta_pb2.DeltaBatch, timeout_s: float) -> int:
         stub = coordinator_pb2_grpc.CoordinatorStub(self._channel(address))
-        reply = stub.SubmitDeltas(batch, timeout=timeout_s, wait_for_ready=True)
+        try:
+            reply = stub.SubmitDeltas(batch, timeout=timeout_s, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            self._explain(address, exc)
+            raise
         self.counters.sent(batch.ByteSize())
         return int(reply.accepted)
 
@@ -247,9 +438,13 @@ class Peers:
         self, address: str, node: str, round_: int, timeout_s: float
     ) -> coordinator_pb2.AggregateReply:
         stub = coordinator_pb2_grpc.CoordinatorStub(self._channel(address))
-        reply = stub.GetAggregate(
-            coordinator_pb2.AggregateRequest(node=node, round=round_), timeout=timeout_s
-        )
+        try:
+            reply = stub.GetAggregate(
+                coordinator_pb2.AggregateRequest(node=node, round=round_), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            self._explain(address, exc)
+            raise
         self.counters.received(reply.ByteSize())
         return reply
 

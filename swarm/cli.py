@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from protocols.tls import TlsError
 from swarm.runner import RunError
 from swarm.scenario import Scenario, ScenarioError, load_scenario
 
@@ -175,7 +176,7 @@ def main() -> None:
         # The message holds key paths like `zones[1]`: print it as plain text, not rich markup.
         console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
         sys.exit(2)
-    except RunError as exc:
+    except (RunError, TlsError) as exc:
         console.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
         sys.exit(1)
 

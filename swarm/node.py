@@ -111,14 +111,19 @@ class Node:
         self.outbox: dict[str, list[Any]] = {node: [] for node in self.peers_by_node}
         self.counters = TrafficCounters()
         max_bytes = self.max_bytes = int(sc.gossip.max_message_mb * 2**20)
-        self.peers = Peers(max_bytes, self.counters)
+        self.peers = Peers(max_bytes, self.counters, tls=sc.gossip.tls, node=self.name)
         num_params = population.num_params
 
         decode = wire.make_decoder(self.key, num_params, self.layout)
         host, _, port = args.listen.rpartition(":")
         servicer = GossipServicer(self.name, decode, self.gossip.receive, self.counters)
         self.server, self.port = start_server(
-            host, int(port), gossip=servicer, max_message_bytes=max_bytes
+            host,
+            int(port),
+            gossip=servicer,
+            max_message_bytes=max_bytes,
+            tls=sc.gossip.tls,
+            node=self.name,
         )
         self.address = f"{host}:{self.port}"
         self._wire = wire

@@ -118,7 +118,7 @@ class Runner:
 
         from swarm.shard import AgentShard, CoordinatorHost, WorldHost
 
-        sc = self.sc
+        sc = self.sc = self._with_certs(self.sc)
         (self.run_dir / "scenario.yaml").write_text(dump_scenario(sc))
         t0 = time.perf_counter()
         started, url = start_ray(sc, self.address)
@@ -177,6 +177,20 @@ class Runner:
         summary = self._summary(rows, info, wall, t_setup, url)
         self._write(rows, summary, trajectory, layout_map, info)
         return RunResult(self.run_dir, summary, rows)
+
+    def _with_certs(self, sc: Scenario) -> Scenario:
+        """TLS without a cert_dir: make a CA and certificates for this run's nodes in
+        run_dir/certs (shard-<i>, coordinator), so `tls.mode: mtls` works out of the box."""
+        if sc.gossip.tls.mode == "off" or sc.gossip.tls.cert_dir:
+            return sc
+        from swarm.certs import make_certs
+
+        cert_dir = self.run_dir / "certs"
+        make_certs(cert_dir, [f"shard-{i}" for i in range(sc.n_shards)] + ["coordinator"])
+        data = sc.model_dump(mode="json")
+        data["gossip"]["tls"]["cert_dir"] = str(cert_dir)
+        self.on_info(f"TLS ({sc.gossip.tls.mode}): made a CA and node certificates in {cert_dir}")
+        return Scenario.model_validate(data)
 
     def _graph_edges(self, world: Any) -> list[tuple[int, int]] | None:
         """Build the gossip graph once (every shard gets the same edges) and log its mixing

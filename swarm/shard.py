@@ -239,7 +239,8 @@ class _Exchange:
         self.num_params = population.num_params
         self.counters = TrafficCounters()
         self.max_bytes = int(sc.gossip.max_message_mb * 2**20)
-        self.peers = Peers(self.max_bytes, self.counters)
+        tls = sc.gossip.tls
+        self.peers = Peers(self.max_bytes, self.counters, tls=tls, node=shard.node)
         self.endpoints: list[str] = []
         self.coordinator = ""
         per = sc.agents.per_shard
@@ -261,7 +262,7 @@ class _Exchange:
             decode = wire.make_decoder(shard.key, self.num_params, self.layout)
             servicer = GossipServicer(shard.node, decode, self.algo.receive, self.counters)
             self.server, port = start_server(
-                host, 0, gossip=servicer, max_message_bytes=self.max_bytes
+                host, 0, gossip=servicer, max_message_bytes=self.max_bytes, tls=tls, node=shard.node
             )
             self.endpoint = f"{host}:{port}"
         else:
@@ -363,7 +364,14 @@ class CoordinatorHost:
             counters=self.counters,
             round_timeout_s=RPC_TIMEOUT_S,
         )
-        self.server, port = start_server(host, 0, coordinator=servicer, max_message_bytes=max_bytes)
+        self.server, port = start_server(
+            host,
+            0,
+            coordinator=servicer,
+            max_message_bytes=max_bytes,
+            tls=sc.gossip.tls,
+            node="coordinator",
+        )
         self.endpoint = f"{host}:{port}"
 
     def address(self) -> str:

@@ -87,6 +87,8 @@ VARIANTS = {
     },
     "isolated": {"gossip__topology": "isolated"},
     "proximity": {"gossip__graph": {"kind": "proximity", "radio_range_m": 200.0}},
+    # mutual TLS between shards, certificates made by the runner for this run
+    "mtls": {"gossip__tls": {"mode": "mtls"}},
 }
 
 
@@ -100,9 +102,12 @@ def test_other_topologies_run(ray_local, tmp_path: Path, variant: str) -> None:
         return
     assert m["gossip/bytes_sent"] > 0
     assert m["gossip/deltas_rejected"] == 0
+    if variant == "mtls":
+        assert (result.run_dir / "certs" / "ca.pem").exists()
+        assert m["gossip/deltas_accepted"] > 0
     if variant.startswith("coordinator"):
         assert m["learn/consensus_distance"] == pytest.approx(0, abs=1e-6)  # one global model
-    else:  # 4 drones within 200 m of each other: the proximity graph is complete
+    elif variant == "proximity":  # 4 drones within 200 m of each other: a complete graph
         assert m["gossip/rho"] == pytest.approx(0, abs=1e-9)
 
 

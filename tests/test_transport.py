@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 import numpy as np
 import pytest
@@ -18,11 +20,14 @@ from swarm.proto.v1 import delta_pb2
 
 KEY = b"s" * 32
 P = 16
+MAX_BYTES = 2**20
 
 
-@pytest.fixture
-def receiver():
-    """Node hosting agent 0 of a 4-ring; agents 1 and 3 are its (remote) neighbours."""
+@contextlib.contextmanager
+def serve_receiver(**server_kwargs):
+    """Node n0 hosting agent 0 of a 4-ring (agents 1 and 3 are its remote neighbours), served on
+    127.0.0.1; yields (ChocoGossip sink, its TrafficCounters, address). Shared by the TLS and
+    hostile-input tests; `server_kwargs` go to `start_server` (e.g. tls=, node=)."""
     weights = metropolis_weights(build_graph(GraphConfig(kind="ring"), 4, 0))
     node = ChocoGossip(
         local=[0],
@@ -42,12 +47,21 @@ def receiver():
         "127.0.0.1",
         0,
         gossip=GossipServicer("n0", decode, node.receive, counters),
-        max_message_bytes=2**20,
+        max_message_bytes=MAX_BYTES,
+        **server_kwargs,
     )
-    peers = Peers(2**20, TrafficCounters())
-    yield node, counters, peers, f"127.0.0.1:{port}"
-    peers.close()
-    server.stop(grace=None)
+    try:
+        yield node, counters, f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def receiver():
+    with serve_receiver() as (node, counters, address):
+        peers = Peers(MAX_BYTES, TrafficCounters())
+        yield node, counters, peers, address
+        peers.close()
 
 
 def _msg(sender="agent-1", values=None, version=0, key=KEY, **fields):
