@@ -1224,9 +1224,9 @@ def observations(dec: list[DecodeRow], train, pop: list[PopRow], gemv, sizes) ->
     return out
 
 
-def write_section(body: str) -> None:
-    """Replace this script's `##` section of BENCHMARKS.md (up to the next `## `), or append it.
-    Other scripts own the other sections."""
+def write_section(body: str, section: str = SECTION) -> None:
+    """Replace a script's `##` section of BENCHMARKS.md (from the `section` heading up to the
+    next `## `), or append it. Each script owns its own section; they all write through here."""
     header = (
         "# Benchmarks\n\n"
         "Measured on this machine by the scripts in `bench/` (see `bench/README.md`). Each `##` "
@@ -1236,8 +1236,8 @@ def write_section(body: str) -> None:
     )
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else header
     lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
+    if section in lines:
+        start = lines.index(section)
         end = next(
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
