@@ -29,15 +29,6 @@ OBS = 16
 SMALL = ModelConfig(d_model=16, layers=1, channels=4)  # the acceptance test's budget: < 60 s
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: 2 intra-op threads on a busy 2-core machine are 10-50x slower per op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- the figures ----------------------------------------------------------------------------
 
 # R[i, j] = score on domain j after learning through domain i; B = untrained scores

@@ -30,15 +30,6 @@ INP = InputConfig(vector_dim=5, image=ImageConfig(height=4, width=6, channels=3,
 HEADS = HeadConfig(n_classes=3, n_actions=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: 2 intra-op threads on a busy 2-core machine only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _flat(K: int, inp=INP, heads=HEADS, d=D, scale: float = 0.3, seed: int = 0) -> torch.Tensor:
     """K agents' io parameters: common init plus per-agent noise, so the agents really differ."""
     g = torch.Generator().manual_seed(seed)

@@ -14,15 +14,6 @@ from agents.learner import OnlineLearner, RecentWindows, ReservoirReplay, balanc
 OBS = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: 2 intra-op threads on a busy 2-core machine are 10-50x slower per op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _learner(K=3, n_classes=3, seed=0, **learn) -> OnlineLearner:
     return OnlineLearner(ModelConfig(), LearnConfig(**learn), K, OBS, n_classes, seed)
 

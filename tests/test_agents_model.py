@@ -32,16 +32,6 @@ SMALL_SELECTIVE = ModelConfig(
 TINY = ModelConfig(d_model=8, channels=2, layers=2, slope_window=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: with 2 intra-op threads on a busy 2-core machine every op waits
-    on the other core (measured 10-50x slower), so run single-threaded like a shard does."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _perturbed_flat(cfg: ModelConfig, K: int, scale: float = 0.2, seed: int = 0) -> torch.Tensor:
     """K agents' parameters: common init plus per-agent noise, so the agents really differ."""
     g = torch.Generator().manual_seed(seed)

@@ -36,14 +36,10 @@ SHAPE = {"d_model": 16, "channels": 4, "layers": 2, "slope_window": 3}  # F = 32
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread_and_fixed_seed():
-    """Tiny tensors: a second intra-op thread only waits on the other core (see model tests).
-    The global seed makes every random input here the same on every run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _fixed_seed():
+    """The global seed makes every random input here the same on every run (one torch thread
+    comes from tests/conftest.py)."""
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
 
 
 def _params(cfg: ModelConfig, K: int, seed: int = 0) -> dict[str, torch.Tensor]:
