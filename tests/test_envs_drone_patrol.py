@@ -132,11 +132,12 @@ def test_drones_fly_to_their_first_cruise_point_at_cruise_altitude(make_world):
 
 def test_contacts_are_counted_as_collisions(make_world):
     # Prepare: two drones stacked 0.5 m apart both told to hover at the same spot, one more
-    # told to fly into the ground.
+    # told to fly into the ground: its target, 5 mm up, is inside its 15 mm half height but
+    # above 0, so it is not a landing (a landing touchdown is no collision: test_physics.py).
     world = make_world(n_agents=1)
     phys = DronePhysics(world.cfg, world.map, world.events.hosts)
-    phys.reset(np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 5.5], [5.0, 5.0, 2.0]]))
-    target = np.array([[0.0, 0.0, 5.25], [0.0, 0.0, 5.25], [5.0, 5.0, -1.0]])
+    phys.reset(np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 5.5], [5.0, 5.0, 1.0]]))
+    target = np.array([[0.0, 0.0, 5.25], [0.0, 0.0, 5.25], [5.0, 5.0, 0.005]])
     # Execute
     for _ in range(8):
         phys.advance(target)
@@ -267,14 +268,22 @@ SIGNS_EVERYWHERE = {
 def test_a_drone_that_recognises_the_sign_climbs_and_complies(make_world):
     # Prepare: drone_3 patrols the industrial zone.
     world = make_world(4, seed=0, events=SIGNS_EVERYWHERE)
+    limit = world.cfg.altitude_limit_m
     # Execute
     alt = [world.positions()[3, 2]]
+    departures = []  # drone_3's altitude each time it moves on from a point showing a sign
     for _ in range(120):
+        before = int(world.target_points()[3])
+        sign_there = world.events.kind[before] == SIGN
         world.step(oracle(world))
         alt.append(world.positions()[3, 2])
+        if sign_there and world.target_points()[3] != before:
+            departures.append(alt[-1])
     m = world.task_metrics()
     # Assert
-    assert max(alt) > world.cfg.altitude_limit_m
+    assert len(departures) >= 2
+    assert min(departures) > limit  # above 10 m before it moves on, at every sign
+    assert max(alt) > limit
     top = int(np.argmax(alt))
     assert min(alt[top:]) < alt[top] - 1.0  # and heads back down to cruise between points
     assert m["task/sign_passages"] > 0
