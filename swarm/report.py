@@ -3,8 +3,9 @@
 probe_accuracy.png  probe accuracy over time: every agent (thin), swarm mean with sharing,
                     and the isolated baseline (dashed)
 bytes.png           cumulative bytes sent by the swarm, and the dense-fp32 equivalent
-trajectories.png    map of the patrol area with zones, river, cruise points and every
-                    drone's path
+trajectories.png    map of the patrol area with zones, river, cruise points, every
+                    drone's path, the events by kind (layout.json "events") and where
+                    departed drones landed
 """
 
 from __future__ import annotations
@@ -50,6 +51,34 @@ def plot_accuracy(rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_returns(rows: list[dict[str, Any]], out: Path) -> None:
+    """Team return of the episodes finished in each metrics interval, and the policy entropy."""
+    plt = _pyplot()
+    pts = [
+        (r["sim_time_s"], r["rl/team_return"]) for r in rows if r.get("rl/team_return") is not None
+    ]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    if pts:
+        t, ret = np.array(pts).T
+        ax.plot(t, ret, "o-", color="tab:blue", linewidth=1.8, markersize=3,
+                label="team return (episodes ending in the interval)")  # fmt: skip
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("team return per episode (mean per agent)")
+    ax.grid(alpha=0.3)
+    ent = [(r["sim_time_s"], r["rl/entropy"]) for r in rows if r.get("rl/entropy") is not None]
+    if ent:
+        ax2 = ax.twinx()
+        te, e = np.array(ent).T
+        ax2.plot(te, e, color="tab:gray", linestyle="--", linewidth=1.2, label="policy entropy")
+        ax2.set_ylabel("policy entropy (nats)")
+        ax2.legend(loc="lower right")
+    ax.legend(loc="upper left")
+    ax.set_title("What the swarm learned: team return over the run")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def plot_bytes(rows: list[dict[str, Any]], out: Path) -> None:
     plt = _pyplot()
     t = np.array([r["sim_time_s"] for r in rows])
@@ -68,11 +97,38 @@ def plot_bytes(rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+#: (marker, colour) of each event kind on the map; the colours follow the physics markers.
+_EVENT_STYLE: dict[str, tuple[str, str]] = {
+    "fire": ("*", "#ff5a00"),
+    "garbage_overflow": ("s", "#8c5a2b"),
+    "river_garbage": ("D", "#2a9d8f"),
+    "altitude_limit_sign": ("v", "#d62728"),
+}
+_SPARE_MARKERS = ("o", "p", "h", "<", ">")
+#: A drone whose last recorded altitude is below this is drawn as landed (its body is 3 cm tall).
+LANDED_Z_M = 0.3
+#: Event markers sit on a ring around their cruise point, one angle per kind, so kinds that share
+#: a point stay apart and off the point's own marker: radius as a fraction of the area side
+#: (4 m on the default 160 m map, about two marker widths at this figure size).
+_EVENT_RING = 0.025
+
+
 def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path) -> None:
+    """Map of the run: zones (shaded, named), river, every drone's path (a dot at its start),
+    cruise points, the events at their cruise points and the landing spots of drones that ended
+    on the ground.
+
+    ``trajectory`` (T, N, 3) metres; ``layout`` the world's ``layout()``, optionally with
+    ``events`` (the world's ``event_log()``: id, point, zone, kind, appear_tick, clear_tick).
+    Each event kind has its own marker and colour, placed on a small ring around its cruise
+    point; marker area grows with how long the event lasted (planned clearing, clipped to the
+    recorded run) and markers are translucent, so a point that hosted many events reads darker.
+    """
     plt = _pyplot()
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
-    fig, ax = plt.subplots(figsize=(6.5, 6.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9.5, 7.5), dpi=110)  # room on the right for the legend
     colors = {"forest": "#cfe8c4", "city": "#e0e0e0", "river": "#cfe3f5", "industrial": "#f3e0c8"}
     for zone in layout.get("zones", []):
         x0, y0, x1, y1 = zone["rect"]
@@ -83,14 +139,67 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     river = np.asarray(layout.get("river", []), dtype=float)
     if river.size:
         ax.plot(river[:, 0], river[:, 1], color="#3b7dd8", linewidth=4, alpha=0.6, label="river")
-    for n in range(trajectory.shape[1]):
-        ax.plot(trajectory[:, n, 0], trajectory[:, n, 1], linewidth=0.9, alpha=0.8)
+    traj = np.asarray(trajectory, dtype=float)  # (T, N, 3)
+    cmap = plt.get_cmap("tab10")
+    for n in range(traj.shape[1]):
+        c = cmap(n % 10)
+        ax.plot(traj[:, n, 0], traj[:, n, 1], linewidth=0.9, alpha=0.8, color=c)
+        ax.plot(traj[0, n, 0], traj[0, n, 1], "o", markersize=3, color=c)
     points = layout.get("cruise_points", [])
-    if points:
-        xy = np.array([[p["x"], p["y"]] for p in points])
+    xy = np.array([[p["x"], p["y"]] for p in points]).reshape(-1, 2)  # (P, 2)
+    if len(points):
         ax.scatter(
             xy[:, 0], xy[:, 1], marker="^", s=60, color="black", zorder=5, label="cruise points"
         )
+    handles: list[Any] = []
+    events = [e for e in layout.get("events", []) if 0 <= int(e["point"]) < len(points)]
+    if events:
+        kinds = sorted({e["kind"] for e in events}, key=lambda k: (k not in _EVENT_STYLE, k))
+        last_tick = max(traj.shape[0] - 1, 1)  # the trajectory has one row per tick
+        life = np.array(
+            [min(e["clear_tick"], last_tick) - e["appear_tick"] for e in events], dtype=float
+        )
+        size = 25 + 125 * np.clip(life, 1, None) / max(life.max(), 1.0)  # marker area, pt^2
+        for j, kind in enumerate(kinds):
+            spare = _SPARE_MARKERS[j % len(_SPARE_MARKERS)]
+            marker, color = _EVENT_STYLE.get(kind, (spare, cmap((j + 3) % 10)))
+            mine = [i for i, e in enumerate(events) if e["kind"] == kind]
+            angle = 2 * np.pi * j / len(kinds) + np.pi / 4
+            at = xy[[int(events[i]["point"]) for i in mine]]  # (E, 2)
+            ring = _EVENT_RING * float(layout.get("area_m", 160.0))
+            at = at + ring * np.array([np.cos(angle), np.sin(angle)])
+            ax.scatter(
+                at[:, 0],
+                at[:, 1],
+                marker=marker,
+                s=size[mine],
+                color=color,
+                alpha=0.35,
+                edgecolors="none",
+                zorder=6,
+            )
+            label = f"{kind.replace('_', ' ')} ({len(mine)})"
+            handles.append(
+                Line2D([], [], marker=marker, linestyle="", color=color, markersize=8, label=label)
+            )
+    if traj.shape[0]:
+        end = traj[-1]  # (N, 3)
+        down = np.flatnonzero(end[:, 2] < LANDED_Z_M)
+        if down.size:
+            ax.scatter(
+                end[down, 0],
+                end[down, 1],
+                marker="X",
+                s=90,
+                color="black",
+                edgecolors="white",
+                zorder=7,
+                label="landed (departed)",
+            )
+            for d in down.tolist():
+                ax.annotate(
+                    f"drone_{d}", end[d, :2], textcoords="offset points", xytext=(5, 5), fontsize=7
+                )
     area = layout.get("area_m")
     if area:
         lo = -area / 2 if layout.get("origin") == "centre" else 0.0
@@ -99,8 +208,12 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     ax.set_aspect("equal")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Patrol trajectories")
+    base, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=[*base, *handles], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    title = "Patrol map: trajectories"
+    if events:
+        title += f", {len(events)} events (marker size = duration)"
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -110,8 +223,12 @@ def write_plots(run_dir: Path) -> list[Path]:
     """(Re)draw every plot of a run directory; returns the files written."""
     run_dir = Path(run_dir)
     rows = read_rows(run_dir)
-    written = [run_dir / "probe_accuracy.png", run_dir / "bytes.png"]
-    plot_accuracy(rows, written[0])
+    if any("rl/team_return" in r for r in rows):  # a world with rewards
+        written = [run_dir / "team_return.png", run_dir / "bytes.png"]
+        plot_returns(rows, written[0])
+    else:
+        written = [run_dir / "probe_accuracy.png", run_dir / "bytes.png"]
+        plot_accuracy(rows, written[0])
     plot_bytes(rows, written[1])
     traj_file, layout_file = run_dir / "trajectory.npy", run_dir / "layout.json"
     if traj_file.exists() and layout_file.exists():

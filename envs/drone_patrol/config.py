@@ -30,6 +30,11 @@ class EventKindConfig(Section):
     """Mean lifetime of one event before it clears."""
     appears_after_s: float = Field(0.0, ge=0)
     """The kind does not exist before this simulated time (new kinds appear mid-run)."""
+    later_zones: dict[Literal["forest", "city", "river", "industrial"], float] = Field(
+        default_factory=dict
+    )
+    """Zones the kind spreads to mid-run, with the simulated time (s) it first exists there:
+    ``{industrial: 150}`` makes drones of the industrial zone meet it long after the others."""
 
 
 EventName = Literal["fire", "garbage_overflow", "river_garbage", "altitude_limit_sign"]
@@ -46,6 +51,15 @@ def _default_events() -> dict[EventName, EventKindConfig]:
             zones=["industrial"], rate_per_min=2.0, duration_s=90.0
         ),
     }
+
+
+class Departure(Section):
+    """A drone that leaves the patrol (battery, fault) at a simulated time."""
+
+    agent: int = Field(ge=0)
+    """Index of the drone (``drone_<agent>``)."""
+    at_s: float = Field(ge=0)
+    """Simulated time at which it leaves: it flies home and lands, and no longer patrols."""
 
 
 class DronePatrolConfig(Section):
@@ -67,8 +81,21 @@ class DronePatrolConfig(Section):
     """Simulated seconds per tick (one observation and one decision per agent)."""
     physics_hz: int = Field(240, ge=30, le=2000)
     """PyBullet step rate (240 Hz is the common quadrotor-simulation rate)."""
-    sensor: Literal["features"] = "features"
-    """Perception: 'features' is the fast synthetic feature sensor."""
+    sensor: Literal["features", "camera"] = "features"
+    """Perception: 'features' is the fast synthetic feature sensor (large swarms); 'camera'
+    renders a small downward RGB image of the scene under each drone with PyBullet."""
+    camera_px: int = Field(16, ge=4, le=128)
+    """Side of the square camera image, pixels (sensor: camera)."""
+    camera_patch: int = Field(4, ge=1, le=128)
+    """Side of the square patch the model reads as one token (must divide camera_px)."""
+    camera_fov_deg: float = Field(60.0, gt=5, lt=170)
+    """Field of view of the downward camera, degrees."""
+    patrol: Literal["zones", "shared"] = "zones"
+    """Patrol coordination: 'zones' = drone i patrols zone i % 4 (each meets only some event
+    kinds); 'shared' = all cruise points are split among the drones along one tour and
+    re-balanced whenever a drone leaves."""
+    departures: list[Departure] = Field(default_factory=list)
+    """Drones that leave the patrol mid-run (the others take over their cruise points)."""
     feature_dim: int = Field(12, ge=2, le=1024)
     """Length of the event signature part of a feature observation."""
     feature_noise: float = Field(0.6, ge=0)
@@ -83,6 +110,14 @@ class DronePatrolConfig(Section):
     """Labels arrive this many ticks after the observation (operators are slow)."""
     events: dict[EventName, EventKindConfig] = Field(default_factory=_default_events)
     """Event kinds by name (from EVENT_CLASSES)."""
+
+    @model_validator(mode="after")
+    def _camera_patches(self) -> DronePatrolConfig:
+        if self.camera_px % self.camera_patch:
+            raise ValueError(
+                f"camera_patch ({self.camera_patch}) must divide camera_px ({self.camera_px})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _altitudes(self) -> DronePatrolConfig:

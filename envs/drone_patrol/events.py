@@ -2,12 +2,15 @@
 
 Updated once per tick. A free cruise point hosts a new event with probability
 ``1 - exp(-lambda * tick_s)``, where ``lambda`` is the summed ``rate_per_min / 60`` of the kinds
-allowed there (the point's zone is in the kind's ``zones``) and already in existence
-(``tick * tick_s >= appears_after_s``); the kind is drawn in proportion to the rates (competing
-Poisson processes). Its lifetime is exponential with mean ``duration_s``, rounded to whole ticks
-(at least one). At most one event per point; a point freed this tick stays free until the next.
-Every tick draws the same number of random numbers, so the event timeline depends only on the
-seed and never on what the drones do.
+that exist at that point by now: each (point, kind) pair has an *onset*, the kind's
+``appears_after_s`` if the point's zone is in the kind's ``zones``, the later of that and
+``later_zones[zone]`` if the zone is listed there, never otherwise; the kind exists there from the
+first tick with ``tick * tick_s >= onset``. The kind is drawn in proportion to the rates (competing
+Poisson processes). A zone may not be in both ``zones`` and ``later_zones`` of one kind. An
+event's lifetime is exponential with mean ``duration_s``, rounded to whole ticks (at least one).
+At most one event per point; a point freed this tick stays free until the next. Every tick draws
+the same number of random numbers (whatever exists where), so the event timeline depends only on
+the seed and never on what the drones do.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import numpy as np
 
 from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig
 from envs.drone_patrol.layout import PatrolMap
+
+#: Onset of a (point, kind) pair that never occurs.
+NEVER = np.iinfo(np.int64).max
 
 
 @dataclass
@@ -39,15 +45,28 @@ class EventField:
         self.kind_cls = np.array([EVENT_CLASSES.index(k) for k in names], dtype=np.int64)  # (K,)
         self.rate_hz = np.array([cfg.events[k].rate_per_min / 60 for k in names])  # (K,)
         self.mean_life_s = np.array([cfg.events[k].duration_s for k in names])  # (K,)
-        # First tick at which each kind exists (small epsilon: 3.0 s / 0.5 s is tick 6, not 7).
-        self.first_tick = np.array(
-            [int(np.ceil(cfg.events[k].appears_after_s / cfg.tick_s - 1e-9)) for k in names],
-            dtype=np.int64,
-        )  # (K,)
+        for k in names:
+            both = set(cfg.events[k].zones) & set(cfg.events[k].later_zones)
+            if both:
+                raise ValueError(
+                    f"events.{k}: zone(s) {sorted(both)} are in both 'zones' and 'later_zones'"
+                )
+
+        def first_tick(t_s: float) -> int:
+            # Small epsilon: 3.0 s / 0.5 s is tick 6, not 7.
+            return int(np.ceil(t_s / cfg.tick_s - 1e-9))
+
         zone_names = [ZONES[int(z)] for z in pmap.point_zone]
-        self.allowed = np.array(
-            [[zn in cfg.events[k].zones for k in names] for zn in zone_names], dtype=bool
-        ).reshape(pmap.n_points, len(names))  # (P, K)
+        self.onset = np.full((pmap.n_points, len(names)), NEVER, dtype=np.int64)  # (P, K)
+        for j, k in enumerate(names):
+            ev = cfg.events[k]
+            for pt, zn in enumerate(zone_names):
+                if zn in ev.zones:
+                    self.onset[pt, j] = first_tick(ev.appears_after_s)
+                elif zn in ev.later_zones:
+                    self.onset[pt, j] = first_tick(max(ev.appears_after_s, ev.later_zones[zn]))
+        #: (P, K) the kind can ever occur at the point.
+        self.allowed = self.onset < NEVER
         self.n_points = pmap.n_points
         #: (point, class) pairs that can ever occur (for one marker body each).
         pts, ks = np.nonzero(self.allowed)
@@ -71,8 +90,7 @@ class EventField:
         self.kind[ending] = 0
         self.event_id[ending] = -1
 
-        exists = tick >= self.first_tick  # (K,)
-        hazard = self.allowed * (exists * self.rate_hz)[None, :]  # (P, K)
+        hazard = (tick >= self.onset) * self.rate_hz[None, :]  # (P, K)
         lam = hazard.sum(axis=1)  # (P,)
         p_appear = 1.0 - np.exp(-lam * self.tick_s)
         new = (self.kind == 0) & ~ending & (u_appear < p_appear)

@@ -1,25 +1,69 @@
 """Task metrics of the drone patrol (cumulative over the episode, pure numpy).
 
-Detection (micro over the event classes, 'none' excluded), one decision per agent per tick:
+Every key of ``PatrolMetrics.summary``; times are simulated seconds.
+
+Detection (micro over the event classes, 'none' excluded), one decision per patrolling agent per
+tick (a departed drone's predictions and views are ignored: it observes nothing useful):
 a *report* is a prediction != none; TP = report equal to the true class; FP = report not equal
 to it; FN = an event in view (true class != none) not predicted correctly. A wrong event class
-is both an FP and an FN. precision = TP / (TP + FP), recall = TP / (TP + FN),
-f1 = 2 TP / (2 TP + FP + FN); each is 1.0 when its denominator is 0 (no reports: no false
-alarm; nothing in view: nothing missed).
+is both an FP and an FN.
 
-Latency: over the events that were *seen* (in view of a drone at least once), the time from the
-event's appearance to the observation tick of its first correct report; an event never detected
-counts with its whole lifetime up to now (appearance to clearing, or to the current tick if still
-there), the most it could have taken. 0.0 if no event was seen. Coverage = detected / seen.
+- ``task/precision`` = TP / (TP + FP), ``task/recall`` = TP / (TP + FN),
+  ``task/f1`` = 2 TP / (2 TP + FP + FN); each is 1.0 when its denominator is 0 (no reports: no
+  false alarm; nothing in view: nothing missed).
+- ``task/false_positives``: FP, the number of false reports (wrong class or nothing there).
 
-Altitude: a *sign passage* is a drone leaving the ``VISIT_RADIUS_M`` disc of a cruise point that
-carries an altitude-limit sign (after dwelling there or just flying over it, checked at control
-rate); it is a *violation* if the drone is then below ``altitude_limit_m``.
-compliance = 1 - violations / passages (1.0 without passages).
+Latency, over the events that were *seen* (in view of a patrolling drone at least once): the time
+from the event's appearance to the observation tick of its first correct report; an event never
+detected counts with its whole lifetime up to now (appearance to clearing, or to the current tick
+if still there), the most it could have taken. Both are 0.0 if no event was seen.
 
-Idleness: each tick, the mean over cruise points of the time since a drone was last within
-``VISIT_RADIUS_M`` of it (every point counts as visited at t = 0); ``task/idleness_s`` is the mean
-of that over the ticks, ``task/idleness_worst_s`` the largest single value seen.
+- ``task/detect_latency_s``: mean; ``task/detect_latency_p95_s``: 95th percentile (linear
+  interpolation between order statistics, numpy's default).
+- ``task/detect_coverage`` = detected / seen (1.0 if none seen); ``task/events_appeared``,
+  ``task/events_seen``, ``task/events_detected``: the counts.
+- ``task/miss_rate``: over every event whose outcome is known (seen or not), the fraction with no
+  correct report within ``DETECT_DEADLINE_S`` of its appearance. An event's outcome is known
+  once it is detected, older than ``DETECT_DEADLINE_S``, or cleared; the others are left out
+  (0.0 if none is known). Unlike ``detect_coverage`` it also charges the events that no drone
+  came to see.
+- ``task/first_detect_s/<zone>/<kind>``, for each kind that has appeared in a zone: time from
+  its first appearance in that zone to the first correct report of that kind there (any of its
+  events); while none has been reported, the time since that first appearance (a lower bound).
+  It measures how fast the drones of a zone learn to recognise a kind new to them
+  (``later_zones``). Present only once the kind has appeared there.
+
+Altitude: a *sign passage* is a patrolling drone leaving the ``VISIT_RADIUS_M`` disc of a cruise
+point that carries an altitude-limit sign (after dwelling there or just flying over it, checked
+at control rate) that was already there at the drone's previous observation (a sign that appears
+while the drone is leaving could not be obeyed); it is a *violation* if the drone is then below
+``altitude_limit_m``.
+
+- ``task/sign_passages``, ``task/altitude_violations``: the counts;
+  ``task/altitude_compliance`` = 1 - violations / passages (1.0 without passages).
+
+Collisions:
+
+- ``task/collisions``: new drone-drone and drone-ground contacts (a landing touchdown is not one).
+- ``task/drone_hours``: patrol flight time, the number of patrolling drones summed over the
+  ticks flown, times ``tick_s``, in hours (a departed drone's flight home is not patrol).
+- ``task/collisions_per_drone_hour`` = collisions / drone_hours (0.0 before any flight).
+- ``task/drones_patrolling``: drones patrolling now (not departed; 0.0 when not told).
+
+Patrol (Chevaleyre 2004): the *idleness* of a cruise point is the time since a patrolling drone
+was last within ``VISIT_RADIUS_M`` of it (every point counts as visited at t = 0); it is sampled
+for every point after every tick.
+
+- ``task/idleness_s``: mean over ticks of the mean over points.
+- ``task/idleness_worst_s``: the largest single value seen.
+- ``task/idleness_std_s``: standard deviation over all (tick, point) samples.
+- ``task/idleness_norm``: mean over ticks of the mean idleness divided by ``tour_s / n``, with
+  ``tour_s`` the time one drone needs for a short tour of every point (length / cruise speed,
+  dwells included) and ``n`` the drones patrolling in that tick (ticks without any left out;
+  0.0 without samples). A cyclic strategy with evenly spaced drones scores about 0.5.
+- ``task/point_coverage``: the fraction of cruise points visited (for real: the t = 0 convention
+  does not count) within the last ``tour_s``; sampled over the run it is the coverage ratio over
+  time. 1.0 without points.
 
 Score: ``task/score = f1 * compliance`` in [0, 1]: 1 only for a swarm that detects every event
 in view without false alarms and obeys every sign it passes, 0 if it detects nothing or breaks
@@ -30,12 +74,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.drone_patrol.config import EVENT_CLASSES
 from envs.drone_patrol.events import EventRecord
+
+#: Deadline of ``task/miss_rate``: half the default event lifetime (60 s), so a report still
+#: leaves most of an event's life to act on it.
+DETECT_DEADLINE_S = 30.0
 
 
 class PatrolMetrics:
-    def __init__(self, tick_s: float):
+    def __init__(
+        self,
+        tick_s: float,
+        point_zone: list[str] | None = None,
+        tour_s: float = 0.0,
+    ):
+        """``point_zone``: zone name of each cruise point (per-zone keys, point coverage);
+        ``tour_s``: one drone's time for a tour of every point (normalised idleness,
+        coverage window)."""
         self.tick_s = tick_s
+        self.point_zone = list(point_zone or [])
+        self.tour_s = tour_s
+        n_points = len(self.point_zone)
+        #: (N,) bool of the agents whose views and predictions count; None: all.
+        self.active: np.ndarray | None = None
         self.tp = self.fp = self.fn = 0
         self.first_seen: dict[int, int] = {}  # event id -> tick first in view
         self.detected: dict[int, int] = {}  # event id -> tick of first correct report
@@ -45,12 +107,26 @@ class PatrolMetrics:
         self.idle_sum = 0.0
         self.idle_ticks = 0
         self.idle_worst = 0.0
+        self.idle_sq_sum = 0.0  # sums over (tick, point) samples, for the std
+        self.idle_lin_sum = 0.0
+        self.idle_samples = 0
+        self.norm_sum = 0.0
+        self.norm_ticks = 0
+        self.drone_s = 0.0
+        self.now_s = 0.0
+        self.last_visit_s = np.zeros(n_points)  # (P,) with the t = 0 convention
+        self.last_real_visit_s = np.full(n_points, -np.inf)  # (P,) real visits only
+
+    def _mask(self, x: np.ndarray) -> np.ndarray:
+        return x if self.active is None else x[self.active]
 
     def observed(self, tick: int, event_ids: np.ndarray) -> None:
-        for e in np.unique(event_ids[event_ids >= 0]):
+        ids = self._mask(event_ids)
+        for e in np.unique(ids[ids >= 0]):
             self.first_seen.setdefault(int(e), tick)
 
     def scored(self, tick: int, pred: np.ndarray, true: np.ndarray, event_ids: np.ndarray) -> None:
+        pred, true, event_ids = self._mask(pred), self._mask(true), self._mask(event_ids)
         report = pred != 0
         hit = report & (pred == true)
         self.tp += int(hit.sum())
@@ -63,6 +139,51 @@ class PatrolMetrics:
         self.idle_sum += float(idle_s.mean())
         self.idle_ticks += 1
         self.idle_worst = max(self.idle_worst, float(idle_s.max()))
+        self.idle_lin_sum += float(idle_s.sum())
+        self.idle_sq_sum += float(np.square(idle_s).sum())
+        self.idle_samples += idle_s.size
+
+    def patrolled(self, now_s: float, visited: np.ndarray, patrolling: int) -> None:
+        """After a tick of flight: ``visited`` (P,) bool points a patrolling drone was over,
+        ``patrolling`` drones patrolling during the tick. Updates idleness and drone time."""
+        self.now_s = now_s
+        self.last_visit_s[visited] = now_s
+        self.last_real_visit_s[visited] = now_s
+        idle_s = now_s - self.last_visit_s  # (P,)
+        self.idleness(idle_s)
+        self.drone_s += patrolling * self.tick_s
+        if patrolling and self.tour_s > 0:
+            self.norm_sum += float(idle_s.mean()) * patrolling / self.tour_s
+            self.norm_ticks += 1
+
+    def _miss_rate(self, log: list[EventRecord], now_tick: int) -> float:
+        deadline = int(np.floor(DETECT_DEADLINE_S / self.tick_s + 1e-9))  # ticks
+        known = missed = 0
+        for rec in log:
+            hit = self.detected.get(rec.id)
+            if hit is not None:
+                known += 1
+                missed += hit - rec.appear_tick > deadline
+            elif now_tick - rec.appear_tick > deadline or rec.clear_tick <= now_tick:
+                known += 1
+                missed += 1
+        return missed / known if known else 0.0
+
+    def _first_detect(self, log: list[EventRecord], now_tick: int) -> dict[str, float]:
+        first: dict[tuple[str, int], int] = {}  # (zone, class) -> first appearance tick
+        found: dict[tuple[str, int], int] = {}  # (zone, class) -> first correct report tick
+        for rec in log:
+            key = (self.point_zone[rec.point], rec.cls)
+            first.setdefault(key, rec.appear_tick)
+            hit = self.detected.get(rec.id)
+            if hit is not None:
+                found[key] = min(found.get(key, hit), hit)
+        return {
+            f"task/first_detect_s/{zone}/{EVENT_CLASSES[cls]}": float(
+                (found.get((zone, cls), now_tick) - t0) * self.tick_s
+            )
+            for (zone, cls), t0 in sorted(first.items())
+        }
 
     def summary(self, log: list[EventRecord], now_tick: int) -> dict[str, float]:
         tp, fp, fn = self.tp, self.fp, self.fn
@@ -77,13 +198,21 @@ class PatrolMetrics:
         lat = np.array(latencies) if latencies else np.zeros(1)
         seen = len(self.first_seen)
         compliance = 1.0 - self.violations / self.sign_passages if self.sign_passages else 1.0
-        return {
+        n = self.idle_samples
+        var = self.idle_sq_sum / n - (self.idle_lin_sum / n) ** 2 if n else 0.0
+        hours = self.drone_s / 3600.0
+        window = self.tour_s if self.tour_s > 0 else np.inf
+        seen_at = self.last_real_visit_s
+        covered = np.isfinite(seen_at) & (seen_at >= self.now_s - window)  # (P,)
+        out = {
             "task/precision": float(precision),
             "task/recall": float(recall),
             "task/f1": float(f1),
+            "task/false_positives": float(fp),
             "task/detect_latency_s": float(lat.mean()),
             "task/detect_latency_p95_s": float(np.percentile(lat, 95)),
             "task/detect_coverage": len(self.detected) / seen if seen else 1.0,
+            "task/miss_rate": self._miss_rate(log, now_tick),
             "task/events_appeared": float(len(log)),
             "task/events_seen": float(seen),
             "task/events_detected": float(len(self.detected)),
@@ -91,7 +220,16 @@ class PatrolMetrics:
             "task/altitude_violations": float(self.violations),
             "task/altitude_compliance": float(compliance),
             "task/collisions": float(self.collisions),
+            "task/drone_hours": float(hours),
+            "task/collisions_per_drone_hour": self.collisions / hours if hours > 0 else 0.0,
+            "task/drones_patrolling": float(self.active.sum()) if self.active is not None else 0.0,
             "task/idleness_s": self.idle_sum / self.idle_ticks if self.idle_ticks else 0.0,
             "task/idleness_worst_s": float(self.idle_worst),
+            "task/idleness_std_s": float(np.sqrt(max(var, 0.0))),
+            "task/idleness_norm": self.norm_sum / self.norm_ticks if self.norm_ticks else 0.0,
+            "task/point_coverage": float(covered.mean()) if covered.size else 1.0,
             "task/score": float(f1 * compliance),
         }
+        if self.point_zone:
+            out.update(self._first_detect(log, now_tick))
+        return out

@@ -5,11 +5,15 @@ Agents are the drones (`drone_0` ...). Each step every drone observes a feature 
 is an event class (`Discrete(len(EVENT_CLASSES))`, 0 = none). The world scores and acts on the
 answers exactly as in `swarm run` (reports, altitude-limit climbs). Reward: +1 for a correct
 report of an event in view, -1 for a false report, 0 otherwise (for 'none' when nothing is in
-view). Episodes are truncated after `max_cycles` steps; nothing terminates earlier.
+view). Episodes are truncated after `max_cycles` steps. A drone in the config's `departures`
+terminates on the step whose new tick is its departure tick (the world's first tick at or after
+`at_s`; at reset if that is tick 0): `terminations[agent]` is True in that step's returns and it
+leaves `env.agents` (it flies home and lands in the world, which keeps simulating it). Each step
+returns its dicts for the agents alive when it began.
 
 `render()` (render_mode "rgb_array") draws a small top-down map: zones, river, cruise points,
-drones. Spaces are created once per agent and returned as the same objects (the API test checks
-identity).
+drones (departed ones grey). Spaces are created once per agent and returned as the same objects
+(the API test checks identity).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from envs.drone_patrol.camera import observation_dim
 from envs.drone_patrol.config import EVENT_CLASSES, DronePatrolConfig
-from envs.drone_patrol.sensor import TELEMETRY_DIM
 
 _ZONE_RGB = {
     "forest": (207, 232, 196),
@@ -50,7 +54,7 @@ class DronePatrolParallelEnv(ParallelEnv):
         self.possible_agents = [f"drone_{i}" for i in range(n_agents)]
         self.agents: list[str] = []
         self._world: Any = None
-        obs_dim = self.cfg.feature_dim + TELEMETRY_DIM
+        obs_dim = observation_dim(self.cfg)  # features, or camera pixels + telemetry
         # one space object per agent, made once (parallel_api_test checks identity)
         self._observation_spaces = {
             a: spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float32)
@@ -75,12 +79,15 @@ class DronePatrolParallelEnv(ParallelEnv):
             self._world.close()
         self._world = make_world(self.cfg, self.n_drones, seed)
         obs = self._world.reset()
-        self.agents = list(self.possible_agents)
+        patrolling = self._world.patrolling()
+        self.agents = [a for i, a in enumerate(self.possible_agents) if patrolling[i]]
         self._cycles = 0
-        return self._split(obs), self._infos()
+        return self._split(obs, self.agents), self._infos(self.agents)
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        live = list(self.agents)
         truth = self._world.true_classes()  # what each drone had in view
+        # Agents that are gone act 'none' (the world ignores a departed drone anyway).
         preds = np.array([int(actions.get(a, 0)) for a in self.possible_agents], dtype=np.int64)
         result = self._world.step(preds)
         self._cycles += 1
@@ -88,21 +95,30 @@ class DronePatrolParallelEnv(ParallelEnv):
         false_report = (preds != truth) & (preds != 0)
         reward = correct.astype(np.float64) - false_report.astype(np.float64)
         done = self._cycles >= self.max_cycles
-        obs = self._split(result.obs)
-        rewards = {a: float(reward[i]) for i, a in enumerate(self.possible_agents)}
-        terminations = dict.fromkeys(self.agents, False)
-        truncations = dict.fromkeys(self.agents, done)
-        infos = self._infos()
-        if done:
-            self.agents = []
+        patrolling = self._world.patrolling()
+        index = {a: i for i, a in enumerate(self.possible_agents)}
+        obs = self._split(result.obs, live)
+        rewards = {a: float(reward[index[a]]) for a in live}
+        terminations = {a: not patrolling[index[a]] for a in live}
+        truncations = dict.fromkeys(live, done)
+        infos = self._infos(live)
+        self.agents = [] if done else [a for a in live if patrolling[index[a]]]
         return obs, rewards, terminations, truncations, infos
 
-    def _split(self, obs: np.ndarray) -> dict[str, np.ndarray]:
-        return {a: obs[i].astype(np.float32) for i, a in enumerate(self.possible_agents)}
+    def _split(self, obs: np.ndarray, agents: list[str] | None = None) -> dict[str, np.ndarray]:
+        return {
+            a: obs[i].astype(np.float32)
+            for i, a in enumerate(self.possible_agents)
+            if agents is None or a in agents
+        }
 
-    def _infos(self) -> dict[str, dict]:
+    def _infos(self, agents: list[str] | None = None) -> dict[str, dict]:
         truth = self._world.true_classes()
-        return {a: {"true_class": int(truth[i])} for i, a in enumerate(self.possible_agents)}
+        return {
+            a: {"true_class": int(truth[i])}
+            for i, a in enumerate(self.possible_agents)
+            if agents is None or a in agents
+        }
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None or self._world is None:
@@ -127,9 +143,11 @@ class DronePatrolParallelEnv(ParallelEnv):
         for point in layout["cruise_points"]:
             r, c = px(point["x"], point["y"])
             img[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] = (0, 0, 0)
-        for x, y, _ in self._world.positions():
+        patrolling = self._world.patrolling()
+        for (x, y, _), on in zip(self._world.positions(), patrolling, strict=True):
             r, c = px(float(x), float(y))
-            img[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] = (220, 40, 40)
+            rgb = (220, 40, 40) if on else (110, 110, 110)  # departed drones in grey
+            img[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] = rgb
         return img
 
     def close(self) -> None:

@@ -6,10 +6,14 @@ Map (``layout``): a square of side ``area_m`` centred on the origin; zones are i
 (forest SW, city SE, river NW, industrial NE); a river meanders through the river quadrant;
 ``cruise_points_per_zone`` seeded cruise points per zone (river ones on the river).
 
-Patrol (``patrol``): drone ``i`` ("drone_i") cycles through the cruise points of zone ``i % 4``,
-so it only ever meets that zone's event kinds; a zone's drones start spread along the tour, at
-distinct altitudes around ``cruise_altitude_m`` and with distinct hover slots around each point;
-each dwells ``DWELL_TICKS`` at a point.
+Patrol (``patrol``): ``patrol: zones``: drone ``i`` ("drone_i") cycles through the cruise points
+of zone ``i % 4``, so it only ever meets that zone's event kinds; a zone's drones start spread
+along the tour. ``patrol: shared``: one short tour through every point is cut into balanced
+contiguous segments, one per drone. Drones fly at distinct altitudes around ``cruise_altitude_m``
+with distinct hover slots around each point; each dwells ``DWELL_TICKS`` at a point. A drone in
+``departures`` leaves at its time (first tick at or after ``at_s``): it flies home and lands, the
+others re-balance; it stays in every array, its true class is 'none', the task metrics ignore it
+and it receives no more labels.
 
 Physics (``physics``): PyBullet DIRECT, ground plane, one Crazyflie-class box per drone flown by a
 PD position controller through ``applyExternalForce`` with gravity compensation, control at
@@ -22,7 +26,9 @@ Events (``events``): kinds from ``cfg.events`` appear at free cruise points of t
 
 Sensor (``sensor``): observation = event signature (class prototype blended with the 'none'
 prototype by visibility, plus Gaussian noise) + 4 telemetry dims. The true class is the event at
-the nearest cruise point within ``sensing_radius_m``, else 'none'.
+the nearest cruise point within ``sensing_radius_m``, else 'none'. With ``sensor: camera``
+(``camera``) the signature is replaced by the pixels of a small downward image rendered in the
+physics client; ``input_config()`` tells the agents how to read either.
 
 Labels: an operator confirms an observation with probability ``label_fraction`` (event in view)
 or ``background_label_fraction`` ('none'); the confirmation ``(agent_index, tick_of_observation,
@@ -32,8 +38,8 @@ label_delay_ticks`` (tick-0 labels with no delay come with tick 1: ``reset`` ret
 One tick, ``step(predictions)``: score the predictions against the observations of the current
 tick; a drone that predicts the altitude-limit sign while a point is in view starts its climb;
 fly ``tick_s`` (the targets are held for the tick); count sign passages and visits along the
-control-rate trajectory; ``tick += 1``; update arrivals/dwell; update events; observe; draw new
-labels; return the due ones.
+control-rate trajectory; ``tick += 1``; update arrivals/dwell; let the drones due by the new tick
+depart (re-balance); update events; observe; draw new labels; return the due ones.
 
 Randomness: the world seed is split (``SeedSequence.spawn``) into independent streams for the
 map, the class prototypes, the events, the sensor noise and the labels. ``reset`` restarts every
@@ -52,13 +58,14 @@ from typing import Any
 
 import numpy as np
 
+from envs.drone_patrol.camera import CameraSensor
 from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig
 from envs.drone_patrol.events import EventField
 from envs.drone_patrol.layout import build_map
 from envs.drone_patrol.metrics import PatrolMetrics
 from envs.drone_patrol.patrol import VISIT_RADIUS_M, Patroller
 from envs.drone_patrol.physics import DronePhysics
-from envs.drone_patrol.sensor import HEADING_MIN_SPEED, FeatureSensor
+from envs.drone_patrol.sensor import HEADING_MIN_SPEED, TELEMETRY_DIM, FeatureSensor
 
 SIGN = EVENT_CLASSES.index("altitude_limit_sign")
 
@@ -82,7 +89,11 @@ class DronePatrolWorld:
         map_ss, proto_ss, event_ss, noise_ss, label_ss = np.random.SeedSequence(seed).spawn(5)
         self._noise_ss, self._label_ss = noise_ss, label_ss
         self.map = build_map(cfg, np.random.default_rng(map_ss))
-        self.sensor = FeatureSensor(cfg, np.random.default_rng(proto_ss))
+        self.sensor: FeatureSensor | CameraSensor
+        if cfg.sensor == "camera":
+            self.sensor = CameraSensor(cfg, self.map)
+        else:
+            self.sensor = FeatureSensor(cfg, np.random.default_rng(proto_ss))
         self.obs_dim = self.sensor.obs_dim
         self.events = EventField(cfg, self.map, event_ss)
         self.patrol = Patroller(cfg, self.map, n_agents)
@@ -97,11 +108,14 @@ class DronePatrolWorld:
         self._label_rng = np.random.default_rng(self._label_ss)
         start = self.patrol.reset()
         self.physics.reset(start)
+        self._attach_sensor()  # camera: add its ground tiles again (the reset cleared the scene)
         self.events.reset()
-        self.metrics = PatrolMetrics(self.cfg.tick_s)
+        zones = [ZONES[int(z)] for z in self.map.point_zone]
+        self.metrics = PatrolMetrics(self.cfg.tick_s, zones, self.patrol.tour_s)
+        self.patrol.depart_due(0, self.physics.pos)  # drones that never take off (at_s = 0)
+        self.metrics.active = self.patrol.active
         self._heading = np.zeros(self.n_agents)  # (N,) radians, kept while hovering
         self._over = self._over_points(self.physics.pos[None])[0]  # (N, P)
-        self._last_visit_s = np.zeros(self.map.n_points)  # (P,)
         self._pending: dict[int, list[np.ndarray]] = defaultdict(list)  # due tick -> rows
         self._sync_events(self.events.update(0))
         return self._observe()
@@ -125,10 +139,14 @@ class DronePatrolWorld:
 
         self.tick += 1
         self.patrol.update(self.physics.pos)
+        if self.patrol.depart_due(self.tick, self.physics.pos).size:
+            self.metrics.active = self.patrol.active  # departed drones' views no longer count
         self._sync_events(self.events.update(self.tick))
         obs = self._observe()
         due = self._pending.pop(self.tick, [])
         labels = np.concatenate(due) if due else np.zeros((0, 3), dtype=np.int64)
+        # No operator confirms what a departed drone sees from its way home or the ground.
+        labels = labels[self.patrol.depart_tick[labels[:, 0]] > labels[:, 1]]
         return StepResult(obs=obs, labels=labels, tick=self.tick)
 
     # ---- pieces of a tick ---------------------------------------------------------------
@@ -143,39 +161,51 @@ class DronePatrolWorld:
         return d < VISIT_RADIUS_M
 
     def _passages(self, traj: np.ndarray) -> None:
-        over = self._over_points(traj)  # (K, N, P)
-        seq = np.concatenate([self._over[None], over], axis=0)  # (K+1, N, P)
-        departed = seq[:-1] & ~seq[1:]  # (K, N, P)
-        passes = departed & (self.events.kind == SIGN)[None, None, :]
+        active = self.patrol.active  # (N,) a departed drone neither visits nor passes signs
+        over = self._over_points(traj) & active[None, :, None]  # (K, N, P)
+        seq = np.concatenate([self._over[None] & active[None, :, None], over], axis=0)
+        left = seq[:-1] & ~seq[1:]  # (K, N, P) left a point's disc
+        # A sign counts once a drone could have obeyed it: it was there at the previous tick's
+        # observation too. One that appears while a drone is already leaving its point cannot
+        # be obeyed (a Crazyflie at cruise speed needs ~1 m and ~0.5 s to stop).
+        appeared = np.array(
+            [self.events.log[e].appear_tick if e >= 0 else 0 for e in self.events.event_id]
+        )
+        sign = (self.events.kind == SIGN) & (appeared < self.tick)  # (P,)
+        passes = left & sign[None, None, :]
         below = traj[:, :, 2] < self.cfg.altitude_limit_m  # (K, N)
         self.metrics.sign_passages += int(passes.sum())
         self.metrics.violations += int((passes & below[:, :, None]).sum())
         self._over = over[-1]
         now_s = (self.tick + 1) * self.cfg.tick_s
-        self._last_visit_s[over.any(axis=(0, 1))] = now_s
-        self.metrics.idleness(now_s - self._last_visit_s)
+        self.metrics.patrolled(now_s, over.any(axis=(0, 1)), int(active.sum()))
+
+    def _attach_sensor(self) -> None:
+        """After every physics reset: the camera's scene (ground tiles) goes into the client."""
+        if isinstance(self.sensor, CameraSensor):
+            self.sensor.attach(self.physics)
 
     def _observe(self) -> np.ndarray:
         pos, vel = self.physics.pos, self.physics.vel
         d = np.linalg.norm(pos[:, None, :2] - self.map.points[None], axis=-1)  # (N, P)
         nearest = d.argmin(axis=1)  # (N,)
         dmin = d[np.arange(self.n_agents), nearest]
-        in_view = dmin < self.cfg.sensing_radius_m
+        # a drone that left the patrol reports nothing, even parked near a cruise point
+        in_view = (dmin < self.cfg.sensing_radius_m) & self.patrol.active
         self._point_in_view = np.where(in_view, nearest, -1)  # (N,)
         self._true = np.where(in_view, self.events.kind[nearest], 0).astype(np.int64)  # (N,)
         self._event_id = np.where(self._true > 0, self.events.event_id[nearest], -1)  # (N,)
-        vis = np.where(in_view, self.sensor.visibility(dmin), 0.0)
         speed_xy = np.hypot(vel[:, 0], vel[:, 1])
         moving = speed_xy > HEADING_MIN_SPEED
         self._heading[moving] = np.arctan2(vel[moving, 1], vel[moving, 0])
-        obs = self.sensor.observe(
-            self._true,
-            vis,
-            pos[:, 2],
-            np.linalg.norm(vel, axis=1),
-            self._heading,
-            self._noise_rng,
-        )
+        speed = np.linalg.norm(vel, axis=1)
+        if isinstance(self.sensor, CameraSensor):
+            obs = self.sensor.observe(self.physics, speed, self._heading, self._noise_rng)
+        else:
+            vis = np.where(in_view, self.sensor.visibility(dmin), 0.0)
+            obs = self.sensor.observe(
+                self._true, vis, pos[:, 2], speed, self._heading, self._noise_rng
+            )
         self.metrics.observed(self.tick, self._event_id)
 
         frac = np.where(self._true > 0, self.cfg.label_fraction, self.cfg.background_label_fraction)
@@ -200,6 +230,10 @@ class DronePatrolWorld:
         at cruise speed, background once beyond the radius. Cruise altitude jitters like the
         drones' altitude band; the heading is uniform. Uses its own generator: the live episode
         is untouched, and the same seed gives the same probe set.
+
+        Camera sensor: the windows are rendered in a scene of their own (``render_probe``): an
+        event window shows its marker at a cruise point that can host it (any point if none
+        can), a 'none' window an empty point, the drone flying along its heading toward it.
         """
         from envs.drone_patrol.patrol import ALT_HALF_BAND_M, DWELL_TICKS
 
@@ -221,22 +255,56 @@ class DronePatrolWorld:
         steps = np.where(moving, back - n_rest[:, None] + hover[:, None], 0)  # (n, w)
         dist = d_last[:, None] + steps * self.cfg.speed_mps * self.cfg.tick_s  # (n, w)
         in_view = dist < self.cfg.sensing_radius_m
-        cls = np.where(in_view, y[:, None], 0)  # (n, w)
-        vis = np.where(in_view, self.sensor.visibility(dist), 0.0)
         alt = self.cfg.cruise_altitude_m + rng.uniform(-ALT_HALF_BAND_M, ALT_HALF_BAND_M, n)
         altitude = np.broadcast_to(alt[:, None], (n, w))
         speed = np.where(moving, self.cfg.speed_mps, 0.0)
         heading = np.broadcast_to(rng.uniform(-np.pi, np.pi, n)[:, None], (n, w))
+        if isinstance(self.sensor, CameraSensor):
+            point = np.empty(n, dtype=np.int64)  # (n,) the cruise point each window flies to
+            for c in range(self.n_classes):
+                hosts = [pt for pt, k in self.events.hosts if k == c]
+                pool = np.array(hosts or range(self.map.n_points))
+                point[y == c] = rng.choice(pool, per_class)
+            toward = np.stack([np.cos(heading), np.sin(heading)], -1)  # (n, w, 2)
+            xy = self.map.points[point][:, None] - dist[..., None] * toward  # (n, w, 2)
+            eyes = np.concatenate([xy, altitude[..., None]], -1)  # (n, w, 3)
+            images = self.sensor.render_probe(point, y, eyes)  # (n, w, px, px, 3)
+            return self.sensor.to_obs(images, altitude, speed, heading, rng), y
+        cls = np.where(in_view, y[:, None], 0)  # (n, w)
+        vis = np.where(in_view, self.sensor.visibility(dist), 0.0)
         x = self.sensor.observe(cls, vis, altitude, speed, heading, rng)  # (n, w, obs_dim)
         return x, y
 
+    def input_config(self) -> dict[str, Any]:
+        """How the agents read one flat observation, as the fields of ``agents.yan.io.
+        InputConfig``: features -> one vector of ``obs_dim``; camera -> an image (the first
+        ``camera_px**2 * 3`` values, HWC) split into ``camera_patch`` patches, then the
+        telemetry vector."""
+        if isinstance(self.sensor, CameraSensor):
+            px = self.cfg.camera_px
+            image = {"height": px, "width": px, "channels": 3, "patch": self.cfg.camera_patch}
+            return {"vector_dim": TELEMETRY_DIM, "image": image}
+        return {"vector_dim": self.obs_dim}
+
     def true_classes(self) -> np.ndarray:
-        """True class of each agent's current observation (N,) int64 (for tests and oracles)."""
-        return self._true.copy()
+        """True class of each agent's current observation (N,) int64 (for tests and oracles);
+        'none' for a departed drone (it observes nothing useful)."""
+        return np.where(self.patrol.active, self._true, 0)
 
     def target_points(self) -> np.ndarray:
-        """Index (into ``layout()['cruise_points']``) of each drone's current target (N,)."""
+        """Index (into ``layout()['cruise_points']``) of each drone's current target (N,); -1
+        for a departed drone."""
         return self.patrol.target_points()
+
+    def patrolling(self) -> np.ndarray:
+        """(N,) bool: the drone patrols (has not departed). Departed drones stay in every array
+        (observations keep their shape); they fly home, land and are ignored by the metrics."""
+        return self.patrol.active
+
+    def patrol_routes(self) -> list[list[int]]:
+        """Each drone's route: the cruise points (indices into ``layout()['cruise_points']``) it
+        cycles through in order; empty for a departed drone."""
+        return [r.tolist() for r in self.patrol.segments()]
 
     def event_log(self) -> list[dict[str, Any]]:
         """Every event so far: id, point, zone, kind, appear_tick, clear_tick (planned)."""
