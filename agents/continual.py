@@ -16,7 +16,7 @@ so one call serves the whole population (agents/population.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -73,7 +73,8 @@ def empirical_fisher(
         xs, ys = x[:, start : start + FISHER_CHUNK], y[:, start : start + FISHER_CHUNK]
         b = xs.shape[1]
         rows = flat.repeat_interleave(b, 0).requires_grad_(True)  # (K*b, P) one per example
-        logits = forward_last(cfg, unflatten(rows, specs), xs.reshape(K * b, 1, *xs.shape[2:]))
+        obs = population.split_obs(xs.reshape(K * b, 1, *xs.shape[2:]))  # image + vector
+        logits = forward_last(cfg, unflatten(rows, specs), cast(Tensor, obs))
         nll = F.cross_entropy(logits[:, 0], ys.reshape(-1), reduction="sum")
         (g,) = torch.autograd.grad(nll, rows)  # (K*b, P) per-example gradients
         fisher += torch.einsum("kbp,kb->kp", g.view(K, b, -1).square(), w[:, start : start + b])

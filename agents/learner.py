@@ -6,6 +6,10 @@ only the newest labelled windows: plain online SGD), optional online EWC and a t
 (agents/continual.py), and its own row of the stacked population. Deterministic given the seed:
 all sampling uses one numpy Generator owned here, and the weights' init uses a torch Generator
 seeded inside `init_flat`; the global RNGs are never touched.
+
+Observations are flat vectors of `obs_dim` floats whatever the sensor (a camera image is stored
+as its pixels followed by the telemetry, see agents/population.py), so the rings and memories
+are plain arrays; the population splits them before every forward.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 
 from agents.config import LearnConfig, ModelConfig
 from agents.continual import OnlineEWC, trainable_mask
-from agents.population import Population
+from agents.population import Inputs, Population
 
 EVAL_CHUNK = 256  # probe windows per forward pass in `evaluate`: bounds activation memory
 
@@ -128,13 +132,16 @@ class OnlineLearner:
         model_cfg: ModelConfig,
         learn_cfg: LearnConfig,
         n_agents: int,
-        obs_dim: int,
+        obs_dim: Inputs,
         n_classes: int,
         seed: int,
     ) -> None:
+        """obs_dim: the width of a vector observation, or the InputConfig (or its dict, e.g. a
+        world's `input_config()`) of an image + vector one; `self.obs_dim` is the flat width."""
         self.learn_cfg = learn_cfg
-        self.n_agents, self.obs_dim, self.n_classes = n_agents, obs_dim, n_classes
         self.population = Population(model_cfg, learn_cfg, n_agents, obs_dim, n_classes, seed)
+        obs_dim = self.population.obs_dim
+        self.n_agents, self.obs_dim, self.n_classes = n_agents, obs_dim, n_classes
         self.rng = np.random.default_rng(seed)
         # observation ring: `history` ticks a label may look back, plus window-1 older ones so
         # the window of the oldest labellable tick is still whole

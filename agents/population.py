@@ -9,11 +9,18 @@ stays one contiguous float32 CPU tensor and is never replaced.
 With selective activation (model_cfg.ffn_groups > 1) training adds the Switch load-balance loss
 and anneals each agent's router noise over its own step count; `select_stats` holds the latest
 routing figures per agent for the runner to log (agents/yan/selective.py).
+
+Observations arrive flat, one float vector of `obs_dim` per agent and step, whatever the
+sensor: the learner's rings and replay memories hold plain arrays. `inputs` (an InputConfig)
+says how to read one: a vector-only input is the vector itself; with an image the vector is
+[image pixels (H*W*C, HWC order), vector (vector_dim)], and `split_obs` cuts it into the model's
+{"image", "vector"} observation right before every forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,15 +29,16 @@ from torch import Tensor
 from torch.optim.adam import adam
 
 from agents.config import LearnConfig, ModelConfig
-from agents.yan.io import self_supervised_loss
+from agents.yan.io import InputConfig, self_supervised_loss
 from agents.yan.model import (
+    Obs,
     State,
+    as_obs,
     forward_chunkwise,
     forward_last,
     forward_parallel,
     forward_step,
     hidden,
-    infer_inputs,
     init_flat,
     init_state,
     num_params,
@@ -103,6 +111,33 @@ class StackedOptimizer:
         self.t[idx] = 0.0
 
 
+Inputs = int | InputConfig | Mapping[str, Any]
+"""What one flat observation holds: an int is a vector of that width; an InputConfig, or its
+fields as a dict (e.g. a world's `input_config()`), describes an image plus a vector."""
+
+
+def input_config(inputs: Inputs) -> InputConfig:
+    """The InputConfig of an `Inputs` description; flat observations cannot carry tokens."""
+    if isinstance(inputs, InputConfig):
+        inp = inputs
+    elif isinstance(inputs, int | np.integer):
+        inp = InputConfig(vector_dim=int(inputs))
+    else:
+        inp = InputConfig.model_validate(dict(inputs))
+    if inp.vocab:
+        raise ValueError(
+            f"flat observations hold an image and a vector, not discrete tokens: vocab must be "
+            f"0, got {inp.vocab}"
+        )
+    return inp
+
+
+def flat_dim(inp: InputConfig) -> int:
+    """Width of one flat observation: image pixels (H*W*C) then the vector."""
+    im = inp.image
+    return inp.vector_dim + (0 if im is None else im.height * im.width * im.channels)
+
+
 class Population:
     """K agents' Yan models stacked in one flat (K, P) parameter tensor."""
 
@@ -111,15 +146,18 @@ class Population:
         model_cfg: ModelConfig,
         learn_cfg: LearnConfig,
         n_agents: int,
-        obs_dim: int,
+        obs_dim: Inputs,
         n_classes: int,
         seed: int,
     ) -> None:
+        """obs_dim: the width of a vector observation, or the InputConfig of an image + vector
+        one (see `Inputs`); `self.obs_dim` is then the flat width, `self.inputs` the config."""
         self.model_cfg, self.learn_cfg = model_cfg, learn_cfg
-        self.n_agents, self.obs_dim, self.n_classes = n_agents, obs_dim, n_classes
-        self.specs = param_specs(model_cfg, obs_dim, n_classes)
+        self.inputs = input_config(obs_dim)
+        self.n_agents, self.obs_dim, self.n_classes = n_agents, flat_dim(self.inputs), n_classes
+        self.specs = param_specs(model_cfg, self.inputs, n_classes)
         self.num_params = num_params(self.specs)
-        row = init_flat(model_cfg, obs_dim, n_classes, seed)  # (P,)
+        row = init_flat(model_cfg, self.inputs, n_classes, seed)  # (P,)
         self.flat = torch.nn.Parameter(row.expand(n_agents, -1).clone().contiguous())  # (K, P)
         self.optimizer = StackedOptimizer(
             learn_cfg.optimizer, learn_cfg.lr, n_agents, self.num_params
@@ -136,12 +174,26 @@ class Population:
         """x_t (K, obs_dim) -> logits (K, n_classes); advances every agent's recurrent state."""
         x = torch.as_tensor(x_t, dtype=torch.float32).view(self.n_agents, 1, self.obs_dim)
         logits, self.state = forward_step(
-            self.model_cfg, unflatten(self.flat, self.specs), x, self.state
+            self.model_cfg, unflatten(self.flat, self.specs), self.split_obs(x), self.state
         )
         return logits[:, 0]  # (K, n_classes)
 
     def reset_state(self) -> None:
         self.state = init_state(self.model_cfg, self.n_agents, 1)
+
+    def split_obs(self, x: Tensor) -> Obs:
+        """Flat observations (..., obs_dim) -> the model's observation: `x` itself for a
+        vector-only input, else {"image": (..., H, W, C), "vector": (..., vector_dim)} (views)."""
+        if x.shape[-1] != self.obs_dim:
+            raise ValueError(f"observations have width {x.shape[-1]}, expected {self.obs_dim}")
+        im = self.inputs.image
+        if im is None:
+            return x
+        n = im.height * im.width * im.channels
+        obs = {"image": x[..., :n].unflatten(-1, (im.height, im.width, im.channels))}
+        if self.inputs.vector_dim:
+            obs["vector"] = x[..., n:]  # (..., vector_dim)
+        return obs
 
     # -- training (parallel form) --------------------------------------------------------------
 
@@ -153,9 +205,10 @@ class Population:
         memory linear in T)."""
         x = torch.as_tensor(x, dtype=torch.float32)
         params = unflatten(self.flat, self.specs)
+        obs = _model_input(self.split_obs(x))
         if x.shape[2] > CHUNKWISE_FROM_T:
-            return forward_chunkwise(self.model_cfg, params, x, chunk=CHUNK)[0]
-        return forward_parallel(self.model_cfg, params, x)
+            return forward_chunkwise(self.model_cfg, params, obs, chunk=CHUNK)[0]
+        return forward_parallel(self.model_cfg, params, obs)
 
     def train_step(
         self,
@@ -198,7 +251,8 @@ class Population:
             routing = Routing(
                 noise_scale=a if bool((a > 0).any()) else None, generator=self.generator
             )
-        logits = forward_last(cfg, params, x, routing)  # (K, B, n_classes)
+        obs = _model_input(self.split_obs(x))
+        logits = forward_last(cfg, params, obs, routing)  # (K, B, n_classes)
         ce = F.cross_entropy(
             logits.reshape(-1, self.n_classes), y.reshape(-1), reduction="none"
         ).view(y.shape)  # (K, B)
@@ -211,10 +265,9 @@ class Population:
             ]
         active = n > 0
         if unlabeled is not None and ssl_weight > 0:
-            u = {"vector": torch.as_tensor(unlabeled, dtype=torch.float32)}
+            u = as_obs(self.split_obs(torch.as_tensor(unlabeled, dtype=torch.float32)))
             h = hidden(cfg, params, u, routing)  # (K, Bu, Tu, D)
-            inp = infer_inputs(params, u)
-            loss = loss + ssl_weight * self_supervised_loss(params, h, u, inp)  # (K,)
+            loss = loss + ssl_weight * self_supervised_loss(params, h, u, self.inputs)  # (K,)
             active = torch.ones_like(active)
         if penalty is not None:
             loss = loss + penalty(self.flat)  # (K,)
@@ -265,6 +318,12 @@ class Population:
         ]
         if "rng.router" in sd:  # absent in checkpoints written before selective activation
             self.generator.set_state(sd["rng.router"])
+
+
+def _model_input(obs: Obs) -> Tensor:
+    # forward_parallel / forward_last / forward_chunkwise annotate x as a Tensor, but read any
+    # Obs (they embed it with model._embed); the cast only quiets the annotation.
+    return cast(Tensor, obs)
 
 
 def _numpy(stats: dict[str, Tensor]) -> dict[str, np.ndarray]:
