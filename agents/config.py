@@ -103,3 +103,31 @@ class LearnConfig(Section):
         if self.history < self.window:
             raise ValueError(f"history ({self.history}) must be >= window ({self.window})")
         return self
+
+
+class RLConfig(Section):
+    """Online actor-critic (used when the world hands out rewards, e.g. a PettingZoo env).
+
+    Every agent acts from the last `learning.window` observations of its episode and updates its
+    own model every `rollout` ticks with a clipped policy-gradient step (PPO's objective,
+    Schulman et al. 2017) on what it just lived through; `learning.lr` and `learning.optimizer`
+    apply."""
+
+    enabled: bool = True
+    """False = the agents act but never update (the "without learning" baseline)."""
+    rollout: int = Field(25, ge=1, le=100_000)
+    """Ticks of experience per update."""
+    epochs: int = Field(4, ge=1, le=64)
+    """Passes over each rollout (1 = plain advantage actor-critic)."""
+    discount: float = Field(0.99, gt=0.0, le=1.0)
+    """gamma of the return."""
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    """lambda of generalised advantage estimation (Schulman et al. 2016)."""
+    clip: float = Field(0.2, gt=0.0, le=10.0)
+    """PPO ratio clip epsilon."""
+    value_coef: float = Field(0.5, ge=0.0)
+    """Weight of the value loss."""
+    entropy_coef: float = Field(0.01, ge=0.0)
+    """Weight of the entropy bonus (keeps exploring)."""
+    max_grad_norm: float = Field(0.5, gt=0.0)
+    """Per-agent gradient norm clip."""

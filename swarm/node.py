@@ -87,9 +87,14 @@ class Node:
         self.index, self.name = args.agent, agent_name(args.agent)
         self.key = args.key_file.read_bytes() if args.key_file else b"yan-swarm-dev-key"
         # The simulated sensor: this drone's view of the scenario's world.
+        if sc.world.kind != "drone_patrol":
+            raise SystemExit(
+                f"swarm-node: the simulated sensor needs a drone_patrol world, not "
+                f"{sc.world.kind!r}"
+            )
         self.world = make_world(sc.world, sc.agents.count, sc.seed)
         self.learner = OnlineLearner(
-            sc.model, sc.learning, 1, self.world.obs_dim, self.world.n_classes, seed=sc.seed
+            sc.model, sc.learning, 1, self.world.input_config(), self.world.n_classes, seed=sc.seed
         )
         self.probe = self.world.probe_set(
             sc.metrics.probe_per_class, sc.learning.window, sc.seed + 1_000_003

@@ -112,6 +112,7 @@ class Runner:
         self.on_info = on_info
         self.rho: float | None = None
         self.mixing: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}
 
     def run(self) -> RunResult:
         import ray
@@ -132,9 +133,19 @@ class Runner:
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             per_shard_cpu = min(1.0, cpus / sc.n_shards)
             world = ray.remote(num_cpus=0)(WorldHost).remote(spec)
-            info: dict[str, Any] = ray.get(world.info.remote())
-            probe = world.probe.remote(
-                sc.metrics.probe_per_class, sc.learning.window, sc.seed + 1_000_003
+            try:
+                info: dict[str, Any] = ray.get(world.info.remote())
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, ValueError):
+                    raise RunError(f"cannot build the world: {exc.cause}") from None
+                raise
+            self.info = info
+            probe = (
+                world.probe.remote(
+                    sc.metrics.probe_per_class, sc.learning.window, sc.seed + 1_000_003
+                )
+                if info["task"] == "classify"
+                else None
             )
             n, per = sc.agents.count, sc.agents.per_shard
             edges = self._graph_edges(world)
@@ -144,11 +155,12 @@ class Runner:
                     spec,
                     s,
                     list(range(s * per, min(n, (s + 1) * per))),
-                    info["obs_dim"],
+                    info.get("inputs") or info["obs_dim"],
                     info["n_classes"],
                     probe,
                     key,
                     edges=edges,
+                    n_actions=info["n_actions"],
                 )
                 for s in range(sc.n_shards)
             ]
@@ -260,12 +272,9 @@ class Runner:
         return rows
 
     def _row(
-        self, tick: int, world_m: dict[str, float], shard_m: list[dict[str, Any]], info: dict
+        self, tick: int, world_m: dict[str, Any], shard_m: list[dict[str, Any]], info: dict
     ) -> dict[str, Any]:
-        acc = np.concatenate([m["probe_acc"] for m in shard_m])
-        iso = np.concatenate([m["probe_acc_isolated"] for m in shard_m])
-        per_class = np.concatenate([np.asarray(m["per_class"]) for m in shard_m])
-        n = len(acc)
+        n = sum(len(m["agents"]) for m in shard_m)
         sum_x = np.sum([m["sum_x"] for m in shard_m], axis=0)
         consensus = float(sum(m["sum_sq"] for m in shard_m) / n - np.sum((sum_x / n) ** 2))
         traffic = [m["traffic"] for m in shard_m]
@@ -276,15 +285,10 @@ class Runner:
             ]
         )
         dense = sum(sum(t.get("dense_bytes", [])) for t in traffic)
-        present = per_class >= 0
-        class_acc = np.where(present, per_class, 0).sum(0) / np.maximum(present.sum(0), 1)
         row: dict[str, Any] = {"tick": tick, "sim_time_s": round(tick * self.sc.world.tick_s, 6)}
         row.update({k: _clean(v) for k, v in world_m.items()})
         row.update(
             {
-                "learn/probe_acc": float(acc.mean()),
-                "learn/probe_acc_min": float(acc.min()),
-                "learn/probe_acc_isolated": float(iso.mean()),
                 "learn/consensus_distance": max(consensus, 0.0),
                 "learn/activation_density": float(np.mean([m["density"] for m in shard_m])),
                 "gossip/bytes_sent": int(sent.sum()),
@@ -295,13 +299,28 @@ class Runner:
                 "gossip/rounds": int(max((t.get("rounds", 0) for t in traffic), default=0)),
             }
         )
+        row["agents"] = {"gossip/bytes_sent": [int(b) for b in sent]}
+        if info["task"] == "rl":
+            stats = [m["rl"] for m in shard_m if m["rl"]]
+            for key in ("entropy", "value_loss", "approx_kl", "clip_frac"):
+                row[f"rl/{key}"] = float(np.mean([s[key] for s in stats])) if stats else None
+            return row
+        acc = np.concatenate([m["probe_acc"] for m in shard_m])
+        iso = np.concatenate([m["probe_acc_isolated"] for m in shard_m])
+        per_class = np.concatenate([np.asarray(m["per_class"]) for m in shard_m])
+        present = per_class >= 0
+        class_acc = np.where(present, per_class, 0).sum(0) / np.maximum(present.sum(0), 1)
+        row.update(
+            {
+                "learn/probe_acc": float(acc.mean()),
+                "learn/probe_acc_min": float(acc.min()),
+                "learn/probe_acc_isolated": float(iso.mean()),
+            }
+        )
         for c, name in enumerate(info["classes"]):
             row[f"learn/class_acc/{name}"] = float(class_acc[c])
-        row["agents"] = {
-            "learn/probe_acc": [round(float(a), 6) for a in acc],
-            "learn/probe_acc_isolated": [round(float(a), 6) for a in iso],
-            "gossip/bytes_sent": [int(b) for b in sent],
-        }
+        row["agents"]["learn/probe_acc"] = [round(float(a), 6) for a in acc]
+        row["agents"]["learn/probe_acc_isolated"] = [round(float(a), 6) for a in iso]
         return row
 
     # -- results ---------------------------------------------------------------------------------
@@ -322,7 +341,16 @@ class Runner:
             dense / final["gossip/bytes_sent"] if final["gossip/bytes_sent"] else None
         )
         final["gossip/rho"] = rho
-        final["learn/sharing_gain"] = final["learn/probe_acc"] - final["learn/probe_acc_isolated"]
+        if info["task"] == "rl":
+            # one interval's episodes are few: summarise the first and last quarter of the run
+            returns = [r["rl/team_return"] for r in rows if r.get("rl/team_return") is not None]
+            q = max(1, len(returns) // 4)
+            final["rl/team_return_first"] = float(np.mean(returns[:q])) if returns else None
+            final["rl/team_return_last"] = float(np.mean(returns[-q:])) if returns else None
+        else:
+            final["learn/sharing_gain"] = (
+                final["learn/probe_acc"] - final["learn/probe_acc_isolated"]
+            )
         return {
             "scenario": sc.name,
             "seed": sc.seed,
@@ -330,6 +358,7 @@ class Runner:
             "shards": sc.n_shards,
             "topology": sc.gossip.topology,
             "mode": sc.gossip.mode,
+            "task": info["task"],
             "classes": info["classes"],
             "metrics": final,
             # Wall-clock figures differ between identical runs; kept apart from `metrics`.
@@ -355,8 +384,9 @@ class Runner:
             for row in rows:
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-        np.save(self.run_dir / "trajectory.npy", trajectory.astype(np.float32))
-        (self.run_dir / "layout.json").write_text(json.dumps(layout_map, indent=2))
+        if layout_map:  # worlds with a map (the drone patrol): where everyone flew
+            np.save(self.run_dir / "trajectory.npy", trajectory.astype(np.float32))
+            (self.run_dir / "layout.json").write_text(json.dumps(layout_map, indent=2))
         from swarm.report import write_plots
 
         write_plots(self.run_dir)

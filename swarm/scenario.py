@@ -13,15 +13,40 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
-from agents.config import LearnConfig, ModelConfig
+from agents.config import LearnConfig, ModelConfig, RLConfig
 from envs.drone_patrol.config import DronePatrolConfig
+from envs.pz_config import PettingZooConfig
 from protocols.config import GossipConfig
 from swarm._config import Section
+
+#: World kinds by their `kind` value; a world section without `kind` is a drone patrol.
+WORLDS: dict[str, type[Section]] = {
+    "drone_patrol": DronePatrolConfig,
+    "pettingzoo": PettingZooConfig,
+}
+
+
+def _world_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("kind", "drone_patrol")
+        return kind if kind in WORLDS else None
+    return getattr(value, "kind", None)
+
+
+WorldConfig = Annotated[
+    Annotated[DronePatrolConfig, Tag("drone_patrol")]
+    | Annotated[PettingZooConfig, Tag("pettingzoo")],
+    Discriminator(
+        _world_kind,
+        custom_error_type="world_kind",
+        custom_error_message="world.kind must be one of: " + ", ".join(WORLDS),
+    ),
+]
 
 
 class AgentsConfig(Section):
@@ -71,9 +96,13 @@ class Scenario(Section):
     ticks: int = Field(400, ge=1)
     """Length of the run in ticks."""
     agents: AgentsConfig = AgentsConfig()
-    world: DronePatrolConfig = DronePatrolConfig()
+    world: WorldConfig = DronePatrolConfig()
+    """The world: a drone patrol (kind: drone_patrol) or any PettingZoo ParallelEnv
+    (kind: pettingzoo)."""
     model: ModelConfig = ModelConfig()
     learning: LearnConfig = LearnConfig()
+    rl: RLConfig = RLConfig()
+    """Online actor-critic, for worlds that give rewards (kind: pettingzoo)."""
     gossip: GossipConfig = GossipConfig()
     metrics: MetricsConfig = MetricsConfig()
     baseline: BaselineConfig = BaselineConfig()
@@ -89,6 +118,11 @@ class Scenario(Section):
                 "gossip.graph: a random_regular graph needs degree < agents.count and "
                 f"degree * count even (got degree {self.gossip.graph.degree}, "
                 f"count {self.agents.count})"
+            )
+        if self.gossip.graph.kind == "proximity" and self.world.kind != "drone_patrol":
+            raise ValueError(
+                "gossip.graph: a proximity graph needs positions; only the drone_patrol world "
+                "has them"
             )
         return self
 
@@ -141,11 +175,16 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
 def _fields_at(model: type[Section], loc: tuple[int | str, ...]) -> list[str]:
     """Field names of the section that holds the last key of `loc` (for 'did you mean')."""
     current: Any = model
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             return []
         current = fields[part].annotation
+        if current is not None and part == "world" and fields is Scenario.model_fields:
+            # the world is a tagged union: the next part of a raw loc is its tag
+            current = WORLDS.get(str(parts.pop(0)) if parts else "drone_patrol")
     fields = getattr(current, "model_fields", None)
     return list(fields) if fields else []
 
@@ -172,7 +211,10 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    # pydantic adds pseudo-parts for tagged unions and literal dict keys ('[key]'); drop them.
+    # pydantic adds pseudo-parts for tagged unions (the world's kind, '[key]' tags) and
+    # literal dict keys; drop them.
+    if len(loc) > 1 and loc[0] == "world" and loc[1] in WORLDS:
+        loc = loc[:1] + loc[2:]
     return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("[")))
 
 

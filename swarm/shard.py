@@ -37,31 +37,63 @@ def torch_from(array: np.ndarray):
 
 @dataclass
 class Step:
-    """What every shard receives each tick: all observations and the labels that arrived."""
+    """What every shard receives each tick: all observations and the labels that arrived
+    (classification worlds), or the rewards of the last actions (worlds with rewards)."""
 
     tick: int
     obs: np.ndarray  # (N, obs_dim) float32
     labels: np.ndarray  # (M, 3) int64 rows (agent, tick, class)
+    rewards: np.ndarray | None = None  # (N,) float32: what the previous actions earned
+    done: np.ndarray | None = None  # (N,) bool: the agent's episode ended; obs starts the next
+    alive: np.ndarray | None = None  # (N,) bool: the agent acts this tick
+
+
+_NO_LABELS = np.zeros((0, 3), np.int64)
 
 
 class WorldHost:
-    """Owns the environment: steps it with the agents' decisions, records trajectories."""
+    """Owns the environment: steps it with the agents' decisions, records trajectories.
+
+    A world that cannot be built (e.g. a PettingZoo env whose agent count does not match the
+    scenario) does not kill the actor: `info` raises the reason as a ValueError, which the
+    Runner turns into a clean error."""
 
     def __init__(self, scenario: dict[str, Any]):
         from envs import make_world
 
         sc = Scenario.model_validate(scenario)
-        self.world = make_world(sc.world, sc.agents.count, sc.seed)
         self.trajectory: list[np.ndarray] = []
+        self.error = ""
+        try:
+            self.world: Any = make_world(sc.world, sc.agents.count, sc.seed)
+        except ValueError as exc:
+            self.error = str(exc)
+        self.rl = hasattr(getattr(self, "world", None), "n_actions")
 
     def info(self) -> dict[str, Any]:
+        if self.error:
+            raise ValueError(self.error)
+        w = self.world
+        if self.rl:
+            return {
+                "task": "rl",
+                "obs_dim": w.obs_dim,
+                "n_actions": w.n_actions,
+                "n_classes": 0,
+                "classes": [],
+                "agent_ids": list(w.agent_ids),
+            }
         from envs.drone_patrol.config import EVENT_CLASSES
 
+        inputs = w.input_config() if hasattr(w, "input_config") else {"vector_dim": w.obs_dim}
         return {
-            "obs_dim": self.world.obs_dim,
-            "n_classes": self.world.n_classes,
+            "task": "classify",
+            "obs_dim": w.obs_dim,
+            "inputs": inputs,
+            "n_actions": 0,
+            "n_classes": w.n_classes,
             "classes": list(EVENT_CLASSES),
-            "agent_ids": list(self.world.agent_ids),
+            "agent_ids": list(w.agent_ids),
         }
 
     def probe(self, per_class: int, window: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,25 +102,37 @@ class WorldHost:
     def reset(self) -> Step:
         obs = self.world.reset()
         self.trajectory = [self.world.positions().copy()]
-        return Step(0, obs, np.zeros((0, 3), np.int64))
+        if self.rl:
+            n = len(obs)
+            return Step(0, obs, _NO_LABELS, np.zeros(n, np.float32), None, self.world.alive.copy())
+        return Step(0, obs, _NO_LABELS)
 
-    def step(self, *predictions: np.ndarray) -> Step:
-        result = self.world.step(np.concatenate(predictions).astype(np.int64))
+    def step(self, *decisions: np.ndarray) -> Step:
+        result = self.world.step(np.concatenate(decisions).astype(np.int64))
         self.trajectory.append(self.world.positions().copy())
+        if self.rl:
+            return Step(
+                result.tick, result.obs, _NO_LABELS, result.rewards, result.done, result.alive
+            )
         return Step(result.tick, result.obs, result.labels)
 
-    def measure(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.world.task_metrics().items()}
+    def measure(self) -> dict[str, float | None]:
+        return {k: None if v is None else float(v) for k, v in self.world.task_metrics().items()}
 
     def positions(self) -> np.ndarray:
-        """Where the drones are now (N, 3), e.g. for a proximity graph."""
+        """Where the agents are now (N, 3), e.g. for a proximity graph ((N, 0) if unknown)."""
         return self.world.positions().copy()
 
     def trajectories(self) -> tuple[np.ndarray, dict[str, Any]]:
-        return np.stack(self.trajectory), self.world.layout()
+        """Positions at every tick (T+1, N, 3) and the map, with the events that happened."""
+        layout = dict(self.world.layout())
+        if hasattr(self.world, "event_log"):
+            layout["events"] = self.world.event_log()
+        return np.stack(self.trajectory), layout
 
     def close(self) -> None:
-        self.world.close()
+        if not self.error:
+            self.world.close()
 
 
 class AgentShard:
@@ -99,12 +143,13 @@ class AgentShard:
         scenario: dict[str, Any],
         index: int,
         agents: list[int],
-        obs_dim: int,
+        obs_dim: int | dict[str, Any],
         n_classes: int,
-        probe: tuple[np.ndarray, np.ndarray],
+        probe: tuple[np.ndarray, np.ndarray] | None,
         key: bytes,
         host: str = "127.0.0.1",
         edges: list[tuple[int, int]] | None = None,
+        n_actions: int = 0,
     ):
         _quiet_threads()
         from agents.learner import OnlineLearner
@@ -115,16 +160,28 @@ class AgentShard:
         self.first = self.agents[0]
         self.key = key
         self.probe = probe
-        self.learner = OnlineLearner(
-            sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed
-        )
-        # The isolated baseline: same observations, same labels, same seed, never shares.
         sharing = sc.gossip.topology != "isolated"
-        self.shadow = (
-            OnlineLearner(sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed)
-            if sc.baseline.isolated and sharing
-            else None
-        )
+        self.rl = n_actions > 0
+        self.learner: Any
+        self.shadow: Any = None
+        if self.rl:
+            from agents.actor_critic import OnlineActorCritic
+
+            # Acting changes what an agent experiences, so an isolated shadow cannot live on
+            # the same stream: compare against a run with gossip.topology: isolated instead.
+            assert isinstance(obs_dim, int)
+            self.learner = OnlineActorCritic(
+                sc.model, sc.learning, sc.rl, len(agents), obs_dim, n_actions, seed=sc.seed
+            )
+        else:
+            self.learner = OnlineLearner(
+                sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed
+            )
+            # The isolated baseline: same observations, same labels, same seed, never shares.
+            if sc.baseline.isolated and sharing:
+                self.shadow = OnlineLearner(
+                    sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed
+                )
         self.exchange = _Exchange(self, host, edges) if sharing else None
 
     # -- set-up ------------------------------------------------------------------------------
@@ -147,8 +204,12 @@ class AgentShard:
     # -- the tick ----------------------------------------------------------------------------
 
     def act(self, step: Step) -> np.ndarray:
-        """Take this tick's labels and observations; return each local agent's classification."""
+        """Take this tick's labels (or rewards) and observations; return each local agent's
+        classification (or action)."""
         lo, hi = self.first, self.first + len(self.agents)
+        if self.rl:
+            part = [None if a is None else a[lo:hi] for a in (step.rewards, step.done, step.alive)]
+            return self.learner.act(step.obs[lo:hi], *part)  # type: ignore[no-any-return]
         labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
         labels[:, 0] -= lo
         obs = step.obs[lo:hi]
@@ -180,13 +241,9 @@ class AgentShard:
     def measure(self, tick: int) -> dict[str, Any]:
         from agents.learner import balanced_accuracy
 
-        windows, labels = self.probe
-        per_class = self.learner.evaluate(windows, labels)
         flat = self.learner.population.flat.detach().numpy().astype(np.float64)
         out: dict[str, Any] = {
             "agents": self.agents,
-            "probe_acc": balanced_accuracy(per_class).tolist(),
-            "per_class": np.nan_to_num(per_class, nan=-1.0).tolist(),
             # Sufficient statistics for the swarm's consensus distance (mean ||x_i - xbar||^2).
             "sum_x": flat.sum(axis=0),
             "sum_sq": float((flat**2).sum()),
@@ -194,6 +251,14 @@ class AgentShard:
             # selective activation, measured on the last training step (1.0 when dense)
             "density": float(np.mean(self.learner.population.select_stats["select/density"])),
         }
+        if self.rl:
+            out["rl"] = dict(self.learner.stats)
+            return out
+        assert self.probe is not None
+        windows, labels = self.probe
+        per_class = self.learner.evaluate(windows, labels)
+        out["probe_acc"] = balanced_accuracy(per_class).tolist()
+        out["per_class"] = np.nan_to_num(per_class, nan=-1.0).tolist()
         if self.shadow is not None:
             out["probe_acc_isolated"] = balanced_accuracy(
                 self.shadow.evaluate(windows, labels)

@@ -1,0 +1,80 @@
+"""A standard PettingZoo env (MPE2 simple_spread) under the Runner: Yan agents act from reward,
+learn online and gossip deltas over gRPC, exactly like the drone patrol's agents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from swarm.runner import RunError, Runner, new_run_dir
+from swarm.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+
+SPREAD = Path(__file__).parents[1] / "scenarios" / "spread.yaml"
+
+pytest.importorskip("mpe2")
+
+
+def _small(**world: object) -> Scenario:
+    data = load_scenario(SPREAD).model_dump(mode="json")
+    data["ticks"] = 60
+    data["agents"] = {"count": 6, "per_shard": 3}
+    data["world"].update({"copies": 2, "kwargs": {"N": 3, "max_cycles": 10}, **world})
+    data["rl"]["rollout"] = 10
+    data["metrics"]["interval"] = 20
+    data["ray"]["dashboard"] = False
+    return Scenario.model_validate(data)
+
+
+def test_spread_scenario_validates() -> None:
+    sc = load_scenario(SPREAD)
+    assert sc.world.kind == "pettingzoo"
+    assert sc.agents.count == 3 * sc.world.copies * 1  # 3 agents per copy of simple_spread
+
+
+def test_pettingzoo_world_runs_learns_and_gossips(ray_local, tmp_path: Path) -> None:
+    sc = _small()
+    result = Runner(sc, new_run_dir(tmp_path, sc)).run()
+    summary, rows = result.summary, result.rows
+    assert summary["task"] == "rl"
+    m = summary["metrics"]
+    # 60 ticks of 10-step episodes, 2 copies: 12 episodes, every one recorded
+    assert m["rl/episodes"] == 12
+    assert all(r["rl/team_return"] is not None and r["rl/team_return"] < 0 for r in rows)
+    assert m["gossip/deltas_accepted"] > 0 and m["gossip/deltas_rejected"] == 0
+    assert m["gossip/bytes_sent"] > 0
+    # the policies moved (PPO updates every 10 ticks) yet gossip keeps them close
+    assert rows[-1]["rl/entropy"] is not None
+    assert rows[-1]["learn/consensus_distance"] > 0
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"metrics.jsonl", "summary.json", "team_return.png", "bytes.png"} <= files
+    assert "trajectories.png" not in files  # no map for a generic env
+    assert json.loads((result.run_dir / "summary.json").read_text())["task"] == "rl"
+
+
+def test_agent_count_mismatch_is_a_clean_run_error(ray_local, tmp_path: Path) -> None:
+    data = _small().model_dump(mode="json")
+    data["agents"]["count"] = 5
+    sc = Scenario.model_validate(data)
+    with pytest.raises(RunError, match=r"agents.count is 5.*agents.count: 6"):
+        Runner(sc, new_run_dir(tmp_path, sc)).run()
+
+
+def test_bad_env_path_and_world_keys_name_the_line() -> None:
+    text = SPREAD.read_text()
+    lines = text.splitlines()
+    copies_line = next(i for i, t in enumerate(lines, 1) if t.strip().startswith("copies:"))
+    env_line = next(i for i, t in enumerate(lines, 1) if t.strip().startswith("env:"))
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(text.replace("copies: 4", "copiez: 4"), "spread.yaml")
+    assert f"spread.yaml:{copies_line}: world.copiez: unknown key (did you mean 'copies'?)" in str(
+        err.value
+    )
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(text.replace("mpe2.simple_spread_v3", "mpe2.no_such_env_v9"), "spread.yaml")
+    assert f"spread.yaml:{env_line}: world.env: module 'mpe2.no_such_env_v9' is not installed" in (
+        str(err.value)
+    )
+    with pytest.raises(ScenarioError, match="expected 'package.module:callable'"):
+        parse_scenario(text.replace(":parallel_env", ""), "spread.yaml")
