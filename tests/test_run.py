@@ -121,6 +121,29 @@ def test_runner_with_selective_activation_and_ewc(ray_local, tmp_path: Path) -> 
     assert m["gossip/deltas_accepted"] > 0
 
 
+def test_runner_with_the_camera_sensor_and_a_departure(ray_local, tmp_path: Path) -> None:
+    # The camera's flat observations reach the shards' models through the world's input
+    # description (image + telemetry tokens); a departed drone lands and stops patrolling.
+    sc = _variant(
+        world={
+            "cruise_points_per_zone": 1,
+            "area_m": 80,
+            "sensor": "camera",
+            "camera_px": 8,
+            "camera_patch": 4,
+            "departures": [{"agent": 3, "at_s": 5.0}],
+        },
+        learning={"batch": 8, "replay": 64, "window": 4, "history": 8},
+    )
+    result = _run(sc, tmp_path)
+    m = result.summary["metrics"]
+    assert m["gossip/deltas_accepted"] > 0
+    assert 0.0 <= m["learn/probe_acc"] <= 1.0
+    assert m["task/drones_patrolling"] == 3
+    layout = json.loads((result.run_dir / "layout.json").read_text())
+    assert layout["events"] and {"point", "kind", "appear_tick"} <= set(layout["events"][0])
+
+
 def test_cli_smoke(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

@@ -1,6 +1,6 @@
 """``DronePatrolWorld``: the drone patrol as the Ray World actor drives it, one tick at a time.
 
-Design (each piece is its own module, so the later issue can swap physics or sensor alone):
+Design (each piece is its own module, so physics, sensor or planner can change alone):
 
 Map (``layout``): a square of side ``area_m`` centred on the origin; zones are its quadrants
 (forest SW, city SE, river NW, industrial NE); a river meanders through the river quadrant;
@@ -15,14 +15,16 @@ with distinct hover slots around each point; each dwells ``DWELL_TICKS`` at a po
 others re-balance; it stays in every array, its true class is 'none', the task metrics ignore it
 and it receives no more labels.
 
-Physics (``physics``): PyBullet DIRECT, ground plane, one Crazyflie-class box per drone flown by a
-PD position controller through ``applyExternalForce`` with gravity compensation, control at
-48 Hz over ``physics_hz`` physics steps; new drone-drone and drone-ground contacts are counted as
-collisions.
+Physics (``physics``): PyBullet DIRECT, ground plane, one Crazyflie 2.x rigid body per drone
+driven by four rotor speeds (thrust, yaw torque, rotor drag) that a cascaded controller
+(position, velocity, attitude, mixer) computes for all drones at once at 48 Hz, held over
+``physics_hz`` physics steps; new drone-drone and drone-ground contacts are counted as
+collisions (a landing is not).
 
 Events (``events``): kinds from ``cfg.events`` appear at free cruise points of their zones
-(Poisson, ``rate_per_min``, only from ``appears_after_s``), live an exponential
-``duration_s`` and clear; one per point; each shown by a collision-free marker body.
+(Poisson, ``rate_per_min``, only from ``appears_after_s``, and in ``later_zones`` only from
+their time), live an exponential ``duration_s`` and clear; one per point; each shown by a
+collision-free marker body.
 
 Sensor (``sensor``): observation = event signature (class prototype blended with the 'none'
 prototype by visibility, plus Gaussian noise) + 4 telemetry dims. The true class is the event at
