@@ -284,8 +284,7 @@ def test_online_learner_learns_the_camera_probe_end_to_end(make_world):
 
 
 def test_pettingzoo_env_follows_the_camera_obs_dim():
-    from pettingzoo.test import parallel_api_test
-
+    # (the PettingZoo API and seed tests of the camera env are rows of tests/test_pettingzoo.py)
     from envs.drone_patrol.pz import DronePatrolParallelEnv
 
     # Prepare
@@ -297,5 +296,4 @@ def test_pettingzoo_env_follows_the_camera_obs_dim():
     space = env.observation_space("drone_0")
     assert space.shape == (observation_dim(cfg),) == (N_PIX + TELEMETRY_DIM,)
     assert all(space.contains(o) for o in obs.values())
-    parallel_api_test(env, num_cycles=10)
     env.close()

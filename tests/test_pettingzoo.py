@@ -1,6 +1,11 @@
-"""Every environment we ship passes PettingZoo's parallel API and seed tests (one row each)."""
+"""Every environment we ship passes PettingZoo's parallel API and seed tests (one row each):
+our drone patrol (feature and camera sensor) and the standard env of scenarios/spread.yaml, built
+exactly as that scenario builds it."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -8,12 +13,29 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 from envs.drone_patrol.config import DronePatrolConfig
 from envs.drone_patrol.pz import DronePatrolParallelEnv
+from swarm.scenario import load_scenario
+
+SPREAD = Path(__file__).parents[1] / "scenarios" / "spread.yaml"
+
+
+def _scenario_env() -> Any:
+    from envs.pz_world import load_env_factory
+
+    world = load_scenario(SPREAD).world
+    assert world.kind == "pettingzoo"
+    return load_env_factory(world.env)(**world.kwargs, render_mode="rgb_array")
+
 
 ENVS = {
     "drone_patrol_v0": lambda: DronePatrolParallelEnv(
         DronePatrolConfig(cruise_points_per_zone=1, area_m=80), n_agents=3, max_cycles=30,
         render_mode="rgb_array",
     ),
+    "drone_patrol_v0-camera": lambda: DronePatrolParallelEnv(
+        DronePatrolConfig(cruise_points_per_zone=1, area_m=80, sensor="camera", camera_px=8),
+        n_agents=2, max_cycles=20, render_mode="rgb_array",
+    ),
+    "spread.yaml (mpe2 simple_spread_v3)": _scenario_env,
 }  # fmt: skip
 
 
