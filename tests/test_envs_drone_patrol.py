@@ -221,6 +221,33 @@ def test_labels_arrive_after_the_delay_for_a_fraction_with_the_true_class(make_w
     assert 0.05 < n_bg_lab / int((observed == 0).sum()) < 0.16
 
 
+def test_report_labels_confirm_a_fraction_of_reports_and_spot_check_the_rest(make_world):
+    # Prepare: labels: reports. Drones 0-3 report an event every tick (a fixed wrong or right
+    # class), drones 4-7 never report; the operator answers with the TRUE class either way.
+    delay, ticks = 2, 200
+    world = make_world(
+        8, seed=5, labels="reports", label_delay_ticks=delay, label_fraction=0.6,
+        background_label_fraction=0.1,
+    )  # fmt: skip
+    world.reset()
+    pred = np.array([1, 2, 3, 4, 0, 0, 0, 0])
+    truth = {0: world.true_classes()}
+    arrivals = []
+    # Execute
+    for _ in range(ticks):
+        res = world.step(pred)
+        truth[res.tick] = world.true_classes()
+        arrivals += res.labels.tolist()
+    # Assert
+    arr = np.array(arrivals)  # (M, 3) agent, tick, class
+    assert all(truth[t][i] == c for i, t, c in arrivals)  # confirmed or corrected: the truth
+    reporters = np.isin(arr[:, 0], [0, 1, 2, 3])
+    per_tick = ticks - delay + 1  # observation ticks whose labels have arrived
+    assert 0.5 < reporters.sum() / (4 * per_tick) < 0.7  # label_fraction of the reports
+    assert 0.05 < (~reporters).sum() / (4 * per_tick) < 0.15  # spot checks of silent drones
+    assert (arr[~reporters, 2] > 0).any()  # a silent drone in view of an event can learn of it
+
+
 # ---- events -----------------------------------------------------------------------------
 
 

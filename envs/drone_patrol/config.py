@@ -106,6 +106,12 @@ class DronePatrolConfig(Section):
     """Fraction of event observations an operator confirms (labels are scarce)."""
     background_label_fraction: float = Field(0.05, ge=0, le=1)
     """Fraction of background ('none') observations that get a label."""
+    labels: Literal["observations", "reports"] = "observations"
+    """Where labels come from. 'observations': the operator labels a random fraction of what
+    drones see (label_fraction of event observations, background_label_fraction of the rest),
+    whatever they answered. 'reports': the operator confirms or corrects label_fraction of the
+    drones' reports (an answer other than 'none') and spot-checks background_label_fraction of
+    the silent observations, so a drone that never reports an event rarely learns of it."""
     label_delay_ticks: int = Field(4, ge=0)
     """Labels arrive this many ticks after the observation (operators are slow)."""
     events: dict[EventName, EventKindConfig] = Field(default_factory=_default_events)

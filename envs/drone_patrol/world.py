@@ -32,10 +32,14 @@ the nearest cruise point within ``sensing_radius_m``, else 'none'. With ``sensor
 (``camera``) the signature is replaced by the pixels of a small downward image rendered in the
 physics client; ``input_config()`` tells the agents how to read either.
 
-Labels: an operator confirms an observation with probability ``label_fraction`` (event in view)
-or ``background_label_fraction`` ('none'); the confirmation ``(agent_index, tick_of_observation,
-true_class)`` is returned by the step that produces tick ``tick_of_observation +
-label_delay_ticks`` (tick-0 labels with no delay come with tick 1: ``reset`` returns no labels).
+Labels (``labels: observations``): an operator confirms an observation with probability
+``label_fraction`` (event in view) or ``background_label_fraction`` ('none'). With ``labels:
+reports`` the operator confirms (or corrects) a drone's *report* (a prediction other than 'none')
+with probability ``label_fraction`` and spot-checks a silent observation with probability
+``background_label_fraction``, drawn when the prediction arrives. Either way the confirmation
+``(agent_index, tick_of_observation, true_class)`` is returned by the step that produces tick
+``tick_of_observation + label_delay_ticks`` (tick-0 labels with no delay come with tick 1:
+``reset`` returns no labels).
 
 One tick, ``step(predictions)``: score the predictions against the observations of the current
 tick; a drone that predicts the altitude-limit sign while a point is in view starts its climb;
@@ -133,6 +137,11 @@ class DronePatrolWorld:
         if pred.min() < 0 or pred.max() >= self.n_classes:
             raise ValueError(f"predictions must be class ids in [0, {self.n_classes})")
         self.metrics.scored(self.tick, pred, self._true, self._event_id)
+        if self.cfg.labels == "reports":
+            reported = (pred > 0) & self.patrol.active
+            self._draw_labels(
+                np.where(reported, self.cfg.label_fraction, self.cfg.background_label_fraction)
+            )
         self.patrol.act(pred, self._point_in_view, self.physics.pos)
 
         traj = self.physics.advance(self.patrol.targets(self.physics.pos))  # (K, N, 3)
@@ -210,14 +219,23 @@ class DronePatrolWorld:
             )
         self.metrics.observed(self.tick, self._event_id)
 
-        frac = np.where(self._true > 0, self.cfg.label_fraction, self.cfg.background_label_fraction)
+        if self.cfg.labels == "observations":
+            self._draw_labels(
+                np.where(
+                    self._true > 0, self.cfg.label_fraction, self.cfg.background_label_fraction
+                )
+            )
+        return obs
+
+    def _draw_labels(self, frac: np.ndarray) -> None:
+        """Each drone's current observation gets its true class as a label with probability
+        ``frac`` (N,); the label is delivered ``label_delay_ticks`` later."""
         chosen = np.flatnonzero(self._label_rng.random(self.n_agents) < frac)
         if chosen.size:
             rows = np.stack(
                 [chosen, np.full(chosen.size, self.tick), self._true[chosen]], axis=1
             ).astype(np.int64)  # (M, 3)
             self._pending[max(self.tick + self.cfg.label_delay_ticks, 1)].append(rows)
-        return obs
 
     # ---- probes and read-outs -----------------------------------------------------------
 
