@@ -30,3 +30,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_world():
+    """Build drone patrol worlds, make_world(n_agents=4, seed=0, **config); all closed after the
+    test."""
+    pytest.importorskip("pybullet")
+    from envs.drone_patrol.config import DronePatrolConfig
+    from envs.drone_patrol.world import DronePatrolWorld
+
+    worlds: list[DronePatrolWorld] = []
+
+    def _make(n_agents: int = 4, seed: int = 0, **cfg) -> DronePatrolWorld:
+        w = DronePatrolWorld(DronePatrolConfig(**cfg), n_agents=n_agents, seed=seed)
+        worlds.append(w)
+        return w
+
+    yield _make
+    for w in worlds:
+        w.close()

@@ -25,17 +25,9 @@ ALT = 6.0  # the default cruise altitude, m
 
 
 @pytest.fixture
-def make_world():
-    worlds: list[DronePatrolWorld] = []
-
-    def _make(n_agents: int = 4, seed: int = 0, **cfg) -> DronePatrolWorld:
-        w = DronePatrolWorld(DronePatrolConfig(sensor="camera", **cfg), n_agents, seed)
-        worlds.append(w)
-        return w
-
-    yield _make
-    for w in worlds:
-        w.close()
+def make_world(make_world):
+    """The shared world factory (conftest.py) with the camera sensor."""
+    return lambda n_agents=4, seed=0, **cfg: make_world(n_agents, seed, sensor="camera", **cfg)
 
 
 def _none(world: DronePatrolWorld) -> np.ndarray:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig, EventKindConfig
+from envs.drone_patrol.config import EVENT_CLASSES, ZONES, EventKindConfig
 
 pytest.importorskip("pybullet")
 
@@ -21,20 +21,6 @@ from envs.drone_patrol.world import DronePatrolWorld, StepResult  # noqa: E402
 
 NONE = 0
 SIGN = EVENT_CLASSES.index("altitude_limit_sign")
-
-
-@pytest.fixture
-def make_world():
-    worlds: list[DronePatrolWorld] = []
-
-    def _make(n_agents: int = 4, seed: int = 0, **cfg) -> DronePatrolWorld:
-        w = DronePatrolWorld(DronePatrolConfig(**cfg), n_agents=n_agents, seed=seed)
-        worlds.append(w)
-        return w
-
-    yield _make
-    for w in worlds:
-        w.close()
 
 
 def _run(world: DronePatrolWorld, ticks: int, policy) -> list[StepResult]:

@@ -29,23 +29,6 @@ def _map(seed: int = 0, **cfg):
     return c, build_map(c, np.random.default_rng(seed))
 
 
-@pytest.fixture
-def make_world():
-    pytest.importorskip("pybullet")
-    from envs.drone_patrol.world import DronePatrolWorld
-
-    worlds: list[DronePatrolWorld] = []
-
-    def _make(n_agents: int = 4, seed: int = 0, **cfg) -> DronePatrolWorld:
-        w = DronePatrolWorld(DronePatrolConfig(**cfg), n_agents=n_agents, seed=seed)
-        worlds.append(w)
-        return w
-
-    yield _make
-    for w in worlds:
-        w.close()
-
-
 def _cycle_s(world, route: list[int]) -> float:
     """One lap of a route at cruise speed, dwells included (the planner's own estimate)."""
     cfg = world.cfg
