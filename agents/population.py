@@ -166,6 +166,10 @@ class Population:
         # router exploration noise: owned here so a run stays a pure function of the seed
         self.generator = torch.Generator().manual_seed(seed)
         self._route_records: list[RouteRecord] = []  # the last train_step's, detached
+        self.pooled = False
+        """True: one model for all K rows, trained on everyone's data (the centralized upper
+        bound): each step averages the active agents' gradients and applies the mean to every
+        row, so the rows, starting equal, stay equal (`pool_gradients`)."""
 
     # -- acting (recurrent form) ---------------------------------------------------------------
 
@@ -274,6 +278,8 @@ class Population:
         (grad,) = torch.autograd.grad(loss.sum(), self.flat)  # (K, P)
         if grad_mask is not None:
             grad = grad * grad_mask.to(grad.dtype)
+        if self.pooled:
+            grad, active = pool_gradients(grad, active)
         self.optimizer.step(self.flat.data, grad, active=active)
         return loss.detach()
 
@@ -324,6 +330,15 @@ def _model_input(obs: Obs) -> Tensor:
     # forward_parallel / forward_last / forward_chunkwise annotate x as a Tensor, but read any
     # Obs (they embed it with model._embed); the cast only quiets the annotation.
     return cast(Tensor, obs)
+
+
+def pool_gradients(grad: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-agent gradients (K, P) -> their mean over the active agents, for every row, and all
+    rows active if any was: K copies of one model take the same step on the pooled batch (each
+    agent's own loss is a mean over its examples, so agents weigh equally)."""
+    n = active.sum().clamp(min=1).to(grad.dtype)
+    mean = (grad * active[:, None].to(grad.dtype)).sum(0, keepdim=True) / n  # (1, P)
+    return mean.expand_as(grad).contiguous(), active.any().expand_as(active).clone()
 
 
 def _numpy(stats: dict[str, Tensor]) -> dict[str, np.ndarray]:

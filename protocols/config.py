@@ -87,9 +87,10 @@ class TlsConfig(Section):
 class GossipConfig(Section):
     """Who shares knowledge with whom, how often and how."""
 
-    topology: Literal["decentralized", "coordinator", "isolated"] = "decentralized"
+    topology: Literal["decentralized", "coordinator", "isolated", "centralized"] = "decentralized"
     """decentralized = peer-to-peer over `graph`; coordinator = via a coordinator service;
-    isolated = no sharing at all."""
+    isolated = no sharing at all; centralized = the upper bound: one model trained on every
+    agent's data (all agents in one shard, their gradients averaged every step; no network)."""
     graph: GraphConfig = GraphConfig()
     """Peer graph of decentralized gossip."""
     mode: Literal["sync", "async"] = "sync"

@@ -155,6 +155,83 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 @app.command()
+def compare(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per mode (scenario seed, +1, ...)."),
+    modes: str = typer.Option(
+        "isolated,decentralized,coordinator,centralized", "--modes", help="Comma-separated."
+    ),
+    address: str = typer.Option(
+        None, "--address", envvar="RAY_ADDRESS", help="Join this Ray cluster (default: embedded)."
+    ),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Where the comparison goes."),
+    ticks: int = typer.Option(None, "--ticks", help="Override the scenario's tick count."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run one scenario as isolated learners, decentralized gossip, coordinator and a
+    centralized learner (same seeds); write one table and one set of plots."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from swarm.compare import MODES
+    from swarm.compare import compare as run_compare
+    from swarm.runner import new_run_dir
+
+    sc = _load(scenario, ticks=ticks)
+    chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
+    if seeds < 1:
+        raise typer.BadParameter("--seeds must be >= 1")
+    out_dir = new_run_dir(runs, sc.model_copy(update={"name": f"compare-{sc.name}"}))
+    n_runs = len(chosen) * seeds
+    console.print(
+        f"[bold]compare {sc.name}[/bold]: {', '.join(chosen)} x {seeds} seed(s) = {n_runs} runs "
+        f"of {sc.ticks} ticks -> {out_dir}"
+    )
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ticks"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    )
+    task = bar.add_task("starting", total=n_runs * sc.ticks)
+    done = {"runs": 0}
+
+    def on_run(mode: str, seed: int, i: int, n: int) -> None:
+        done["runs"] = i
+        bar.update(task, description=f"{mode} seed {seed} ({i + 1}/{n})")
+
+    def on_tick(tick: int) -> None:
+        bar.update(task, completed=done["runs"] * sc.ticks + tick + 1)
+
+    with bar:
+        result = run_compare(
+            sc,
+            out_dir,
+            modes=chosen,
+            seeds=[sc.seed + i for i in range(seeds)],
+            address=address,
+            on_run=on_run,
+            on_tick=on_tick,
+        )
+    out.print(result.table, markup=False, soft_wrap=True)
+    out.print(f"results: {out_dir}")
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<run-id>).")) -> None:
     """Redraw the plots of a finished run from its metrics.jsonl."""
     from swarm.report import write_plots

@@ -237,7 +237,7 @@ class Runner:
         import ray
 
         sc = self.sc
-        sharing = sc.gossip.topology != "isolated"
+        sharing = sc.gossip.topology not in ("isolated", "centralized")
         step = world.reset.remote()
         in_flight: list[Any] = []
         pending: list[tuple[int, list[Any]]] = []

@@ -119,6 +119,11 @@ class Scenario(Section):
                 f"degree * count even (got degree {self.gossip.graph.degree}, "
                 f"count {self.agents.count})"
             )
+        if self.gossip.topology == "centralized" and self.agents.per_shard < self.agents.count:
+            raise ValueError(
+                "gossip.topology: centralized trains one model on every agent's data in one "
+                f"shard: set agents.per_shard >= agents.count ({self.agents.count})"
+            )
         if self.gossip.graph.kind == "proximity" and self.world.kind != "drone_patrol":
             raise ValueError(
                 "gossip.graph: a proximity graph needs positions; only the drone_patrol world "

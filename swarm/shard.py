@@ -160,7 +160,7 @@ class AgentShard:
         self.first = self.agents[0]
         self.key = key
         self.probe = probe
-        sharing = sc.gossip.topology != "isolated"
+        sharing = sc.gossip.topology not in ("isolated", "centralized")
         self.rl = n_actions > 0
         self.learner: Any
         self.shadow: Any = None
@@ -177,6 +177,8 @@ class AgentShard:
             self.learner = OnlineLearner(
                 sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed
             )
+            # the upper bound: one model for everyone, trained on all agents' data
+            self.learner.population.pooled = sc.gossip.topology == "centralized"
             # The isolated baseline: same observations, same labels, same seed, never shares.
             if sc.baseline.isolated and sharing:
                 self.shadow = OnlineLearner(

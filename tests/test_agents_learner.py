@@ -298,3 +298,29 @@ def test_learn_config_rejects_unknown_modes():
         LearnConfig(trainable="encoder")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ewc_lambda"):
         LearnConfig(ewc_lambda=-1.0)
+
+
+def test_pooled_population_is_one_model_trained_on_everyones_data():
+    # The centralized upper bound: K pooled rows take the step a single model takes on the
+    # union of their batches (equal batch sizes), and stay equal; agent 2 has no data this step.
+    from agents.population import Population
+
+    cfg, learn, K, B, T = ModelConfig(), LearnConfig(lr=1e-2), 3, 4, 5
+    pooled = Population(cfg, learn, K, OBS, 3, seed=0)
+    pooled.pooled = True
+    single = Population(cfg, learn, 1, OBS, 3, seed=0)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(K, B, T, OBS, generator=g)
+        y = torch.randint(0, 3, (K, B), generator=g)
+        mask = torch.ones(K, B, dtype=torch.bool)
+        mask[2] = False
+        pooled.train_step(x, y, mask)
+        # one model, the active agents' batches side by side, each agent's mean weighing equally
+        single.train_step(
+            x[:2].reshape(1, 2 * B, T, OBS), y[:2].reshape(1, -1), mask[:2].reshape(1, -1)
+        )
+    rows = pooled.flat.detach()
+    assert torch.equal(rows[0], rows[1]) and torch.equal(rows[0], rows[2])
+    assert torch.allclose(rows[0], single.flat.detach()[0], atol=1e-5)
+    assert not torch.allclose(rows[0], Population(cfg, learn, 1, OBS, 3, seed=0).flat[0])

@@ -1,0 +1,222 @@
+"""`swarm compare`: one scenario, the same seeds, every way of sharing, side by side.
+
+Modes (each a full run through the Runner, on one Ray instance):
+
+- ``isolated``: every agent learns alone (no exchange);
+- ``decentralized``: peer-to-peer gossip over the scenario's graph (its `gossip:` settings);
+- ``coordinator``: deltas through a coordinator (the scenario's `coordinator:` settings);
+- ``centralized``: the upper bound, one model trained on every agent's data (all agents in one
+  shard, their gradients averaged every step; no network).
+
+Each run keeps the scenario's every other setting; the isolated shadow baseline inside a run is
+switched off (the isolated mode is the baseline). The headline figure is the final probe
+accuracy for a classification world, the team return of the last quarter for a world with
+rewards. Results: ``compare.json`` (every run's final figures), ``compare.md`` (the table:
+mean and spread per mode over the seeds, and the goals), ``compare_curves.png`` (the headline
+figure over time, mean and min-max band per mode) and ``compare_bytes.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swarm.scenario import Scenario
+
+MODES = ("isolated", "decentralized", "coordinator", "centralized")
+#: The issue's goals for decentralized gossip, checked in the table.
+GOAL_OF_CENTRALIZED = 0.95
+GOAL_FEWER_BYTES = 20.0
+
+
+def mode_scenario(sc: Scenario, mode: str, seed: int) -> Scenario:
+    """The scenario as one mode of the comparison runs it."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    data = sc.model_dump(mode="json")
+    data["seed"] = seed
+    data["name"] = f"{sc.name}-{mode}-s{seed}"
+    data["gossip"]["topology"] = mode
+    data["baseline"]["isolated"] = False
+    if mode == "centralized":
+        data["agents"]["per_shard"] = sc.agents.count
+    return Scenario.model_validate(data)
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    table: str = ""
+
+
+def headline(summary: dict[str, Any]) -> tuple[str, str]:
+    """(metrics key, label) of the figure a run is judged by."""
+    if summary.get("task") == "rl":
+        return "rl/team_return_last", "team return (last quarter)"
+    return "learn/probe_acc", "probe accuracy"
+
+
+def compare(
+    sc: Scenario,
+    out_dir: Path,
+    *,
+    modes: tuple[str, ...] = MODES,
+    seeds: list[int] | None = None,
+    address: str | None = None,
+    on_run: Callable[[str, int, int, int], None] = lambda mode, seed, i, n: None,
+    on_tick: Callable[[int], None] = lambda tick: None,
+) -> CompareResult:
+    """Run every mode for every seed; write the table and plots into out_dir."""
+    import ray
+
+    from swarm.runner import Runner, start_ray
+
+    seeds = seeds or [sc.seed]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = CompareResult(out_dir)
+    started, _ = start_ray(sc, address)
+    try:
+        n = len(modes) * len(seeds)
+        for i, (seed, mode) in enumerate((s, m) for s in seeds for m in modes):
+            on_run(mode, seed, i, n)
+            msc = mode_scenario(sc, mode, seed)
+            run_dir = out_dir / "runs" / f"{mode}-seed{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            run = Runner(msc, run_dir, address=address, on_tick=on_tick).run()
+            result.runs.append(
+                {
+                    "mode": mode,
+                    "seed": seed,
+                    "run_dir": str(run_dir),
+                    "task": run.summary.get("task"),
+                    "metrics": run.summary["metrics"],
+                    "wall_s": run.summary["run"]["wall_s"],
+                    "curve": _curve(run.rows, run.summary),
+                }
+            )
+    finally:
+        if started:
+            ray.shutdown()
+    result.table = write_results(result, sc)
+    return result
+
+
+def _curve(rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[tuple[float, float]]:
+    key = "rl/team_return" if summary.get("task") == "rl" else "learn/probe_acc"
+    return [(r["sim_time_s"], r[key]) for r in rows if r.get(key) is not None]
+
+
+def _stats(values: list[float]) -> str:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if not v.size:
+        return "n/a"
+    if v.size == 1:
+        return f"{v[0]:.3f}"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+
+
+def write_results(result: CompareResult, sc: Scenario) -> str:
+    """compare.json, compare.md and the plots; returns the markdown table."""
+    out = result.out_dir
+    (out / "compare.json").write_text(json.dumps(result.runs, indent=2, sort_keys=True))
+    key, label = headline({"task": result.runs[0]["task"]})
+    by_mode: dict[str, list[dict[str, Any]]] = {}
+    for r in result.runs:
+        by_mode.setdefault(r["mode"], []).append(r)
+    seeds = sorted({r["seed"] for r in result.runs})
+    lines = [
+        f"# swarm compare: {sc.name}, {sc.agents.count} agents, {sc.ticks} ticks, "
+        f"seeds {', '.join(map(str, seeds))}",
+        "",
+        f"| mode | {label} | bytes sent (MiB) | x fewer than dense fp32 | task score | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    mean_of: dict[str, float] = {}
+    for mode, runs in by_mode.items():
+        m = [r["metrics"] for r in runs]
+        vals = [x[key] for x in m]
+        finite = [v for v in vals if v is not None]
+        mean_of[mode] = float(np.mean(finite)) if finite else float("nan")
+        sent = [x["gossip/bytes_sent"] / 2**20 for x in m]
+        ratio = [x.get("gossip/compression_ratio") for x in m]
+        score = [x.get("task/score") for x in m]
+        lines.append(
+            f"| {mode} | {_stats(vals)} | {_stats(sent)} | {_stats(ratio)} | {_stats(score)} "
+            f"| {_stats([r['wall_s'] for r in runs])} |"
+        )
+    lines += ["", "Spread: ± one standard deviation over the seeds.", ""]
+    if {"decentralized", "centralized", "isolated"} <= set(mean_of):
+        dec, cen, iso = mean_of["decentralized"], mean_of["centralized"], mean_of["isolated"]
+        ratios = [x["metrics"].get("gossip/compression_ratio") for x in by_mode["decentralized"]]
+        fewer = float(np.mean([r for r in ratios if r])) if any(ratios) else float("nan")
+        if key == "learn/probe_acc":
+            of = dec / cen if cen else float("nan")
+            goal = of >= GOAL_OF_CENTRALIZED
+            lines.append(
+                f"- decentralized reaches {100 * of:.1f}% of the centralized learner's final "
+                f"{label} (goal >= {100 * GOAL_OF_CENTRALIZED:.0f}%): "
+                f"**{'met' if goal else 'missed'}**"
+            )
+        lines.append(
+            f"- decentralized vs isolated: {dec - iso:+.3f} ({label}); "
+            f"**{'above' if dec > iso else 'not above'}**"
+        )
+        lines.append(
+            f"- decentralized sends {fewer:.1f}x fewer bytes than dense sharing (goal >= "
+            f"{GOAL_FEWER_BYTES:.0f}x): **{'met' if fewer >= GOAL_FEWER_BYTES else 'missed'}**"
+        )
+    table = "\n".join(lines) + "\n"
+    (out / "compare.md").write_text(table)
+    _plot(by_mode, label, out)
+    return table
+
+
+def _plot(by_mode: dict[str, list[dict[str, Any]]], label: str, out: Path) -> None:
+    from swarm.report import _pyplot
+
+    plt = _pyplot()
+    colors = {"isolated": "tab:red", "decentralized": "tab:blue", "coordinator": "tab:green",
+              "centralized": "black"}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for mode, runs in by_mode.items():
+        curves = [np.asarray(r["curve"], dtype=float) for r in runs if r["curve"]]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        t = curves[0][:n, 0]
+        v = np.stack([c[:n, 1] for c in curves])  # (seeds, n)
+        ax.plot(t, v.mean(0), color=colors.get(mode), linewidth=2, label=f"{mode} (mean)")
+        if len(curves) > 1:
+            ax.fill_between(t, v.min(0), v.max(0), color=colors.get(mode), alpha=0.15)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"{label} by way of sharing (band: min-max over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "compare_curves.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    names = list(by_mode)
+    sent = [np.mean([r["metrics"]["gossip/bytes_sent"] for r in by_mode[m]]) / 2**20 for m in names]
+    dense = [
+        np.mean([r["metrics"]["gossip/dense_bytes"] for r in by_mode[m]]) / 2**20 for m in names
+    ]
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, sent, width=0.4, label="sent (as configured)")
+    ax.bar(x + 0.2, dense, width=0.4, label="dense fp32 equivalent", alpha=0.6)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("MiB sent by the whole swarm")
+    ax.set_title("Knowledge exchange traffic per mode (mean over seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out / "compare_bytes.png")
+    plt.close(fig)
