@@ -22,9 +22,15 @@ from typing import Any
 import numpy as np
 
 from swarm.scenario import Scenario, dump_scenario
+from swarm.telemetry import Telemetry, metrics_endpoint, row_figures
 
 #: Ticks the driver lets run ahead of the last finished world step.
 MAX_TICKS_IN_FLIGHT = 4
+#: An agent "recognises" an event kind when its probe accuracy on that kind reaches this.
+RECOGNISED = 0.5
+#: Knowledge spread of a kind: from its first label anywhere until this share of agents
+#: recognise it.
+SPREAD_SHARE = 0.9
 
 
 @dataclass
@@ -113,6 +119,8 @@ class Runner:
         self.rho: float | None = None
         self.mixing: dict[str, Any] = {}
         self.info: dict[str, Any] = {}
+        self.first_labels: dict[int, int] = {}
+        self.graph: dict[str, Any] = {}
 
     def run(self) -> RunResult:
         import ray
@@ -124,12 +132,20 @@ class Runner:
         t0 = time.perf_counter()
         started, url = start_ray(sc, self.address)
         self.on_start(url)
+        # Live figures as Ray metrics (swarm/telemetry.py), labelled with the run id.
+        self.telemetry = Telemetry(self.run_dir.name)
         spec = sc.model_dump(mode="json")
         key = secrets.token_bytes(32)  # HMAC key of this run's deltas; never leaves Ray
         shards: list[Any] = []
         world: Any = None
         coordinator: Any = None
         try:
+            endpoint = metrics_endpoint()  # where Prometheus can scrape them
+            self.on_info(
+                f"metrics: {endpoint} (Prometheus)"
+                if endpoint
+                else "metrics: not exported (no Ray metrics agent: pip install 'ray[default]')"
+            )
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             per_shard_cpu = min(1.0, cpus / sc.n_shards)
             world = ray.remote(num_cpus=0)(WorldHost).remote(spec)
@@ -161,6 +177,7 @@ class Runner:
                     key,
                     edges=edges,
                     n_actions=info["n_actions"],
+                    run=self.run_dir.name,
                 )
                 for s in range(sc.n_shards)
             ]
@@ -176,8 +193,10 @@ class Runner:
             t_setup = time.perf_counter() - t0
             rows = self._loop(world, shards, info)
             trajectory, layout_map = ray.get(world.trajectories.remote())
+            self.first_labels = ray.get(world.first_labels.remote())
             wall = time.perf_counter() - t0
         finally:
+            self.telemetry.close()
             if shards:
                 ray.get([s.close.remote() for s in shards])
             if coordinator is not None:
@@ -229,7 +248,16 @@ class Runner:
             f"edges, degree {mixing['degree_min']}-{mixing['degree_max']}, "
             f"rho = {self.rho:.4f} (~{mixing['rounds_to_1e-3']} rounds to agree to 1e-3)"
         )
-        return sorted((int(i), int(j)) for i, j in graph.edges())
+        edges = sorted((int(i), int(j)) for i, j in graph.edges())
+        per = sc.agents.per_shard
+        self.graph = {
+            "kind": sc.gossip.graph.kind,
+            "nodes": sc.agents.count,
+            "edges": edges,
+            "rho": self.rho,
+            "shard_of": [i // per for i in range(sc.agents.count)],
+        }
+        return edges
 
     # -- the tick loop ---------------------------------------------------------------------------
 
@@ -244,6 +272,7 @@ class Runner:
         rows: list[dict[str, Any]] = []
         exchanges: list[Any] = []
         round_ = 0
+        t_ticks = time.perf_counter()  # for the live real-time factor
         for tick in range(sc.ticks):
             predictions = [s.act.remote(step) for s in shards]
             step = world.step.remote(*predictions)
@@ -265,6 +294,9 @@ class Runner:
                 at, refs = pending.pop(0)
                 world_m, *shard_m = ray.get(refs)
                 rows.append(self._row(at, world_m, shard_m, info))
+                # The swarm's live figures (Ray metrics); the shards set their own in measure().
+                rtf = rows[-1]["sim_time_s"] / max(time.perf_counter() - t_ticks, 1e-9)
+                row_figures(self.telemetry, rows[-1], rho=self.rho, real_time_factor=rtf)
                 ray.get(exchanges)  # all done by now; raises if a round failed
                 exchanges.clear()
         ray.get(in_flight + exchanges)
@@ -319,6 +351,8 @@ class Runner:
         )
         for c, name in enumerate(info["classes"]):
             row[f"learn/class_acc/{name}"] = float(class_acc[c])
+            if c > 0:  # knowledge spread: the share of agents that recognise the event kind
+                row[f"learn/recognised/{name}"] = float(np.mean(per_class[:, c] >= RECOGNISED))
         row["agents"]["learn/probe_acc"] = [round(float(a), 6) for a in acc]
         row["agents"]["learn/probe_acc_isolated"] = [round(float(a), 6) for a in iso]
         return row
@@ -351,6 +385,7 @@ class Runner:
             final["learn/sharing_gain"] = (
                 final["learn/probe_acc"] - final["learn/probe_acc_isolated"]
             )
+            final.update(self._spread(rows, info))
         return {
             "scenario": sc.name,
             "seed": sc.seed,
@@ -372,6 +407,24 @@ class Runner:
             },
         }
 
+    def _spread(self, rows: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
+        """Per event kind: when its first label arrived anywhere (s), and how long after that
+        SPREAD_SHARE of the agents recognised it (s; None if they never did)."""
+        out: dict[str, Any] = {}
+        tick_s = self.sc.world.tick_s
+        for c, name in enumerate(info["classes"]):
+            if c == 0 or c not in self.first_labels:
+                continue
+            first = self.first_labels[c] * tick_s
+            out[f"learn/first_label_s/{name}"] = first
+            reached = [
+                r["sim_time_s"]
+                for r in rows
+                if r["sim_time_s"] >= first and r[f"learn/recognised/{name}"] >= SPREAD_SHARE
+            ]
+            out[f"learn/spread_s/{name}"] = reached[0] - first if reached else None
+        return out
+
     def _write(
         self,
         rows: list[dict[str, Any]],
@@ -384,6 +437,8 @@ class Runner:
             for row in rows:
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        if self.graph:
+            (self.run_dir / "graph.json").write_text(json.dumps(self.graph))
         if layout_map:  # worlds with a map (the drone patrol): where everyone flew
             np.save(self.run_dir / "trajectory.npy", trajectory.astype(np.float32))
             (self.run_dir / "layout.json").write_text(json.dumps(layout_map, indent=2))

@@ -63,6 +63,7 @@ class WorldHost:
 
         sc = Scenario.model_validate(scenario)
         self.trajectory: list[np.ndarray] = []
+        self.first_label: dict[int, int] = {}  # class -> tick its first label arrived
         self.error = ""
         try:
             self.world: Any = make_world(sc.world, sc.agents.count, sc.seed)
@@ -114,7 +115,13 @@ class WorldHost:
             return Step(
                 result.tick, result.obs, _NO_LABELS, result.rewards, result.done, result.alive
             )
+        for cls in np.unique(result.labels[:, 2]).tolist():
+            self.first_label.setdefault(int(cls), result.tick)
         return Step(result.tick, result.obs, result.labels)
+
+    def first_labels(self) -> dict[int, int]:
+        """Tick at which each class's first label arrived anywhere in the swarm."""
+        return dict(self.first_label)
 
     def measure(self) -> dict[str, float | None]:
         return {k: None if v is None else float(v) for k, v in self.world.task_metrics().items()}
@@ -150,9 +157,11 @@ class AgentShard:
         host: str = "127.0.0.1",
         edges: list[tuple[int, int]] | None = None,
         n_actions: int = 0,
+        run: str = "",
     ):
         _quiet_threads()
         from agents.learner import OnlineLearner
+        from swarm.telemetry import Telemetry
 
         self.sc = sc = Scenario.model_validate(scenario)
         self.index, self.node = index, f"shard-{index}"
@@ -185,6 +194,10 @@ class AgentShard:
                     sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed
                 )
         self.exchange = _Exchange(self, host, edges) if sharing else None
+        # Live figures as Ray metrics (swarm/telemetry.py), labelled with the run id (`run`,
+        # the run directory's name; the scenario name when not given) and this shard.
+        self.telemetry = Telemetry(run or sc.name, shard=self.node)
+        self.loss: np.ndarray | None = None  # the agents' losses at their last learning step
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -222,7 +235,9 @@ class AgentShard:
                 continue
             learner.add_labels(labels)
             if learn:
-                learner.learn_step()
+                stats = learner.learn_step()
+                if learner is self.learner:  # kept for the live metrics (learn/loss)
+                    self.loss = stats["loss"]
             preds = learner.act(step.tick, obs)
             out = preds if out is None else out
         assert out is not None
@@ -255,6 +270,7 @@ class AgentShard:
         }
         if self.rl:
             out["rl"] = dict(self.learner.stats)
+            self._emit(out)
             return out
         assert self.probe is not None
         windows, labels = self.probe
@@ -267,7 +283,16 @@ class AgentShard:
             ).tolist()
         else:
             out["probe_acc_isolated"] = out["probe_acc"]
+        self._emit(out)
         return out
+
+    def _emit(self, measured: dict[str, Any]) -> None:
+        """Set this shard's live figures (Ray metrics) from what `measure` found."""
+        from swarm.telemetry import shard_figures
+
+        steps = self.learner.updates if self.rl else self.learner.learn_steps
+        names = [agent_name(i) for i in self.agents]
+        shard_figures(self.telemetry, measured, names, steps=steps, loss=self.loss)
 
     def weights(self) -> np.ndarray:
         """A copy of the local agents' parameters (K, P)."""
@@ -281,6 +306,7 @@ class AgentShard:
         return os.getpid()
 
     def close(self) -> None:
+        self.telemetry.close()
         if self.exchange:
             self.exchange.close()
 
