@@ -6,6 +6,10 @@ bytes.png           cumulative bytes sent by the swarm, and the dense-fp32 equiv
 trajectories.png    map of the patrol area with zones, river, cruise points, every
                     drone's path, the events by kind (layout.json "events") and where
                     departed drones landed
+team_return.png     (worlds with rewards) team return per episode and policy entropy
+knowledge_spread.png  per event kind, the fraction of agents that recognise it over time
+graph.png           the gossip graph (graph.json), nodes coloured by shard
+report.html         all of the above and the final figures in one self-contained page
 """
 
 from __future__ import annotations
@@ -36,8 +40,15 @@ def plot_accuracy(rows: list[dict[str, Any]], out: Path) -> None:
     t = np.array([r["sim_time_s"] for r in rows])
     per_agent = np.array([r["agents"]["learn/probe_acc"] for r in rows])  # (R, N)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.fill_between(t, per_agent.min(1), per_agent.max(1), color="tab:blue", alpha=0.15,
+                    label="sharing (range over agents)")  # fmt: skip
     ax.plot(t, per_agent, color="tab:blue", alpha=0.18, linewidth=0.8)
     ax.plot(t, per_agent.mean(1), color="tab:blue", linewidth=2.2, label="sharing (mean)")
+    iso_agents = [r["agents"].get("learn/probe_acc_isolated") for r in rows]
+    if all(a is not None for a in iso_agents):
+        iso_a = np.array(iso_agents)  # (R, N)
+        ax.fill_between(t, iso_a.min(1), iso_a.max(1), color="tab:red", alpha=0.10,
+                        label="isolated (range over agents)")  # fmt: skip
     iso = np.array([r["learn/probe_acc_isolated"] for r in rows])
     ax.plot(t, iso, color="tab:red", linestyle="--", linewidth=2, label="isolated (mean)")
     ax.set_xlabel("simulated time (s)")
@@ -219,6 +230,117 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     plt.close(fig)
 
 
+def plot_spread(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> bool:
+    """Knowledge spread: for every event kind, the fraction of agents that recognise it (probe
+    accuracy on that kind >= 0.5) over time, with the time of its first label anywhere. False
+    (nothing drawn) for a run without those figures."""
+    keys = sorted({k for r in rows for k in r if k.startswith("learn/recognised/")})
+    if not keys:
+        return False
+    plt = _pyplot()
+    m = summary.get("metrics", {})
+    t = np.array([r["sim_time_s"] for r in rows])
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for j, key in enumerate(keys):
+        kind = key.rsplit("/", 1)[1]
+        frac = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        spread = m.get(f"learn/spread_s/{kind}")
+        label = kind.replace("_", " ")
+        label += f" (90% after {spread:.0f} s)" if spread is not None else " (90% not reached)"
+        ax.plot(t, frac, color=cmap(j % 10), linewidth=2, label=label)
+        first = m.get(f"learn/first_label_s/{kind}")
+        if first is not None:
+            ax.axvline(first, color=cmap(j % 10), linestyle=":", linewidth=1)
+    ax.axhline(0.9, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("simulated time (s); dotted: the kind's first label anywhere")
+    ax.set_ylabel("fraction of agents that recognise it")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("Knowledge spread: who recognises each event kind")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
+def plot_graph(graph: dict[str, Any], out: Path) -> None:
+    """The gossip graph (graph.json: nodes, edges, shard of each node), drawn with networkx."""
+    import networkx as nx
+
+    plt = _pyplot()
+    g = nx.Graph()
+    g.add_nodes_from(range(int(graph["nodes"])))
+    g.add_edges_from((int(a), int(b)) for a, b in graph["edges"])
+    shard = graph.get("shard_of", [0] * g.number_of_nodes())
+    pos = (
+        nx.circular_layout(g)
+        if graph.get("kind") in ("ring", "complete", "star")
+        else (nx.spring_layout(g, seed=0))
+    )
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    nx.draw_networkx_edges(g, pos, ax=ax, alpha=0.5)
+    for s in sorted(set(shard)):
+        nodes = [n for n in g.nodes if shard[n] == s]
+        nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=[cmap(s % 10)], ax=ax,
+                               node_size=260, label=f"shard {s}")  # fmt: skip
+    nx.draw_networkx_labels(g, pos, ax=ax, font_size=8)
+    rho = graph.get("rho")
+    ax.set_title(f"Gossip graph: {graph.get('kind', '?')}, {g.number_of_edges()} edges"
+                 + (f", rho = {rho:.3f}" if rho is not None else ""))  # fmt: skip
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def write_html(run_dir: Path, images: list[Path]) -> Path:
+    """report.html: the summary table and every plot, self-contained (images inlined)."""
+    import base64
+    import html
+
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    m = summary.get("metrics", {})
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in sorted(m.items())
+    )
+    figs = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in images
+        if p.exists()
+    )
+    run = summary.get("run", {})
+    title = html.escape(
+        f"{summary.get('scenario', run_dir.name)}: {summary.get('agents', '?')} agents, "
+        f"{summary.get('topology', '?')} ({summary.get('mode', '?')})"
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;font-size:13px}}td{{border-bottom:1px solid #ddd;padding:2px 8px}}
+td:last-child{{text-align:right;font-family:monospace}}img{{max-width:100%}}</style></head>
+<body><h1>{title}</h1>
+<p>Run directory <code>{html.escape(str(run_dir))}</code>; wall time {_fmt(run.get("wall_s"))} s,
+{_fmt(run.get("real_time_factor"))}x real time. Figures are the final values of the run
+(metrics.jsonl holds every interval).</p>
+{figs}
+<h2>Final figures</h2><table>{rows}</table></body></html>
+"""
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "n/a" if v is None else str(v)
+
+
 def write_plots(run_dir: Path) -> list[Path]:
     """(Re)draw every plot of a run directory; returns the files written."""
     run_dir = Path(run_dir)
@@ -235,4 +357,13 @@ def write_plots(run_dir: Path) -> list[Path]:
         out = run_dir / "trajectories.png"
         plot_trajectories(np.load(traj_file), json.loads(layout_file.read_text()), out)
         written.append(out)
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if plot_spread(rows, summary, run_dir / "knowledge_spread.png"):
+        written.append(run_dir / "knowledge_spread.png")
+    graph_file = run_dir / "graph.json"
+    if graph_file.exists():
+        plot_graph(json.loads(graph_file.read_text()), run_dir / "graph.png")
+        written.append(run_dir / "graph.png")
+    written.append(write_html(run_dir, written))
     return written

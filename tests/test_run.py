@@ -171,6 +171,21 @@ def test_cli_smoke(tmp_path: Path) -> None:
         "probe_accuracy.png",
         "bytes.png",
         "trajectories.png",
+        "knowledge_spread.png",
+        "graph.png",
+        "graph.json",
+        "report.html",
     ):
         assert (run_dir / name).stat().st_size > 0, name
     assert load_scenario(run_dir / "scenario.yaml") == load_scenario(TINY)
+    # the report is one self-contained page: every plot inlined, the final figures listed
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5 and "learn/probe_acc" in page
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    for kind in ("fire", "garbage_overflow", "river_garbage", "altitude_limit_sign"):
+        assert all(0 <= r[f"learn/recognised/{kind}"] <= 1 for r in rows)
+        first = summary.get(f"learn/first_label_s/{kind}")
+        spread = summary.get(f"learn/spread_s/{kind}")
+        assert first is None or first >= 0
+        assert spread is None or spread >= 0
