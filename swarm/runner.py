@@ -386,6 +386,7 @@ class Runner:
                 final["learn/probe_acc"] - final["learn/probe_acc_isolated"]
             )
             final.update(self._spread(rows, info))
+            final.update(continual_figures(rows, info["classes"], self.first_labels, self.sc))
         return {
             "scenario": sc.name,
             "seed": sc.seed,
@@ -445,6 +446,34 @@ class Runner:
         from swarm.report import write_plots
 
         write_plots(self.run_dir)
+
+
+def continual_figures(
+    rows: list[dict[str, Any]], classes: list[str], first_labels: dict[int, int], sc: Scenario
+) -> dict[str, float | None]:
+    """The swarm's continual-learning figures over the event kinds, each kind a "task" that
+    starts with its first label (swarm-mean probe accuracy per kind, `learn/class_acc/<kind>`):
+
+    - ``learn/acc``: average final accuracy over the kinds labelled during the run;
+    - ``learn/bwt``: backward transfer, mean over those kinds of (final accuracy - best accuracy
+      reached after the kind's first label): 0 when nothing learnt was lost, negative when the
+      swarm forgot (Lopez-Paz & Ranzato 2017 measure against the accuracy right after the task;
+      with kinds that overlap in time, the best accuracy reached is that reference).
+    """
+    final, back = [], []
+    for c, name in enumerate(classes):
+        if c == 0 or c not in first_labels:
+            continue
+        t0 = first_labels[c] * sc.world.tick_s
+        acc = [r[f"learn/class_acc/{name}"] for r in rows if r["sim_time_s"] >= t0]
+        if not acc:
+            continue
+        final.append(acc[-1])
+        back.append(acc[-1] - max(acc))
+    return {
+        "learn/acc": float(np.mean(final)) if final else None,
+        "learn/bwt": float(np.mean(back)) if back else None,
+    }
 
 
 def _clean(v: float) -> float | None:

@@ -189,3 +189,20 @@ def test_cli_smoke(tmp_path: Path) -> None:
         spread = summary.get(f"learn/spread_s/{kind}")
         assert first is None or first >= 0
         assert spread is None or spread >= 0
+
+
+def test_continual_figures_by_hand() -> None:
+    from swarm.runner import continual_figures
+
+    sc = load_scenario(TINY)  # tick_s 0.5
+    classes = ["none", "fire", "sign"]
+    acc = {"fire": [0.2, 0.9, 0.6], "sign": [0.0, 0.4, 0.8]}
+    rows = [
+        {"sim_time_s": t, **{f"learn/class_acc/{k}": v[i] for k, v in acc.items()}}
+        for i, t in enumerate((10.0, 20.0, 30.0))
+    ]
+    # fire first labelled at 5 s (all rows count), sign at 15 s (its first row is ignored)
+    figs = continual_figures(rows, classes, {1: 10, 2: 30}, sc)
+    assert figs["learn/acc"] == pytest.approx((0.6 + 0.8) / 2)
+    assert figs["learn/bwt"] == pytest.approx(((0.6 - 0.9) + (0.8 - 0.8)) / 2)
+    assert continual_figures(rows, classes, {}, sc) == {"learn/acc": None, "learn/bwt": None}
