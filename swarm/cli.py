@@ -144,6 +144,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row("probe accuracy, sharing", pct(m["learn/probe_acc"]))
         table.add_row("probe accuracy, isolated", pct(m["learn/probe_acc_isolated"]))
         table.add_row("gain from sharing", f"{100 * m['learn/sharing_gain']:+.1f} points")
+        if m.get("learn/acc") is not None:
+            table.add_row(
+                "event kinds: final accuracy / BWT",
+                f"{pct(m['learn/acc'])} / {100 * (m.get('learn/bwt') or 0):+.1f} points",
+            )
     table.add_row("bytes sent (swarm)", f"{m['gossip/bytes_sent'] / 2**20:.2f} MiB")
     ratio = m.get("gossip/compression_ratio")
     table.add_row("vs dense fp32 sharing", "n/a" if not ratio else f"{ratio:.1f}x fewer")
