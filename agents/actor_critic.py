@@ -1,22 +1,44 @@
 """Online actor-critic on the Yan model: K agents that learn a policy from reward while acting.
 
 Used for worlds that hand out rewards (any PettingZoo ParallelEnv, envs/pz_world.py). Every
-agent has its own Yan model with a policy and a value head (agents/yan/io.py `act`), stacked
-in one flat (K, P) tensor like `Population`, so gossip exchanges deltas of it the same way.
+agent owns two Yan models, an actor (policy head) and a critic (value head), both in its row
+of one flat (K, P) tensor, stacked like `Population`'s, so gossip exchanges deltas of both the
+same way.
 
-Acting: an agent reads the last ``window`` observations of its current episode (zeros before
-the episode's first step) and samples an action from its policy; the window's last state gives
-the policy logits and the value estimate.
+Why two trunks and not one with two heads: on a shared trunk the value loss and a policy
+gradient from a few dozen noisy samples pull the same features, and the trunk ended up reading
+almost nothing of the state. Measured on a 1-D chain (move to 0, reward -|x|; K 8, window 1,
+3000 ticks): with one trunk the trained policy was the same at every x (P(left) 0.26 .. 0.28
+from x = -5 to 5) and so was the value (-1.3 .. -1.6); with two trunks P(left) went from 0.02
+left of 0 to 0.99 right of it and the return from -100 to -38. A detached value head on the
+policy's features learned an inverted value. (Andrychowicz et al. 2021, "What Matters in
+On-Policy RL", also found separate policy and value networks better in most of their envs.)
+
+Acting: an agent reads the last ``learning.window`` observations of its current episode (zeros
+before the episode's first step), normalised by its own running mean and std of what it has
+observed (``rl.obs_norm``), and samples an action from its actor's policy at the last step.
 
 Learning (``rl.enabled``): every ``rl.rollout`` ticks each agent takes ``rl.epochs`` passes of
 PPO's clipped objective (Schulman et al. 2017) over the rollout it just lived, with advantages
 from generalised advantage estimation (Schulman et al. 2016; gamma ``rl.discount``, lambda
-``rl.gae_lambda``), normalised per agent; loss = policy + value_coef * value - entropy_coef *
-entropy; each agent's gradient clipped to ``rl.max_grad_norm`` on its own; the per-agent
-optimizer of `Population` (Adam with its own moments and step count per agent). The last
-rollout step bootstraps from the value of the observation that follows it, or from 0 when the
-episode ended there. Steps where an agent is not alive (terminated before its team) are left
-out of its loss; an agent with no live step in a rollout stays unchanged.
+``rl.gae_lambda``) normalised per agent; loss = policy + value_coef * value - entropy_coef *
+entropy. The critic values every step of the rollout at update time (acting needs only the
+actor). Actor and critic gradients are each clipped to ``rl.max_grad_norm`` per agent; the
+per-agent optimizer of `Population` (Adam with its own moments and step count per agent).
+
+Episode ends. The last step of a rollout bootstraps from the value of the window that follows
+it. An episode that ended (``done``, or the agent stopped acting: ``alive`` went False) does
+not, except when a time limit cut it off (``truncated``): then its last reward gets discount *
+V(final window) added (partial-episode bootstrapping, Pardo et al. 2018), because the clock is
+not in the observation and a value that has to guess it is wrong near every episode end.
+Measured on mpe2 simple_spread (every episode ends by its time limit): without that bootstrap
+the learner fell from -26.5 to -33 team return in 6000 ticks, with it it rose to -22.
+Steps where an agent is not alive are left out of its loss; an agent with no live step in a
+rollout stays unchanged.
+
+Each agent's running statistics (observation mean / std, return std for reward scaling) are
+its own, from its own experience: agents of a shard share nothing but the batched compute, so
+a run with gossip.topology isolated is truly isolated.
 
 Everything random (action sampling, router noise) comes from one torch generator seeded with
 the run seed, so a run is a pure function of its seed.
@@ -30,15 +52,91 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.config import LearnConfig, ModelConfig, RLConfig
-from agents.population import StackedOptimizer
+from agents.population import StackedOptimizer, pool_gradients
 from agents.yan import io
 from agents.yan.io import HeadConfig
-from agents.yan.model import hidden, init_flat, num_params, param_specs, unflatten
-from agents.yan.selective import RouteRecord, Routing, load_balance_loss, selective_stats
+from agents.yan.model import Spec, hidden, init_flat, num_params, param_specs, unflatten
+from agents.yan.selective import (
+    RouteRecord,
+    Routing,
+    load_balance_loss,
+    noise_scale,
+    selective_stats,
+)
+
+OBS_CLIP = 10.0  # normalised observations are clipped to +-10 std (SB3's VecNormalize clip_obs)
+STD_EPS = 1e-8  # keeps the division finite for a feature that never varied (e.g. MPE's comm)
+ROLES = ("actor", "critic")
+
+
+class RunningMoments:
+    """Running mean and variance per row (K, *shape), one sample at a time (Welford 1962).
+
+    Starts at mean 0, variance 1 with a tiny count, so the first update takes over at once and
+    a row that has seen nothing normalises by the identity."""
+
+    def __init__(self, rows: int, shape: tuple[int, ...] = ()) -> None:
+        self.count = np.full(rows, 1e-4)  # (K,) gym's RunningMeanStd epsilon
+        self.mean = np.zeros((rows, *shape))  # (K, *shape)
+        self.var = np.ones((rows, *shape))  # (K, *shape)
+
+    def update(self, x: np.ndarray, rows: np.ndarray) -> None:
+        """Add one sample x (K, *shape) to the rows where rows (K,) bool is True."""
+        if not rows.any():
+            return
+        n, mean, var = self.count[rows], self.mean[rows], self.var[rows]
+        shape = (-1,) + (1,) * (mean.ndim - 1)
+        total = n + 1
+        delta = x[rows] - mean
+        new_mean = mean + delta / total.reshape(shape)
+        m2 = var * n.reshape(shape) + delta**2 * (n / total).reshape(shape)
+        self.count[rows], self.mean[rows] = total, new_mean
+        self.var[rows] = m2 / total.reshape(shape)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var)
+
+
+def gae(
+    rewards: np.ndarray,
+    ends: np.ndarray,
+    values: np.ndarray,
+    next_value: np.ndarray,
+    gamma: float,
+    lam: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimation (Schulman et al. 2016) over a rollout of R steps of K
+    agents: advantages and returns (R, K) float32.
+
+    rewards, values (R, K); ends (R, K) bool: the episode ended after that step (a time-limit
+    cut counts as an end; its reward already holds gamma * V(final window)); next_value (K,):
+    the value of the window after the last step.
+        delta_t = r_t + gamma V_{t+1} (1 - end_t) - V_t,   A_t = delta_t + gamma lambda
+        (1 - end_t) A_{t+1},   return_t = A_t + V_t.
+    """
+    R, K = rewards.shape
+    adv = np.zeros((R, K), np.float32)
+    next_v, next_adv = next_value.astype(np.float32), np.zeros(K, np.float32)
+    for t in range(R - 1, -1, -1):
+        cont = 1.0 - ends[t].astype(np.float32)
+        delta = rewards[t] + gamma * next_v * cont - values[t]
+        next_adv = delta + gamma * lam * cont * next_adv
+        adv[t] = next_adv
+        next_v = values[t]
+    return adv, (adv + values).astype(np.float32)
 
 
 class PolicyPopulation:
-    """K agents' Yan models with policy and value heads, stacked in one flat (K, P) tensor."""
+    """K agents' actor and critic Yan models, stacked in one flat (K, P) tensor.
+
+    Row layout: [actor | critic], each a whole Yan model with the action head of
+    agents/yan/io.py (policy logits and value); `specs` names them "actor.<name>" and
+    "critic.<name>". The actor reads only its logits and the critic only its value: the unused
+    half of each head (D + 1 and A * (D + 1) numbers, ~1.5% of the row for the spread scenario)
+    gets no gradient, so Adam never moves it and its gossip deltas are zero. Both roles start
+    from the same `init_flat(seed)` draw (a common init is what makes averaging between agents
+    meaningful; nothing requires the two roles to differ at the start)."""
 
     def __init__(
         self,
@@ -52,23 +150,52 @@ class PolicyPopulation:
         self.model_cfg = model_cfg
         self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
         heads = HeadConfig(n_actions=n_actions, next_step=False)
-        self.specs = param_specs(model_cfg, obs_dim, heads)
+        self.model_specs = param_specs(model_cfg, obs_dim, heads)  # one role's layout
+        self.specs: list[Spec] = [
+            (f"{role}.{name}", shape) for role in ROLES for name, shape in self.model_specs
+        ]
         self.num_params = num_params(self.specs)
-        row = init_flat(model_cfg, obs_dim, heads, seed)  # (P,)
+        row = init_flat(model_cfg, obs_dim, heads, seed).repeat(len(ROLES))  # (P,)
         self.flat = torch.nn.Parameter(row.expand(n_agents, -1).clone().contiguous())  # (K, P)
+        self.pooled = False
+        """True: one policy for all K rows (gossip.topology centralized): every update applies the
+        active agents' mean gradient to every row (agents.population.pool_gradients)."""
         self.optimizer = StackedOptimizer(
             learn_cfg.optimizer, learn_cfg.lr, n_agents, self.num_params
         )
         self.generator = torch.Generator().manual_seed(seed)
         self._route_records: list[RouteRecord] = []
 
-    def policy(self, x: Tensor, routing: Routing | None = None) -> tuple[Tensor, Tensor]:
-        """x (K, B, W, obs_dim) windows -> policy logits (K, B, A) and values (K, B) of the
-        last step of each window."""
-        params = unflatten(self.flat, self.specs)
-        h = hidden(self.model_cfg, params, {"vector": x}, routing)[:, :, -1:]  # (K, B, 1, D)
-        logits, value = io.act(params, h)
-        return logits[:, :, 0], value[:, :, 0]
+    def _roles(self, x: Tensor, roles: slice, routing: Routing | None) -> tuple[Tensor, Tensor]:
+        """x (K, B, W, obs_dim) windows -> the action head of the chosen roles at each window's
+        last step: logits (K, n, B, A) and values (K, n, B), n = roles taken.
+
+        The row [actor | critic] viewed as (K, 2, P_role) holds 2K models of one layout, so
+        both roles run as one stacked call over K * n "agents" (half the calls of two passes).
+        """
+        K, P = self.flat.shape
+        rows = self.flat.view(K, len(ROLES), P // len(ROLES))[:, roles]  # (K, n, P_role)
+        n = rows.shape[1]
+        params = unflatten(rows.reshape(K * n, -1), self.model_specs)  # K*n models
+        xs = x.repeat_interleave(n, dim=0) if n > 1 else x  # (K*n, B, W, obs_dim)
+        h = hidden(self.model_cfg, params, {"vector": xs}, routing)[:, :, -1:]  # (Kn, B, 1, D)
+        logits, value = io.act(params, h)  # (Kn, B, 1, A), (Kn, B, 1)
+        B = x.shape[1]
+        return logits.view(K, n, B, -1), value.view(K, n, B)
+
+    def policy(self, x: Tensor, routing: Routing | None = None) -> Tensor:
+        """x (K, B, W, obs_dim) windows -> the actor's logits (K, B, A) at their last step."""
+        return self._roles(x, slice(0, 1), routing)[0][:, 0]
+
+    def value(self, x: Tensor, routing: Routing | None = None) -> Tensor:
+        """x (K, B, W, obs_dim) windows -> the critic's values (K, B) at their last step."""
+        return self._roles(x, slice(1, 2), routing)[1][:, 0]
+
+    def policy_and_value(self, x: Tensor, routing: Routing | None = None) -> tuple[Tensor, Tensor]:
+        """Both at once (training): the actor's logits (K, B, A), the critic's values (K, B).
+        routing: the selective FFN's context for 2K models (actor and critic of each agent)."""
+        logits, value = self._roles(x, slice(0, 2), routing)
+        return logits[:, 0], value[:, 1]
 
     @property
     def select_stats(self) -> dict[str, np.ndarray]:
@@ -94,16 +221,18 @@ class OnlineActorCritic:
         self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
         self.population = PolicyPopulation(model_cfg, learn_cfg, n_agents, obs_dim, n_actions, seed)
         K, R, W = n_agents, rl_cfg.rollout, learn_cfg.window
-        self._hist = np.zeros((K, W, obs_dim), np.float32)  # (K, W, obs_dim) this episode's
+        self.obs_moments = RunningMoments(K, (obs_dim,))  # each agent's own observations
+        self.return_moments = RunningMoments(K)  # each agent's running discounted return
+        self._ret_run = np.zeros(K)  # (K,) running discounted return, for reward scaling
+        self._hist = np.zeros((K, W, obs_dim), np.float32)  # this episode's normalised window
         self._x = np.zeros((R, K, W, obs_dim), np.float32)  # rollout: windows acted on
         self._a = np.zeros((R, K), np.int64)  # actions
         self._logp = np.zeros((R, K), np.float32)  # log-prob of the action when taken
-        self._v = np.zeros((R, K), np.float32)  # value estimate when acting
         self._r = np.zeros((R, K), np.float32)  # reward that followed
-        self._done = np.zeros((R, K), bool)  # the episode ended after this step
+        self._end = np.zeros((R, K), bool)  # the agent's episode ended after this step
+        self._cut = np.zeros((R, K), bool)  # ... by a time limit: bootstrap from _final
+        self._final = np.zeros((R, K, W, obs_dim), np.float32)  # window of the cut-off obs
         self._alive = np.zeros((R, K), bool)  # the agent was acting (not yet terminated)
-        self._ret_run = np.zeros(K)  # (K,) running discounted return, for reward scaling
-        self._ret_stats = np.zeros(3)  # count, mean, M2 of those returns (Welford)
         self._t = 0  # steps filled in the current rollout
         self._pending = False  # the last step still waits for its reward
         self._new_examples = np.zeros(K, np.int64)
@@ -125,70 +254,77 @@ class OnlineActorCritic:
         obs (K, obs_dim): what each agent observes now. reward (K,): what the previous action
         earned; done (K,) bool: the previous action ended the agent's episode, so ``obs`` is the
         first of a new one; alive (K,) bool: the agent takes part in this step (its action is
-        used). truncated (K,) bool with final_obs (K, obs_dim): episodes among the done ones
-        that a time limit cut off, and their last observation: their last reward gets
-        discount * V(final window) added (partial-episode bootstrapping, Pardo et al. 2018),
-        so the value function does not have to learn the clock. The first call of a run passes
-        no reward.
+        used; an agent that stops being alive without ``done`` has ended its episode too).
+        truncated (K,) bool with final_obs (K, obs_dim): episodes among those that ended that
+        a time limit cut off, and their last observation, to bootstrap from. The first call of
+        a run passes no reward.
         """
         K = self.n_agents
         obs = np.asarray(obs, np.float32).reshape(K, self.obs_dim)
         done_k = np.zeros(K, bool) if done is None else np.asarray(done, bool).reshape(K)
         alive_k = np.ones(K, bool) if alive is None else np.asarray(alive, bool).reshape(K)
         if self._pending:
+            t = self._t - 1
             r = np.zeros(K, np.float32) if reward is None else np.asarray(reward, np.float32)
-            r = self._scale(r.reshape(K), done_k)
+            ended = done_k | (self._alive[t] & ~alive_k)
+            self._r[t] = r.reshape(K)
+            self._track_return(self._r[t], ended, self._alive[t])
+            self._end[t] = ended
             cut = np.zeros(K, bool) if truncated is None else np.asarray(truncated, bool)
-            cut = cut.reshape(K) & done_k
-            if cut.any() and final_obs is not None:
-                last = np.concatenate(
-                    [self._hist[:, 1:], np.asarray(final_obs, np.float32).reshape(K, 1, -1)], 1
-                )
-                with torch.no_grad():
-                    _, v_last = self.population.policy(torch.from_numpy(last[:, None]))
-                r = r + self.rl.discount * v_last[:, 0].numpy() * cut
-            self._r[self._t - 1] = r
-            self._done[self._t - 1] = done_k
+            cut = cut.reshape(K) & ended & (final_obs is not None)
+            self._cut[t] = cut
+            if cut.any():
+                last = self._normalise(np.asarray(final_obs, np.float32).reshape(K, -1))
+                self._final[t, cut, :-1] = self._hist[cut, 1:]
+                self._final[t, cut, -1] = last[cut]
+        if self.rl.enabled and self.rl.obs_norm:
+            self.obs_moments.update(obs.astype(np.float64), alive_k)
         # this episode's window: cleared where a new episode starts
         self._hist[done_k] = 0.0
         self._hist[:, :-1] = self._hist[:, 1:]
-        self._hist[:, -1] = obs
+        self._hist[:, -1] = self._normalise(obs)
         if self._pending and self._t == self.rl.rollout:
             if self.rl.enabled:
-                self._update(bootstrap_ok=~done_k)
+                self._update()
             self._t = 0
+            self._cut[:] = False
         with torch.no_grad():
-            logits, value = self.population.policy(torch.from_numpy(self._hist[:, None]))
-        logp_all = F.log_softmax(logits[:, 0], dim=-1)  # (K, A)
-        action = torch.multinomial(logp_all.exp(), 1, generator=self.population.generator).squeeze(
-            1
-        )  # (K,)
+            logits = self.population.policy(torch.from_numpy(self._hist[:, None]))[:, 0]
+        logp_all = F.log_softmax(logits, dim=-1)  # (K, A)
+        gen = self.population.generator
+        action = torch.multinomial(logp_all.exp(), 1, generator=gen)[:, 0]  # (K,)
         t = self._t
         self._x[t] = self._hist
         self._a[t] = action.numpy()
         self._logp[t] = logp_all.gather(1, action[:, None])[:, 0].numpy()
-        self._v[t] = value[:, 0].numpy()
         self._alive[t] = alive_k
         self._new_examples += alive_k
         self._t += 1
         self._pending = True
         return action.numpy().astype(np.int64)
 
-    def _scale(self, r: np.ndarray, done: np.ndarray) -> np.ndarray:
-        """Divide rewards by the running std of the discounted return (PPO's reward scaling,
-        Engstrom et al. 2020): values and advantages stay O(1) whatever the env's reward scale,
-        so one set of coefficients fits many envs."""
+    def _normalise(self, obs: np.ndarray) -> np.ndarray:
+        """(K, obs_dim) -> each agent's observation in units of its own running std."""
+        if not self.rl.obs_norm:
+            return obs
+        m = self.obs_moments
+        z = (obs - m.mean) / (m.std + STD_EPS)
+        return np.clip(z, -OBS_CLIP, OBS_CLIP).astype(np.float32)
+
+    def _track_return(self, r: np.ndarray, ended: np.ndarray, lived: np.ndarray) -> None:
+        """Follow each agent's running discounted return, whose std scales its rewards."""
         self._ret_run = self._ret_run * self.rl.discount + r
-        n, mean, m2 = self._ret_stats
-        for x in self._ret_run:
-            n += 1
-            d = x - mean
-            mean += d / n
-            m2 += d * (x - mean)
-        self._ret_stats[:] = (n, mean, m2)
-        self._ret_run[done] = 0.0
-        std = np.sqrt(m2 / n) if n > 1 else 1.0
-        return (r / max(std, 1e-4)).astype(np.float32)
+        if self.rl.enabled:
+            self.return_moments.update(self._ret_run, lived)
+        self._ret_run[ended] = 0.0
+
+    def _scaled_rewards(self) -> np.ndarray:
+        """The rollout's rewards (R, K) divided by each agent's running std of its discounted
+        return (PPO's reward scaling, Engstrom et al. 2020): values and advantages stay O(1)
+        whatever the env's reward scale, so one set of coefficients fits many envs. Applied at
+        update time, so a whole rollout shares one scale and the first one already has a
+        rollout's worth of returns behind its std."""
+        return (self._r / np.maximum(self.return_moments.std, 1e-4)).astype(np.float32)
 
     def take_example_counts(self) -> np.ndarray:
         """Steps each agent lived since the last call (K,) int64: how much experience its
@@ -196,47 +332,52 @@ class OnlineActorCritic:
         out, self._new_examples = self._new_examples, np.zeros(self.n_agents, np.int64)
         return out
 
-    def _advantages(self, bootstrap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """GAE over the rollout: advantages and returns (R, K)."""
-        gamma, lam = self.rl.discount, self.rl.gae_lambda
-        R = self.rl.rollout
-        adv = np.zeros((R, self.n_agents), np.float32)
-        next_v, next_adv = bootstrap, np.zeros(self.n_agents, np.float32)
-        for t in range(R - 1, -1, -1):
-            cont = 1.0 - self._done[t].astype(np.float32)
-            delta = self._r[t] + gamma * next_v * cont - self._v[t]
-            next_adv = delta + gamma * lam * cont * next_adv
-            adv[t] = next_adv
-            next_v = self._v[t]
-        return adv, adv + self._v
-
-    def _update(self, bootstrap_ok: np.ndarray) -> None:
-        pop, rl = self.population, self.rl
+    def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The critic's values, now: of every rollout step (R, K), of the window after the
+        last one (K,), and of the final window of each time-limit cut (R, K; 0 elsewhere)."""
+        pop, R = self.population, self.rl.rollout
+        windows = [self._x.transpose(1, 0, 2, 3), self._hist[:, None]]  # (K, R | 1, W, obs)
+        if self._cut.any():
+            windows.append(self._final.transpose(1, 0, 2, 3))
         with torch.no_grad():
-            _, v_next = pop.policy(torch.from_numpy(self._hist[:, None]))
-        bootstrap = v_next[:, 0].numpy() * bootstrap_ok
-        adv, ret = self._advantages(bootstrap.astype(np.float32))
+            v = pop.value(torch.from_numpy(np.concatenate(windows, 1))).numpy()  # (K, R+1(+R))
+        v_final = v[:, R + 1 :].T * self._cut if self._cut.any() else np.zeros((R, self.n_agents))
+        return v[:, :R].T, v[:, R], v_final.astype(np.float32)
+
+    def _routing(self) -> Routing | None:
+        cfg, pop = self.population.model_cfg, self.population
+        if cfg.ffn_groups == 1:
+            return None
+        a = noise_scale(pop.optimizer.t, cfg.router_noise_anneal_steps)  # (K,)
+        a = a.repeat_interleave(len(ROLES))  # (2K,) actor and critic of an agent alike
+        return Routing(noise_scale=a if bool((a > 0).any()) else None, generator=pop.generator)
+
+    def _update(self) -> None:
+        pop, rl = self.population, self.rl
+        v, v_next, v_final = self._values()
+        # a time-limit cut ends the episode for GAE but earns gamma * V(final window)
+        r = self._scaled_rewards() + rl.discount * v_final
+        adv, ret = gae(r, self._end, v, v_next, rl.discount, rl.gae_lambda)
         alive = torch.from_numpy(self._alive.T.copy()).float()  # (K, R)
         n = alive.sum(1)  # (K,)
         active = n > 0
         a = torch.from_numpy(self._a.T.copy())  # (K, R)
-        old_logp = torch.from_numpy(self._logp.T.copy())
-        adv_t = torch.from_numpy(adv.T.copy())
-        mean = (adv_t * alive).sum(1, keepdim=True) / n.clamp(min=1)[:, None]
-        var = (((adv_t - mean) ** 2) * alive).sum(1, keepdim=True) / n.clamp(min=1)[:, None]
-        adv_t = (adv_t - mean) / (var.sqrt() + 1e-8)
-        ret_t = torch.from_numpy(ret.T.copy())
+        old_logp = torch.from_numpy(self._logp.T.copy())  # (K, R)
+        adv_t = torch.from_numpy(adv.T.copy())  # (K, R)
+        ret_t = torch.from_numpy(ret.T.copy())  # (K, R)
         x = torch.from_numpy(self._x.transpose(1, 0, 2, 3).copy())  # (K, R, W, obs_dim)
-        cfg = pop.model_cfg
 
-        def masked_mean(v: Tensor) -> Tensor:  # (K, R) -> (K,)
+        def masked_mean(v: Tensor) -> Tensor:  # (K, R) -> (K,) over each agent's live steps
             return (v * alive).sum(1) / n.clamp(min=1)
 
+        # per-agent advantage normalisation over its live steps (as PPO's reference code):
+        # the policy's step size does not depend on the reward scale
+        mean = masked_mean(adv_t)[:, None]
+        std = masked_mean((adv_t - mean) ** 2).sqrt()[:, None]
+        adv_t = (adv_t - mean) / (std + STD_EPS)
         for _ in range(rl.epochs):
-            routing = None
-            if cfg.ffn_groups > 1:
-                routing = Routing(noise_scale=None, generator=pop.generator)
-            logits, value = pop.policy(x, routing)  # (K, R, A), (K, R)
+            routing = self._routing()
+            logits, value = pop.policy_and_value(x, routing)  # (K, R, A), (K, R)
             logp_all = F.log_softmax(logits, dim=-1)
             logp = logp_all.gather(2, a[..., None])[..., 0]  # (K, R)
             ratio = (logp - old_logp).exp()
@@ -247,14 +388,21 @@ class OnlineActorCritic:
             ent = masked_mean(entropy)
             loss = policy_loss + rl.value_coef * value_loss - rl.entropy_coef * ent  # (K,)
             if routing is not None:
-                loss = loss + load_balance_loss(routing.records)
+                balance = load_balance_loss(routing.records)  # (2K,)
+                loss = loss + balance.view(-1, len(ROLES)).sum(1)
                 pop._route_records = [
                     RouteRecord(r.selected, r.probs.detach()) for r in routing.records
                 ]
             (grad,) = torch.autograd.grad(loss.sum(), pop.flat)  # (K, P)
-            norm = grad.norm(dim=1, keepdim=True)
-            grad = grad * (rl.max_grad_norm / norm.clamp(min=rl.max_grad_norm))
-            pop.optimizer.step(pop.flat.data, grad, active=active)
+            # actor and critic clipped on their own: a large value gradient must not shrink
+            # the policy's step
+            parts = grad.view(grad.shape[0], len(ROLES), -1)  # (K, 2, P_role)
+            norm = parts.norm(dim=2, keepdim=True)
+            parts.mul_(rl.max_grad_norm / norm.clamp(min=rl.max_grad_norm))
+            step_grad, step_active = grad, active
+            if pop.pooled:  # the centralized upper bound: one policy, everyone's experience
+                step_grad, step_active = pool_gradients(grad, active)
+            pop.optimizer.step(pop.flat.data, step_grad, active=step_active)
         with torch.no_grad():
             kl = masked_mean(old_logp - logp)
             clipped = masked_mean(((ratio - 1).abs() > rl.clip).float())

@@ -109,25 +109,36 @@ class RLConfig(Section):
     """Online actor-critic (used when the world hands out rewards, e.g. a PettingZoo env).
 
     Every agent acts from the last `learning.window` observations of its episode and updates its
-    own model every `rollout` ticks with a clipped policy-gradient step (PPO's objective,
-    Schulman et al. 2017) on what it just lived through; `learning.lr` and `learning.optimizer`
-    apply."""
+    own actor and critic every `rollout` ticks with a clipped policy-gradient step (PPO's
+    objective, Schulman et al. 2017) on what it just lived through; `learning.lr` and
+    `learning.optimizer` apply (scenarios/spread.yaml uses lr 1e-3: 3e-4 barely moved its
+    policies in 6000 ticks). Defaults are the usual PPO ones (Schulman et al. 2017; Andrychowicz
+    et al. 2021, "What Matters in On-Policy RL")."""
 
     enabled: bool = True
-    """False = the agents act but never update (the "without learning" baseline)."""
-    rollout: int = Field(25, ge=1, le=100_000)
-    """Ticks of experience per update."""
+    """False = the agents act but never update (the "without learning" baseline): weights,
+    optimizer and running statistics stay as initialised."""
+    rollout: int = Field(128, ge=1, le=100_000)
+    """Ticks of experience per update; each agent learns from its own rollout, so this is its
+    batch (128: PPO's steps per environment, Schulman et al. 2017, Atari)."""
     epochs: int = Field(4, ge=1, le=64)
     """Passes over each rollout (1 = plain advantage actor-critic)."""
     discount: float = Field(0.99, gt=0.0, le=1.0)
-    """gamma of the return."""
+    """gamma of the return. Dense rewards that an action changes within a few steps (e.g. MPE's
+    distances) learn faster with a shorter horizon such as 0.9 (a scenario setting)."""
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
     """lambda of generalised advantage estimation (Schulman et al. 2016)."""
     clip: float = Field(0.2, gt=0.0, le=10.0)
     """PPO ratio clip epsilon."""
     value_coef: float = Field(0.5, ge=0.0)
-    """Weight of the value loss."""
+    """Weight of the value loss. The critic is a separate model with its own gradient clip and
+    Adam scales each parameter's step, so this weight matters little."""
     entropy_coef: float = Field(0.01, ge=0.0)
     """Weight of the entropy bonus (keeps exploring)."""
     max_grad_norm: float = Field(0.5, gt=0.0)
-    """Per-agent gradient norm clip."""
+    """Per-agent gradient norm clip, applied to the actor and to the critic separately."""
+    obs_norm: bool = True
+    """Normalise each agent's observations by its own running mean and std (clipped to +-10):
+    the encoder sees O(1) inputs whatever the env's units (Andrychowicz et al. 2021 found it
+    helps in most envs; on mpe2 simple_spread, whose inputs are O(1) already, it made no
+    difference: -23.2 team return after 6000 ticks either way, mean of 2 seeds)."""

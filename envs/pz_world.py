@@ -75,13 +75,20 @@ class ParallelEnvWorld:
         factory = load_env_factory(cfg.env)
         self.envs = [factory(**cfg.kwargs) for _ in range(cfg.copies)]
         env = self.envs[0]
-        for attr in ("reset", "step", "possible_agents", "observation_space", "action_space"):
-            if not hasattr(env, attr):
-                raise ValueError(
-                    f"world.env {cfg.env!r} returned {type(env).__name__}, which is not a "
-                    f"PettingZoo ParallelEnv (no {attr!r}); for an AEC env use its "
-                    "parallel_env() or pettingzoo.utils.conversions.aec_to_parallel"
-                )
+        missing = [
+            attr
+            for attr in ("reset", "step", "possible_agents", "observation_space", "action_space")
+            if not hasattr(env, attr)
+        ]
+        # an AEC env has all of these too, plus `last` (one agent acts per step)
+        aec = callable(getattr(env, "last", None))
+        if missing or aec:
+            why = "it is an AEC env" if aec else f"no {missing[0]!r}"
+            raise ValueError(
+                f"world.env {cfg.env!r} returned {type(env).__name__}, which is not a "
+                f"PettingZoo ParallelEnv ({why}); for an AEC env use its parallel_env() or "
+                "pettingzoo.utils.conversions.aec_to_parallel"
+            )
         self.names: list[str] = list(env.possible_agents)
         obs_shapes = {a: env.observation_space(a) for a in self.names}
         act_spaces = {a: env.action_space(a) for a in self.names}

@@ -46,6 +46,8 @@ class Step:
     rewards: np.ndarray | None = None  # (N,) float32: what the previous actions earned
     done: np.ndarray | None = None  # (N,) bool: the agent's episode ended; obs starts the next
     alive: np.ndarray | None = None  # (N,) bool: the agent acts this tick
+    truncated: np.ndarray | None = None  # (N,) bool: its episode was cut by a time limit
+    final_obs: np.ndarray | None = None  # (N, obs_dim): the last observation of those episodes
 
 
 _NO_LABELS = np.zeros((0, 3), np.int64)
@@ -113,7 +115,14 @@ class WorldHost:
         self.trajectory.append(self.world.positions().copy())
         if self.rl:
             return Step(
-                result.tick, result.obs, _NO_LABELS, result.rewards, result.done, result.alive
+                result.tick,
+                result.obs,
+                _NO_LABELS,
+                result.rewards,
+                result.done,
+                result.alive,
+                result.truncated,
+                result.final_obs,
             )
         for cls in np.unique(result.labels[:, 2]).tolist():
             self.first_label.setdefault(int(cls), result.tick)
@@ -182,6 +191,7 @@ class AgentShard:
             self.learner = OnlineActorCritic(
                 sc.model, sc.learning, sc.rl, len(agents), obs_dim, n_actions, seed=sc.seed
             )
+            self.learner.population.pooled = sc.gossip.topology == "centralized"
         else:
             self.learner = OnlineLearner(
                 sc.model, sc.learning, len(agents), obs_dim, n_classes, seed=sc.seed
@@ -223,7 +233,10 @@ class AgentShard:
         classification (or action)."""
         lo, hi = self.first, self.first + len(self.agents)
         if self.rl:
-            part = [None if a is None else a[lo:hi] for a in (step.rewards, step.done, step.alive)]
+            part = [
+                None if a is None else a[lo:hi]
+                for a in (step.rewards, step.done, step.alive, step.truncated, step.final_obs)
+            ]
             return self.learner.act(step.obs[lo:hi], *part)  # type: ignore[no-any-return]
         labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
         labels[:, 0] -= lo

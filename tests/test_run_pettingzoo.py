@@ -78,3 +78,15 @@ def test_bad_env_path_and_world_keys_name_the_line() -> None:
     )
     with pytest.raises(ScenarioError, match="expected 'package.module:callable'"):
         parse_scenario(text.replace(":parallel_env", ""), "spread.yaml")
+
+
+def test_centralized_mode_trains_one_policy(ray_local, tmp_path: Path) -> None:
+    # gossip.topology centralized (swarm compare's upper bound): all agents in one shard, one
+    # policy trained on everyone's experience, so every agent holds the same weights.
+    data = _small().model_dump(mode="json")
+    data["gossip"]["topology"] = "centralized"
+    data["agents"]["per_shard"] = 6
+    sc = Scenario.model_validate(data)
+    m = Runner(sc, new_run_dir(tmp_path, sc)).run().summary["metrics"]
+    assert m["learn/consensus_distance"] == pytest.approx(0.0, abs=1e-9)
+    assert m["gossip/bytes_sent"] == 0 and m["rl/episodes"] == 12

@@ -1,0 +1,230 @@
+"""Unit tests of the online actor-critic (agents/actor_critic.py): GAE by hand, time-limit
+bootstrapping, what must stay unchanged, learning on a toy chain, determinism (no Ray)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from agents import actor_critic
+from agents.actor_critic import OnlineActorCritic, RunningMoments, gae
+from agents.config import LearnConfig, ModelConfig, RLConfig
+
+OBS, ACTIONS = 3, 2
+SMALL = ModelConfig(d_model=16, channels=2, layers=1, slope_window=2)
+
+
+def _learner(
+    K: int = 2, seed: int = 0, window: int = 2, lr: float = 3e-3, **rl: Any
+) -> OnlineActorCritic:
+    return OnlineActorCritic(
+        SMALL, LearnConfig(lr=lr, window=window), RLConfig(**rl), K, OBS, ACTIONS, seed
+    )
+
+
+def _obs(rng: np.random.Generator, K: int) -> np.ndarray:
+    return rng.normal(size=(K, OBS)).astype(np.float32)
+
+
+# ---- advantages and returns -----------------------------------------------------------------
+
+
+def test_gae_by_hand_with_a_terminal_and_a_time_limit_cut() -> None:
+    # Prepare: 4 steps, gamma = lambda = 0.5. Both episodes end after step 1: agent 0's by the
+    # task (terminal), agent 1's by a time limit, so its reward there holds gamma * V(final) =
+    # 0.5 * 6 on top of the 2 it earned.
+    rewards = np.array([[1, 1], [2, 2 + 0.5 * 6], [3, 3], [4, 4]], np.float32)
+    ends = np.array([[0, 0], [1, 1], [0, 0], [0, 0]], bool)
+    values = np.array([[0.5, 0.5], [1, 1], [1.5, 1.5], [2, 2]], np.float32)
+    # Execute
+    adv, ret = gae(rewards, ends, values, np.array([10.0, 10.0]), gamma=0.5, lam=0.5)
+    # Assert, by hand (delta_t = r_t + 0.5 V_{t+1} [not ended] - V_t, A_t = delta_t + 0.25 A_{t+1}):
+    # t=3: 4 + 0.5*10 - 2 = 7;  t=2: (3 + 0.5*2 - 1.5) + 0.25*7 = 4.25
+    # t=1: agent 0: 2 - 1 = 1, agent 1: 5 - 1 = 4 (the episode ended: nothing flows back)
+    # t=0: (1 + 0.5*1 - 0.5) + 0.25 * A_1 = 1.25 and 2
+    np.testing.assert_allclose(adv, [[1.25, 2], [1, 4], [4.25, 4.25], [7, 7]])
+    np.testing.assert_allclose(ret, adv + values)
+
+
+def test_time_limit_cut_bootstraps_from_discount_times_the_final_window_value(monkeypatch) -> None:
+    # Prepare: 3 agents, rollout 4, window 2. After step 1 agent 0's episode ends by the task,
+    # agent 1's by a time limit (with its last observation), and agent 2 stops acting (no done:
+    # terminated before its team).
+    gamma = 0.9
+    learner = _learner(K=3, window=2, rollout=4, discount=gamma, obs_norm=False)
+    rng = np.random.default_rng(0)
+    seen: dict[str, np.ndarray] = {}
+
+    def spy(rewards, ends, values, next_value, g, lam):  # noqa: ANN001, ANN202
+        seen.update(rewards=rewards.copy(), ends=ends.copy(), std=learner.return_moments.std)
+        return gae(rewards, ends, values, next_value, g, lam)
+
+    monkeypatch.setattr(actor_critic, "gae", spy)
+    obs = [_obs(rng, 3) for _ in range(5)]
+    raw = rng.normal(size=(4, 3)).astype(np.float32)
+    final = _obs(rng, 3)
+    alive = np.array([True, True, False])
+    learner.act(obs[0])
+    learner.act(obs[1], raw[0])
+    learner.act(
+        obs[2], raw[1], done=np.array([True, True, False]), alive=alive,
+        truncated=np.array([False, True, False]), final_obs=final,
+    )  # fmt: skip
+    learner.act(obs[3], raw[2], alive=alive)
+    # agent 1's final window: the observation before the cut, then the cut-off one
+    window = torch.from_numpy(np.stack([obs[1][1], final[1]])[None, None])  # (1, 1, W, OBS)
+    window = window.expand(3, 1, 2, OBS).contiguous()
+    with torch.no_grad():
+        v_final = float(learner.population.value(window)[1, 0])
+    # Execute: the fifth tick completes the rollout and updates
+    learner.act(obs[4], raw[3], alive=alive)
+    # Assert
+    assert learner.updates == 1
+    np.testing.assert_array_equal(seen["ends"][1], [True, True, True])
+    assert not seen["ends"][[0, 2, 3]].any()
+    expected = raw / np.maximum(seen["std"], 1e-4)
+    expected[1, 1] += gamma * v_final  # the cut, and only the cut, bootstraps
+    np.testing.assert_allclose(seen["rewards"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- what must not change ---------------------------------------------------------------------
+
+
+def test_disabled_learning_leaves_weights_optimizer_and_statistics_bit_identical() -> None:
+    learner = _learner(K=3, rollout=10, enabled=False)
+    before = learner.population.flat.detach().clone()
+    rng = np.random.default_rng(1)
+    for t in range(35):
+        done = np.full(3, t % 7 == 6)
+        learner.act(_obs(rng, 3) * 5 + 2, rng.normal(size=3).astype(np.float32), done)
+    assert torch.equal(learner.population.flat.detach(), before)
+    opt = learner.population.optimizer
+    assert not opt.m.any() and not opt.v.any() and not opt.t.any()
+    np.testing.assert_array_equal(learner.obs_moments.mean, 0.0)
+    np.testing.assert_array_equal(learner.obs_moments.var, 1.0)
+    np.testing.assert_array_equal(learner.return_moments.var, 1.0)
+    assert learner.updates == 0 and learner.stats == {}
+
+
+def test_an_agent_with_no_live_step_stays_unchanged() -> None:
+    learner = _learner(K=2, rollout=5, epochs=2)
+    before = learner.population.flat.detach().clone()
+    rng = np.random.default_rng(2)
+    alive = np.array([True, False])
+    for _ in range(6):  # 5 steps, then the tick that updates
+        learner.act(_obs(rng, 2), rng.normal(size=2).astype(np.float32), alive=alive)
+    flat = learner.population.flat.detach()
+    assert learner.updates == 1
+    assert torch.equal(flat[1], before[1])
+    assert not torch.equal(flat[0], before[0])
+    assert learner.population.optimizer.t.tolist() == [2.0, 0.0]
+
+
+def test_actor_and_critic_live_side_by_side_and_unused_head_halves_never_move() -> None:
+    learner = _learner(K=2, rollout=5)
+    pop = learner.population
+    names = [name for name, _ in pop.specs]
+    half = len(names) // 2
+    assert all(n.startswith("actor.") for n in names[:half])
+    assert [n.replace("actor.", "critic.", 1) for n in names[:half]] == names[half:]
+    before = pop.flat.detach().clone()
+    rng = np.random.default_rng(3)
+    for _ in range(11):
+        learner.act(_obs(rng, 2), rng.normal(size=2).astype(np.float32))
+    assert learner.updates == 2
+    offsets = np.cumsum([0] + [int(np.prod(s)) for _, s in pop.specs])
+    moved = {n: not torch.equal(pop.flat[:, a:b], before[:, a:b]) for n, a, b in
+             zip(names, offsets[:-1], offsets[1:], strict=True)}  # fmt: skip
+    assert not moved["actor.head.value.w"] and not moved["critic.head.policy.w"]
+    assert moved["actor.head.policy.w"] and moved["critic.head.value.w"]
+    assert moved["actor.blocks.0.ffn.w1"] and moved["critic.blocks.0.ffn.w1"]
+
+
+def test_running_moments_match_numpy_per_row_and_skip_rows_not_updated() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(3.0, 2.0, size=(50, 3, 2))  # 50 samples, 3 rows, 2 features
+    moments = RunningMoments(3, (2,))
+    for sample in x:
+        moments.update(sample, np.array([True, True, False]))
+    np.testing.assert_allclose(moments.mean[:2], x[:, :2].mean(0), rtol=1e-4)
+    np.testing.assert_allclose(moments.var[:2], x[:, :2].var(0), rtol=1e-3)
+    np.testing.assert_array_equal(moments.mean[2], 0.0)
+    np.testing.assert_array_equal(moments.var[2], 1.0)
+
+
+def test_each_agent_normalises_observations_by_its_own_statistics() -> None:
+    # agent 0 observes numbers near 1000, agent 1 near 0.001: both policies read O(1) inputs
+    learner = _learner(K=2, rollout=50)
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        z = rng.normal(size=(2, OBS))
+        learner.act((np.array([[1000.0], [0.001]]) * (1 + 0.1 * z)).astype(np.float32))
+    window = learner._hist[:, -1]  # (K, OBS) the last normalised observation
+    assert np.abs(window).max() < 5 and np.abs(window).min(1).max() < 3
+
+
+# ---- learning and determinism ------------------------------------------------------------------
+
+
+def _chain_returns(learn: bool, ticks: int = 1000, K: int = 4, steps: int = 10) -> list[float]:
+    """A 1-D chain: start at x in [-4, 4], actions move -1, 0, +1, reward -|x| per step,
+    episodes of `steps` cut by a time limit. A policy blind to x walks at random (about -25
+    per episode); walking to 0 and staying there earns about -2."""
+    learner = OnlineActorCritic(
+        SMALL, LearnConfig(lr=3e-3, window=1),
+        RLConfig(rollout=2 * steps, discount=0.9, enabled=learn), K, 1, 3, seed=0,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.integers(-4, 5, K)
+    reward = done = final = None
+    t_ep, ret, returns = 0, np.zeros(K), []
+    for _ in range(ticks):
+        a = learner.act(x[:, None].astype(np.float32), reward, done, None, done, final)
+        x = x + a - 1
+        reward = -np.abs(x).astype(np.float32)
+        ret, t_ep = ret + reward, t_ep + 1
+        done = np.full(K, t_ep == steps)
+        final = x[:, None].astype(np.float32)
+        if t_ep == steps:
+            returns.append(float(ret.mean()))
+            x, ret, t_ep = rng.integers(-4, 5, K), np.zeros(K), 0
+    return returns
+
+
+def test_learning_walks_the_chain_to_zero_far_better_than_chance() -> None:
+    learned, blind = _chain_returns(learn=True), _chain_returns(learn=False)
+    assert np.mean(blind[-20:]) < -15
+    assert np.mean(learned[-20:]) > -8
+    assert np.mean(learned[:10]) < -15  # it started as blind as the others
+
+
+def test_same_seed_gives_the_same_actions_and_weights() -> None:
+    def run(seed: int) -> tuple[np.ndarray, torch.Tensor]:
+        learner = _learner(K=3, seed=seed, rollout=10)
+        rng = np.random.default_rng(6)
+        actions = [learner.act(_obs(rng, 3), rng.normal(size=3).astype(np.float32))
+                   for _ in range(35)]  # fmt: skip
+        return np.stack(actions), learner.population.flat.detach().clone()
+
+    a1, w1 = run(3)
+    a2, w2 = run(3)
+    a3, _ = run(4)
+    np.testing.assert_array_equal(a1, a2)
+    assert torch.equal(w1, w2)
+    assert not np.array_equal(a1, a3)
+
+
+@pytest.mark.parametrize("groups", [2])
+def test_selective_ffn_trains_actor_and_critic_with_routing_stats(groups: int) -> None:
+    cfg = ModelConfig(d_model=16, channels=2, layers=1, slope_window=2, ffn_groups=groups)
+    learner = OnlineActorCritic(cfg, LearnConfig(window=2), RLConfig(rollout=5), 2, OBS, 3, 0)
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        learner.act(_obs(rng, 2), rng.normal(size=2).astype(np.float32))
+    stats = learner.population.select_stats
+    assert learner.updates == 1 and np.isfinite(learner.stats["value_loss"])
+    assert stats["select/density"].shape == (4,)  # actor and critic of each agent
+    np.testing.assert_allclose(stats["select/density"], 1 / groups)
