@@ -2,7 +2,7 @@
 what does gossip add?
 
 Usage:
-    .venv/bin/python bench/pz_bench.py            # 3 variants x 2 seeds, ~17 min on 2 cores
+    .venv/bin/python bench/pz_bench.py            # 3 variants x 2 seeds, 13-17 min on 2 cores
     .venv/bin/python bench/pz_bench.py --quick    # every code path: 1 seed, 500 ticks, ~1.5 min
     .venv/bin/python bench/pz_bench.py --write    # also rewrite its BENCHMARKS.md section
 
