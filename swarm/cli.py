@@ -41,6 +41,30 @@ def _load(path: Path, **overrides: Any) -> Scenario:
     return scenario
 
 
+def _progress_bar(enabled: bool) -> Any:
+    """A tick progress bar with elapsed time and ETA, on stderr (rich.progress.Progress)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ticks"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
 @app.command()
 def validate(scenario: Path = typer.Argument(..., help="Scenario YAML file.")) -> None:
     """Check a scenario file (schema, types, values) without running it."""
@@ -63,15 +87,6 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Run a scenario: agents act, learn online and share knowledge; writes runs/<run-id>/."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from swarm.runner import Runner, new_run_dir
 
     sc = _load(scenario, ticks=ticks, seed=seed)
@@ -80,17 +95,7 @@ def run(
         f"[bold]{sc.name}[/bold]: {sc.agents.count} agents in {sc.n_shards} shards, "
         f"{sc.ticks} ticks, gossip {sc.gossip.topology}/{sc.gossip.mode} -> {run_dir}"
     )
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ticks"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not progress,
-    )
+    bar = _progress_bar(progress)
     task = bar.add_task("starting Ray", total=sc.ticks)
 
     def on_start(url: str | None) -> None:
@@ -175,15 +180,6 @@ def compare(
 ) -> None:
     """Run one scenario as isolated learners, decentralized gossip, coordinator and a
     centralized learner (same seeds); write one table and one set of plots."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from swarm.compare import MODES
     from swarm.compare import compare as run_compare
     from swarm.runner import new_run_dir
@@ -201,17 +197,7 @@ def compare(
         f"[bold]compare {sc.name}[/bold]: {', '.join(chosen)} x {seeds} seed(s) = {n_runs} runs "
         f"of {sc.ticks} ticks -> {out_dir}"
     )
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ticks"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not progress,
-    )
+    bar = _progress_bar(progress)
     task = bar.add_task("starting", total=n_runs * sc.ticks)
     done = {"runs": 0}
 
