@@ -739,14 +739,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the driver only times protobuf and numpy; the actors use 1 each
     log("figure 3: consensus rounds (in process)")
     cons = bench_consensus(s, gammas)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=base.ray.object_store_mb * 2**20,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    model_bench.start_ray(base.ray.object_store_mb)
     try:
         log(f"figure 1: {len(s.variants)} drone patrol runs")
         runs = bench_scenario(s, base)

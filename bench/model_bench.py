@@ -1224,6 +1224,21 @@ def observations(dec: list[DecodeRow], train, pop: list[PopRow], gemv, sizes) ->
     return out
 
 
+def start_ray(object_store_mb: int) -> None:
+    """The one embedded Ray a benchmark's scenario runs share (the Runner reuses it): 2 CPUs,
+    no dashboard, the repository on the workers' path."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=object_store_mb * 2**20,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
 def write_section(body: str, section: str = SECTION) -> None:
     """Replace a script's `##` section of BENCHMARKS.md (from the `section` heading up to the
     next `## `), or append it. Each script owns its own section; they all write through here."""

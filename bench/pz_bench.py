@@ -328,14 +328,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=base.ray.object_store_mb * 2**20,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    model_bench.start_ray(base.ray.object_store_mb)
     try:
         log(f"{len(VARIANTS)} variants x {len(seeds)} seeds of {SCENARIO.name}")
         runs = run_all(s, base, seeds)
