@@ -25,6 +25,7 @@ class Rejection(enum.Enum):
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_SENDER = "unknown_sender"
     STALE = "stale"
+    CLOCK_SKEW = "clock_skew"
 
 
 class DeltaRejected(Exception):
@@ -38,7 +39,14 @@ class DeltaRejected(Exception):
 
 @dataclass(frozen=True)
 class Delta:
-    """One agent's compressed knowledge delta for one round."""
+    """One agent's compressed knowledge delta for one round.
+
+    `epoch` is the incarnation of the sender's public copy (a restarted node uses a new one, so
+    its new versions are never mistaken for the ones it sent before). With `snapshot` the
+    payload is the sender's whole public copy (dense float32), not a difference: applied, the
+    receiver's copy *is* version `base_version` of `epoch`, and the next delta has that
+    base_version.
+    """
 
     sender: str
     round: int
@@ -47,6 +55,8 @@ class Delta:
     payload: Compressed
     norm: float
     examples: int = 0
+    epoch: int = 0
+    snapshot: bool = False
 
 
 def layout_fingerprint(specs: Sequence[tuple[str, tuple[int, ...]]]) -> str:

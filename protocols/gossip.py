@@ -12,20 +12,39 @@ With Q = identity and gamma = 1 this is plain gossip x <- W x. Each node keeps o
 public vector of every agent that neighbours one of its agents; a copy starts at the common
 initial weights x0 and only ever changes by received deltas, applied in version order.
 
-Thread model: `receive` runs on gRPC server threads, `make_deltas` / `apply` on the owner's
-thread; a lock guards the inbox and version counters. In sync mode the owner calls `apply`
-after a barrier, and pending deltas are applied sorted by (round, sender): the result does not
-depend on arrival order, so a seeded run is reproducible.
+Resynchronisation. The scheme needs every copy of xhat_i to equal the sender's own, which a
+restart or a late joiner breaks. Two fields repair it: the *epoch* of a public copy (the
+sender's incarnation: a restarted node uses a new, larger one, since the versions it produces
+after the restart differ from those it sent before) and the *snapshot*, a message carrying the
+whole xhat_i. A receiver tracks, per remote agent, (epoch, next version) and accepts
+
+- a delta of the known epoch whose base_version is the next version;
+- a snapshot of a newer epoch, or of the known epoch at a version not older than the copy's
+  (so a replayed old snapshot cannot roll a copy back).
+
+Convention: a snapshot with base_version v *is* version v of its epoch (the sender's version
+counter when it was taken), so the next delta has base_version v. Everything else is refused
+STALE (-> gRPC FAILED_PRECONDITION) with what the receiver holds; the sender answers with
+`make_snapshots`. A restarted node sends its own snapshots first (its deltas of a new epoch
+are refused until one has arrived) and learns its neighbours' copies from the snapshots they
+send when its STALE refusals reach them. `state` / `load_state` checkpoint all of it.
+
+Thread model: `receive` runs on gRPC server threads, `make_deltas` / `apply` / `state` on the
+owner's thread; a lock guards the inbox, the acceptance counters and the active flags. Pending
+deltas are applied in acceptance order, which per sender is version order; deltas of
+different senders touch different copies, so their interleaving cannot change the result and
+a seeded sync-mode run (apply after a barrier) stays reproducible.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from protocols.compression import compress
+from protocols.compression import DENSE_F32, Compressed, compress
 from protocols.config import CompressionConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
 
@@ -46,6 +65,10 @@ class ChocoGossip:
         compression: how deltas are compressed.
         layout: fingerprint of the parameter layout (rejects deltas of another model).
         owner: maps a global agent index to the node that hosts it.
+        epoch: incarnation of this node's agents' public copies; must be new (larger than any
+            used before) for every start of a node that has sent deltas, see `load_state`.
+            Receivers start out expecting epoch 0: with any other epoch, send `make_snapshots`
+            to every peer before deltas (they are refused STALE until then).
     """
 
     def __init__(
@@ -58,8 +81,10 @@ class ChocoGossip:
         compression: CompressionConfig,
         layout: str,
         owner: Callable[[int], str],
+        epoch: int = 0,
     ):
         self.local = list(local)
+        self.epoch = int(epoch)
         self.gamma = float(gamma)
         self.compression = compression
         self.layout = layout
@@ -85,8 +110,17 @@ class ChocoGossip:
             for i, nbrs in zip(self.local, self.neighbours, strict=True)
         }
         self._lock = threading.Lock()
+        # Guards this node's own public copies between make_deltas (owner thread) and
+        # make_snapshots (called from outbox sender threads, protocols/outbox.py).
+        self._own = threading.Lock()
+        self.duplicates = 0
+        """Messages received again (at-least-once delivery) and dropped, see `receive`."""
         self._inbox: list[Delta] = []
-        self._expected: dict[int, int] = dict(self.version)  # next base_version per sender
+        # Per remote agent, what accepted deltas (applied or still in the inbox) have made of
+        # its copy: the next base_version, and the epoch they belong to.
+        self._expected: dict[int, int] = {j: 0 for j in self._remote.values()}
+        self._epoch_of: dict[int, int] = {j: 0 for j in self._remote.values()}
+        self._inactive: set[int] = set()
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -97,6 +131,12 @@ class ChocoGossip:
 
         `x` is (K, P) with one row per local agent; `examples` is labelled examples per agent.
         """
+        with self._own:  # a sender thread may be taking a snapshot of these copies
+            return self._make_deltas(x, round_, examples)
+
+    def _make_deltas(
+        self, x: np.ndarray, round_: int, examples: Sequence[int] | np.ndarray
+    ) -> list[Delta]:
         out = []
         for row, i in enumerate(self.local):
             payload = compress(x[row] - self.xhat[i], self.compression)
@@ -109,10 +149,36 @@ class ChocoGossip:
                 payload=payload,
                 norm=float(np.linalg.norm(q.astype(np.float64))),
                 examples=int(examples[row]),
+                epoch=self.epoch,
             )
             self.xhat[i] += q
             self.version[i] += 1
             out.append(delta)
+        return out
+
+    def make_snapshots(self, round_: int) -> list[Delta]:
+        """A snapshot of every local agent's public copy, in row order; changes no state.
+
+        Send these to a peer that refused a delta as STALE, and to every peer after a restart.
+        Each is version `version[i]` of this node's epoch (the base_version of the next delta).
+        """
+        out = []
+        for i in self.local:
+            with self._own:  # the copy and its version must be of the same instant
+                values, version = self.xhat[i].copy(), self.version[i]
+            out.append(
+                Delta(
+                    sender=agent_name(i),
+                    round=round_,
+                    base_version=version,
+                    layout=self.layout,
+                    payload=Compressed(DENSE_F32, self.num_params, values),
+                    norm=float(np.linalg.norm(values.astype(np.float64))),
+                    examples=0,
+                    epoch=self.epoch,
+                    snapshot=True,
+                )
+            )
         return out
 
     def destinations(self, sender_index: int) -> list[str]:
@@ -126,51 +192,228 @@ class ChocoGossip:
     # -- receiving -----------------------------------------------------------------------------
 
     def receive(self, deltas: Sequence[Delta]) -> int:
-        """Accept a batch of already-decoded deltas, all or none; raises DeltaRejected."""
+        """Accept a batch of already-decoded deltas, all or none; raises DeltaRejected.
+
+        Deltas are checked in batch order against what the earlier ones of the batch made of
+        each copy, so [snapshot v, delta v, delta v+1] of one sender is a valid batch.
+
+        A *duplicate*, a delta or snapshot of the current epoch whose version the copy already
+        holds, is acknowledged and dropped (counted in `duplicates`): delivery over gRPC is
+        at-least-once (a push whose reply was lost is sent again), and the signature proves
+        it is the sender's own old message, so re-sending it must neither apply it twice nor
+        force a resync. A replayed old message therefore cannot roll a copy back either.
+        Returns how many new deltas were accepted.
+        """
         with self._lock:
             expected = dict(self._expected)
+            epoch_of = dict(self._epoch_of)
+            fresh: list[Delta] = []
+            duplicates = 0
             for d in deltas:
                 j = self._remote.get(d.sender)
                 if j is None:
                     raise DeltaRejected(
                         Rejection.UNKNOWN_SENDER, f"{d.sender!r} is not a neighbour of this node"
                     )
+                holds = f"this node holds {d.sender} epoch {epoch_of[j]} version {expected[j]}"
+                what = "snapshot" if d.snapshot else "delta"
+                if d.epoch < epoch_of[j]:
+                    raise DeltaRejected(
+                        Rejection.STALE,
+                        f"{d.sender} {what} of epoch {d.epoch} is from an earlier incarnation; "
+                        f"{holds}",
+                    )
+                if d.epoch == epoch_of[j] and d.base_version < expected[j]:
+                    duplicates += 1  # the copy already holds this version
+                    continue
+                if d.snapshot:
+                    expected[j], epoch_of[j] = d.base_version, d.epoch
+                    fresh.append(d)
+                    continue
+                if d.epoch > epoch_of[j] and d.base_version == 0 == expected[j] == epoch_of[j]:
+                    # Nothing heard from j yet (the copy is the common init x0, version 0 of
+                    # any epoch) and j starts from x0 too: the first delta of a fresh sender.
+                    epoch_of[j] = d.epoch
+                if d.epoch > epoch_of[j]:
+                    raise DeltaRejected(
+                        Rejection.STALE,
+                        f"{d.sender} delta of epoch {d.epoch} needs a snapshot first; {holds}",
+                    )
                 if d.base_version != expected[j]:
                     raise DeltaRejected(
                         Rejection.STALE,
-                        f"{d.sender} delta applies to version {d.base_version}, "
-                        f"this node holds version {expected[j]}",
+                        f"{d.sender} delta applies to version {d.base_version}; {holds}",
                     )
                 expected[j] += 1
-            self._expected = expected
-            self._inbox.extend(deltas)
-        return len(deltas)
+                fresh.append(d)
+            self._expected, self._epoch_of = expected, epoch_of
+            self._inbox.extend(fresh)
+            self.duplicates += duplicates
+        return len(fresh)
 
     def apply(self, x: np.ndarray) -> int:
         """Apply pending deltas to the public copies, then one consensus step on `x` in place.
 
-        Returns how many deltas were applied.
+        Deltas are applied in acceptance order (version order per sender: the order `receive`
+        checked them in); a snapshot replaces the copy. Inactive neighbours (`set_active`) are
+        left out of the step, their weight staying with the agent itself. Returns how many
+        deltas were applied.
         """
         with self._lock:
             pending, self._inbox = self._inbox, []
-        pending.sort(key=lambda d: (d.round, d.base_version, d.sender))
+            inactive = set(self._inactive)
         for d in pending:
             j = self._remote[d.sender]
-            self.xhat[j] += d.payload.decode()
-            self.version[j] += 1
+            if d.snapshot:
+                self.xhat[j][:] = d.payload.decode()
+                self.version[j] = d.base_version
+            else:
+                self.xhat[j] += d.payload.decode()
+                self.version[j] += 1
         for row, i in enumerate(self.local):
             if not self.neighbours[row]:
                 continue
             mix = np.zeros(self.num_params, dtype=np.float64)
             for j, w in self.neighbours[row]:
-                mix += w * (self.xhat[j] - self.xhat[i])
+                if j not in inactive:
+                    mix += w * (self.xhat[j] - self.xhat[i])
             x[row] += (self.gamma * mix).astype(np.float32)
         return len(pending)
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def set_active(self, j: int, active: bool) -> None:
+        """Leave remote agent `j` out of the consensus step (e.g. declared dead by failure
+        detection) or bring it back.
+
+        Skipping the term moves W_ij to the diagonal, so the rest of the row still sums to one
+        and nothing is pulled towards a copy that no longer changes. Deltas of an inactive
+        agent are still accepted, so its copy is current when it comes back.
+        """
+        if j not in self._expected:
+            raise ValueError(f"agent {j} is not a remote neighbour of this node")
+        with self._lock:
+            if active:
+                self._inactive.discard(j)
+            else:
+                self._inactive.add(j)
+
+    def active(self, j: int) -> bool:
+        """Whether remote agent `j` takes part in the consensus step."""
+        if j not in self._expected:
+            raise ValueError(f"agent {j} is not a remote neighbour of this node")
+        with self._lock:
+            return j not in self._inactive
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, np.ndarray | int]:
+        """Everything needed to resume this node's gossip after a crash, as plain numbers.
+
+        Arrays (numeric dtypes, for an .npz with allow_pickle=False) and ints (for JSON):
+        the public copies in agent order, their applied versions, the acceptance state of the
+        remote ones (next version, epoch), the deltas accepted but not yet applied (decoded to
+        dense float32: exactly what `apply` would add), and this node's epoch. Active flags
+        are not kept: a restarted node relearns liveness from its failure detector.
+        Call it on the owner's thread (it reads the copies `apply` writes).
+        """
+        tracked = sorted(self.xhat)
+        with self._lock:
+            inbox = list(self._inbox)
+            expected = [self._expected.get(j, self.version[j]) for j in tracked]
+            epoch_of = [self._epoch_of.get(j, self.epoch) for j in tracked]
+        p = self.num_params
+        return {
+            "epoch": self.epoch,
+            "agents": np.array(tracked, dtype=np.int64),
+            "xhat": np.stack([self.xhat[j] for j in tracked]).astype(np.float32).reshape(-1, p),
+            "version": np.array([self.version[j] for j in tracked], dtype=np.int64),
+            "expected": np.array(expected, dtype=np.int64),
+            "known_epoch": np.array(epoch_of, dtype=np.int64),
+            "pending_sender": np.array([self._remote[d.sender] for d in inbox], dtype=np.int64),
+            "pending_round": np.array([d.round for d in inbox], dtype=np.int64),
+            "pending_base_version": np.array([d.base_version for d in inbox], dtype=np.int64),
+            "pending_epoch": np.array([d.epoch for d in inbox], dtype=np.int64),
+            "pending_snapshot": np.array([d.snapshot for d in inbox], dtype=np.bool_),
+            "pending_examples": np.array([d.examples for d in inbox], dtype=np.int64),
+            "pending_values": np.array(
+                [d.payload.decode() for d in inbox], dtype=np.float32
+            ).reshape(-1, p),
+        }
+
+    def load_state(self, state: Mapping[str, Any], *, epoch: int | None = None) -> None:
+        """Resume from `state()` of a node with the same agents, graph and parameter count.
+
+        epoch: this node's epoch from now on. None keeps the saved one, which is right only if
+            nothing was sent after the checkpoint was taken (e.g. a clean shutdown). A node
+            resuming after a crash must pass a new epoch, larger than every epoch it used
+            before; not `state["epoch"] + 1` if the same checkpoint can be resumed twice: keep
+            a counter that is incremented and stored at every start, before anything is sent.
+            Then send `make_snapshots` to every peer: its deltas are refused until then.
+        """
+        tracked = sorted(self.xhat)
+        agents = [int(a) for a in np.asarray(state["agents"]).reshape(-1)]
+        if agents != tracked:
+            raise ValueError(f"state holds copies of agents {agents}, this node tracks {tracked}")
+        xhat = np.asarray(state["xhat"], dtype=np.float32)
+        if xhat.shape != (len(tracked), self.num_params):
+            raise ValueError(
+                f"state copies have shape {xhat.shape}, expected {(len(tracked), self.num_params)}"
+            )
+        saved_epoch = int(np.asarray(state["epoch"]))
+        new_epoch = saved_epoch if epoch is None else int(epoch)
+        if new_epoch < saved_epoch:
+            raise ValueError(f"epoch {new_epoch} is older than the saved epoch {saved_epoch}")
+        version, expected, known_epoch = (
+            [int(v) for v in np.asarray(state[k]).reshape(-1)]
+            for k in ("version", "expected", "known_epoch")
+        )
+        names = {j: name for name, j in self._remote.items()}
+        values = np.asarray(state["pending_values"], dtype=np.float32).reshape(-1, self.num_params)
+        inbox = [
+            Delta(
+                sender=names[int(j)],
+                round=int(r),
+                base_version=int(b),
+                layout=self.layout,
+                payload=Compressed(DENSE_F32, self.num_params, v.copy()),
+                norm=float(np.linalg.norm(v.astype(np.float64))),
+                examples=int(n),
+                epoch=int(e),
+                snapshot=bool(s),
+            )
+            for j, r, b, n, e, s, v in zip(
+                *(
+                    np.asarray(state[f"pending_{k}"]).reshape(-1)
+                    for k in ("sender", "round", "base_version", "examples", "epoch", "snapshot")
+                ),
+                values,
+                strict=True,
+            )
+        ]
+        self.epoch = new_epoch
+        for row, j in enumerate(tracked):
+            self.xhat[j] = xhat[row].copy()
+            self.version[j] = version[row]
+        with self._lock:
+            self._inbox = inbox
+            self._expected = {j: expected[tracked.index(j)] for j in self._expected}
+            self._epoch_of = {j: known_epoch[tracked.index(j)] for j in self._epoch_of}
+            self._inactive = set()
+
+    # -- queries -------------------------------------------------------------------------------
 
     def known_sender(self, name: str) -> bool:
         return name in self._remote
 
     def received_from(self, name: str) -> int:
-        """How many deltas of remote agent `name` this node has accepted so far."""
+        """The version of remote agent `name`'s copy that accepted deltas reach: how many of
+        its deltas this node has accepted, a snapshot counting for the versions it stands for.
+        """
         with self._lock:
             return self._expected[self._remote[name]]
+
+    def known_epoch(self, name: str) -> int:
+        """The epoch of remote agent `name`'s copy as accepted so far."""
+        with self._lock:
+            return self._epoch_of[self._remote[name]]

@@ -50,6 +50,7 @@ STATUS: dict[Rejection, grpc.StatusCode] = {
     Rejection.BAD_SIGNATURE: grpc.StatusCode.UNAUTHENTICATED,
     Rejection.UNKNOWN_SENDER: grpc.StatusCode.PERMISSION_DENIED,
     Rejection.STALE: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.CLOCK_SKEW: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 Decode = Callable[[delta_pb2.KnowledgeDelta], Delta | None]
@@ -125,8 +126,13 @@ class MembershipHandler(Protocol):
     def on_ping_req(self, request: gossip_pb2.PingReqRequest) -> gossip_pb2.PingReqReply: ...
 
 
+Introduce = Callable[[gossip_pb2.Introduction], gossip_pb2.Introduction]
+"""Checks a peer's Introduction (`wire.check_introduction`, may raise DeltaRejected), takes note
+of it, and returns this node's own signed Introduction."""
+
+
 class GossipServicer(gossip_pb2_grpc.GossipServicer):
-    """Receives deltas for the agents of one node, and answers liveness probes."""
+    """Receives deltas for the agents of one node, answers liveness probes and introductions."""
 
     def __init__(
         self,
@@ -135,9 +141,11 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         sink: Sink,
         counters: TrafficCounters,
         membership: MembershipHandler | None = None,
+        introduce: Introduce | None = None,
     ):
         self.node, self.decode, self.sink, self.counters = node, decode, sink, counters
         self.membership = membership
+        self.introduce = introduce
 
     def PushDeltas(self, request, context):  # noqa: N802 - gRPC method name
         return gossip_pb2.PushReply(
@@ -153,6 +161,15 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         if self.membership is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node runs no membership protocol")
         return self.membership.on_ping_req(request)
+
+    def Introduce(self, request, context):  # noqa: N802
+        if self.introduce is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node takes no introductions")
+        try:
+            return self.introduce(request)
+        except DeltaRejected as exc:
+            self.counters.reject(exc.reason, 1)
+            context.abort(STATUS[exc.reason], str(exc))
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -286,6 +303,9 @@ def start_server(
     options = [
         ("grpc.max_receive_message_length", _HARD_LIMIT_FACTOR * max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # gRPC lets a second server bind the same port by default (SO_REUSEPORT), and the
+        # two would split the connections: refuse instead
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     health_servicer = health.HealthServicer()
@@ -311,6 +331,12 @@ def start_server(
                     gossip.PingReq,
                     gossip_pb2.PingReqRequest.FromString,
                     gossip_pb2.PingReqReply.SerializeToString,
+                    False,
+                ),
+                "Introduce": (
+                    gossip.Introduce,
+                    gossip_pb2.Introduction.FromString,
+                    gossip_pb2.Introduction.SerializeToString,
                     False,
                 ),
             },
@@ -415,6 +441,10 @@ class Peers:
                 raise tls_.TlsHandshakeFailed(hint) from exc
 
     def push(self, address: str, batch: delta_pb2.DeltaBatch, timeout_s: float) -> int:
+        """Deliver one batch; returns how many deltas were accepted. A refusal raises
+        grpc.RpcError with the status of `STATUS`: FAILED_PRECONDITION means the peer's copy
+        of a sender is not where the batch starts (a restart on either side, a lost batch);
+        answer it with snapshots (`ChocoGossip.make_snapshots`)."""
         stub = gossip_pb2_grpc.GossipStub(self._channel(address))
         try:
             reply = stub.PushDeltas(batch, timeout=timeout_s, wait_for_ready=True)
@@ -423,6 +453,20 @@ class Peers:
             raise
         self.counters.sent(batch.ByteSize())
         return int(reply.accepted)
+
+    def introduce(
+        self, address: str, msg: gossip_pb2.Introduction, timeout_s: float
+    ) -> gossip_pb2.Introduction:
+        """Introduce this node to the one at `address`; returns its Introduction, unchecked
+        (verify it with `wire.check_introduction` before believing it). A refusal raises
+        grpc.RpcError with the status of `STATUS`, UNIMPLEMENTED if the peer takes none."""
+        stub = gossip_pb2_grpc.GossipStub(self._channel(address))
+        try:
+            reply = stub.Introduce(msg, timeout=timeout_s, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            self._explain(address, exc)
+            raise
+        return reply
 
     def submit(self, address: str, batch: delta_pb2.DeltaBatch, timeout_s: float) -> int:
         stub = coordinator_pb2_grpc.CoordinatorStub(self._channel(address))

@@ -13,7 +13,7 @@ import hmac
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from protocols.compression import (
     encode_index_varint,
 )
 from protocols.delta import Delta, DeltaRejected, Rejection
-from swarm.proto.v1 import delta_pb2
+from swarm.proto.v1 import delta_pb2, gossip_pb2
 
 _VALUE_DTYPE: dict[int, np.dtype[Any]] = {
     DENSE_F32: np.dtype("<f4"),
@@ -40,16 +40,25 @@ _INDEX_DTYPE = np.dtype("<u4")
 _NORM_RTOL = 1e-3
 
 
-def sign(msg: delta_pb2.KnowledgeDelta, key: bytes) -> None:
-    """Fill `msg.signature` with HMAC-SHA256(key, msg without signature)."""
+_Signed = TypeVar("_Signed", delta_pb2.KnowledgeDelta, gossip_pb2.Introduction)
+
+
+def _sign(msg: _Signed, key: bytes) -> None:
     msg.signature = b""
     msg.signature = hmac.new(
         key, msg.SerializeToString(deterministic=True), hashlib.sha256
     ).digest()
 
 
-def _signature_ok(msg: delta_pb2.KnowledgeDelta, key: bytes) -> bool:
-    unsigned = delta_pb2.KnowledgeDelta()
+def sign(msg: delta_pb2.KnowledgeDelta, key: bytes) -> None:
+    """Fill `msg.signature` with HMAC-SHA256(key, msg without signature)."""
+    _sign(msg, key)
+
+
+def _signature_ok(msg: _Signed, key: bytes) -> bool:
+    if not msg.signature:
+        return False
+    unsigned = type(msg)()
     unsigned.CopyFrom(msg)
     unsigned.signature = b""
     want = hmac.new(key, unsigned.SerializeToString(deterministic=True), hashlib.sha256).digest()
@@ -70,6 +79,8 @@ def to_proto(delta: Delta, key: bytes) -> delta_pb2.KnowledgeDelta:
         scale=payload.scale,
         norm=delta.norm,
         examples=delta.examples,
+        epoch=delta.epoch,
+        snapshot=delta.snapshot,
     )
     if payload.indices is not None:
         msg.indices = encode_index_varint(payload.indices)
@@ -103,7 +114,7 @@ def _indices(msg: delta_pb2.KnowledgeDelta, n_values: int, num_params: int) -> n
 
 
 def _check_signature(msg: delta_pb2.KnowledgeDelta, key: bytes) -> None:
-    if not msg.signature or not _signature_ok(msg, key):
+    if not _signature_ok(msg, key):
         raise DeltaRejected(Rejection.BAD_SIGNATURE, f"signature of {msg.sender!r} does not verify")
 
 
@@ -118,7 +129,8 @@ def from_proto(
     """Check a received message completely and decode it; raises DeltaRejected.
 
     Checks, in order: signature (nothing else is trusted before it), layout and length,
-    encoding and byte lengths, index range and order, finiteness, and the declared norm.
+    encoding and byte lengths (a snapshot must be dense float32), index range and order,
+    finiteness, and the declared norm.
     signature_checked: the Reassembler verified every chunk of a reassembled delta.
     """
     if not signature_checked:
@@ -134,6 +146,12 @@ def from_proto(
     encoding = int(msg.encoding)
     if encoding not in _VALUE_DTYPE:
         raise DeltaRejected(Rejection.MALFORMED, f"unknown encoding {encoding}")
+    if msg.snapshot and encoding != DENSE_F32:
+        # A snapshot replaces the receiver's copy: a lossy or partial one would corrupt it.
+        raise DeltaRejected(
+            Rejection.MALFORMED,
+            f"a snapshot must be ENCODING_DENSE_F32, not {delta_pb2.Encoding.Name(encoding)}",
+        )
     dtype = _VALUE_DTYPE[encoding]
     if len(msg.values) % dtype.itemsize:
         raise DeltaRejected(Rejection.MALFORMED, "values are not a whole number of elements")
@@ -166,6 +184,8 @@ def from_proto(
         payload=payload,
         norm=norm,
         examples=int(msg.examples),
+        epoch=int(msg.epoch),
+        snapshot=bool(msg.snapshot),
     )
 
 
@@ -215,8 +235,12 @@ _CHUNK_SLACK = 64  # chunk fields and varint length prefixes the header estimate
 MAX_CHUNKS = 4096
 
 
+_ChunkOf = tuple[int, int, int, bool]  # (round, base_version, epoch, snapshot)
+
+
 class Reassembler:
-    """Collects the chunks of each (sender, round, base_version); hands out the whole message.
+    """Collects the chunks of each (sender, round, base_version, epoch, snapshot); hands out the
+    whole message.
 
     Every chunk's signature is checked on arrival (a bad one is rejected at once); a complete
     set is merged into one unsigned message to pass to `from_proto(signature_checked=True)`.
@@ -226,7 +250,7 @@ class Reassembler:
     def __init__(self, key: bytes, num_params: int):
         self.key, self.num_params = key, num_params
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[tuple[int, int], dict[int, delta_pb2.KnowledgeDelta]]] = {}
+        self._pending: dict[str, tuple[_ChunkOf, dict[int, delta_pb2.KnowledgeDelta]]] = {}
 
     def add(self, msg: delta_pb2.KnowledgeDelta) -> tuple[delta_pb2.KnowledgeDelta, bool] | None:
         """(message, signature_checked) when a delta is whole, else None."""
@@ -235,7 +259,9 @@ class Reassembler:
         _check_signature(msg, self.key)
         if msg.chunk_count > MAX_CHUNKS or msg.chunk_index >= msg.chunk_count:
             raise DeltaRejected(Rejection.MALFORMED, "chunk index/count out of range")
-        ident = (int(msg.round), int(msg.base_version))
+        # A snapshot and a delta of one round and version (or two epochs' messages) are
+        # different messages: their chunks must never mix.
+        ident = (int(msg.round), int(msg.base_version), int(msg.epoch), bool(msg.snapshot))
         with self._lock:
             known, parts = self._pending.get(msg.sender, (ident, {}))
             if known != ident:
@@ -309,3 +335,47 @@ def pack(
 
 
 _BATCH_SLACK = 256  # the batch's own fields
+
+
+# ---------------------------------------------------------------------------------------------
+# Introductions: who a node is, where it listens and which agents it hosts (Gossip.Introduce).
+
+#: Longest node name / address an introduction may carry: bounds what a peer makes us store.
+MAX_NAME_CHARS = 256
+MAX_ADDRESS_CHARS = 512
+
+
+def sign_introduction(msg: gossip_pb2.Introduction, key: bytes) -> None:
+    """Fill `msg.signature` with HMAC-SHA256(key, msg without signature), as `sign` does."""
+    _sign(msg, key)
+
+
+def check_introduction(msg: gossip_pb2.Introduction, key: bytes) -> None:
+    """Verify an introduction before anything in it is believed; raises DeltaRejected.
+
+    BAD_SIGNATURE when it was not signed with the swarm key; MALFORMED when a field is absurd
+    (no node name, an address that is not host:port, an agent listed twice, oversized strings).
+    The clock reading (`unix_ms`) is reported, not judged: freshness is the caller's policy
+    (a device without a real-time clock may honestly read 1970).
+    """
+    if not _signature_ok(msg, key):
+        raise DeltaRejected(
+            Rejection.BAD_SIGNATURE, f"introduction of {msg.node!r} does not verify"
+        )
+    if not msg.node or len(msg.node) > MAX_NAME_CHARS:
+        raise DeltaRejected(
+            Rejection.MALFORMED, f"node name must be 1..{MAX_NAME_CHARS} characters"
+        )
+    host, sep, port = msg.address.rpartition(":")
+    if (
+        not sep
+        or not host
+        or len(msg.address) > MAX_ADDRESS_CHARS
+        or not (port.isascii() and port.isdigit())
+        or not 0 < int(port) < 65536
+    ):
+        raise DeltaRejected(
+            Rejection.MALFORMED, f"address {msg.address[:80]!r} of {msg.node!r} is not host:port"
+        )
+    if len(set(msg.agents)) != len(msg.agents):
+        raise DeltaRejected(Rejection.MALFORMED, f"{msg.node!r} lists an agent twice")

@@ -90,22 +90,29 @@ def test_random_bytes_to_push_deltas_are_refused_and_never_applied() -> None:
     with serve_receiver() as (node, counters, address), grpc.insecure_channel(address) as channel:
         calls = []
 
+        genuine = []  # mutations that still encode the genuine delta (e.g. a non-canonical
+        # varint): accepted once, then acknowledged as duplicates; nothing else is accepted
+
         @settings(max_examples=200, deadline=None)
         @given(body=BODIES)
         def push(body: bytes) -> None:
             code, reply = _send(channel, PUSH, body)
             calls.append(code)
-            assert code in REFUSALS or (
-                code == grpc.StatusCode.OK and gossip_pb2.PushReply.FromString(reply).accepted == 0
-            )
+            if code == grpc.StatusCode.OK and gossip_pb2.PushReply.FromString(reply).accepted:
+                (delta,) = delta_pb2.DeltaBatch.FromString(body).deltas
+                assert delta == _msg()
+                genuine.append(body)
+                return
+            assert code in REFUSALS or code == grpc.StatusCode.OK
 
         push()
         x = np.zeros((1, P), np.float32)
-        assert node.apply(x) == 0
-        assert np.array_equal(x, np.zeros((1, P), np.float32))
+        assert node.apply(x) == len(genuine) <= 1
+        if not genuine:  # nothing hostile moved the model
+            assert np.array_equal(x, np.zeros((1, P), np.float32))
         snap = counters.snapshot()
         assert snap["messages_received"] == len(calls)
-        assert snap["deltas_accepted"] == 0
+        assert snap["deltas_accepted"] == len(genuine)
         assert snap["deltas_rejected"] >= sum(code != grpc.StatusCode.OK for code in calls)
         # both the parser and the checks behind it (wire.from_proto) saw hostile input
         assert snap["rejected_malformed"] > 0 and snap["rejected_bad_signature"] > 0
@@ -113,8 +120,8 @@ def test_random_bytes_to_push_deltas_are_refused_and_never_applied() -> None:
         _still_serves(channel, "swarm.v1.Gossip")
         code, reply = _send(channel, PUSH, _VALID)
         assert code == grpc.StatusCode.OK
-        assert gossip_pb2.PushReply.FromString(reply).accepted == 1
-        assert node.apply(x) == 1
+        assert gossip_pb2.PushReply.FromString(reply).accepted == 1 - len(genuine)
+        assert node.apply(x) == 1 - len(genuine)
 
 
 def test_random_bytes_to_submit_deltas_are_refused_and_never_applied() -> None:

@@ -188,8 +188,11 @@ def test_gossip_rejects_unknown_sender_and_stale_versions() -> None:
         nodes[0].receive([_delta(np.ones(4), sender="agent-3")])  # not a ring neighbour of 0
     assert info.value.reason == Rejection.UNKNOWN_SENDER
     nodes[0].receive([_delta(np.ones(4), sender="agent-1", version=0)])
+    # a replay is acknowledged and dropped (at-least-once delivery), never applied twice
+    assert nodes[0].receive([_delta(np.ones(4), sender="agent-1", version=0)]) == 0
+    assert nodes[0].duplicates == 1
     with pytest.raises(DeltaRejected) as info:
-        nodes[0].receive([_delta(np.ones(4), sender="agent-1", version=0)])  # replay
+        nodes[0].receive([_delta(np.ones(4), sender="agent-1", version=2)])  # a gap
     assert info.value.reason == Rejection.STALE
 
 

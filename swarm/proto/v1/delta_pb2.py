@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14swarm/v1/delta.proto\x12\x08swarm.v1\"\x9e\x03\n\x0eKnowledgeDelta\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x12\n\nnum_params\x18\x04 \x01(\r\x12\x0e\n\x06layout\x18\x05 \x01(\t\x12$\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x12.swarm.v1.Encoding\x12\x0f\n\x07indices\x18\x07 \x01(\x0c\x12\x0e\n\x06values\x18\x08 \x01(\x0c\x12\r\n\x05scale\x18\t \x01(\x02\x12\x0c\n\x04norm\x18\n \x01(\x02\x12\x10\n\x08\x65xamples\x18\x0b \x01(\x04\x12\x11\n\tsignature\x18\x0c \x01(\x0c\x12\x13\n\x0b\x63hunk_index\x18\r \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x0e \x01(\r\x12\x14\n\x0cparam_offset\x18\x0f \x01(\r\x12\x13\n\x0bpush_weight\x18\x10 \x01(\x01\x12$\n\x06shapes\x18\x11 \x03(\x0b\x32\x14.swarm.v1.ParamShape\x12/\n\x0eindex_encoding\x18\x12 \x01(\x0e\x32\x17.swarm.v1.IndexEncoding\"(\n\nParamShape\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x03(\r\"Z\n\nDeltaBatch\x12\x13\n\x0bsender_node\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12(\n\x06\x64\x65ltas\x18\x03 \x03(\x0b\x32\x18.swarm.v1.KnowledgeDelta*\x88\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NCODING_DENSE_F32\x10\x01\x12\x17\n\x13\x45NCODING_SPARSE_F32\x10\x02\x12\x17\n\x13\x45NCODING_DENSE_INT8\x10\x03\x12\x18\n\x14\x45NCODING_SPARSE_INT8\x10\x04*H\n\rIndexEncoding\x12\x16\n\x12INDEX_ENCODING_U32\x10\x00\x12\x1f\n\x1bINDEX_ENCODING_DELTA_VARINT\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14swarm/v1/delta.proto\x12\x08swarm.v1\"\xbf\x03\n\x0eKnowledgeDelta\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x12\n\nnum_params\x18\x04 \x01(\r\x12\x0e\n\x06layout\x18\x05 \x01(\t\x12$\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x12.swarm.v1.Encoding\x12\x0f\n\x07indices\x18\x07 \x01(\x0c\x12\x0e\n\x06values\x18\x08 \x01(\x0c\x12\r\n\x05scale\x18\t \x01(\x02\x12\x0c\n\x04norm\x18\n \x01(\x02\x12\x10\n\x08\x65xamples\x18\x0b \x01(\x04\x12\x11\n\tsignature\x18\x0c \x01(\x0c\x12\x13\n\x0b\x63hunk_index\x18\r \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x0e \x01(\r\x12\x14\n\x0cparam_offset\x18\x0f \x01(\r\x12\x13\n\x0bpush_weight\x18\x10 \x01(\x01\x12$\n\x06shapes\x18\x11 \x03(\x0b\x32\x14.swarm.v1.ParamShape\x12/\n\x0eindex_encoding\x18\x12 \x01(\x0e\x32\x17.swarm.v1.IndexEncoding\x12\r\n\x05\x65poch\x18\x13 \x01(\x04\x12\x10\n\x08snapshot\x18\x14 \x01(\x08\"(\n\nParamShape\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x03(\r\"Z\n\nDeltaBatch\x12\x13\n\x0bsender_node\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12(\n\x06\x64\x65ltas\x18\x03 \x03(\x0b\x32\x18.swarm.v1.KnowledgeDelta*\x88\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NCODING_DENSE_F32\x10\x01\x12\x17\n\x13\x45NCODING_SPARSE_F32\x10\x02\x12\x17\n\x13\x45NCODING_DENSE_INT8\x10\x03\x12\x18\n\x14\x45NCODING_SPARSE_INT8\x10\x04*H\n\rIndexEncoding\x12\x16\n\x12INDEX_ENCODING_U32\x10\x00\x12\x1f\n\x1bINDEX_ENCODING_DELTA_VARINT\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'swarm.v1.delta_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=586
-  _globals['_ENCODING']._serialized_end=722
-  _globals['_INDEXENCODING']._serialized_start=724
-  _globals['_INDEXENCODING']._serialized_end=796
+  _globals['_ENCODING']._serialized_start=619
+  _globals['_ENCODING']._serialized_end=755
+  _globals['_INDEXENCODING']._serialized_start=757
+  _globals['_INDEXENCODING']._serialized_end=829
   _globals['_KNOWLEDGEDELTA']._serialized_start=35
-  _globals['_KNOWLEDGEDELTA']._serialized_end=449
-  _globals['_PARAMSHAPE']._serialized_start=451
-  _globals['_PARAMSHAPE']._serialized_end=491
-  _globals['_DELTABATCH']._serialized_start=493
-  _globals['_DELTABATCH']._serialized_end=583
+  _globals['_KNOWLEDGEDELTA']._serialized_end=482
+  _globals['_PARAMSHAPE']._serialized_start=484
+  _globals['_PARAMSHAPE']._serialized_end=524
+  _globals['_DELTABATCH']._serialized_start=526
+  _globals['_DELTABATCH']._serialized_end=616
 # @@protoc_insertion_point(module_scope)

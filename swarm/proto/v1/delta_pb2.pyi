@@ -28,7 +28,7 @@ INDEX_ENCODING_U32: IndexEncoding
 INDEX_ENCODING_DELTA_VARINT: IndexEncoding
 
 class KnowledgeDelta(_message.Message):
-    __slots__ = ("sender", "round", "base_version", "num_params", "layout", "encoding", "indices", "values", "scale", "norm", "examples", "signature", "chunk_index", "chunk_count", "param_offset", "push_weight", "shapes", "index_encoding")
+    __slots__ = ("sender", "round", "base_version", "num_params", "layout", "encoding", "indices", "values", "scale", "norm", "examples", "signature", "chunk_index", "chunk_count", "param_offset", "push_weight", "shapes", "index_encoding", "epoch", "snapshot")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class KnowledgeDelta(_message.Message):
     PUSH_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     SHAPES_FIELD_NUMBER: _ClassVar[int]
     INDEX_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     sender: str
     round: int
     base_version: int
@@ -65,7 +67,9 @@ class KnowledgeDelta(_message.Message):
     push_weight: float
     shapes: _containers.RepeatedCompositeFieldContainer[ParamShape]
     index_encoding: IndexEncoding
-    def __init__(self, sender: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., layout: _Optional[str] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., scale: _Optional[float] = ..., norm: _Optional[float] = ..., examples: _Optional[int] = ..., signature: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., param_offset: _Optional[int] = ..., push_weight: _Optional[float] = ..., shapes: _Optional[_Iterable[_Union[ParamShape, _Mapping]]] = ..., index_encoding: _Optional[_Union[IndexEncoding, str]] = ...) -> None: ...
+    epoch: int
+    snapshot: bool
+    def __init__(self, sender: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., num_params: _Optional[int] = ..., layout: _Optional[str] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., scale: _Optional[float] = ..., norm: _Optional[float] = ..., examples: _Optional[int] = ..., signature: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., param_offset: _Optional[int] = ..., push_weight: _Optional[float] = ..., shapes: _Optional[_Iterable[_Union[ParamShape, _Mapping]]] = ..., index_encoding: _Optional[_Union[IndexEncoding, str]] = ..., epoch: _Optional[int] = ..., snapshot: _Optional[bool] = ...) -> None: ...
 
 class ParamShape(_message.Message):
     __slots__ = ("name", "dims")

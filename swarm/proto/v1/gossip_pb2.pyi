@@ -73,3 +73,19 @@ class PingReqReply(_message.Message):
     reachable: bool
     updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
     def __init__(self, reachable: _Optional[bool] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+
+class Introduction(_message.Message):
+    __slots__ = ("node", "address", "agents", "unix_ms", "membership", "signature")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    agents: _containers.RepeatedScalarFieldContainer[int]
+    unix_ms: int
+    membership: bool
+    signature: bytes
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., agents: _Optional[_Iterable[int]] = ..., unix_ms: _Optional[int] = ..., membership: _Optional[bool] = ..., signature: _Optional[bytes] = ...) -> None: ...

@@ -50,6 +50,11 @@ class GossipStub:
                 request_serializer=swarm_dot_v1_dot_gossip__pb2.PingReqRequest.SerializeToString,
                 response_deserializer=swarm_dot_v1_dot_gossip__pb2.PingReqReply.FromString,
                 _registered_method=True)
+        self.Introduce = channel.unary_unary(
+                '/swarm.v1.Gossip/Introduce',
+                request_serializer=swarm_dot_v1_dot_gossip__pb2.Introduction.SerializeToString,
+                response_deserializer=swarm_dot_v1_dot_gossip__pb2.Introduction.FromString,
+                _registered_method=True)
 
 
 class GossipServicer:
@@ -79,6 +84,15 @@ class GossipServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Introduce(self, request, context):
+        """Tell a node who the caller is and learn who it is (reply: the callee's Introduction).
+        UNAUTHENTICATED (bad signature), INVALID_ARGUMENT (malformed), UNIMPLEMENTED (the node
+        takes no introductions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GossipServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +110,11 @@ def add_GossipServicer_to_server(servicer, server):
                     servicer.PingReq,
                     request_deserializer=swarm_dot_v1_dot_gossip__pb2.PingReqRequest.FromString,
                     response_serializer=swarm_dot_v1_dot_gossip__pb2.PingReqReply.SerializeToString,
+            ),
+            'Introduce': grpc.unary_unary_rpc_method_handler(
+                    servicer.Introduce,
+                    request_deserializer=swarm_dot_v1_dot_gossip__pb2.Introduction.FromString,
+                    response_serializer=swarm_dot_v1_dot_gossip__pb2.Introduction.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +198,33 @@ class Gossip:
             '/swarm.v1.Gossip/PingReq',
             swarm_dot_v1_dot_gossip__pb2.PingReqRequest.SerializeToString,
             swarm_dot_v1_dot_gossip__pb2.PingReqReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Introduce(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Gossip/Introduce',
+            swarm_dot_v1_dot_gossip__pb2.Introduction.SerializeToString,
+            swarm_dot_v1_dot_gossip__pb2.Introduction.FromString,
             options,
             channel_credentials,
             insecure,
