@@ -311,3 +311,79 @@ class OnlineLearner:
 def balanced_accuracy(per_class: np.ndarray) -> np.ndarray:
     """(K, n_classes) per-class accuracy -> (K,) mean over the classes present (non-nan)."""
     return np.nanmean(per_class, axis=1)
+
+
+# -- checkpointing -----------------------------------------------------------------------------
+#
+# Everything a learner needs to go on exactly where it stopped, as plain numpy arrays (so a
+# checkpoint is an .npz read with allow_pickle=False) plus one JSON-able dict of scalars.
+
+
+def learner_state(learner: OnlineLearner) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """(arrays, scalars): weights, optimizer moments, recurrent state, observation ring, replay
+    memory (or recent windows), EWC state and the sampling RNG."""
+    arrays = {
+        f"pop.{k}": v.detach().numpy().copy() for k, v in learner.population.state_dict().items()
+    }
+    arrays["obs"] = learner._obs.copy()
+    arrays["ticks"] = learner._ticks.copy()
+    arrays["new_examples"] = learner._new_examples.copy()
+    arrays["replay.items"] = learner.replay.items.copy()
+    arrays["replay.size"] = learner.replay.size.copy()
+    arrays["replay.seen"] = learner.replay.seen.copy()
+    if learner.recent is not None:
+        arrays["recent.items"] = learner.recent.items.copy()
+        arrays["recent.classes"] = learner.recent.classes.copy()
+        arrays["recent.count"] = learner.recent.count.copy()
+        arrays["recent.fresh"] = learner.recent.fresh.copy()
+    if learner.grad_mask is not None:
+        arrays["grad_mask"] = learner.grad_mask.numpy().copy()
+    if learner.ewc is not None:
+        arrays["ewc.fisher"] = learner.ewc.fisher.numpy().copy()
+        arrays["ewc.anchor"] = learner.ewc.anchor.numpy().copy()
+        arrays["ewc.consolidations"] = learner.ewc.consolidations.numpy().copy()
+    scalars: dict[str, object] = {
+        "n": learner._n,
+        "learn_steps": learner.learn_steps,
+        "labels_dropped": learner.labels_dropped,
+        "rng": learner.rng.bit_generator.state,  # ints and strings only (JSON-able)
+    }
+    return arrays, scalars
+
+
+def load_learner_state(
+    learner: OnlineLearner, arrays: dict[str, np.ndarray], scalars: dict[str, object]
+) -> None:
+    """Restore what `learner_state` saved into a learner built with the same configs.
+
+    Raises ValueError when the shapes differ (another model, agent count or memory size)."""
+
+    def put(dst: np.ndarray, key: str) -> None:
+        src = arrays[key]
+        if src.shape != dst.shape:
+            raise ValueError(f"checkpoint {key} has shape {src.shape}, this learner {dst.shape}")
+        dst[...] = src
+
+    sd = {k[4:]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith("pop.")}
+    learner.population.load_state_dict(sd)
+    put(learner._obs, "obs")
+    put(learner._ticks, "ticks")
+    put(learner._new_examples, "new_examples")
+    put(learner.replay.items, "replay.items")
+    put(learner.replay.size, "replay.size")
+    put(learner.replay.seen, "replay.seen")
+    if learner.recent is not None:
+        put(learner.recent.items, "recent.items")
+        put(learner.recent.classes, "recent.classes")
+        put(learner.recent.count, "recent.count")
+        put(learner.recent.fresh, "recent.fresh")
+    if learner.grad_mask is not None and "grad_mask" in arrays:
+        put(learner.grad_mask.numpy(), "grad_mask")  # a random subset: the saved one
+    if learner.ewc is not None:
+        put(learner.ewc.fisher.numpy(), "ewc.fisher")
+        put(learner.ewc.anchor.numpy(), "ewc.anchor")
+        put(learner.ewc.consolidations.numpy(), "ewc.consolidations")
+    learner._n = int(scalars["n"])  # type: ignore[call-overload]
+    learner.learn_steps = int(scalars["learn_steps"])  # type: ignore[call-overload]
+    learner.labels_dropped = int(scalars["labels_dropped"])  # type: ignore[call-overload]
+    learner.rng.bit_generator.state = scalars["rng"]  # type: ignore[assignment]
