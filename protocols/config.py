@@ -112,3 +112,6 @@ class GossipConfig(Section):
     runner's shards are supervised by Ray and do not probe each other yet."""
     tls: TlsConfig = TlsConfig()
     """Transport security."""
+    key_file: str | None = None
+    """File holding the HMAC key that signs every delta (32 bytes or more). Needed when devices
+    join (external_peers); without it a run makes a secret key of its own."""

@@ -155,7 +155,7 @@ def channel_credentials(
 #: Words in gRPC's connection error that point at the TLS handshake rather than a dead peer
 #: (a dead peer reads "Connection refused"); "socket closed" is what a client sees when the
 #: server drops it mid-handshake, e.g. for a certificate from another CA or none at all.
-_HANDSHAKE_SIGNS = ("handshake", "ssl", "certificate", "socket closed")
+_HANDSHAKE_SIGNS = ("handshake", "ssl", "certificate", "socket closed", "hostname verification")
 
 
 def handshake_hint(cfg: TlsConfig, address: str, details: str) -> str | None:
@@ -167,7 +167,8 @@ def handshake_hint(cfg: TlsConfig, address: str, details: str) -> str | None:
         f"TLS handshake with {address} failed (tls.mode {cfg.mode!r}): the two nodes do not "
         f"accept each other's certificate. Check that both run the same tls.mode and use "
         f"certificates made by `swarm certs` with the same ca.pem (this node: cert_dir "
-        f"{cfg.cert_dir}). gRPC said: {details}"
+        f"{cfg.cert_dir}), and that the peer's certificate names the address dialled "
+        f"(`swarm certs DIR --node NAME=HOST`). gRPC said: {details}"
     )
 
 

@@ -71,15 +71,35 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _san(node: str) -> x509.SubjectAlternativeName:
+def _san(node: str, hosts: tuple[str, ...] = ()) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []
-    try:
-        names.append(x509.IPAddress(ipaddress.ip_address(node)))
-    except ValueError:
-        names.append(x509.DNSName(node))
+    for name in (node, *hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            names.append(x509.DNSName(name))
     names += [x509.DNSName(n) for n in _LOOPBACK_DNS if n != node]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in _LOOPBACK_IPS if ip != node]
     return x509.SubjectAlternativeName(names)
+
+
+def _parse_node(entry: str) -> tuple[str, tuple[str, ...]]:
+    """'agent-4' or 'agent-4=10.0.0.14,drone4.lan': the node name (its file names) and the
+    addresses peers dial it by, which its certificate must name (IP or DNS)."""
+    name, _, hosts = entry.partition("=")
+    extra = tuple(h.strip() for h in hosts.split(",") if h.strip())
+    for host in extra:
+        if not host.isascii() or any(c in host for c in "/\\ :") and not _is_ip(host):
+            raise CertError(f"{host!r} (for {name}) is neither an IP address nor a DNS name")
+    return name, extra
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _check_node_name(node: str) -> None:
@@ -142,6 +162,7 @@ def _node_cert(
     ca_key: ec.EllipticCurvePrivateKey,
     now: dt.datetime,
     days: int,
+    hosts: tuple[str, ...] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     # A node certificate must not outlive its CA: verifiers reject the chain past that date.
@@ -175,7 +196,7 @@ def _node_cert(
             ),
             critical=False,
         )
-        .add_extension(_san(node), critical=False)
+        .add_extension(_san(node, hosts), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -195,7 +216,8 @@ def make_certs(out_dir: Path, nodes: list[str], days: int = 365) -> list[Path]:
     """
     if days < 1:
         raise CertError(f"--days must be at least 1, got {days}")
-    for node in nodes:
+    named = [_parse_node(entry) for entry in nodes]
+    for node, _ in named:
         _check_node_name(node)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,8 +245,8 @@ def make_certs(out_dir: Path, nodes: list[str], days: int = 365) -> list[Path]:
                 out_dir / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM), private=False
             )
         )
-    for node in nodes:
-        cert, key = _node_cert(node, ca_cert, ca_key, now, days)
+    for node, hosts in named:
+        cert, key = _node_cert(node, ca_cert, ca_key, now, days, hosts)
         written.append(_write(out_dir / f"{node}.key", _key_pem(key), private=True))
         written.append(
             _write(

@@ -240,7 +240,10 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<run-
 def certs(
     out_dir: Path = typer.Argument(..., help="Directory to write ca.pem and node certificates."),
     nodes: list[str] = typer.Option(
-        ..., "--node", help="Node name (repeatable); also its DNS name / IP in the cert."
+        ...,
+        "--node",
+        help="Node name (repeatable), e.g. agent-4; with =HOST[,HOST] also the IPs / DNS "
+        "names peers dial it by (agent-4=10.0.0.14).",
     ),
     days: int = typer.Option(365, "--days", help="Validity of the certificates."),
 ) -> None:
@@ -248,6 +251,45 @@ def certs(
     from swarm.certs import make_certs
 
     for path in make_certs(out_dir, nodes, days=days):
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def node(
+    config: Path = typer.Option(..., "--config", help="Node config YAML (docs/node.md)."),
+    status: bool = typer.Option(False, "--status", help="Show what the node is doing."),
+    ticks: int | None = typer.Option(None, "--ticks", help="Readings to process."),
+) -> None:
+    """Run one agent as a device node (the same program as `swarm-node`; no Ray)."""
+    from swarm.node import main as node_main
+
+    argv = ["--config", str(config)] + (["--status"] if status else [])
+    node_main(argv + (["--ticks", str(ticks)] if ticks else []))
+
+
+@app.command()
+def record(
+    scenario: Path = typer.Argument(..., help="Scenario YAML with a drone_patrol world."),
+    agents: list[int] = typer.Option(..., "--agent", help="Agent whose stream to record."),
+    ticks: int | None = typer.Option(None, "--ticks", help="Ticks (default: the scenario's)."),
+    out_dir: Path = typer.Option(Path("recordings"), "--out", help="Output directory."),
+) -> None:
+    """Record drones' sensor streams (JSON lines) for `swarm-node` file or stdin sensors."""
+    from swarm.sensors import SensorError, record_world
+
+    sc = load_scenario(scenario)
+    n = ticks or sc.ticks
+    try:
+        with _progress_bar(True) as bar:
+            task = bar.add_task("recording", total=n)
+            paths = record_world(
+                sc.world, sc.total_agents, sc.seed, agents, n, out_dir,
+                window=sc.learning.window, probe_per_class=sc.metrics.probe_per_class,
+                progress=lambda k: bar.advance(task, k),
+            )  # fmt: skip
+    except SensorError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    for path in paths:
         out.print(f"wrote {path}")
 
 

@@ -284,8 +284,10 @@ def plot_graph(graph: dict[str, Any], out: Path) -> None:
     nx.draw_networkx_edges(g, pos, ax=ax, alpha=0.5)
     for s in sorted(set(shard)):
         nodes = [n for n in g.nodes if shard[n] == s]
-        nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=[cmap(s % 10)], ax=ax,
-                               node_size=260, label=f"shard {s}")  # fmt: skip
+        color, label = (("white", "device (swarm-node)") if s < 0
+                        else (cmap(s % 10), f"shard {s}"))  # fmt: skip
+        nx.draw_networkx_nodes(g, pos, nodelist=nodes, node_color=[color], ax=ax, node_size=260,
+                               edgecolors="black", label=label)  # fmt: skip
     nx.draw_networkx_labels(g, pos, ax=ax, font_size=8)
     rho = graph.get("rho")
     ax.set_title(f"Gossip graph: {graph.get('kind', '?')}, {g.number_of_edges()} edges"

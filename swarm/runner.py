@@ -47,6 +47,17 @@ def new_run_dir(root: Path, scenario: Scenario) -> Path:
     return run_dir
 
 
+def read_key(path: str) -> bytes:
+    """The swarm's shared HMAC key from gossip.key_file (32 bytes or more)."""
+    try:
+        key = Path(path).read_bytes()
+    except OSError as exc:
+        raise RunError(f"gossip.key_file {path}: {exc.strerror}") from None
+    if len(key) < 32:
+        raise RunError(f"gossip.key_file {path}: {len(key)} bytes; the key needs 32 or more")
+    return key
+
+
 def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None]:
     """Join `address` (or RAY_ADDRESS) if given, else start an embedded Ray.
 
@@ -135,7 +146,9 @@ class Runner:
         # Live figures as Ray metrics (swarm/telemetry.py), labelled with the run id.
         self.telemetry = Telemetry(self.run_dir.name)
         spec = sc.model_dump(mode="json")
-        key = secrets.token_bytes(32)  # HMAC key of this run's deltas; never leaves Ray
+        # HMAC key of this run's deltas: the swarm's shared key when devices join (key_file),
+        # else a secret of this run that never leaves Ray.
+        key = read_key(sc.gossip.key_file) if sc.gossip.key_file else secrets.token_bytes(32)
         shards: list[Any] = []
         world: Any = None
         coordinator: Any = None
@@ -240,7 +253,7 @@ class Runner:
         positions = None
         if sc.gossip.graph.kind == "proximity":
             positions = ray.get(world.positions.remote())
-        graph = build_graph(sc.gossip.graph, sc.agents.count, sc.seed, positions=positions)
+        graph = build_graph(sc.gossip.graph, sc.total_agents, sc.seed, positions=positions)
         self.mixing = mixing = mixing_summary(graph)
         self.rho = float(mixing["rho"])
         self.on_info(
@@ -252,11 +265,17 @@ class Runner:
         per = sc.agents.per_shard
         self.graph = {
             "kind": sc.gossip.graph.kind,
-            "nodes": sc.agents.count,
+            "nodes": sc.total_agents,
             "edges": edges,
             "rho": self.rho,
-            "shard_of": [i // per for i in range(sc.agents.count)],
+            # -1: an external device (swarm-node), not hosted by a shard
+            "shard_of": [i // per if i < sc.agents.count else -1 for i in range(sc.total_agents)],
         }
+        if sc.external_peers:
+            self.on_info(
+                "external peers: "
+                + ", ".join(f"agent {p.agent} at {p.address}" for p in sc.external_peers)
+            )
         return edges
 
     # -- the tick loop ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
@@ -86,6 +86,16 @@ class RayConfig(Section):
     """Object store size of the embedded Ray; runs pass small arrays only."""
 
 
+class ExternalPeer(Section):
+    """An agent that runs on a device (`swarm-node`), not in the simulation."""
+
+    agent: int = Field(ge=0)
+    """Its agent index: external agents follow the simulated ones (agents.count, count + 1,
+    ...), so the gossip graph spans agents.count + len(external_peers) agents."""
+    address: str = Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
+    """HOST:PORT where its gossip server listens."""
+
+
 class Scenario(Section):
     """One runnable scenario: world, agents, their minds, and how they share knowledge."""
 
@@ -107,17 +117,48 @@ class Scenario(Section):
     metrics: MetricsConfig = MetricsConfig()
     baseline: BaselineConfig = BaselineConfig()
     ray: RayConfig = RayConfig()
+    external_peers: list[ExternalPeer] = []
+    """Device nodes (`swarm-node`) that gossip with the simulated agents over the same protocol;
+    needs gossip.key_file (the devices must share the HMAC key) and decentralized gossip."""
 
     @model_validator(mode="after")
     def _fits(self) -> Scenario:
+        if self.external_peers:
+            want = list(range(self.agents.count, self.agents.count + len(self.external_peers)))
+            got = [p.agent for p in self.external_peers]
+            if sorted(got) != want:
+                raise ValueError(
+                    f"external_peers: agents must be {want} (the indices after the "
+                    f"{self.agents.count} simulated agents, each once); got {got}"
+                )
+            if self.gossip.topology != "decentralized":
+                raise ValueError("external_peers: devices join decentralized gossip only")
+            if self.gossip.graph.kind == "proximity":
+                raise ValueError("external_peers: a proximity graph needs every agent's position")
+            remote = [
+                p.address
+                for p in self.external_peers
+                if p.address.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]")
+            ]
+            if remote and (self.gossip.tls.mode != "mtls" or not self.gossip.tls.cert_dir):
+                raise ValueError(
+                    f"external_peers: {remote[0]} is on a network; set gossip.tls to mode mtls "
+                    "with a cert_dir holding ca.pem and the shards' certificates (`swarm certs "
+                    "DIR --node shard-0=THIS_HOST ...`), the CA the devices trust"
+                )
+            if not self.gossip.key_file:
+                raise ValueError(
+                    "external_peers: set gossip.key_file, the HMAC key the devices share "
+                    "(a run otherwise makes a secret key of its own)"
+                )
+        n = self.total_agents
         if self.gossip.graph.kind == "random_regular" and (
-            self.gossip.graph.degree >= self.agents.count
-            or (self.gossip.graph.degree * self.agents.count) % 2
+            self.gossip.graph.degree >= n or (self.gossip.graph.degree * n) % 2
         ):
             raise ValueError(
-                "gossip.graph: a random_regular graph needs degree < agents.count and "
-                f"degree * count even (got degree {self.gossip.graph.degree}, "
-                f"count {self.agents.count})"
+                "gossip.graph: a random_regular graph needs degree < the number of agents "
+                f"(agents.count plus external_peers) and degree * that number even (got degree "
+                f"{self.gossip.graph.degree}, {n} agents)"
             )
         if self.gossip.topology == "centralized" and self.agents.per_shard < self.agents.count:
             raise ValueError(
@@ -134,6 +175,11 @@ class Scenario(Section):
     @property
     def n_shards(self) -> int:
         return -(-self.agents.count // self.agents.per_shard)
+
+    @property
+    def total_agents(self) -> int:
+        """Agents in the gossip graph: the simulated ones plus the external devices."""
+        return self.agents.count + len(self.external_peers)
 
 
 class ScenarioError(Exception):
@@ -194,10 +240,10 @@ def _fields_at(model: type[Section], loc: tuple[int | str, ...]) -> list[str]:
     return list(fields) if fields else []
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], model: type[Section] | None = None) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
-        known = _fields_at(Scenario, loc)
+        known = _fields_at(model or Scenario, loc)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         choices = f"; known keys here: {', '.join(known)}" if known and not close else ""
@@ -225,12 +271,21 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 
 def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
     """Validate scenario YAML text; raises ScenarioError with file:line: key.path: problem."""
+    return parse_yaml_model(text, Scenario, path, "scenario")
+
+
+_M = TypeVar("_M", bound=Section)
+
+
+def parse_yaml_model(text: str, model: type[_M], path: Path | str, what: str) -> _M:
+    """Validate YAML text against a config model (a scenario, a node config); raises
+    ScenarioError with one `file:line: key.path: problem` line per problem."""
     path = Path(path)
     data, root = _compose(text, path)
     if not isinstance(data, dict):
-        raise ScenarioError(f"{path}:1: a scenario must be a YAML mapping of keys to values")
+        raise ScenarioError(f"{path}:1: a {what} must be a YAML mapping of keys to values")
     try:
-        return Scenario.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         found = []
         for err in exc.errors():
@@ -238,11 +293,14 @@ def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
             line = _line_of(root, loc)
             where = f"{path}:{line}" if line else str(path)
             found.append(
-                (line or 0, f"{where}: {_dotted(loc) or '(top level)'}: {_describe(dict(err))}")
+                (
+                    line or 0,
+                    f"{where}: {_dotted(loc) or '(top level)'}: {_describe(dict(err), model)}",
+                )
             )
         lines = [text for _, text in sorted(found, key=lambda item: item[0])]
         n = len(lines)
-        head = f"{path}: {n} problem{'s' if n > 1 else ''} in the scenario:\n  "
+        head = f"{path}: {n} problem{'s' if n > 1 else ''} in the {what}:\n  "
         raise ScenarioError(head + "\n  ".join(lines)) from None
 
 
@@ -257,7 +315,11 @@ def load_scenario(path: Path | str) -> Scenario:
     sc = parse_scenario(text, path)
     data = sc.model_dump(mode="json")
     gossip = data["gossip"]
-    for section, key in ((gossip["graph"], "path"), (gossip["tls"], "cert_dir")):
+    for section, key in (
+        (gossip["graph"], "path"),
+        (gossip["tls"], "cert_dir"),
+        (gossip, "key_file"),
+    ):
         if section[key] and not Path(section[key]).is_absolute():
             section[key] = str((path.parent / section[key]).resolve())
     return Scenario.model_validate(data)

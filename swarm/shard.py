@@ -8,7 +8,10 @@ knowledge deltas: shards talk to each other directly, never through the driver.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,9 @@ from swarm.scenario import Scenario
 
 #: Seconds a gRPC call between nodes may take before the round reports a failure.
 RPC_TIMEOUT_S = 60.0
+#: Push deadline and re-introduction period towards devices (external_peers).
+DEVICE_TIMEOUT_S = 2.0
+INTRODUCE_EVERY_S = 5.0
 
 
 def _quiet_threads() -> None:
@@ -324,6 +330,12 @@ class AgentShard:
             self.exchange.close()
 
 
+def _remote_devices(sc: Scenario) -> bool:
+    from swarm.node import is_loopback
+
+    return any(not is_loopback(p.address) for p in sc.external_peers)
+
+
 class _Exchange:
     """The shard's side of knowledge exchange: gossip or coordinator, over real gRPC."""
 
@@ -353,9 +365,13 @@ class _Exchange:
         self.logical_bytes = np.zeros(len(shard.agents), np.int64)
         self.dense_bytes = np.zeros(len(shard.agents), np.int64)
         self.rounds = 0
+        self.external = {agent_name(p.agent): p.address for p in sc.external_peers}
+        self.outboxes: Any = None
         if sc.gossip.topology == "decentralized":
-            graph = graph_from_edges(sc.agents.count, edges) if edges is not None else None
-            graph = graph or build_graph(sc.gossip.graph, sc.agents.count, sc.seed)
+            n = sc.total_agents
+            graph = graph_from_edges(n, edges) if edges is not None else None
+            graph = graph or build_graph(sc.gossip.graph, n, sc.seed)
+            count = sc.agents.count
             self.algo: Any = ChocoGossip(
                 local=shard.agents,
                 weights=metropolis_weights(graph),
@@ -363,14 +379,48 @@ class _Exchange:
                 gamma=sc.gossip.gamma,
                 compression=sc.gossip.compression,
                 layout=self.layout,
-                owner=lambda j: f"shard-{j // per}",
+                owner=lambda j: f"shard-{j // per}" if j < count else agent_name(j),
+                # The wall clock: a device that kept its state from an earlier run holds older
+                # epochs of these agents, and resynchronises instead of mixing the two runs.
+                epoch=int(time.time() * 1000),
             )
             decode = wire.make_decoder(shard.key, self.num_params, self.layout)
-            servicer = GossipServicer(shard.node, decode, self.algo.receive, self.counters)
+            servicer = GossipServicer(
+                shard.node, decode, self.algo.receive, self.counters, introduce=self._on_introduce
+            )
+            advertise = host
+            if host in ("127.0.0.1", "localhost") and _remote_devices(sc):
+                # devices on the network dial this shard: listen on every interface and
+                # advertise this machine's address (its certificate must name it)
+                import ray
+
+                host, advertise = "0.0.0.0", ray.util.get_node_ip_address()
             self.server, port = start_server(
                 host, 0, gossip=servicer, max_message_bytes=self.max_bytes, tls=tls, node=shard.node
             )
-            self.endpoint = f"{host}:{port}"
+            self.endpoint = f"{advertise}:{port}"
+            # Devices this shard's agents neighbour: reached through outboxes (a device may be
+            # down or restart; the round barrier never waits for one).
+            self.device_agents = {
+                name: [i for i in shard.agents if name in self.algo.destinations(i)]
+                for name in self.external
+            }
+            self.device_agents = {k: v for k, v in self.device_agents.items() if v}
+            # A device is out of the consensus step until it answers an introduction: the
+            # copy of one that never joins would pull these agents back to the initial weights.
+            for name in self.device_agents:
+                self.algo.set_active(int(name.split("-")[1]), False)
+            if self.device_agents:
+                from protocols.outbox import Outboxes
+
+                self.outboxes = Outboxes(
+                    self.peers.push,
+                    lambda r, msgs: wire.pack(shard.node, r, msgs, self.max_bytes, shard.key),
+                    self._snapshots,
+                    timeout_s=DEVICE_TIMEOUT_S,
+                )
+                self._intro_stop = threading.Event()
+                self._intro_thread = threading.Thread(target=self._introducer, daemon=True)
         else:
             self.algo = FederatedClient(
                 local=shard.agents, x0=x0, compression=sc.gossip.compression, layout=self.layout
@@ -380,6 +430,56 @@ class _Exchange:
 
     def connect(self, endpoints: list[str], coordinator: str) -> None:
         self.endpoints, self.coordinator = endpoints, coordinator
+        if self.outboxes is not None:
+            self._intro_thread.start()
+
+    # -- devices (scenario external_peers) -----------------------------------------------------
+
+    def _introduction(self, agents: list[int]) -> Any:
+        from swarm.proto.v1 import gossip_pb2
+
+        msg = gossip_pb2.Introduction(
+            node=self.shard.node,
+            address=self.endpoint,
+            agents=agents,
+            unix_ms=int(time.time() * 1000),
+            membership=False,  # Ray supervises shards; they answer pings but do not probe
+        )
+        self._wire.sign_introduction(msg, self.shard.key)
+        return msg
+
+    def _on_introduce(self, intro: Any) -> Any:
+        self._wire.check_introduction(intro, self.shard.key)
+        return self._introduction(
+            [i for i in self.shard.agents if intro.node in self.algo.destinations(i)]
+        )
+
+    def _introducer(self) -> None:
+        """Tell every neighbouring device which of its neighbours this shard hosts and where,
+        again every few seconds: a device that restarts learns it anew."""
+        while not self._intro_stop.is_set():
+            for name, agents in self.device_agents.items():
+                # a device not up yet, or refusing: try again next period
+                with contextlib.suppress(Exception):
+                    reply = self.peers.introduce(
+                        self.external[name], self._introduction(agents), DEVICE_TIMEOUT_S
+                    )
+                    self._wire.check_introduction(reply, self.shard.key)
+                    j = int(name.split("-")[1])
+                    if not self.algo.active(j) and self.rounds > 0:
+                        # first contact after rounds went by: a snapshot, not a refused delta
+                        self.outboxes.resync(self.external[name])
+                    self.algo.set_active(j, True)
+            self._intro_stop.wait(INTRODUCE_EVERY_S)
+
+    def _snapshots(self, round_: int, address: str) -> list[Any]:
+        names = [n for n, a in self.external.items() if a == address]
+        agents = {i for n in names for i in self.device_agents.get(n, [])}
+        return [
+            self._wire.to_proto(d, self.shard.key)
+            for d in self.algo.make_snapshots(round_)
+            if int(d.sender.split("-")[1]) in agents
+        ]
 
     def share(self, round_: int) -> dict[str, int]:
         examples = self.shard.learner.take_example_counts()
@@ -403,6 +503,9 @@ class _Exchange:
                 for node in self.algo.destinations(i):
                     by_node.setdefault(node, []).append(msg)
             for node, msgs in sorted(by_node.items()):
+                if node in self.external:
+                    self.outboxes.add(self.external[node], msgs, round_)
+                    continue
                 address = self.endpoints[int(node.split("-")[1])]
                 for batch in self._pack(round_, msgs):
                     self.peers.push(address, batch, RPC_TIMEOUT_S)
@@ -430,9 +533,19 @@ class _Exchange:
         out["bytes_sent"] = self.logical_bytes.tolist()
         out["dense_bytes"] = self.dense_bytes.tolist()
         out["rounds"] = self.rounds
+        if self.outboxes is not None:
+            from protocols.outbox import PeerStats
+
+            out["devices"] = {
+                name: vars(self.outboxes.stats().get(self.external[name]) or PeerStats())
+                for name in self.device_agents
+            }
         return out
 
     def close(self) -> None:
+        if self.outboxes is not None:
+            self._intro_stop.set()
+            self.outboxes.close()
         self.peers.close()
         if self.server is not None:
             self.server.stop(grace=None)

@@ -1,18 +1,55 @@
-"""`swarm-node` as real OS processes on 127.0.0.1, gossiping with each other (no Ray)."""
+"""`swarm-node` as real OS processes on 127.0.0.1 (no Ray in the nodes), with a simulated swarm.
+
+The nodes read recorded sensor streams (one pass of the drone patrol physics records every
+device's drone, in `recordings`), so the processes spend their time learning and gossiping.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from swarm.scenario import load_scenario
 
-TINY = Path(__file__).parent / "data" / "tiny.yaml"
+#: The device swarm: 4 simulated drones (2 shards) and 3 devices (agents 4, 5, 6) on a ring of
+#: 7, patrolling by zone: drone i patrols zone i % 4, so device 4 flies the forest (fires),
+#: device 5 the city (garbage overflow) and device 6 the river.
+DEVICE_SCENARIO: dict[str, Any] = {
+    "name": "devices",
+    "seed": 5,
+    "ticks": 240,
+    "agents": {"count": 4, "per_shard": 2},
+    "world": {
+        "area_m": 80,
+        "cruise_points_per_zone": 3,
+        "physics_hz": 120,
+        "feature_noise": 0.4,
+        "label_fraction": 0.5,
+    },
+    "model": {"d_model": 32, "channels": 4, "layers": 2, "ffn_mult": 2, "slope_window": 4},
+    "learning": {"lr": 0.003, "learn_every": 2, "batch": 16, "window": 8, "replay": 256},
+    "gossip": {
+        "graph": {"kind": "ring"},
+        "interval": 5,
+        "compression": {"kind": "topk_int8", "ratio": 0.1},
+        # fast failure detection for the tests: detection bound 2(n-1)P + S(n), see below
+        "membership": {"probe_interval_s": 0.5, "probe_timeout_s": 0.25, "suspicion_mult": 3},
+    },
+    "metrics": {"interval": 40, "probe_per_class": 20},
+    "baseline": {"isolated": False},
+    "ray": {"dashboard": False, "num_cpus": 2},
+}
+READINGS = 500  # recorded ticks per device
 
 
 def _free_port() -> int:
@@ -21,57 +58,483 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sensor streams of drones 4, 5 and 6 of the device scenario's world (7 drones)."""
+    from swarm.scenario import Scenario
+    from swarm.sensors import record_world
+
+    out = tmp_path_factory.mktemp("recordings")
+    sc = Scenario.model_validate(DEVICE_SCENARIO)
+    record_world(
+        sc.world, 7, sc.seed, [4, 5, 6], READINGS, out, window=sc.learning.window,
+        probe_per_class=sc.metrics.probe_per_class,
+    )  # fmt: skip
+    return out
+
+
+def _write_scenario(
+    tmp: Path, *, count: int = 4, devices: dict[int, int] | None = None, **over: Any
+) -> Path:
+    data = json.loads(json.dumps(DEVICE_SCENARIO))
+    data["agents"]["count"] = count
+    host = over.pop("external_host", "127.0.0.1")
+    data.update(over)
+    if devices:
+        data["external_peers"] = [
+            {"agent": a, "address": f"{host}:{p}"} for a, p in sorted(devices.items())
+        ]
+        data["gossip"]["key_file"] = "swarm.key"
+    (tmp / "swarm.key").write_bytes(b"k" * 40)
+    path = tmp / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _write_node(tmp: Path, agent: int, port: int, **cfg: Any) -> Path:
+    data = {
+        "scenario": "scenario.yaml",
+        "agent": agent,
+        "listen": f"127.0.0.1:{port}",
+        "key_file": "swarm.key",
+        "checkpoint_every_s": 1.0,
+        "status_every_s": 0.2,
+        **cfg,
+    }
+    path = tmp / f"node-{agent}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class NodeProc:
+    """One `swarm-node` OS process; its stdout is JSON lines (start, then final status)."""
+
+    def __init__(self, config: Path, *, stdin: Any = None):
+        self.config = config
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swarm.node", "--config", str(config)],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.err = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def first(self, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not self.lines:
+            if self.proc.poll() is not None and not self.lines:
+                raise AssertionError(f"node exited {self.proc.returncode}: {self._stderr()}")
+            assert time.monotonic() < deadline, "node did not start"
+            time.sleep(0.05)
+        return json.loads(self.lines[0])
+
+    def _stderr(self) -> str:
+        if self.proc.poll() is not None and self.proc.stderr is not None and not self.err:
+            self.err = self.proc.stderr.read()
+        return self.err[-3000:]
+
+    def status(self) -> dict[str, Any] | None:
+        data = yaml.safe_load(self.config.read_text())
+        path = self.config.parent / ".swarm-node" / f"agent-{data['agent']}" / "status.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def wait(self, timeout: float = 120) -> dict[str, Any]:
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        assert self.proc.returncode == 0, self._stderr()
+        return json.loads(self.lines[-1])
+
+    def stop(self, timeout: float = 60) -> dict[str, Any]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def _until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
 def test_node_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "swarm.node", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0
-    assert "--peer" in proc.stdout and "--agent" in proc.stdout
+    assert "--config" in proc.stdout and "--status" in proc.stdout
 
 
-def test_two_nodes_exchange_deltas(tmp_path: Path) -> None:
-    data = load_scenario(TINY).model_dump(mode="json")
-    data["agents"] = {"count": 2, "per_shard": 1}
-    data["gossip"]["compression"] = {"kind": "topk_int8", "ratio": 0.2}
-    scenario = tmp_path / "pair.yaml"
-    scenario.write_text(yaml.safe_dump(data))
-    key = tmp_path / "swarm.key"
-    key.write_bytes(b"k" * 32)
-    ports = [_free_port(), _free_port()]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "swarm.node",
-                "--scenario",
-                str(scenario),
-                "--agent",
-                str(i),
-                "--listen",
-                f"127.0.0.1:{ports[i]}",
-                "--peer",
-                f"{1 - i}=127.0.0.1:{ports[1 - i]}",
-                "--key-file",
-                str(key),
-                "--ticks",
-                "40",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+def test_node_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    from swarm.node import Node, NodeError, load_node_config
+    from swarm.scenario import ScenarioError
+
+    _write_scenario(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenario: scenario.yaml\nagent: 1\nlisten: 127.0.0.1:0\npeer: [x]\n")
+    with pytest.raises(
+        ScenarioError, match=r"bad.yaml:4: peer: unknown key \(did you mean 'peers'"
+    ):
+        load_node_config(bad)
+
+    # Off loopback, plaintext and the development key are refused unless `insecure: true`.
+    cfg = load_node_config(
+        _write_node(tmp_path, 1, 0, listen="0.0.0.0:0", advertise="10.0.0.7:50051", key_file=None)
+    )
+    with pytest.raises(NodeError, match="not a loopback address.*mtls.*key_file.*insecure"):
+        Node(cfg, tmp_path)
+    cfg = load_node_config(_write_node(tmp_path, 1, 0, peers=["10.1.2.3:50051"]))
+    with pytest.raises(NodeError, match="10.1.2.3:50051 is not a loopback address"):
+        Node(cfg, tmp_path)
+    (tmp_path / "short.key").write_bytes(b"k" * 8)
+    cfg = load_node_config(_write_node(tmp_path, 1, 0, key_file="short.key"))
+    with pytest.raises(NodeError, match="8 bytes; the key needs 32"):
+        Node(cfg, tmp_path)
+    cfg = load_node_config(_write_node(tmp_path, 9, 0))
+    with pytest.raises(NodeError, match="agents 0..3"):
+        Node(cfg, tmp_path)
+    cfg = load_node_config(_write_node(tmp_path, 1, 0, listen="0.0.0.0:0", insecure=True))
+    with pytest.raises(NodeError, match="every interface: set advertise"):
+        Node(cfg, tmp_path)
+    # a simulated run whose devices are on a network must use mutual TLS with a shared CA
+    with pytest.raises(ScenarioError, match="10.0.0.9:50051 is on a network.*mtls"):
+        load_scenario(_write_scenario(tmp_path, devices={4: 50051}, external_host="10.0.0.9"))
+
+
+# -- acceptance 1: devices and a simulated swarm ------------------------------------------------
+
+
+def test_devices_and_simulated_swarm_share_knowledge(
+    tmp_path: Path, recordings: Path, ray_local: Any
+) -> None:
+    """Three device processes and a simulated swarm of 4 in one ring gossip together; device 5
+    never sees a fire (its sensor hides them) and still learns to recognise fires."""
+    from swarm.runner import Runner, new_run_dir
+
+    ports = {a: _free_port() for a in (4, 5, 6)}
+    scenario = _write_scenario(tmp_path, devices=ports)
+    configs = {
+        a: _write_node(
+            tmp_path,
+            a,
+            ports[a],
+            tick_s=0.05,
+            linger_s=120,
+            shadow=(a == 5),
+            sensor={
+                "kind": "file",
+                "path": str(recordings / f"agent-{a}.jsonl"),
+                "hide_kinds": ["fire"] if a == 5 else [],
+            },
+        )  # fmt: skip
+        for a in ports
+    }
+    sc = load_scenario(scenario)
+    started = threading.Event()
+
+    def on_info(text: str) -> None:
+        if text.startswith("external peers"):
+            started.set()
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["run"] = Runner(sc, new_run_dir(tmp_path / "runs", sc), on_info=on_info).run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            result["error"] = exc
+            started.set()
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert started.wait(120)
+    nodes = {a: NodeProc(c) for a, c in configs.items()}
+    try:
+        for node in nodes.values():
+            node.first()
+        runner.join(timeout=600)
+        assert "error" not in result, result.get("error")
+        # the run is over; the devices finish their recordings, then stop on SIGTERM
+        _until(lambda: all((n.status() or {}).get("step") == READINGS for n in nodes.values()),
+               180, "every device to read its whole recording")  # fmt: skip
+        final = {a: n.stop() for a, n in nodes.items()}
+    finally:
+        for node in nodes.values():
+            node.kill()
+    summary = result["run"].summary
+    devices: dict[int, Any] = {}
+    for a, st in final.items():
+        assert st["step"] == READINGS and st["deltas_rejected"] == 0, st
+        devices[a] = {p["node"]: p for p in st["peers"] if p["node"]}
+    # Devices 4 and 6 neighbour the simulated agents 3 and 0: the shards introduced
+    # themselves and deltas went both ways.
+    assert devices[4]["shard-1"]["agents"] == [3] and devices[4]["shard-1"]["delivered"] > 0
+    assert devices[6]["shard-0"]["agents"] == [0] and devices[6]["shard-0"]["delivered"] > 0
+    assert final[4]["deltas_accepted"] > final[4]["rounds"]  # from agent 5 and from agent 3
+    assert summary["agents"] == 4
+    # Device 5 never saw a fire: no fire label reached it, yet its model recognises fires,
+    # while its isolated twin (same readings, no sharing) does not.
+    five = final[5]
+    assert five["labels_seen"]["fire"] == 0 and five["labels_seen"]["garbage_overflow"] > 0
+    assert five["probe_recall"]["fire"] >= 0.5, five
+    assert five["probe_recall_isolated"]["fire"] <= 0.2, five
+    assert five["probe_recall"]["fire"] - five["probe_recall_isolated"]["fire"] >= 0.4
+
+
+# -- acceptance 2: kill -9, failure detection, resume ---------------------------------------
+
+
+def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
+    tmp_path: Path, recordings: Path
+) -> None:
+    from protocols.config import MembershipConfig
+    from protocols.membership import detection_bound_s
+    from swarm import checkpoint
+
+    ports = [_free_port() for _ in range(3)]
+    _write_scenario(tmp_path, count=3)
+    peers = [f"127.0.0.1:{p}" for p in ports]
+    configs = [
+        _write_node(
+            tmp_path,
+            i,
+            ports[i],
+            peers=peers,
+            tick_s=0.03,
+            linger_s=60,
+            sensor={"kind": "file", "path": str(recordings / f"agent-{4 + i}.jsonl")},
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    bound = detection_bound_s(MembershipConfig(**DEVICE_SCENARIO["gossip"]["membership"]), 3)
+    nodes = [NodeProc(c) for c in configs]
+    restarted: NodeProc | None = None
+    try:
+        fresh_acc = nodes[2].first()["probe_acc"]
+        for n in nodes:
+            n.first()
+
+        def ready() -> bool:
+            st = [n.status() or {} for n in nodes]
+            if not all(st):
+                return False
+            alive = all(
+                sorted(m for m, v in s.get("members", {}).items() if v["state"] == "alive")
+                == sorted(f"agent-{j}" for j in range(3) if f"agent-{j}" != s["node"])
+                for s in st
+            )
+            return alive and ((st[2].get("checkpoint") or {}).get("step") or 0) >= 100
+
+        _until(ready, 120, "a full membership and a checkpoint of node 2 at step >= 100")
+        nodes[2].proc.kill()  # SIGKILL: no chance to save anything
+        killed_at = time.time()
+        nodes[2].proc.wait(timeout=10)
+        _, meta = checkpoint.load(tmp_path / ".swarm-node" / "agent-2" / "checkpoint.npz")
+
+        def dead_at(n: NodeProc) -> float | None:
+            member = ((n.status() or {}).get("members") or {}).get("agent-2") or {}
+            return member.get("dead_at_unix") if member.get("state") == "dead" else None
+
+        detected = [_until(lambda n=n: dead_at(n), bound + 10, "agent-2 declared dead")
+                    for n in nodes[:2]]  # fmt: skip
+        # SWIM's bound (protocols/membership.py): 2 (n - 1) P + S(n); 1 s more for scheduling
+        # on a loaded machine and the status file's refresh.
+        for t in detected:
+            assert t - killed_at <= bound + 1.0, (t - killed_at, bound)
+        # the others go on: still reading and gossiping with each other
+        steps = [(n.status() or {})["step"] for n in nodes[:2]]
+        _until(lambda: all((n.status() or {})["step"] > s
+                           for n, s in zip(nodes[:2], steps, strict=True)),
+               30, "the survivors to go on")  # fmt: skip
+
+        restarted = NodeProc(configs[2])
+        start = restarted.first()
+        first_epoch = nodes[2].first()["epoch"]
+        assert start["epoch"] > first_epoch == meta["epoch"]  # a new incarnation
+        assert start["resumed_from"]["checkpoint_step"] == meta["step"] >= 100
+        # right after the restart: exactly the checkpoint's accuracy, not a fresh model's
+        assert start["probe_acc"] == start["resumed_from"]["checkpoint_probe_acc"]
+        assert start["probe_acc"] == meta["probe_acc"]
+        assert meta["probe_acc"] >= fresh_acc + 0.1, (meta["probe_acc"], fresh_acc)
+        # it rejoins: the others see it alive again and deltas reach it after a resync
+        _until(lambda: all(((n.status() or {}).get("members") or {}).get("agent-2", {})
+                           .get("state") == "alive" for n in nodes[:2]),
+               bound + 20, "agent-2 alive again")  # fmt: skip
+        final = [restarted.stop(), *(n.stop() for n in nodes[:2])]
+    finally:
+        for n in [*nodes, *([restarted] if restarted else [])]:
+            n.kill()
+    assert final[0]["deltas_accepted"] > 0
+    links = [next(p for p in st["peers"] if p["node"] == "agent-2") for st in final[1:]]
+    assert all(link["resyncs"] >= 1 and link["delivered"] > 0 for link in links), links
+
+
+# -- acceptance 3: TLS --------------------------------------------------------------------------
+
+
+def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordings: Path) -> None:
+    from swarm.certs import make_certs
+
+    swarm_ca, rogue_ca = tmp_path / "certs", tmp_path / "rogue"
+    make_certs(swarm_ca, ["agent-0", "agent-1"])
+    make_certs(rogue_ca, ["agent-2"])  # a certificate of its own CA: locally consistent
+    ports = [_free_port() for _ in range(3)]
+    _write_scenario(tmp_path, count=3)
+    peers = [f"127.0.0.1:{p}" for p in ports[:2]]
+    sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
+    good = [
+        NodeProc(
+            _write_node(
+                tmp_path,
+                i,
+                ports[i],
+                peers=peers,
+                tls={"mode": "mtls", "cert_dir": str(swarm_ca)},
+                sensor=sensor,
+                linger_s=10,
+                tick_s=0.02,
+            )
+        )  # fmt: skip
         for i in range(2)
     ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err[-2000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    for status in results:
-        # 40 ticks / interval 4 = 10 rounds; each node's 10 deltas reached the other in order
-        # (late ones from an outbox if the peer was still starting), none refused.
-        assert status["rounds"] == 10
-        assert status["deltas_accepted"] == 10
-        assert status["deltas_rejected"] == 0
-        assert status["wire_bytes_received"] > 0
+    try:
+        for n in good:
+            n.first()
+        rogue = subprocess.run(
+            [sys.executable, "-m", "swarm.node", "--config", str(_write_node(
+                tmp_path, 2, ports[2], peers=peers,
+                tls={"mode": "mtls", "cert_dir": str(rogue_ca)}, sensor=sensor,
+            ))],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert rogue.returncode == 3, rogue.stderr[-2000:]
+        assert "cannot join the swarm" in rogue.stderr
+        assert "TLS handshake" in rogue.stderr and "certificate" in rogue.stderr
+        # a node whose certificate is missing says which file and how to make it
+        missing = subprocess.run(
+            [sys.executable, "-m", "swarm.node", "--config", str(_write_node(
+                tmp_path, 2, ports[2], tls={"mode": "mtls", "cert_dir": str(swarm_ca)},
+                sensor=sensor,
+            ))],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert missing.returncode == 2
+        assert "agent-2.pem is missing" in missing.stderr and "swarm certs" in missing.stderr
+        final = [n.wait(180) for n in good]
+    finally:
+        for n in good:
+            n.kill()
+    # the two certified nodes gossiped over mutual TLS all along
+    refusals = [[p["last_refusal"] for p in st["peers"]] for st in final]
+    assert all(st["deltas_accepted"] > 0 and st["deltas_rejected"] == 0 for st in final), refusals
+
+
+# -- SIGTERM, status view, clock skew, stdin ------------------------------------------------------
+
+
+def test_sigterm_saves_status_view_and_clock_skew(tmp_path: Path) -> None:
+    """The built-in simulated sensor; `--status` while running; a peer whose clock is an hour
+    off is refused with a message saying so; SIGTERM finishes the reading and saves."""
+    import grpc
+
+    from protocols import wire
+    from protocols.transport import Peers, TrafficCounters
+    from swarm import checkpoint
+    from swarm.proto.v1 import gossip_pb2
+
+    port = _free_port()
+    _write_scenario(tmp_path, count=2)
+    config = _write_node(tmp_path, 0, port, tick_s=0.02, checkpoint_every_s=3600, ticks=5000)
+    node = NodeProc(config)
+    try:
+        node.first()
+        _until(lambda: ((node.status() or {}).get("step") or 0) >= 20, 60, "20 readings")
+        view = subprocess.run(
+            [sys.executable, "-m", "swarm.node", "--config", str(config), "--status"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert view.returncode == 0, view.stderr
+        assert "health: SERVING" in view.stdout and "local accuracy: probe" in view.stdout
+
+        intro = gossip_pb2.Introduction(
+            node="agent-1", address="127.0.0.1:1", agents=[1],
+            unix_ms=int((time.time() - 3600) * 1000), membership=False,
+        )  # fmt: skip
+        wire.sign_introduction(intro, b"k" * 40)
+        peers = Peers(2**20, TrafficCounters())
+        with pytest.raises(grpc.RpcError) as info:
+            peers.introduce(f"127.0.0.1:{port}", intro, 10.0)
+        peers.close()
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "clock skew" in info.value.details() and "-3600" in info.value.details()
+
+        final = node.stop()
+    finally:
+        node.kill()
+    _, meta = checkpoint.load(tmp_path / ".swarm-node" / "agent-0" / "checkpoint.npz")
+    assert meta["step"] == final["step"] > 20  # saved on SIGTERM, after the last reading
+    assert final["rejected_clock_skew"] == 1
+
+
+def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) -> None:
+    ports = [_free_port(), _free_port()]
+    _write_scenario(tmp_path, count=2)
+    (tmp_path / "other.key").write_bytes(b"o" * 40)
+    sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
+    good = NodeProc(_write_node(tmp_path, 0, ports[0], sensor=sensor, tick_s=0.05, linger_s=5))
+    try:
+        good.first()
+        other = subprocess.run(
+            [sys.executable, "-m", "swarm.node", "--config", str(_write_node(
+                tmp_path, 1, ports[1], peers=[f"127.0.0.1:{ports[0]}"], key_file="other.key",
+                sensor=sensor,
+            ))],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        good.kill()
+    assert other.returncode == 3, other.stderr[-2000:]
+    assert "sign with different keys" in other.stderr and "key_file" in other.stderr
+    status = json.loads((tmp_path / ".swarm-node" / "agent-1" / "status.json").read_text())
+    assert "different keys" in status["error"]  # the status file says why it stopped
+
+
+def test_stdin_sensor_skips_bad_lines(tmp_path: Path, recordings: Path) -> None:
+    lines = (recordings / "agent-5.jsonl").read_text().splitlines()[:121]
+    lines.insert(50, '{"t": 100000, "obs": [1, 2]}')  # a glitch: wrong length
+    lines.insert(80, "not json")
+    _write_scenario(tmp_path, count=2)
+    config = _write_node(tmp_path, 0, _free_port(), sensor={"kind": "stdin"}, linger_s=0)
+    proc = subprocess.run(
+        [sys.executable, "-m", "swarm.node", "--config", str(config)],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    final = json.loads(proc.stdout.splitlines()[-1])
+    assert final["step"] == 120 and final["sensor"]["bad_lines"] == 2
+    assert "<stdin>:51: 'obs' must be a list of" in proc.stderr
+    assert "<stdin>:81: not JSON" in proc.stderr
+    assert final["labels_seen"]["garbage_overflow"] > 0

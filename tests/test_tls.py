@@ -223,3 +223,21 @@ def test_certificate_of_another_ca_is_refused_at_startup(cert_dirs, tmp_path: Pa
         serve_receiver(tls=_cfg("mtls", mixed), node="n1"),
     ):
         pass
+
+
+def test_certs_name_the_addresses_peers_dial(tmp_path) -> None:
+    """`--node agent-4=10.0.0.14,drone4.lan`: the certificate (file agent-4.pem) also names the
+    IP and DNS name peers on a network dial the node by."""
+    import ipaddress
+
+    from cryptography import x509
+
+    from swarm.certs import CertError, make_certs
+
+    make_certs(tmp_path, ["agent-4=10.0.0.14,drone4.lan"])
+    cert = x509.load_pem_x509_certificate((tmp_path / "agent-4.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.0.0.14") in san.get_values_for_type(x509.IPAddress)
+    assert {"agent-4", "drone4.lan", "localhost"} <= set(san.get_values_for_type(x509.DNSName))
+    with pytest.raises(CertError, match="neither an IP address nor a DNS name"):
+        make_certs(tmp_path, ["agent-5=bad/host"])
