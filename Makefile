@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 SCENARIO ?= scenarios/drone_patrol.yaml
 
-.PHONY: setup run test lint proto proto-check clean
+.PHONY: setup run test lint proto proto-check node-pyz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ proto: setup  ## regenerate swarm/proto/v1 from proto/swarm/v1/*.proto
 
 proto-check: setup
 	$(PY) proto/generate.py --check
+
+node-pyz: setup  ## build dist/swarm-node.pyz: the device node as one file needing only Python (docs/node.md)
+	$(PY) -m swarm.build_node --out dist/swarm-node.pyz
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
