@@ -208,7 +208,7 @@ class Outboxes:
                 with self._lock:
                     link.stats.failures += 1
                     link.stats.last_error = f"{code.name if code else 'ERROR'}: {details}"
-                    if code is not None and code != grpc.StatusCode.UNAVAILABLE:
+                    if code in _REFUSALS:  # the peer's own answer, not a network failure
                         link.stats.last_refusal = link.stats.last_error
                     if code == grpc.StatusCode.FAILED_PRECONDITION and not resync:
                         # out of step: what was queued is in the snapshot we send instead
@@ -236,6 +236,16 @@ class Outboxes:
                     link.resync = link.requests != requests
                 else:
                     del link.queue[: len(msgs)]
+
+
+#: Status codes a peer answers with when it refuses what it received (transport.STATUS).
+_REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 def _describe(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:

@@ -268,6 +268,18 @@ def node(
 
 
 @app.command()
+def coordinator(
+    scenario: Path = typer.Argument(..., help="Scenario YAML (gossip.topology: coordinator)."),
+    listen: str = typer.Option("127.0.0.1:50050", "--listen", help="HOST:PORT to serve on."),
+    advertise: str | None = typer.Option(None, "--advertise", help="HOST:PORT nodes dial."),
+) -> None:
+    """Serve the coordinator for device nodes (`coordinator:` in their node.yaml); no Ray."""
+    from swarm.coordinator_service import main as serve
+
+    serve(scenario, listen, advertise)
+
+
+@app.command()
 def record(
     scenario: Path = typer.Argument(..., help="Scenario YAML with a drone_patrol world."),
     agents: list[int] = typer.Option(..., "--agent", help="Agent whose stream to record."),

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -53,6 +52,7 @@ from pydantic import Field
 
 from protocols.config import TlsConfig
 from swarm._config import Section
+from swarm.addresses import host_of, is_loopback
 from swarm.scenario import ScenarioError, load_scenario, parse_yaml_model
 from swarm.sensors import SensorConfig, SensorError
 
@@ -81,6 +81,9 @@ class NodeConfig(Section):
     peers: list[str] = []
     """Addresses (HOST:PORT) of peers to introduce this node to; the scenario's
     external_peers are added."""
+    coordinator: str | None = None
+    """HOST:PORT of a coordinator (`swarm coordinator`): exchange through it instead of
+    gossiping with peers; the scenario's gossip.topology must be coordinator."""
     key_file: str | None = None
     """HMAC key shared by the swarm (32+ bytes). Required off loopback."""
     tls: TlsConfig | None = None
@@ -124,21 +127,6 @@ def _resolve_tls(tls: TlsConfig | None, base: Path) -> TlsConfig | None:
     if tls is None or not tls.cert_dir or Path(tls.cert_dir).is_absolute():
         return tls
     return tls.model_copy(update={"cert_dir": str(base / tls.cert_dir)})
-
-
-def _host(address: str) -> str:
-    host = address.rpartition(":")[0]
-    return host[1:-1] if host.startswith("[") else host
-
-
-def is_loopback(address: str) -> bool:
-    host = _host(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: assume it is reached over the network
 
 
 class NodeError(RuntimeError):
@@ -227,6 +215,14 @@ class Node:
             # Out of the consensus step until its node introduces itself: a copy nobody
             # updates would pull this model back towards the initial weights.
             self.gossip.set_active(j, False)
+        self.federation: Federation | None = None
+        if cfg.coordinator:
+            if sc.gossip.topology != "coordinator":
+                raise NodeError(
+                    f"coordinator {cfg.coordinator}: the scenario's gossip.topology is "
+                    f"{sc.gossip.topology!r}; set it to coordinator (the service checks it too)"
+                )
+            self.federation = Federation(self, cfg.coordinator)
         self.step = self.round = 0
         self.started = time.time()
         self.resumed_from: dict[str, Any] | None = None
@@ -260,7 +256,8 @@ class Node:
         self._last_ckpt_t = time.monotonic()
         self._last_status_t = 0.0
         self._skewed: dict[str, str] = {}  # peers whose clock is too far from ours, this pass
-        self._agreed: set[str] = set()  # peers whose clock agreed with ours
+        self._refused: dict[str, str] = {}  # peers that refused our key, this pass
+        self._agreed: set[str] = set()  # peers that took our introduction
         self._intro_stop = threading.Event()
         self._intro_thread = threading.Thread(target=self._introducer, daemon=True)
 
@@ -283,14 +280,19 @@ class Node:
         return key
 
     def _check_address(self) -> None:
-        if _host(self.cfg.listen) in ("0.0.0.0", "::") and not self.cfg.advertise:
+        if host_of(self.cfg.listen) in ("0.0.0.0", "::") and not self.cfg.advertise:
             raise NodeError(
                 f"listen {self.cfg.listen} is every interface: set advertise: HOST:PORT, the "
                 "address peers reach this node at (its certificate must name HOST)"
             )
 
     def _check_security(self) -> None:
-        addresses = [self.cfg.listen, *self.cfg.peers, *(p.address for p in self.sc.external_peers)]
+        addresses = [
+            self.cfg.listen,
+            *self.cfg.peers,
+            *(p.address for p in self.sc.external_peers),
+            *([self.cfg.coordinator] if self.cfg.coordinator else []),
+        ]
         remote = [a for a in addresses if not is_loopback(a)]
         if not remote or self.cfg.insecure:
             return
@@ -371,6 +373,10 @@ class Node:
         gossip.update(meta["gossip"])
         self.gossip.load_state(gossip, epoch=self.epoch)  # a new incarnation: peers take
         # its snapshots instead of refusing deltas that no longer follow what they hold
+        if self.federation is not None and "fed.version" in arrays:
+            self.federation.load_state(
+                {k[4:]: v for k, v in arrays.items() if k.startswith("fed.")}
+            )
         self.step, self.round = int(meta["step"]), int(meta["round"])
         self.resumed_from = {
             "checkpoint_step": self.step,
@@ -396,6 +402,8 @@ class Node:
             else:
                 gossip_scalars[k] = v
         out.update(gossip_arrays)
+        if self.federation is not None:
+            out.update({f"fed.{k}": v for k, v in self.federation.state().items()})
         acc = self.local_accuracy()
         meta = {
             "agent": self.index,
@@ -440,7 +448,7 @@ class Node:
             membership=None,
             introduce=self._on_introduce,
         )
-        host = _host(self.cfg.listen)
+        host = host_of(self.cfg.listen)
         port = int(self.cfg.listen.rpartition(":")[2])
         bind = f"[{host}]" if ":" in host else host
         self.server, self.port = start_server(
@@ -540,7 +548,7 @@ class Node:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "clock" in str(exc.details()):
                 self._skewed[address] = str(exc.details())
             elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                self.fatal = (
+                self._refused[address] = (
                     f"{address} refused this node's introduction: {exc.details()}. The two "
                     "nodes sign with different keys: give every node the swarm's key_file"
                 )
@@ -548,7 +556,10 @@ class Node:
         try:
             self._wire.check_introduction(reply, self.key)
         except Exception as exc:  # noqa: BLE001 - any failed check: not a peer of this swarm
-            self.fatal = f"{address} answered with an introduction that does not verify: {exc}"
+            self._refused[address] = (
+                f"{address} answered with an introduction that does not verify: {exc}. The two "
+                "nodes sign with different keys: give every node the swarm's key_file"
+            )
             return False
         problem = self._skew(int(reply.unix_ms), f"{reply.node} at {address}")
         if problem:
@@ -568,12 +579,15 @@ class Node:
             for address in self.peer_list:
                 if address not in done and self._introduce(address):
                     done.add(address)
-            for address, problem in self._skewed.items():
+            problems = {**self._skewed, **self._refused}
+            for address, problem in problems.items():
                 print(f"warning: not joining {address}: {problem}", file=sys.stderr, flush=True)
-            if self._skewed and not self._agreed:
-                # every peer that answered disagrees with this clock: the fault is here
-                self.fatal = next(iter(self._skewed.values()))
+            if problems and not self._agreed:
+                # Every peer that answered disagrees with this node's clock or key: the fault
+                # is most likely here (one odd peer among good ones is only skipped).
+                self.fatal = next(iter(problems.values()))
             self._skewed.clear()
+            self._refused.clear()
             if time.monotonic() - last_full > 10 * INTRODUCE_EVERY_S:
                 done.clear()
                 last_full = time.monotonic()
@@ -608,6 +622,10 @@ class Node:
         return [self._wire.to_proto(d, self.key) for d in self.gossip.make_snapshots(round_)]
 
     def share(self) -> None:
+        if self.federation is not None:
+            self.federation.share(self.x, self.learner.take_example_counts())
+            self.round += 1
+            return
         examples = self.learner.take_example_counts()
         (delta,) = self.gossip.make_deltas(self.x, self.round, examples)
         msg = self._wire.to_proto(delta, self.key)
@@ -661,8 +679,11 @@ class Node:
         sc, cfg = self.sc, self.cfg
         limit = ticks or cfg.ticks or (sc.ticks if cfg.sensor.kind == "simulated" else None)
         history = sc.learning.history + sc.learning.window
-        self._intro_thread.start()
-        if self.membership is not None:
+        if self.federation is not None:
+            self.federation.start()
+        else:
+            self._intro_thread.start()
+        if self.membership is not None and self.federation is None:
             self.membership.start()
         processed = 0
         while not self.stopping and (limit is None or processed < limit):
@@ -711,6 +732,9 @@ class Node:
     def linger(self, timeout_s: float, interruptible: bool = True) -> None:
         """Deliver what is queued and take in the neighbours' last deltas."""
         deadline = time.monotonic() + timeout_s
+        if self.federation is not None:
+            self.federation.finish(self.x, deadline, lambda: interruptible and self.stopping)
+            return
         while time.monotonic() < deadline and not (interruptible and self.stopping):
             self.gossip.apply(self.x)
             sent = self.outboxes.pending() == 0
@@ -796,6 +820,7 @@ class Node:
             "resumed_from": self.resumed_from,
             "error": self.error,
             "duplicates": self.gossip.duplicates,
+            "coordinator": self.federation.status() if self.federation is not None else None,
             **self.counters.snapshot(),
         }
 
@@ -807,6 +832,8 @@ class Node:
         self._last_status_t = time.monotonic()
 
     def close(self) -> None:
+        if self.federation is not None:
+            self.federation.stop()
         self._intro_stop.set()
         if self._intro_thread.is_alive():
             self._intro_thread.join(timeout=PUSH_TIMEOUT_S + 1)
@@ -816,6 +843,168 @@ class Node:
         self.peers.close()
         self.server.stop(grace=1.0)
         self.sensor.close()
+
+
+class Federation:
+    """A node's exchange through a coordinator (protocols/coordinator.py: FederatedClient).
+
+    Round v of the global model: the node submits its delta against version v, a sender
+    thread fetches the round's aggregate (the coordinator closes a round when every agent
+    submitted, or at its timeout with a quorum), and the next `share` applies it. Learning
+    goes on meanwhile, so the node keeps what it learned after submitting: x <- g_new +
+    (x - x_submitted), not a plain reset to the global model. A node that missed rounds
+    (it was down, or late) is refused as stale and catches up by fetching the closed
+    rounds' aggregates in order.
+    """
+
+    def __init__(self, node: Node, address: str):
+        from protocols.coordinator import FederatedClient
+
+        self.node, self.address = node, address
+        self.client = FederatedClient(
+            local=[node.index],
+            x0=node.x[0].copy(),
+            compression=node.sc.gossip.compression,
+            layout=node.layout,
+        )
+        self.timeout_s = node.sc.gossip.coordinator.round_timeout_s + PUSH_TIMEOUT_S
+        self._lock = threading.Lock()
+        self._request: tuple[Any, Any, np.ndarray] | None = None  # (message, delta, x then)
+        self._in_flight = False
+        self._aggregates: list[Any] = []  # fetched, to apply on the owner's thread
+        self._submitted_x: np.ndarray | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="federation", daemon=True)
+        self.submitted = self.stale = self.applied = 0
+        self.last_exchange: float | None = None
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=self.timeout_s + 1)
+
+    def share(self, x: np.ndarray, examples: np.ndarray) -> None:
+        self._apply(x)
+        with self._lock:
+            if self._in_flight:
+                return  # the previous round is still open: this round's learning waits
+            (delta,) = self.client.make_deltas(x, self.client.version, examples)
+            self._request = (self.node._wire.to_proto(delta, self.node.key), delta, x.copy())
+            self._in_flight = True
+        self._wake.set()
+
+    def _apply(self, x: np.ndarray) -> None:
+        with self._lock:
+            aggregates, self._aggregates = self._aggregates, []
+            base = self._submitted_x
+        if not aggregates:
+            return
+        drift = x - base if base is not None else np.zeros_like(x)
+        for aggregate in aggregates:
+            self.client.apply_aggregate(x, aggregate)  # x <- the new global model
+            self.applied += 1
+        x += drift  # what this node learned since it submitted
+
+    def finish(self, x: np.ndarray, deadline: float, stop: Any) -> None:
+        """Before leaving: take the aggregate of the round in flight, if it comes in time."""
+        while time.monotonic() < deadline and not stop():
+            with self._lock:
+                if not self._in_flight:
+                    break
+            time.sleep(0.05)
+        self._apply(x)
+
+    def _run(self) -> None:
+        import grpc
+
+        wire, peers = self.node._wire, self.node.peers
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            with self._lock:
+                request, self._request = self._request, None
+            if request is None:
+                continue
+            msg, delta, x_submitted = request
+            version = int(msg.base_version)
+            batch = wire.pack(self.node.name, version, [msg], self.node.max_bytes, self.node.key)
+            try:
+                for b in batch:
+                    peers.submit(self.address, b, PUSH_TIMEOUT_S)
+                self.submitted += 1
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    with self._lock:  # not delivered: keep it for the next round (error
+                        self.client.error[0] += delta.payload.decode()  # feedback)
+                    self._done(f"{exc.code().name}: {exc.details()}")
+                    continue
+                self.stale += 1  # the round closed without us: catch up below
+            fetched = self._fetch(version)
+            with self._lock:
+                self._aggregates.extend(fetched)
+                self._submitted_x = x_submitted
+            self._done("")
+
+    def _fetch(self, version: int) -> list[Any]:
+        """Aggregates of rounds version, version + 1, ... that have closed (the first one waits
+        up to the round timeout; the later ones only catch up)."""
+        import grpc
+
+        out: list[Any] = []
+        wait = self.timeout_s
+        while not self._stop.is_set():
+            try:
+                reply = self.node.peers.get_aggregate(self.address, self.node.name, version, wait)
+            except grpc.RpcError as exc:
+                if not out:  # e.g. the last round of a run: the others left before its quorum
+                    self.last_error = f"{exc.code().name}: {exc.details()}"
+                break
+            self.last_error = ""
+            out.append(
+                self.node._wire.from_proto(
+                    reply.aggregate, key=self.node.key, num_params=self.node.num_params,
+                    layout=self.node.layout,
+                )
+            )  # fmt: skip
+            version += 1
+            wait = 0.5  # a later round that has closed already answers at once
+        return out
+
+    def _done(self, error: str) -> None:
+        with self._lock:
+            self._in_flight = False
+            if error:
+                self.last_error = error
+            else:
+                self.last_exchange = time.time()
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "global_model": self.client.global_model.copy(),
+            "error": self.client.error.copy(),
+            "version": np.array(self.client.version, np.int64),
+        }
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.client.global_model[:] = state["global_model"]
+        self.client.error[:] = state["error"]
+        self.client.version = int(state["version"])
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "version": self.client.version,
+            "submitted": self.submitted,
+            "stale": self.stale,
+            "aggregates_applied": self.applied,
+            "last_exchange_unix": self.last_exchange,
+            "last_error": self.last_error,
+        }
 
 
 # -- `--status` ------------------------------------------------------------------------------

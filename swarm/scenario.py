@@ -23,6 +23,7 @@ from envs.drone_patrol.config import DronePatrolConfig
 from envs.pz_config import PettingZooConfig
 from protocols.config import GossipConfig
 from swarm._config import Section
+from swarm.addresses import is_loopback
 
 #: World kinds by their `kind` value; a world section without `kind` is a drone patrol.
 WORLDS: dict[str, type[Section]] = {
@@ -135,11 +136,7 @@ class Scenario(Section):
                 raise ValueError("external_peers: devices join decentralized gossip only")
             if self.gossip.graph.kind == "proximity":
                 raise ValueError("external_peers: a proximity graph needs every agent's position")
-            remote = [
-                p.address
-                for p in self.external_peers
-                if p.address.rpartition(":")[0] not in ("127.0.0.1", "localhost", "[::1]")
-            ]
+            remote = [p.address for p in self.external_peers if not is_loopback(p.address)]
             if remote and (self.gossip.tls.mode != "mtls" or not self.gossip.tls.cert_dir):
                 raise ValueError(
                     f"external_peers: {remote[0]} is on a network; set gossip.tls to mode mtls "

@@ -331,7 +331,7 @@ class AgentShard:
 
 
 def _remote_devices(sc: Scenario) -> bool:
-    from swarm.node import is_loopback
+    from swarm.addresses import is_loopback
 
     return any(not is_loopback(p.address) for p in sc.external_peers)
 
@@ -561,6 +561,7 @@ class CoordinatorHost:
         layout: str,
         key: bytes,
         host: str = "127.0.0.1",
+        port: int = 0,
     ):
         from protocols import wire
         from protocols.coordinator import CoordinatorState
@@ -568,7 +569,7 @@ class CoordinatorHost:
 
         sc = Scenario.model_validate(scenario)
         self.state = CoordinatorState(
-            agents=[agent_name(i) for i in range(sc.agents.count)],
+            agents=[agent_name(i) for i in range(sc.total_agents)],
             num_params=num_params,
             layout=layout,
             config=sc.gossip.coordinator,
@@ -585,7 +586,7 @@ class CoordinatorHost:
         )
         self.server, port = start_server(
             host,
-            0,
+            port,
             coordinator=servicer,
             max_message_bytes=max_bytes,
             tls=sc.gossip.tls,
