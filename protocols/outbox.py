@@ -120,24 +120,23 @@ class Outboxes:
 
     def resync(self, address: str) -> None:
         """Send snapshots to `address` next (e.g. it introduced itself after a restart)."""
-        with self._lock:
-            link = self._link(address)
-            link.stats.dropped += len(link.queue)
-            link.queue.clear()
-            link.resync = True
-            link.requests += 1
-            link.stats.forgotten = False
-            link.wake.set()
+        self._drop_queue(address, forgotten=False)
 
     def forget(self, address: str) -> None:
         """The peer was declared dead: drop its queue and stop sending to it."""
+        self._drop_queue(address, forgotten=True)
+
+    def _drop_queue(self, address: str, *, forgotten: bool) -> None:
+        """Replace the queue by a resync (the snapshot holds everything queued)."""
         with self._lock:
             link = self._link(address)
             link.stats.dropped += len(link.queue)
             link.queue.clear()
             link.resync = True
             link.requests += 1
-            link.stats.forgotten = True
+            link.stats.forgotten = forgotten
+            if not forgotten:
+                link.wake.set()
 
     def revive(self, address: str) -> None:
         """The peer is back: it gets snapshots, then deltas again."""

@@ -25,7 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -440,17 +440,28 @@ class Peers:
             if hint is not None:
                 raise tls_.TlsHandshakeFailed(hint) from exc
 
+    def _call(
+        self, address: str, method: str, request: Message, timeout_s: float, *, wait: bool = True
+    ) -> Any:
+        """One unary call on the shared channel; a failure whose cause was the TLS handshake
+        comes out as TlsHandshakeFailed (`_explain`), any other as gRPC raised it."""
+        stub: Any = (
+            coordinator_pb2_grpc.CoordinatorStub(self._channel(address))
+            if method in ("SubmitDeltas", "GetAggregate")
+            else gossip_pb2_grpc.GossipStub(self._channel(address))
+        )
+        try:
+            return getattr(stub, method)(request, timeout=timeout_s, wait_for_ready=wait)
+        except grpc.RpcError as exc:
+            self._explain(address, exc)
+            raise
+
     def push(self, address: str, batch: delta_pb2.DeltaBatch, timeout_s: float) -> int:
         """Deliver one batch; returns how many deltas were accepted. A refusal raises
         grpc.RpcError with the status of `STATUS`: FAILED_PRECONDITION means the peer's copy
         of a sender is not where the batch starts (a restart on either side, a lost batch);
         answer it with snapshots (`ChocoGossip.make_snapshots`)."""
-        stub = gossip_pb2_grpc.GossipStub(self._channel(address))
-        try:
-            reply = stub.PushDeltas(batch, timeout=timeout_s, wait_for_ready=True)
-        except grpc.RpcError as exc:
-            self._explain(address, exc)
-            raise
+        reply = self._call(address, "PushDeltas", batch, timeout_s)
         self.counters.sent(batch.ByteSize())
         return int(reply.accepted)
 
@@ -460,35 +471,22 @@ class Peers:
         """Introduce this node to the one at `address`; returns its Introduction, unchecked
         (verify it with `wire.check_introduction` before believing it). A refusal raises
         grpc.RpcError with the status of `STATUS`, UNIMPLEMENTED if the peer takes none."""
-        stub = gossip_pb2_grpc.GossipStub(self._channel(address))
-        try:
-            reply = stub.Introduce(msg, timeout=timeout_s, wait_for_ready=True)
-        except grpc.RpcError as exc:
-            self._explain(address, exc)
-            raise
+        reply: gossip_pb2.Introduction = self._call(address, "Introduce", msg, timeout_s)
         return reply
 
     def submit(self, address: str, batch: delta_pb2.DeltaBatch, timeout_s: float) -> int:
-        stub = coordinator_pb2_grpc.CoordinatorStub(self._channel(address))
-        try:
-            reply = stub.SubmitDeltas(batch, timeout=timeout_s, wait_for_ready=True)
-        except grpc.RpcError as exc:
-            self._explain(address, exc)
-            raise
+        reply = self._call(address, "SubmitDeltas", batch, timeout_s)
         self.counters.sent(batch.ByteSize())
         return int(reply.accepted)
 
     def get_aggregate(
         self, address: str, node: str, round_: int, timeout_s: float
     ) -> coordinator_pb2.AggregateReply:
-        stub = coordinator_pb2_grpc.CoordinatorStub(self._channel(address))
-        try:
-            reply = stub.GetAggregate(
-                coordinator_pb2.AggregateRequest(node=node, round=round_), timeout=timeout_s
-            )
-        except grpc.RpcError as exc:
-            self._explain(address, exc)
-            raise
+        request = coordinator_pb2.AggregateRequest(node=node, round=round_)
+        # no wait_for_ready: the call itself may wait up to timeout_s for the round to close
+        reply: coordinator_pb2.AggregateReply = self._call(
+            address, "GetAggregate", request, timeout_s, wait=False
+        )
         self.counters.received(reply.ByteSize())
         return reply
 

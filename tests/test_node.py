@@ -390,13 +390,25 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
         _until(lambda: all(((n.status() or {}).get("members") or {}).get("agent-2", {})
                            .get("state") == "alive" for n in nodes[:2]),
                bound + 20, "agent-2 alive again")  # fmt: skip
+
+        def resynced() -> bool:
+            # the survivors sent it snapshots (their copies of it had moved on), then deltas
+            links = [next((p for p in (n.status() or {}).get("peers", [])
+                           if p["node"] == "agent-2"), {}) for n in nodes[:2]]  # fmt: skip
+            mine = restarted.status() or {}
+            return (
+                mine.get("epoch") == start["epoch"]
+                and (mine.get("deltas_accepted") or 0) >= 4
+                and all((link.get("resyncs") or 0) >= 1 for link in links)
+            )
+
+        _until(resynced, 60, "deltas to flow again between agent-2 and the others")
         final = [restarted.stop(), *(n.stop() for n in nodes[:2])]
     finally:
         for n in [*nodes, *([restarted] if restarted else [])]:
             n.kill()
-    assert final[0]["deltas_accepted"] > 0
-    links = [next(p for p in st["peers"] if p["node"] == "agent-2") for st in final[1:]]
-    assert all(link["resyncs"] >= 1 and link["delivered"] > 0 for link in links), links
+    # at most the stale deltas that triggered a resync (one per peer) were refused
+    assert all(st["deltas_rejected"] <= 2 for st in final), final
 
 
 # -- acceptance 3: TLS --------------------------------------------------------------------------
