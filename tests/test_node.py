@@ -597,6 +597,21 @@ def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) ->
     assert "different keys" in status["error"]  # the status file says why it stopped
 
 
+def test_a_node_never_imports_ray(tmp_path: Path, recordings: Path) -> None:
+    _write_scenario(tmp_path, count=2)
+    config = _write_node(tmp_path, 0, 0, linger_s=0, sensor={
+        "kind": "file", "path": str(recordings / "agent-4.jsonl")})  # fmt: skip
+    code = (
+        "import sys; from pathlib import Path; from swarm.node import Node, load_node_config\n"
+        f"node = Node(load_node_config({str(config)!r}), Path({str(tmp_path)!r}))\n"
+        "status = node.run(30); node.close()\n"
+        "print(status['step'], sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["30", "[]"]
+
+
 def test_stdin_sensor_skips_bad_lines(tmp_path: Path, recordings: Path) -> None:
     lines = (recordings / "agent-5.jsonl").read_text().splitlines()[:121]
     lines.insert(50, '{"t": 100000, "obs": [1, 2]}')  # a glitch: wrong length
