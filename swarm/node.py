@@ -7,7 +7,9 @@ A node runs one agent of a scenario: its own Yan model, learning online from a s
 built-in simulated drone, a recorded file, or JSON lines on standard input; swarm/sensors.py),
 and gossiping knowledge deltas with its graph neighbours over the same wire protocol as the
 simulated shards (`swarm.v1.Gossip`, CHOCO-Gossip, HMAC-signed deltas). Neighbours may be other
-devices or the shards of a simulated run that lists this node in `external_peers`.
+devices or the shards of a simulated run that lists this node in `external_peers`. With
+`coordinator: HOST:PORT` it exchanges through a coordinator instead (`Federation` below,
+served by `swarm coordinator`, swarm/coordinator_service.py).
 
 What a device needs, and where it lives:
 
