@@ -251,13 +251,18 @@ class ChocoGossip:
             self.duplicates += duplicates
         return len(fresh)
 
-    def apply(self, x: np.ndarray) -> int:
+    def apply(self, x: np.ndarray, *, mix: bool = True) -> int:
         """Apply pending deltas to the public copies, then one consensus step on `x` in place.
 
         Deltas are applied in acceptance order (version order per sender: the order `receive`
         checked them in); a snapshot replaces the copy. Inactive neighbours (`set_active`) are
         left out of the step, their weight staying with the agent itself. Returns how many
         deltas were applied.
+
+        One consensus step belongs to one round (one `make_deltas`): the step's increment
+        depends on the copies only, not on `x`, so repeating it without new deltas would move
+        `x` by the same vector again and again. `mix=False` only takes in what arrived (a node
+        waiting for its peers' last deltas).
         """
         with self._lock:
             pending, self._inbox = self._inbox, []
@@ -271,13 +276,13 @@ class ChocoGossip:
                 self.xhat[j] += d.payload.decode()
                 self.version[j] += 1
         for row, i in enumerate(self.local):
-            if not self.neighbours[row]:
+            if not mix or not self.neighbours[row]:
                 continue
-            mix = np.zeros(self.num_params, dtype=np.float64)
+            step = np.zeros(self.num_params, dtype=np.float64)
             for j, w in self.neighbours[row]:
                 if j not in inactive:
-                    mix += w * (self.xhat[j] - self.xhat[i])
-            x[row] += (self.gamma * mix).astype(np.float32)
+                    step += w * (self.xhat[j] - self.xhat[i])
+            x[row] += (self.gamma * step).astype(np.float32)
         return len(pending)
 
     # -- membership ----------------------------------------------------------------------------

@@ -20,8 +20,9 @@ What a device needs, and where it lives:
 - Delivery: one outbox and sender thread per peer (protocols/outbox.py): the learning loop
   never waits for the network; an unreachable peer's deltas wait (bounded) and a peer that
   restarted or joined late is resynchronised with snapshots of the public copies.
-- Failure detection: SWIM membership between device nodes (protocols/membership_net.py). A
-  neighbour declared dead is left out of the consensus step and sent nothing until it is back.
+- Failure detection: SWIM membership with every peer (protocols/membership_net.py; the shards
+  of a run answer pings without probing). A neighbour declared dead is left out of the
+  consensus step and sent nothing until it is back.
 - Durable state (`state_dir`): a checkpoint of the model, optimizer, replay memory and
   gossip state every `checkpoint_every_s` (swarm/checkpoint.py: npz + JSON, atomic, no
   pickle). On restart the node resumes from it with a new *epoch*, so its peers take its
@@ -510,13 +511,11 @@ class Node:
             # Deltas made before we knew where this peer was never went to it: start the
             # link with a snapshot rather than a delta it would refuse as out of step.
             self.outboxes.resync(intro.address)
+        # Every peer is probed, the shards of a simulated run too (they answer pings but do
+        # not probe): when a run ends, its agents must leave this node's consensus step
+        # rather than pull it towards copies that no longer change.
         m = self.membership
-        if (
-            intro.membership
-            and m is not None
-            and intro.node != self.name
-            and not m.member(intro.node)
-        ):
+        if m is not None and intro.node != self.name and not m.member(intro.node):
             m.join(intro.node, intro.address)
         for j in intro.agents:
             if int(j) in self.neighbours and not self.gossip.active(int(j)):
@@ -738,7 +737,7 @@ class Node:
             self.federation.finish(self.x, deadline, lambda: interruptible and self.stopping)
             return
         while time.monotonic() < deadline and not (interruptible and self.stopping):
-            self.gossip.apply(self.x)
+            self.gossip.apply(self.x, mix=False)  # take in what arrives; one step at the end
             sent = self.outboxes.pending() == 0
             # every graph neighbour known, and each live one heard up to our last round
             heard = all(

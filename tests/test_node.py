@@ -302,6 +302,9 @@ def test_devices_and_simulated_swarm_share_knowledge(
     assert five["probe_recall"]["fire"] >= 0.5, five
     assert five["probe_recall_isolated"]["fire"] <= 0.2, five
     assert five["probe_recall"]["fire"] - five["probe_recall_isolated"]["fire"] >= 0.4
+    # and no device's model was wrecked on the way (0.7 measured; a node that repeated its
+    # consensus step while waiting for its peers' last deltas once fell to 0.2)
+    assert all(st["probe_acc"] >= 0.5 for st in final.values()), final
     print("figures:", json.dumps({a: {k: final[a][k] for k in (
         "probe_acc", "probe_acc_isolated", "probe_recall", "probe_recall_isolated",
         "labels_seen", "deltas_accepted") if k in final[a]} for a in final}))  # fmt: skip

@@ -527,3 +527,20 @@ def test_introduce_over_grpc(peers: Peers) -> None:
         with pytest.raises(grpc.RpcError) as info:
             peers.introduce(address, _introduction(), 10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_apply_without_mix_only_takes_in_deltas() -> None:
+    """A node lingering for its peers' last deltas must not repeat the consensus step: the
+    step's increment depends on the copies only, so each repeat would move x again."""
+    a, b = _gossip([0]), _gossip([1])
+    xa = np.ones((1, P), np.float32)
+    b.receive(a.make_deltas(xa, 0, [1]))
+    xb = np.zeros((1, P), np.float32)
+    assert b.apply(xb, mix=False) == 1
+    assert np.array_equal(xb, np.zeros((1, P), np.float32))  # x untouched
+    assert np.array_equal(b.xhat[0], a.xhat[0])  # the copy took the delta in
+    b.apply(xb)
+    once = xb.copy()
+    assert not np.array_equal(once, np.zeros((1, P), np.float32))
+    b.apply(xb)  # a second step with nothing new moves x by the same vector again
+    assert np.allclose(xb, 2 * once)
