@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -348,6 +349,21 @@ MAX_ADDRESS_CHARS = 512
 def sign_introduction(msg: gossip_pb2.Introduction, key: bytes) -> None:
     """Fill `msg.signature` with HMAC-SHA256(key, msg without signature), as `sign` does."""
     _sign(msg, key)
+
+
+def introduction(
+    node: str, address: str, agents: list[int], *, membership: bool, key: bytes
+) -> gossip_pb2.Introduction:
+    """This node's signed introduction, with the wall clock read now."""
+    msg = gossip_pb2.Introduction(
+        node=node,
+        address=address,
+        agents=agents,
+        unix_ms=int(time.time() * 1000),
+        membership=membership,
+    )
+    sign_introduction(msg, key)
+    return msg
 
 
 def check_introduction(msg: gossip_pb2.Introduction, key: bytes) -> None:

@@ -125,6 +125,13 @@ def load_node_config(path: Path | str) -> NodeConfig:
     return parse_yaml_model(text, NodeConfig, path, "node config")
 
 
+def state_dir(cfg: NodeConfig, base: Path) -> Path:
+    """Where a node keeps epoch.json, its checkpoint and status.json (relative to `base`, the
+    config file's directory)."""
+    path = Path(cfg.state_dir) if cfg.state_dir else Path(".swarm-node") / f"agent-{cfg.agent}"
+    return path if path.is_absolute() else base / path
+
+
 def _resolve_tls(tls: TlsConfig | None, base: Path) -> TlsConfig | None:
     """The node config's TLS section with cert_dir relative to the config file."""
     if tls is None or not tls.cert_dir or Path(tls.cert_dir).is_absolute():
@@ -167,9 +174,7 @@ class Node:
         self.key = self._key()
         self._check_address()
         self._check_security()
-        self.state_dir = Path(cfg.state_dir) if cfg.state_dir else base / ".swarm-node" / self.name
-        if not self.state_dir.is_absolute():
-            self.state_dir = base / self.state_dir
+        self.state_dir = state_dir(cfg, base)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.state_dir / "checkpoint.npz"
         self.epoch = self._next_epoch()
@@ -478,17 +483,9 @@ class Node:
         servicer.membership = self.membership
 
     def _introduction(self) -> Any:
-        from swarm.proto.v1 import gossip_pb2
-
-        msg = gossip_pb2.Introduction(
-            node=self.name,
-            address=self.advertise,
-            agents=[self.index],
-            unix_ms=int(time.time() * 1000),
-            membership=True,
+        return self._wire.introduction(
+            self.name, self.advertise, [self.index], membership=True, key=self.key
         )
-        self._wire.sign_introduction(msg, self.key)
-        return msg
 
     def _skew(self, peer_unix_ms: int, who: str) -> str | None:
         skew = peer_unix_ms / 1000 - time.time()
@@ -1022,10 +1019,7 @@ def show_status(cfg: NodeConfig, base: Path) -> int:
     from protocols.gossip import agent_name
 
     name = agent_name(cfg.agent)
-    state_dir = Path(cfg.state_dir) if cfg.state_dir else base / ".swarm-node" / name
-    if not state_dir.is_absolute():
-        state_dir = base / state_dir
-    path = state_dir / "status.json"
+    path = state_dir(cfg, base) / "status.json"
     try:
         st = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -127,10 +127,7 @@ class SimulatedSensor:
         self._record: IO[str] | None = None
         if cfg.record_to:
             self._record = open(cfg.record_to, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-            header = {"format": FORMAT, "input": self.input, "classes": self.classes}
-            x, y = self.probe_set
-            header["probe"] = {"windows": x.tolist(), "labels": y.tolist()}
-            self._record.write(json.dumps(header) + "\n")
+            self._record.write(_header(self.input, self.classes, self.probe_set))
 
     def feedback(self, prediction: int) -> None:
         """What the node's model made of the last reading (this drone's report)."""
@@ -149,11 +146,7 @@ class SimulatedSensor:
             self._obs, self._labels = step.obs, step.labels
             self.position += 1
             if self._record is not None:
-                line: dict[str, Any] = {"t": tick, "obs": obs.tolist()}
-                if len(mine):
-                    line["labels"] = mine.tolist()
-                line["class"] = true
-                self._record.write(json.dumps(line) + "\n")
+                self._record.write(_line(tick, obs, true, mine))
             labels = self.hider.labels(mine)
             if self.hider.hides(true):
                 continue  # this device did not see it; later labels of that tick drop too
@@ -346,6 +339,22 @@ def open_sensor(
     return StreamSensor(stream, str(path), cfg, skip=skip)
 
 
+def _header(inputs: Any, classes: list[str], probe: tuple[np.ndarray, np.ndarray]) -> str:
+    """The first line of a recording: the input layout, the class names and the probe set."""
+    x, y = probe
+    header = {"format": FORMAT, "input": inputs, "classes": classes,
+              "probe": {"windows": x.tolist(), "labels": y.tolist()}}  # fmt: skip
+    return json.dumps(header) + "\n"
+
+
+def _line(tick: int, obs: np.ndarray, true: int, labels: np.ndarray) -> str:
+    """One reading of a recording; `class` is its true class (what hide_kinds reads)."""
+    line: dict[str, Any] = {"t": tick, "obs": obs.tolist(), "class": true}
+    if len(labels):
+        line["labels"] = labels.tolist()
+    return json.dumps(line) + "\n"
+
+
 def record_world(
     world_cfg: Any,
     n_agents: int,
@@ -373,32 +382,19 @@ def record_world(
     world = make_world(world_cfg, n_agents, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        x, y = world.probe_set(probe_per_class, window, seed + 1_000_003)
-        header = {
-            "format": FORMAT,
-            "input": world.input_config(),
-            "classes": list(EVENT_CLASSES),
-            "probe": {"windows": x.tolist(), "labels": y.tolist()},
-        }
+        probe = world.probe_set(probe_per_class, window, seed + 1_000_003)
+        header = _header(world.input_config(), list(EVENT_CLASSES), probe)
         paths = [out_dir / f"agent-{a}.jsonl" for a in agents]
         files = [open(p, "w", encoding="utf-8") for p in paths]  # noqa: SIM115 - closed below
         try:
             for f in files:
-                f.write(json.dumps(header) + "\n")
+                f.write(header)
             obs = world.reset()
             labels = np.zeros((0, 3), np.int64)
             for _ in range(ticks):
                 tick, true = world.tick, world.true_classes()
                 for a, f in zip(agents, files, strict=True):
-                    line: dict[str, Any] = {
-                        "t": tick,
-                        "obs": obs[a].tolist(),
-                        "class": int(true[a]),
-                    }
-                    mine = labels[labels[:, 0] == a][:, 1:]
-                    if len(mine):
-                        line["labels"] = mine.tolist()
-                    f.write(json.dumps(line) + "\n")
+                    f.write(_line(tick, obs[a], int(true[a]), labels[labels[:, 0] == a][:, 1:]))
                 step = world.step(true.astype(np.int64))
                 obs, labels = step.obs, step.labels
                 if progress is not None:

@@ -436,17 +436,10 @@ class _Exchange:
     # -- devices (scenario external_peers) -----------------------------------------------------
 
     def _introduction(self, agents: list[int]) -> Any:
-        from swarm.proto.v1 import gossip_pb2
-
-        msg = gossip_pb2.Introduction(
-            node=self.shard.node,
-            address=self.endpoint,
-            agents=agents,
-            unix_ms=int(time.time() * 1000),
-            membership=False,  # Ray supervises shards; they answer pings but do not probe
+        # membership False: Ray supervises shards; they answer pings but do not probe
+        return self._wire.introduction(
+            self.shard.node, self.endpoint, agents, membership=False, key=self.shard.key
         )
-        self._wire.sign_introduction(msg, self.shard.key)
-        return msg
 
     def _on_introduce(self, intro: Any) -> Any:
         self._wire.check_introduction(intro, self.shard.key)
