@@ -84,6 +84,21 @@ class TlsConfig(Section):
     """Directory made by `swarm certs`: ca.pem, and <node>.pem / <node>.key per node."""
 
 
+class RobustConfig(Section):
+    """Byzantine-robust consensus step of decentralized gossip (protocols/gossip.py)."""
+
+    kind: Literal["none", "clip", "trimmed_mean"] = "none"
+    """none: CHOCO's step x_i += gamma sum_j W_ij (xhat_j - xhat_i); clip: ClippedGossip, each
+    term clipped to a radius tau_i (He, Karimireddy, Jaggi 2022); trimmed_mean: a step towards
+    the coordinate-wise trimmed mean of the own and the neighbours' copies (ignores W)."""
+    byzantine: int = Field(1, ge=1)
+    """b, the Byzantine neighbours one agent tolerates. clip: the adaptive tau_i is the
+    (b+1)-th largest neighbour distance, so the b farthest get clipped (needs degree >= b + 1);
+    trimmed_mean: b values cut from each end of every coordinate (needs degree >= 2b + 1)."""
+    clip_tau: float | None = Field(None, gt=0)
+    """clip: a fixed radius for every agent instead of the adaptive one."""
+
+
 class GossipConfig(Section):
     """Who shares knowledge with whom, how often and how."""
 
@@ -103,6 +118,8 @@ class GossipConfig(Section):
     plain gossip."""
     compression: CompressionConfig = CompressionConfig()
     """Delta compression."""
+    robust: RobustConfig = RobustConfig()
+    """Byzantine-robust consensus step of decentralized gossip; none = plain CHOCO."""
     max_message_mb: float = Field(4.0, gt=0, le=1024)
     """gRPC message size limit, both directions; larger deltas are sent in chunks."""
     coordinator: CoordinatorConfig = CoordinatorConfig()

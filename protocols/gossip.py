@@ -34,6 +34,32 @@ owner's thread; a lock guards the inbox, the acceptance counters and the active 
 deltas are applied in acceptance order, which per sender is version order; deltas of
 different senders touch different copies, so their interleaving cannot change the result and
 a seeded sync-mode run (apply after a barrier) stays reproducible.
+
+Robust consensus (`RobustConfig`). A Byzantine neighbour j can send any q_j, so every copy of
+xhat_j may sit anywhere and the plain step pulls x_i towards it. Two replacements of the step
+bound its pull; both see only the active neighbours, like the plain one:
+
+- clip (ClippedGossip, He, Karimireddy, Jaggi 2022, arXiv 2202.01545):
+  x_i += gamma * sum_j W_ij clip(xhat_j - xhat_i, tau_i), clip(z, tau) = min(1, tau/||z||) z
+  (aggregation.clip). tau_i is `clip_tau` if set, else adaptive,
+  needing no knowledge of the attack's scale: with d_j = ||xhat_j - xhat_i|| sorted, tau_i is
+  the (b+1)-th largest, so the b farthest neighbours are pulled in to the distance of the
+  farthest remaining one. With b = 1 this is the rule of the authors' code
+  (github.com/epfml/byzantine-robust-decentralized-optimizer, codes/aggregator.py,
+  SelfCenteredClipping with tau=None: the second-largest distance); the paper's closed-form
+  tau_i needs the honest neighbours' distances, which a node cannot know. If at most b
+  neighbours are Byzantine, tau_i is at most the farthest honest neighbour's distance, so
+  a Byzantine term is never longer than every honest one.
+- trimmed_mean: per coordinate, over {xhat_i} and the active neighbours' copies, cut the b
+  largest and b smallest values and average the rest (m_i); x_i += gamma * (m_i - xhat_i).
+  This ignores W (the plain step is gamma * (sum_j W_ij xhat_j - xhat_i), a W-weighted
+  mean, incl. W_ii, in place of m_i). With at most b Byzantine neighbours every kept value
+  lies within the honest values of that coordinate (Yin et al. 2018; aggregation.py's rule
+  with a count instead of a fraction).
+
+With fewer active neighbours than the rule needs (set_active), b shrinks to what they allow.
+Only copies built from received deltas can lie: agents on the same node see each other's
+true public copies.
 """
 
 from __future__ import annotations
@@ -44,14 +70,23 @@ from typing import Any
 
 import numpy as np
 
+from protocols.aggregation import clip
 from protocols.compression import DENSE_F32, Compressed, compress
-from protocols.config import CompressionConfig
+from protocols.config import CompressionConfig, RobustConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
 
 
 def agent_name(index: int) -> str:
     """The wire name of agent `index` (one name per idea: used by every node and metric)."""
     return f"agent-{index}"
+
+
+def agent_index(name: str) -> int:
+    """Inverse of `agent_name`; raises ValueError for any other name."""
+    prefix, _, number = name.partition("-")
+    if prefix != "agent" or not number.isdigit() or agent_name(int(number)) != name:
+        raise ValueError(f"{name!r} is not an agent name (agent-<index>)")
+    return int(number)
 
 
 class ChocoGossip:
@@ -69,6 +104,8 @@ class ChocoGossip:
             used before) for every start of a node that has sent deltas, see `load_state`.
             Receivers start out expecting epoch 0: with any other epoch, send `make_snapshots`
             to every peer before deltas (they are refused STALE until then).
+        robust: the consensus step (see the module docstring); None or kind "none" is CHOCO's
+            own. Raises ValueError if an agent has too few neighbours for it.
     """
 
     def __init__(
@@ -82,6 +119,7 @@ class ChocoGossip:
         layout: str,
         owner: Callable[[int], str],
         epoch: int = 0,
+        robust: RobustConfig | None = None,
     ):
         self.local = list(local)
         self.epoch = int(epoch)
@@ -97,6 +135,9 @@ class ChocoGossip:
             row = [(int(j), float(weights[i, j])) for j in np.flatnonzero(weights[i]) if j != i]
             self.neighbours.append(row)
             tracked.update(j for j, _ in row)
+        self.robust = robust if robust is not None and robust.kind != "none" else None
+        if self.robust is not None:
+            self._check_degrees(self.robust)
         # Public copies of every agent this node needs; all start at the common init x0.
         self.xhat: dict[int, np.ndarray] = {
             j: np.array(x0, dtype=np.float32, copy=True) for j in sorted(tracked)
@@ -278,12 +319,57 @@ class ChocoGossip:
         for row, i in enumerate(self.local):
             if not mix or not self.neighbours[row]:
                 continue
-            step = np.zeros(self.num_params, dtype=np.float64)
-            for j, w in self.neighbours[row]:
-                if j not in inactive:
-                    step += w * (self.xhat[j] - self.xhat[i])
+            if self.robust is None:
+                step = np.zeros(self.num_params, dtype=np.float64)
+                for j, w in self.neighbours[row]:
+                    if j not in inactive:
+                        step += w * (self.xhat[j] - self.xhat[i])
+            else:
+                active = [(j, w) for j, w in self.neighbours[row] if j not in inactive]
+                step = self._robust_step(i, active, self.robust)
             x[row] += (self.gamma * step).astype(np.float32)
         return len(pending)
+
+    # -- robust consensus ----------------------------------------------------------------------
+
+    def _check_degrees(self, robust: RobustConfig) -> None:
+        b = robust.byzantine
+        # clip ranks b + 1 distances; trimmed_mean with 2b + 1 neighbours averages at least
+        # two of the own and neighbours' values after cutting b at each end.
+        need = 2 * b + 1 if robust.kind == "trimmed_mean" else b + 1
+        if robust.kind == "clip" and robust.clip_tau is not None:
+            return  # a fixed radius needs no ranking of the neighbours
+        for i, nbrs in zip(self.local, self.neighbours, strict=True):
+            if len(nbrs) < need:
+                raise ValueError(
+                    f"gossip.robust: {robust.kind} with byzantine = {b} needs every agent to "
+                    f"have >= {need} neighbours; {agent_name(i)} has {len(nbrs)} (use a "
+                    "denser graph or a smaller byzantine)"
+                )
+
+    def _robust_step(
+        self, i: int, active: list[tuple[int, float]], robust: RobustConfig
+    ) -> np.ndarray:
+        """The (P,) float64 consensus increment of agent i (before gamma) by `robust`."""
+        if not active:
+            return np.zeros(self.num_params, dtype=np.float64)
+        own = self.xhat[i].astype(np.float64)
+        copies = np.stack([self.xhat[j] for j, _ in active]).astype(np.float64)  # (m, P)
+        m = len(active)
+        if robust.kind == "trimmed_mean":
+            b = min(robust.byzantine, (m - 1) // 2)  # keep >= 2 of the m + 1 values
+            values = np.sort(np.vstack([own[None], copies]), axis=0)  # (m + 1, P)
+            return values[b : m + 1 - b].mean(axis=0) - own
+        diffs = copies - own  # (m, P)
+        if robust.clip_tau is not None:
+            tau = robust.clip_tau
+        else:
+            dist = np.sort(np.linalg.norm(diffs, axis=1))  # (m,) ascending
+            tau = float(dist[max(m - 1 - robust.byzantine, 0)])  # the (b+1)-th largest
+        # tau = 0: the unclipped terms are zero and the clipped ones shrink to zero too.
+        diffs = clip(diffs, tau) if tau > 0 else np.zeros_like(diffs)
+        weights = np.array([w for _, w in active], dtype=np.float64)  # (m,)
+        return weights @ diffs  # (m,) @ (m, P) -> (P,)
 
     # -- membership ----------------------------------------------------------------------------
 
