@@ -69,6 +69,9 @@ class TrafficCounters:
         self.messages_sent = 0
         self.deltas_accepted = 0
         self.rejected: Counter[str] = Counter()
+        # Messages (swarm/accounting.py) in batches taken / refused whole.
+        self.deltas_delivered = 0
+        self.deltas_refused = 0
 
     def received(self, nbytes: int) -> None:
         with self._lock:
@@ -88,6 +91,29 @@ class TrafficCounters:
         with self._lock:
             self.rejected[reason.value] += n
 
+    def outcome(self, *, delivered: int = 0, refused: int = 0) -> None:
+        with self._lock:
+            self.deltas_delivered += delivered
+            self.deltas_refused += refused
+
+    def load(self, state: dict[str, int]) -> None:
+        """Continue from an earlier `snapshot()` (a shard restored from a checkpoint)."""
+        with self._lock:
+            self.bytes_received = int(state.get("wire_bytes_received", 0))
+            self.bytes_sent = int(state.get("wire_bytes_sent", 0))
+            self.messages_received = int(state.get("messages_received", 0))
+            self.messages_sent = int(state.get("messages_sent", 0))
+            self.deltas_accepted = int(state.get("deltas_accepted", 0))
+            self.deltas_delivered = int(state.get("deltas_delivered", 0))
+            self.deltas_refused = int(state.get("deltas_refused", 0))
+            self.rejected = Counter(
+                {
+                    k[len("rejected_") :]: int(v)
+                    for k, v in state.items()
+                    if k.startswith("rejected_")
+                }
+            )
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             out = {
@@ -97,9 +123,17 @@ class TrafficCounters:
                 "messages_sent": self.messages_sent,
                 "deltas_accepted": self.deltas_accepted,
                 "deltas_rejected": sum(self.rejected.values()),
+                "deltas_delivered": self.deltas_delivered,
+                "deltas_refused": self.deltas_refused,
             }
             out.update({f"rejected_{k}": v for k, v in sorted(self.rejected.items())})
             return out
+
+
+def messages_in(batch: delta_pb2.DeltaBatch) -> int:
+    """Knowledge messages a batch completes: its deltas, a chunked one counted at its last
+    chunk (the unit of swarm/accounting.py)."""
+    return sum(1 for d in batch.deltas if d.chunk_count <= 1 or d.chunk_index == d.chunk_count - 1)
 
 
 def _ingest(
@@ -113,8 +147,10 @@ def _ingest(
         n = sink([d for d in map(decode, batch.deltas) if d is not None])
     except DeltaRejected as exc:
         counters.reject(exc.reason, max(1, len(batch.deltas)))
+        counters.outcome(refused=messages_in(batch))
         context.abort(STATUS[exc.reason], str(exc))
     counters.accepted(n)
+    counters.outcome(delivered=messages_in(batch))
     return n
 
 

@@ -77,20 +77,38 @@ def validate(scenario: Path = typer.Argument(..., help="Scenario YAML file.")) -
 
 @app.command()
 def run(
-    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    scenario: Path = typer.Argument(
+        None, help="Scenario YAML file (not with --resume: the run's own scenario is used)."
+    ),
     address: str = typer.Option(
         None, "--address", envvar="RAY_ADDRESS", help="Join this Ray cluster (default: embedded)."
     ),
     runs: Path = typer.Option(Path("runs"), "--runs", help="Where run directories are made."),
     ticks: int = typer.Option(None, "--ticks", help="Override the scenario's tick count."),
     seed: int = typer.Option(None, "--seed", help="Override the scenario's seed."),
+    resume: Path = typer.Option(
+        None,
+        "--resume",
+        help="Continue the interrupted run in this directory from its last checkpoint "
+        "(checkpoint.every_ticks); --ticks may lengthen it.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Run a scenario: agents act, learn online and share knowledge; writes runs/<run-id>/."""
     from swarm.runner import Runner, new_run_dir
 
-    sc = _load(scenario, ticks=ticks, seed=seed)
-    run_dir = new_run_dir(runs, sc)
+    if resume is not None:
+        if scenario is not None or seed is not None:
+            raise typer.BadParameter("--resume continues a run with its own scenario and seed")
+        if not (resume / "scenario.yaml").is_file():
+            raise typer.BadParameter(f"{resume}: not a run directory (no scenario.yaml)")
+        sc = _load(resume / "scenario.yaml", ticks=ticks)
+        run_dir = resume
+    elif scenario is None:
+        raise typer.BadParameter("give a scenario file, or --resume RUN_DIR")
+    else:
+        sc = _load(scenario, ticks=ticks, seed=seed)
+        run_dir = new_run_dir(runs, sc)
     console.print(
         f"[bold]{sc.name}[/bold]: {sc.agents.count} agents in {sc.n_shards} shards, "
         f"{sc.ticks} ticks, gossip {sc.gossip.topology}/{sc.gossip.mode} -> {run_dir}"
@@ -109,10 +127,29 @@ def run(
     def on_tick(tick: int) -> None:
         bar.update(task, completed=tick + 1)
 
-    with bar:
-        result = Runner(
-            sc, run_dir, address=address, on_start=on_start, on_tick=on_tick, on_info=console.print
-        ).run()
+    runner = Runner(
+        sc,
+        run_dir,
+        address=address,
+        on_start=on_start,
+        on_tick=on_tick,
+        on_info=console.print,
+        resume=resume is not None,
+    )
+    try:
+        with bar:
+            result = runner.run()
+    except KeyboardInterrupt:
+        from swarm.resume import read_latest
+
+        marker = read_latest(run_dir / "checkpoints") if sc.checkpoint.every_ticks else None
+        where = (
+            f"resume it from tick {marker['ticks']} with: swarm run --resume {run_dir}"
+            if marker
+            else "it had no complete checkpoint (checkpoint.every_ticks), so it cannot resume"
+        )
+        console.print(f"interrupted: {where}")
+        raise typer.Exit(130) from None
     print_summary(result.summary)
 
 

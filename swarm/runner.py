@@ -120,8 +120,10 @@ class Runner:
         on_start: Callable[[str | None], None] = lambda url: None,
         on_tick: Callable[[int], None] = lambda tick: None,
         on_info: Callable[[str], None] = lambda text: None,
+        resume: bool = False,
     ):
         self.sc = scenario
+        self.resume = resume
         self.run_dir = run_dir
         self.address = address
         self.on_start = on_start
@@ -132,17 +134,39 @@ class Runner:
         self.info: dict[str, Any] = {}
         self.first_labels: dict[int, int] = {}
         self.graph: dict[str, Any] = {}
+        self.ckpt_root = run_dir / "checkpoints"
+        self.marker: dict[str, Any] | None = None  # the checkpoint a resumed run starts from
+        self.kills: list[dict[str, Any]] = []  # injected shard kills and what was restored
+        self.placement: list[dict[str, Any]] = []
+        self.last_traffic: list[dict[str, Any]] = []
+        self.coordinator_traffic: dict[str, int] = {}
+        self._rows_file: Any = None
+        self.endpoints: list[str] = []
+        self.coord_addr = ""
+        self.byzantine: frozenset[int] = frozenset()
 
     def run(self) -> RunResult:
         import ray
 
         from swarm.shard import AgentShard, CoordinatorHost, WorldHost
 
-        sc = self.sc = self._with_certs(self.sc)
-        (self.run_dir / "scenario.yaml").write_text(dump_scenario(sc))
         t0 = time.perf_counter()
-        started, url = start_ray(sc, self.address)
+        started, url = start_ray(self.sc, self.address)
         self.on_start(url)
+        # agents.per_shard 'auto': sized for the CPUs of the cluster the run landed on
+        sc = self.sc.with_shards(float(ray.cluster_resources().get("CPU", 1.0)))
+        if sc is not self.sc:
+            self.on_info(f"shards: {sc.n_shards} of up to {sc.per_shard} agents (auto)")
+        sc = self.sc = self._with_certs(sc)
+        self._check_shards(sc)
+        (self.run_dir / "scenario.yaml").write_text(dump_scenario(sc))
+        if sc.faults.byzantine.active:
+            from protocols.faults import FaultPlan
+
+            seed = sc.seed if sc.faults.seed is None else sc.faults.seed
+            self.byzantine = FaultPlan(sc.faults, sc.total_agents, seed).byzantine
+            self.on_info(f"faults: Byzantine agents {sorted(self.byzantine)}")
+        rows_before = self._resume_rows() if self.resume else []
         # Live figures as Ray metrics (swarm/telemetry.py), labelled with the run id.
         self.telemetry = Telemetry(self.run_dir.name)
         spec = sc.model_dump(mode="json")
@@ -152,6 +176,7 @@ class Runner:
         shards: list[Any] = []
         world: Any = None
         coordinator: Any = None
+        group: Any = None
         try:
             endpoint = metrics_endpoint()  # where Prometheus can scrape them
             self.on_info(
@@ -176,11 +201,38 @@ class Runner:
                 if info["task"] == "classify"
                 else None
             )
-            n, per = sc.agents.count, sc.agents.per_shard
+            n, per = sc.agents.count, sc.per_shard
             edges = self._graph_edges(world)
+            # Shards spread over the cluster's nodes, one bundle each (on one machine: packed).
+            from ray.util.placement_group import placement_group, remove_placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            group = placement_group([{"CPU": per_shard_cpu}] * sc.n_shards, strategy="SPREAD")
+            try:
+                ray.get(group.ready(), timeout=120)
+            except ray.exceptions.GetTimeoutError:
+                raise RunError(
+                    f"the Ray cluster cannot place {sc.n_shards} shards of {per_shard_cpu:g} "
+                    "CPU each within 120 s; add nodes, or lower agents.count / raise per_shard"
+                ) from None
+            restarts = {k.shard: 0 for k in sc.faults.kill}
+            for k in sc.faults.kill:
+                restarts[k.shard] += 1
+            # On a cluster of several nodes a shard must be reachable from the others: it
+            # listens on, and advertises, its node's address. On one machine: loopback only.
+            multi_node = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+            host = "node" if multi_node else "127.0.0.1"
             shard_cls: Any = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
+            if sc.checkpoint.every_ticks:
+                self.ckpt_root.mkdir(exist_ok=True)
             shards = [
-                shard_cls.options(name=None).remote(
+                shard_cls.options(
+                    name=None,
+                    max_restarts=restarts.get(s, 0),
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(
+                        placement_group=group, placement_group_bundle_index=s
+                    ),
+                ).remote(
                     spec,
                     s,
                     list(range(s * per, min(n, (s + 1) * per))),
@@ -188,13 +240,29 @@ class Runner:
                     info["n_classes"],
                     probe,
                     key,
+                    host=host,
                     edges=edges,
                     n_actions=info["n_actions"],
                     run=self.run_dir.name,
+                    ckpt_dir=str(self.ckpt_root) if sc.checkpoint.every_ticks else "",
+                    resume=self.resume,
                 )
                 for s in range(sc.n_shards)
             ]
             endpoints: list[str] = ray.get([s.endpoint.remote() for s in shards])
+            nodes: list[str] = ray.get([s.node_id.remote() for s in shards])
+            self.placement = [
+                {"shard": i, "node": node, "endpoint": e}
+                for i, (node, e) in enumerate(zip(nodes, endpoints, strict=True))
+            ]
+            if len(set(nodes)) > 1:
+                self.on_info(
+                    f"shards on {len(set(nodes))} Ray nodes: "
+                    + ", ".join(
+                        f"shard-{i} {e or '-'} ({n[:8]})"
+                        for i, n, e in zip(range(len(nodes)), nodes, endpoints, strict=True)
+                    )
+                )
             coord_addr: str = ""
             if sc.gossip.topology == "coordinator":
                 num_params, layout = ray.get(shards[0].model_info.remote())
@@ -203,12 +271,18 @@ class Runner:
                 )
                 coord_addr = ray.get(coordinator.address.remote())
             ray.get([s.connect.remote(endpoints, coord_addr) for s in shards])
+            self.endpoints, self.coord_addr = endpoints, coord_addr
+            step = self._start_world(world)
             t_setup = time.perf_counter() - t0
-            rows = self._loop(world, shards, info)
+            rows = self._loop(world, shards, info, step, rows_before)
             trajectory, layout_map = ray.get(world.trajectories.remote())
             self.first_labels = ray.get(world.first_labels.remote())
+            if coordinator is not None:
+                self.coordinator_traffic = ray.get(coordinator.traffic.remote())
             wall = time.perf_counter() - t0
         finally:
+            if self._rows_file is not None:
+                self._rows_file.close()
             self.telemetry.close()
             if shards:
                 ray.get([s.close.remote() for s in shards])
@@ -216,6 +290,8 @@ class Runner:
                 ray.get(coordinator.close.remote())
             if world is not None:
                 ray.get(world.close.remote())
+            if group is not None:
+                remove_placement_group(group)
             if started:
                 ray.shutdown()
         summary = self._summary(rows, info, wall, t_setup, url)
@@ -262,7 +338,7 @@ class Runner:
             f"rho = {self.rho:.4f} (~{mixing['rounds_to_1e-3']} rounds to agree to 1e-3)"
         )
         edges = sorted((int(i), int(j)) for i, j in graph.edges())
-        per = sc.agents.per_shard
+        per = sc.per_shard
         self.graph = {
             "kind": sc.gossip.graph.kind,
             "nodes": sc.total_agents,
@@ -280,47 +356,214 @@ class Runner:
 
     # -- the tick loop ---------------------------------------------------------------------------
 
-    def _loop(self, world: Any, shards: list[Any], info: dict[str, Any]) -> list[dict[str, Any]]:
+    def _check_shards(self, sc: Scenario) -> None:
+        for k in sc.faults.kill:
+            if k.shard >= sc.n_shards:
+                raise RunError(
+                    f"faults.kill: shard {k.shard} does not exist ({sc.n_shards} shards)"
+                )
+
+    def _resume_rows(self) -> list[dict[str, Any]]:
+        """The checkpoint a resumed run starts from, and the metrics rows recorded up to it."""
+        from swarm.resume import read_latest
+
+        try:
+            marker = read_latest(self.ckpt_root)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+        if marker is None:
+            raise RunError(
+                f"{self.run_dir}: no complete checkpoint to resume from (checkpoint.every_ticks "
+                "must be set, and the run must have reached its first checkpoint)"
+            )
+        if marker["ticks"] >= self.sc.ticks:
+            raise RunError(
+                f"{self.run_dir}: its checkpoint is at tick {marker['ticks']}, the run ends at "
+                f"{self.sc.ticks}; nothing to resume (pass --ticks to run longer)"
+            )
+        self.marker = marker
+        rows: list[dict[str, Any]] = []
+        path = self.run_dir / "metrics.jsonl"
+        with open(path) as fh:
+            for line in fh:
+                if len(rows) == marker["rows"]:
+                    break
+                rows.append(json.loads(line))
+        if len(rows) != marker["rows"]:
+            raise RunError(f"{path}: {len(rows)} rows, the checkpoint needs {marker['rows']}")
+        self.on_info(f"resuming {self.run_dir.name} from its checkpoint at tick {marker['ticks']}")
+        return rows
+
+    def _start_world(self, world: Any) -> Any:
+        """The first Step: a fresh reset, or the world of a resumed run rebuilt by replaying
+        the decisions recorded up to its checkpoint."""
+        if self.marker is None:
+            return world.reset.remote()
+        from swarm import checkpoint
+        from swarm.resume import tick_dir
+
+        arrays, _ = checkpoint.load(tick_dir(self.ckpt_root, self.marker["ticks"]) / "world.npz")
+        return world.replay.remote(arrays["decisions"])
+
+    def _loop(
+        self,
+        world: Any,
+        shards: list[Any],
+        info: dict[str, Any],
+        step: Any,
+        rows: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
         import ray
+
+        from swarm.resume import tick_dir
 
         sc = self.sc
         sharing = sc.gossip.topology not in ("isolated", "centralized")
-        step = world.reset.remote()
+        every = sc.checkpoint.every_ticks
+        kills: dict[int, list[int]] = {}
+        for k in sc.faults.kill:
+            kills.setdefault(k.at_tick, []).append(k.shard)
+        start = self.marker["ticks"] if self.marker else 0
+        round_ = self.marker["round"] if self.marker else 0
+        self._rows_file = open(self.run_dir / "metrics.jsonl", "w")  # noqa: SIM115
+        for row in rows:
+            self._write_row(row)
         in_flight: list[Any] = []
         pending: list[tuple[int, list[Any]]] = []
-        rows: list[dict[str, Any]] = []
+        checkpoints: list[tuple[int, int, list[Any]]] = []  # (ticks, next round, receipts)
         exchanges: list[Any] = []
-        round_ = 0
         t_ticks = time.perf_counter()  # for the live real-time factor
-        for tick in range(sc.ticks):
-            predictions = [s.act.remote(step) for s in shards]
-            step = world.step.remote(*predictions)
-            if sharing and (tick + 1) % sc.gossip.interval == 0:
-                sent = [s.share.remote(round_) for s in shards]
-                barrier = sent if sc.gossip.mode == "sync" else []
-                # Kept so a failed round surfaces as an error instead of vanishing.
-                exchanges.extend(s.merge.remote(round_, *barrier) for s in shards)
-                round_ += 1
-            last = tick == sc.ticks - 1
-            if (tick + 1) % sc.metrics.interval == 0 or last:
-                refs = [world.measure.remote(), *[s.measure.remote(tick + 1) for s in shards]]
-                pending.append((tick + 1, refs))
-            in_flight.append(step)
-            if len(in_flight) > MAX_TICKS_IN_FLIGHT:
-                ray.wait([in_flight.pop(0)], num_returns=1)
-                self.on_tick(tick - MAX_TICKS_IN_FLIGHT)
+
+        def take_rows(last: bool) -> None:
             while pending and (last or len(pending) > 1):
                 at, refs = pending.pop(0)
                 world_m, *shard_m = ray.get(refs)
                 rows.append(self._row(at, world_m, shard_m, info))
+                self._write_row(rows[-1])
                 # The swarm's live figures (Ray metrics); the shards set their own in measure().
-                rtf = rows[-1]["sim_time_s"] / max(time.perf_counter() - t_ticks, 1e-9)
+                rtf = (rows[-1]["sim_time_s"] - start * sc.world.tick_s) / max(
+                    time.perf_counter() - t_ticks, 1e-9
+                )
                 row_figures(self.telemetry, rows[-1], rho=self.rho, real_time_factor=rtf)
                 ray.get(exchanges)  # all done by now; raises if a round failed
                 exchanges.clear()
+
+        for tick in range(start, sc.ticks):
+            done = tick + 1  # ticks completed once this one is
+            predictions = [s.act.remote(step) for s in shards]
+            step = world.step.remote(*predictions)
+            if sharing and done % sc.gossip.interval == 0:
+                sent = [s.share.remote(round_, done) for s in shards]
+                barrier = sent if sc.gossip.mode == "sync" else []
+                # Kept so a failed round surfaces as an error instead of vanishing.
+                exchanges.extend(s.merge.remote(round_, *barrier) for s in shards)
+                round_ += 1
+            last = done == sc.ticks
+            if done % sc.metrics.interval == 0 or last:
+                refs = [world.measure.remote(), *[s.measure.remote(done) for s in shards]]
+                pending.append((done, refs))
+            if every and done % every == 0 and not last:
+                where = tick_dir(self.ckpt_root, done)
+                where.mkdir(parents=True, exist_ok=True)
+                receipts = [s.checkpoint.remote(done, str(where)) for s in shards]
+                checkpoints.append(
+                    (done, round_, [*receipts, world.checkpoint.remote(done, str(where))])
+                )
+            in_flight.append(step)
+            if len(in_flight) > MAX_TICKS_IN_FLIGHT:
+                ray.wait([in_flight.pop(0)], num_returns=1)
+                self.on_tick(tick - MAX_TICKS_IN_FLIGHT)
+            take_rows(last)
+            self._commit(checkpoints, pending, rows, block=False)
+            if done in kills:
+                # let everything submitted finish, so the kill lands between two ticks
+                ray.get(in_flight + exchanges + [r for _, refs in pending for r in refs])
+                take_rows(True)
+                self._commit(checkpoints, pending, rows, block=True)
+                for index in kills[done]:
+                    self._kill(shards, index, done)
         ray.get(in_flight + exchanges)
+        self._commit(checkpoints, pending, rows, block=True)
         self.on_tick(sc.ticks - 1)
         return rows
+
+    def _write_row(self, row: dict[str, Any]) -> None:
+        self._rows_file.write(json.dumps(row, sort_keys=True) + "\n")
+        self._rows_file.flush()
+
+    def _commit(
+        self,
+        checkpoints: list[tuple[int, int, list[Any]]],
+        pending: list[tuple[int, list[Any]]],
+        rows: list[dict[str, Any]],
+        *,
+        block: bool,
+    ) -> None:
+        """Mark checkpoints complete (latest.json), oldest first: once every shard and the
+        world have written theirs, and the metrics rows up to them are in metrics.jsonl."""
+        import ray
+
+        from swarm.resume import commit, tick_dir
+
+        while checkpoints:
+            ticks, round_, refs = checkpoints[0]
+            if any(at <= ticks for at, _ in pending):
+                return  # rows up to this tick not written yet
+            if not block and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
+                return
+            receipts = ray.get(refs)[:-1]
+            checkpoints.pop(0)
+            marker = {
+                "ticks": ticks,
+                "round": round_,
+                "rows": sum(1 for r in rows if r["tick"] <= ticks),
+                "dir": tick_dir(self.ckpt_root, ticks).name,
+                "bytes": int(sum(r["bytes"] for r in receipts)),
+            }
+            commit(self.ckpt_root, marker)
+            self.checkpointed = {r["shard"]: r for r in receipts}
+
+    def _kill(self, shards: list[Any], index: int, tick: int) -> None:
+        """Kill shard `index`'s process (a fault the scenario asked for); Ray restarts the
+        actor, which restores its agents from the last complete checkpoint. Its traffic
+        counts are read before the kill and handed to the new process: an observer's
+        bookkeeping, so the run's message accounting stays whole."""
+        import ray
+
+        shard = shards[index]
+        counts, pid = ray.get([shard.traffic_state.remote(), shard.pid.remote()])
+        t0 = time.perf_counter()
+        ray.kill(shard, no_restart=False)
+        deadline = t0 + 120
+        while True:
+            try:
+                if ray.get(shard.pid.remote(), timeout=30) != pid:
+                    break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+            if time.perf_counter() > deadline:
+                raise RunError(f"faults.kill: shard {index} did not come back within 120 s")
+            time.sleep(0.1)
+        restored = ray.get(shard.restore_info.remote()) or {}
+        ray.get(shard.load_traffic.remote(counts))
+        # the new process serves on a new port: every shard learns it
+        self.endpoints[index] = ray.get(shard.endpoint.remote())
+        self.placement[index]["endpoint"] = self.endpoints[index]
+        ray.get(shard.connect.remote(self.endpoints, self.coord_addr))
+        ray.get(
+            [s.set_endpoints.remote(self.endpoints) for i, s in enumerate(shards) if i != index]
+        )
+        event = {"shard": index, "tick": tick, "restart_s": round(time.perf_counter() - t0, 3)}
+        event.update(restored)
+        before, after = restored.get("probe_acc_checkpoint"), restored.get("probe_acc_restored")
+        if before and after:
+            event["probe_acc_change"] = float(np.mean(after) - np.mean(before))
+        self.kills.append(event)
+        self.on_info(
+            f"faults: killed shard-{index} at tick {tick}; Ray restarted it in "
+            f"{event['restart_s']:.1f} s, its agents restored from the checkpoint at tick "
+            f"{restored.get('checkpoint_ticks')}"
+        )
 
     def _row(
         self, tick: int, world_m: dict[str, Any], shard_m: list[dict[str, Any]], info: dict
@@ -350,6 +593,13 @@ class Runner:
                 "gossip/rounds": int(max((t.get("rounds", 0) for t in traffic), default=0)),
             }
         )
+        ledger: dict[str, int] = {}
+        for t in traffic:
+            for key, value in t.get("ledger", {}).items():
+                ledger[key] = ledger.get(key, 0) + int(value)
+        for key in ("sent", "delivered", "rejected", "dropped", "held", "snapshots"):
+            row[f"gossip/messages_{key}"] = ledger.get(key, 0)
+        self.last_traffic = traffic
         row["agents"] = {"gossip/bytes_sent": [int(b) for b in sent]}
         if info["task"] == "rl":
             stats = [m["rl"] for m in shard_m if m["rl"]]
@@ -361,6 +611,10 @@ class Runner:
         per_class = np.concatenate([np.asarray(m["per_class"]) for m in shard_m])
         present = per_class >= 0
         class_acc = np.where(present, per_class, 0).sum(0) / np.maximum(present.sum(0), 1)
+        if self.byzantine:  # what the liars did to everyone else
+            agents = np.concatenate([m["agents"] for m in shard_m])
+            honest = ~np.isin(agents, sorted(self.byzantine))
+            row["learn/probe_acc_honest"] = float(acc[honest].mean())
         row.update(
             {
                 "learn/probe_acc": float(acc.mean()),
@@ -406,9 +660,27 @@ class Runner:
             )
             final.update(self._spread(rows, info))
             final.update(continual_figures(rows, info["classes"], self.first_labels, self.sc))
+        from swarm.accounting import account
+
+        receivers = [t for t in self.last_traffic]
+        if self.coordinator_traffic:
+            receivers.append(self.coordinator_traffic)
+        accounting = account(
+            [t.get("ledger", {}) for t in self.last_traffic],
+            receivers,
+            closed=not sc.external_peers,
+        )
+        if not accounting["holds"]:
+            self.on_info(f"message accounting does not add up: {accounting}")
+        faults: dict[str, Any] = {"kills": self.kills}
+        if self.byzantine:
+            faults["byzantine"] = sorted(self.byzantine)
         return {
             "scenario": sc.name,
             "seed": sc.seed,
+            "accounting": accounting,
+            "faults": faults,
+            "placement": self.placement,
             "agents": sc.agents.count,
             "shards": sc.n_shards,
             "topology": sc.gossip.topology,
@@ -424,6 +696,7 @@ class Runner:
                 "ticks_per_s": round(sc.ticks / max(wall - setup, 1e-9), 3),
                 "real_time_factor": round(sc.ticks * sc.world.tick_s / max(wall - setup, 1e-9), 3),
                 "dashboard_url": url,
+                "resumed_from_tick": self.marker["ticks"] if self.marker else None,
             },
         }
 
@@ -453,9 +726,7 @@ class Runner:
         layout_map: dict[str, Any],
         info: dict[str, Any],
     ) -> None:
-        with open(self.run_dir / "metrics.jsonl", "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, sort_keys=True) + "\n")
+        # metrics.jsonl is written row by row as the run goes (a resumed run starts from it)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         if self.graph:
             (self.run_dir / "graph.json").write_text(json.dumps(self.graph))

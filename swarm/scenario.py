@@ -12,8 +12,9 @@ turns pydantic's errors into one readable paragraph per problem::
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
@@ -22,6 +23,7 @@ from agents.config import LearnConfig, ModelConfig, RLConfig
 from envs.drone_patrol.config import DronePatrolConfig
 from envs.pz_config import PettingZooConfig
 from protocols.config import GossipConfig
+from protocols.faults import FaultsConfig
 from swarm._config import Section
 from swarm.addresses import is_loopback
 
@@ -55,8 +57,9 @@ class AgentsConfig(Section):
 
     count: int = Field(12, ge=1, le=100_000)
     """Number of agents (drones), each with its own model."""
-    per_shard: int = Field(4, ge=1, le=100_000)
-    """Agents hosted by one AgentShard actor (their models are stacked and batched)."""
+    per_shard: int | Literal["auto"] = Field(4, ge=1, le=100_000)
+    """Agents hosted by one AgentShard actor (their models are stacked and batched); 'auto'
+    sizes the shards from the agent count and the CPUs of the Ray cluster (`auto_per_shard`)."""
 
 
 class MetricsConfig(Section):
@@ -85,6 +88,16 @@ class RayConfig(Section):
     """Start the Ray dashboard and print its URL."""
     object_store_mb: int = Field(256, ge=64)
     """Object store size of the embedded Ray; runs pass small arrays only."""
+
+
+class CheckpointConfig(Section):
+    """Durable checkpoints of a run (runs/<id>/checkpoints, swarm/resume.py)."""
+
+    every_ticks: int = Field(0, ge=0)
+    """Save every agent (model, optimizer, memories, RNG, gossip state) and the world's
+    replay log every this many ticks (0: never). A shard that dies restarts from the last one,
+    and `swarm run --resume runs/<id>` continues an interrupted run from it. A multiple of
+    gossip.interval: a checkpoint sits between two gossip rounds."""
 
 
 class ExternalPeer(Section):
@@ -118,6 +131,10 @@ class Scenario(Section):
     metrics: MetricsConfig = MetricsConfig()
     baseline: BaselineConfig = BaselineConfig()
     ray: RayConfig = RayConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    faults: FaultsConfig = FaultsConfig()
+    """Faults injected on purpose, seeded and reproducible: lost, delayed and duplicated
+    messages, partitions, killed shards, Byzantine agents (protocols/faults.py)."""
     external_peers: list[ExternalPeer] = []
     """Device nodes (`swarm-node`) that gossip with the simulated agents over the same protocol;
     needs gossip.key_file (the devices must share the HMAC key) and decentralized gossip."""
@@ -148,6 +165,7 @@ class Scenario(Section):
                     "external_peers: set gossip.key_file, the HMAC key the devices share "
                     "(a run otherwise makes a secret key of its own)"
                 )
+        self._check_faults()
         n = self.total_agents
         if self.gossip.graph.kind == "random_regular" and (
             self.gossip.graph.degree >= n or (self.gossip.graph.degree * n) % 2
@@ -157,7 +175,11 @@ class Scenario(Section):
                 f"(agents.count plus external_peers) and degree * that number even (got degree "
                 f"{self.gossip.graph.degree}, {n} agents)"
             )
-        if self.gossip.topology == "centralized" and self.agents.per_shard < self.agents.count:
+        if (
+            self.gossip.topology == "centralized"
+            and self.agents.per_shard != "auto"
+            and self.agents.per_shard < self.agents.count
+        ):
             raise ValueError(
                 "gossip.topology: centralized trains one model on every agent's data in one "
                 f"shard: set agents.per_shard >= agents.count ({self.agents.count})"
@@ -169,14 +191,90 @@ class Scenario(Section):
             )
         return self
 
+    def _check_faults(self) -> None:
+        every, f = self.checkpoint.every_ticks, self.faults
+        sharing = self.gossip.topology in ("decentralized", "coordinator")
+        rl = self.world.kind != "drone_patrol"
+        if every and sharing and every % self.gossip.interval:
+            raise ValueError(
+                f"checkpoint.every_ticks ({every}) must be a multiple of gossip.interval "
+                f"({self.gossip.interval}): a checkpoint sits between two gossip rounds"
+            )
+        if rl and (every or f.kill):
+            raise ValueError(
+                "checkpoint / faults.kill: checkpoints are implemented for classification "
+                "worlds (drone_patrol) only, not yet for worlds with rewards"
+            )
+        if f.kill and not every:
+            raise ValueError(
+                "faults.kill: a killed shard restores its agents from their last checkpoint; "
+                "set checkpoint.every_ticks"
+            )
+        for k in f.kill:
+            if k.at_tick >= self.ticks:
+                raise ValueError(
+                    f"faults.kill: at_tick {k.at_tick} is not before the end ({self.ticks})"
+                )
+            if self.agents.per_shard != "auto" and k.shard >= self.n_shards:
+                raise ValueError(
+                    f"faults.kill: shard {k.shard} does not exist ({self.n_shards} shards)"
+                )
+        if (f.messages.active or f.partitions) and self.gossip.topology != "decentralized":
+            raise ValueError(
+                "faults.messages / faults.partitions act on peer-to-peer messages: they need "
+                "gossip.topology decentralized"
+            )
+        if f.byzantine.active and not sharing:
+            raise ValueError("faults.byzantine: Byzantine agents lie in what they share")
+        if f.byzantine.active or f.partitions:
+            from protocols.faults import FaultPlan
+
+            FaultPlan(f, self.total_agents, self.seed)  # agents out of range, ...
+
+    @property
+    def per_shard(self) -> int:
+        """Agents per shard; 'auto' resolved against this machine's CPUs (the Runner resolves
+        it against the Ray cluster's with `with_shards` before a run)."""
+        if self.agents.per_shard == "auto":
+            return auto_per_shard(self.agents.count, float(os.cpu_count() or 1))
+        return self.agents.per_shard
+
     @property
     def n_shards(self) -> int:
-        return -(-self.agents.count // self.agents.per_shard)
+        return -(-self.agents.count // self.per_shard)
+
+    def with_shards(self, cpus: float) -> Scenario:
+        """This scenario with agents.per_shard resolved for a cluster of `cpus` CPUs."""
+        if self.agents.per_shard != "auto":
+            return self
+        if self.gossip.topology == "centralized":
+            per = self.agents.count
+        else:
+            per = auto_per_shard(self.agents.count, cpus)
+        return self.model_copy(update={"agents": self.agents.model_copy(update={"per_shard": per})})
 
     @property
     def total_agents(self) -> int:
         """Agents in the gossip graph: the simulated ones plus the external devices."""
         return self.agents.count + len(self.external_peers)
+
+
+#: Most agents one shard hosts when sized automatically: the stacked population's speed-up
+#: over a loop levels off by K = 256-1024 (BENCHMARKS.md, models figure 3), while a shard's
+#: step time, and so the tick's, grows with K.
+AUTO_MAX_PER_SHARD = 512
+
+
+def auto_per_shard(count: int, cpus: float) -> int:
+    """Agents per shard for `count` agents on `cpus` CPUs.
+
+    Agents of one shard are stacked and stepped as one batch, so few large shards are cheapest
+    per agent; more shards than CPUs only add actors (~350 MB and ~1.4 s to start each) that
+    wait for a core. So: one shard per CPU, more only to keep shards under AUTO_MAX_PER_SHARD.
+    """
+    shards = max(1, min(count, int(cpus)))
+    shards = max(shards, -(-count // AUTO_MAX_PER_SHARD))
+    return -(-count // shards)
 
 
 class ScenarioError(Exception):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from protocols.gossip import agent_name
+from swarm.accounting import Ledger
 from swarm.scenario import Scenario
 
 #: Seconds a gRPC call between nodes may take before the round reports a failure.
@@ -72,6 +73,9 @@ class WorldHost:
         sc = Scenario.model_validate(scenario)
         self.trajectory: list[np.ndarray] = []
         self.first_label: dict[int, int] = {}  # class -> tick its first label arrived
+        # Every tick's decisions: the world is deterministic given its seed and these, so a
+        # resumed run rebuilds it exactly by replaying them (`replay`).
+        self.decisions: list[np.ndarray] = []
         self.error = ""
         try:
             self.world: Any = make_world(sc.world, sc.agents.count, sc.seed)
@@ -111,13 +115,16 @@ class WorldHost:
     def reset(self) -> Step:
         obs = self.world.reset()
         self.trajectory = [self.world.positions().copy()]
+        self.decisions = []
         if self.rl:
             n = len(obs)
             return Step(0, obs, _NO_LABELS, np.zeros(n, np.float32), None, self.world.alive.copy())
         return Step(0, obs, _NO_LABELS)
 
     def step(self, *decisions: np.ndarray) -> Step:
-        result = self.world.step(np.concatenate(decisions).astype(np.int64))
+        chosen = np.concatenate(decisions).astype(np.int64)
+        self.decisions.append(chosen)
+        result = self.world.step(chosen)
         self.trajectory.append(self.world.positions().copy())
         if self.rl:
             return Step(
@@ -133,6 +140,25 @@ class WorldHost:
         for cls in np.unique(result.labels[:, 2]).tolist():
             self.first_label.setdefault(int(cls), result.tick)
         return Step(result.tick, result.obs, result.labels)
+
+    def replay(self, decisions: np.ndarray) -> Step:
+        """Rebuild the world as it was after len(decisions) ticks: reset, then step it with the
+        recorded decisions (physics only, no agents). Returns the last tick's Step."""
+        step = self.reset()
+        for chosen in np.asarray(decisions, dtype=np.int64):
+            step = self.step(chosen)
+        return step
+
+    def checkpoint(self, ticks: int, directory: str) -> None:
+        """Save what rebuilds the world after `ticks` ticks (its decisions) in `directory`."""
+        from swarm import checkpoint
+
+        if len(self.decisions) != ticks:
+            raise RuntimeError(f"world checkpoint at tick {ticks} after {len(self.decisions)}")
+        decisions = np.stack(self.decisions) if self.decisions else np.zeros((0, 0), np.int64)
+        checkpoint.save(
+            os.path.join(directory, "world.npz"), {"decisions": decisions}, {"ticks": ticks}
+        )
 
     def first_labels(self) -> dict[int, int]:
         """Tick at which each class's first label arrived anywhere in the swarm."""
@@ -173,6 +199,8 @@ class AgentShard:
         edges: list[tuple[int, int]] | None = None,
         n_actions: int = 0,
         run: str = "",
+        ckpt_dir: str = "",
+        resume: bool = False,
     ):
         _quiet_threads()
         from agents.learner import OnlineLearner
@@ -184,6 +212,14 @@ class AgentShard:
         self.first = self.agents[0]
         self.key = key
         self.probe = probe
+        self.ckpt_dir = ckpt_dir
+        # Injected faults (scenario `faults:`), decided by a seeded plan every shard shares.
+        self.plan: Any = None
+        if sc.faults.active:
+            from protocols.faults import FaultPlan
+
+            seed = sc.seed if sc.faults.seed is None else sc.faults.seed
+            self.plan = FaultPlan(sc.faults, sc.total_agents, seed)
         sharing = sc.gossip.topology not in ("isolated", "centralized")
         self.rl = n_actions > 0
         self.learner: Any
@@ -214,6 +250,21 @@ class AgentShard:
         # the run directory's name; the scenario name when not given) and this shard.
         self.telemetry = Telemetry(run or sc.name, shard=self.node)
         self.loss: np.ndarray | None = None  # the agents' losses at their last learning step
+        # Restored from a checkpoint: on `resume` (the whole run continues from a consistent
+        # cut: keep the gossip epoch), or after Ray restarted this actor (a crash: the others
+        # heard from these agents after the checkpoint, so take a new epoch and resynchronise).
+        self.restored: dict[str, Any] | None = None
+        restarted = _reconstructed()
+        if ckpt_dir and (resume or restarted):
+            from swarm.resume import read_latest, tick_dir
+
+            marker = read_latest(ckpt_dir)
+            if marker is not None:
+                self.restored = self._restore(
+                    tick_dir(ckpt_dir, marker["ticks"]), new_epoch=restarted
+                )
+            elif restarted:
+                self.restored = {"checkpoint_ticks": None, "agents": self.agents}
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -231,6 +282,11 @@ class AgentShard:
     def connect(self, endpoints: list[str], coordinator: str) -> None:
         if self.exchange:
             self.exchange.connect(endpoints, coordinator)
+
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        """Where the other shards serve now (one restarted on a new port)."""
+        if self.exchange:
+            self.exchange.endpoints = list(endpoints)
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -262,10 +318,11 @@ class AgentShard:
         assert out is not None
         return out
 
-    def share(self, round_: int) -> dict[str, int]:
-        """Send this round's knowledge deltas (over gRPC); returns what was sent."""
+    def share(self, round_: int, tick: int = 0) -> dict[str, int]:
+        """Send this round's knowledge deltas (over gRPC) after `tick` ticks; returns what was
+        sent."""
         assert self.exchange is not None
-        return self.exchange.share(round_)
+        return self.exchange.share(round_, tick)
 
     def merge(self, round_: int, *barrier: Any) -> int:
         """Apply what arrived (after the barrier in sync mode); returns deltas applied."""
@@ -313,6 +370,83 @@ class AgentShard:
         names = [agent_name(i) for i in self.agents]
         shard_figures(self.telemetry, measured, names, steps=steps, loss=self.loss)
 
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self, ticks: int, directory: str) -> dict[str, Any]:
+        """Save these agents after `ticks` ticks (at a round boundary): models, optimizers,
+        memories, RNG, the isolated twins, gossip state and the traffic counts, plus their
+        probe accuracy now (to compare with after a restore). Returns a short receipt."""
+        from agents.learner import learner_state
+        from swarm import checkpoint
+
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"ticks": ticks, "shard": self.index, "agents": self.agents}
+        for name, learner in (("learner", self.learner), ("shadow", self.shadow)):
+            if learner is None:
+                continue
+            part, scalars = learner_state(learner)
+            arrays.update({f"{name}.{k}": v for k, v in part.items()})
+            meta[name] = scalars
+        if self.exchange is not None:
+            part, scalars = self.exchange.state()
+            arrays.update({f"exchange.{k}": v for k, v in part.items()})
+            meta["exchange"] = scalars
+        acc = self._probe_acc()
+        arrays["probe_acc"] = acc
+        path = os.path.join(str(directory), f"shard-{self.index}.npz")
+        size = checkpoint.save(path, arrays, meta)
+        return {"shard": self.index, "ticks": ticks, "bytes": size, "probe_acc": acc.tolist()}
+
+    def _restore(self, directory: Any, *, new_epoch: bool) -> dict[str, Any]:
+        from agents.learner import load_learner_state
+        from swarm import checkpoint
+
+        arrays, meta = checkpoint.load(os.path.join(str(directory), f"shard-{self.index}.npz"))
+        if meta.get("agents") != self.agents:
+            raise checkpoint.CheckpointError(
+                f"{directory}: shard-{self.index} holds agents {meta.get('agents')}, "
+                f"this shard hosts {self.agents}"
+            )
+        for name, learner in (("learner", self.learner), ("shadow", self.shadow)):
+            if learner is None:
+                continue
+            part = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + ".")}
+            load_learner_state(learner, part, meta[name])
+        if self.exchange is not None:
+            part = {k[9:]: v for k, v in arrays.items() if k.startswith("exchange.")}
+            self.exchange.load_state(part, meta["exchange"], new_epoch=new_epoch)
+        return {
+            "checkpoint_ticks": int(meta["ticks"]),
+            "agents": self.agents,
+            "probe_acc_checkpoint": arrays["probe_acc"].tolist(),
+            "probe_acc_restored": self._probe_acc().tolist(),
+        }
+
+    def restore_info(self) -> dict[str, Any] | None:
+        """What this shard restored when it started (None: it started fresh)."""
+        return self.restored
+
+    def _probe_acc(self) -> np.ndarray:
+        from agents.learner import balanced_accuracy
+
+        if self.probe is None:
+            return np.zeros(0)
+        return np.asarray(balanced_accuracy(self.learner.evaluate(*self.probe)), np.float64)
+
+    def traffic_state(self) -> dict[str, Any]:
+        """The exchange's counters, to carry over a restart (`load_traffic`)."""
+        return self.exchange.counts() if self.exchange else {}
+
+    def load_traffic(self, state: dict[str, Any]) -> None:
+        if self.exchange is not None and state:
+            self.exchange.load_counts(state)
+
+    def node_id(self) -> str:
+        """The Ray node this shard runs on."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def weights(self) -> np.ndarray:
         """A copy of the local agents' parameters (K, P)."""
         return self.learner.population.flat.detach().numpy().copy()
@@ -328,6 +462,16 @@ class AgentShard:
         self.telemetry.close()
         if self.exchange:
             self.exchange.close()
+
+
+def _reconstructed() -> bool:
+    """Whether Ray restarted this actor (after its process died)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not in a Ray actor (tests build shards in-process)
+        return False
 
 
 def _remote_devices(sc: Scenario) -> bool:
@@ -361,25 +505,43 @@ class _Exchange:
         self.peers = Peers(self.max_bytes, self.counters, tls=tls, node=shard.node)
         self.endpoints: list[str] = []
         self.coordinator = ""
-        per = sc.agents.per_shard
+        per = sc.per_shard
         self.logical_bytes = np.zeros(len(shard.agents), np.int64)
         self.dense_bytes = np.zeros(len(shard.agents), np.int64)
         self.rounds = 0
         self.external = {agent_name(p.agent): p.address for p in sc.external_peers}
         self.outboxes: Any = None
+        self.plan = shard.plan
+        self.ledger = Ledger()
+        # Messages a delay fault holds back: (receiving node, round it goes out) -> [(agent,
+        # message)], sent before that round's own messages.
+        self.held: dict[tuple[str, int], list[tuple[int, Any]]] = {}
+        # Send a snapshot of every local agent before the next deltas: set when this shard
+        # restarted from a checkpoint with a new epoch (its peers refuse deltas until then).
+        self.announce = False
+        if host == "node":
+            # on a Ray cluster: listen on, and advertise, this node's address
+            import ray
+
+            host = ray.util.get_node_ip_address()
         if sc.gossip.topology == "decentralized":
             n = sc.total_agents
             graph = graph_from_edges(n, edges) if edges is not None else None
             graph = graph or build_graph(sc.gossip.graph, n, sc.seed)
             count = sc.agents.count
+
+            def owner(j: int) -> str:
+                return f"shard-{j // per}" if j < count else agent_name(j)
+
             self.algo: Any = ChocoGossip(
+                robust=sc.gossip.robust,
                 local=shard.agents,
                 weights=metropolis_weights(graph),
                 x0=x0,
                 gamma=sc.gossip.gamma,
                 compression=sc.gossip.compression,
                 layout=self.layout,
-                owner=lambda j: f"shard-{j // per}" if j < count else agent_name(j),
+                owner=owner,
                 # The wall clock: a device that kept its state from an earlier run holds older
                 # epochs of these agents, and resynchronises instead of mixing the two runs.
                 epoch=int(time.time() * 1000),
@@ -388,6 +550,12 @@ class _Exchange:
             servicer = GossipServicer(
                 shard.node, decode, self.algo.receive, self.counters, introduce=self._on_introduce
             )
+            # The agents of another node each local agent neighbours (partitions cut per agent).
+            self.across = {
+                (i, node): [j for j, _ in nbrs if owner(j) == node]
+                for i, nbrs in zip(shard.agents, self.algo.neighbours, strict=True)
+                for node in self.algo.destinations(i)
+            }
             advertise = host
             if host in ("127.0.0.1", "localhost") and _remote_devices(sc):
                 # devices on the network dial this shard: listen on every interface and
@@ -474,36 +642,142 @@ class _Exchange:
             if int(d.sender.split("-")[1]) in agents
         ]
 
-    def share(self, round_: int) -> dict[str, int]:
+    def share(self, round_: int, tick: int) -> dict[str, int]:
+        wire, key = self._wire, self.shard.key
         examples = self.shard.learner.take_example_counts()
-        deltas = self.algo.make_deltas(self.x, round_, examples)
-        messages = [self._wire.to_proto(d, self.shard.key) for d in deltas]
+        decentralized = self.cfg.topology == "decentralized"
+        # a restarted shard's new epoch starts with snapshots of its agents (before the deltas)
+        snapshots = self.algo.make_snapshots(round_) if self.announce and decentralized else []
+        self.announce = False
+        deltas = self._lie(self.algo.make_deltas(self.x, round_, examples), round_)
+        messages = [wire.to_proto(d, key) for d in deltas]
         dense = 4 * self.num_params
-        if self.cfg.topology == "coordinator":
-            for batch in self._pack(round_, messages):
+        if not decentralized:
+            batches = self._pack(round_, messages)
+            self.ledger.sent += len(messages)
+            for batch in batches:
                 self.peers.submit(self.coordinator, batch, RPC_TIMEOUT_S)
+                self.ledger.delivered += self._wire_messages(batch)
             for row, msg in enumerate(messages):
                 self.logical_bytes[row] += msg.ByteSize()
                 self.dense_bytes[row] += dense
-        else:
-            by_node: dict[str, list[Any]] = {}
-            for row, msg in enumerate(messages):
-                i = self.shard.agents[row]
-                fanout = self.algo.logical_recipients(i)
-                # As standalone devices, an agent would send its delta to every neighbour.
-                self.logical_bytes[row] += fanout * msg.ByteSize()
-                self.dense_bytes[row] += fanout * dense
-                for node in self.algo.destinations(i):
-                    by_node.setdefault(node, []).append(msg)
-            for node, msgs in sorted(by_node.items()):
-                if node in self.external:
-                    self.outboxes.add(self.external[node], msgs, round_)
-                    continue
-                address = self.endpoints[int(node.split("-")[1])]
-                for batch in self._pack(round_, msgs):
-                    self.peers.push(address, batch, RPC_TIMEOUT_S)
+            self.rounds += 1
+            return {"deltas": len(deltas)}
+        by_node: dict[str, list[tuple[int, Any]]] = {}
+        for d in snapshots:
+            i = int(d.sender.split("-")[1])
+            for node in self.algo.destinations(i):
+                by_node.setdefault(node, []).append((i, wire.to_proto(d, key)))
+                self.ledger.snapshots += node not in self.external
+        for row, msg in enumerate(messages):
+            i = self.shard.agents[row]
+            fanout = self.algo.logical_recipients(i)
+            # As standalone devices, an agent would send its delta to every neighbour.
+            self.logical_bytes[row] += fanout * msg.ByteSize()
+            self.dense_bytes[row] += fanout * dense
+            for node in self.algo.destinations(i):
+                by_node.setdefault(node, []).append((i, msg))
+        # held-back messages due now, to nodes this round has nothing else for
+        for node, due in sorted(self.held):
+            if due == round_:
+                by_node.setdefault(node, [])
+        for node, items in sorted(by_node.items()):
+            if node in self.external:  # devices: through outboxes, outside the ledger
+                self.outboxes.add(self.external[node], [m for _, m in items], round_)
+            else:
+                self._deliver(node, items, round_, tick)
         self.rounds += 1
         return {"deltas": len(deltas)}
+
+    def _lie(self, deltas: list[Any], round_: int) -> list[Any]:
+        """A Byzantine agent (faults.byzantine) falsifies the deltas it sends; its own model
+        and its own public copy stay honest, so only its peers are misled."""
+        if self.plan is None or not self.plan.byzantine:
+            return deltas
+        from protocols.faults import corrupt_delta
+
+        out = []
+        for d in deltas:
+            if int(d.sender.split("-")[1]) in self.plan.byzantine:
+                d = corrupt_delta(d, self.plan, self.cfg.compression)
+                self.ledger.corrupted += 1
+            out.append(d)
+        return out
+
+    def _deliver(self, node: str, items: list[tuple[int, Any]], round_: int, tick: int) -> None:
+        """Send one round's messages to another shard, through the injected faults.
+
+        A refusal (FAILED_PRECONDITION: the receiver's copy of a sender is not where these
+        messages start, after a lost message or a restart on either side) is answered with
+        snapshots of those senders' public copies, which go through the faults too."""
+        address = self.endpoints[int(node.split("-")[1])]
+        batch = self.held.pop((node, round_), []) + self._through_faults(
+            node, items, round_, tick, 0
+        )
+        for attempt in (1, 2, 3):
+            if not batch or self._push(address, batch, round_):
+                return
+            senders = sorted({i for i, _ in batch})
+            snaps = [
+                (int(d.sender.split("-")[1]), self._wire.to_proto(d, self.shard.key))
+                for d in self.algo.make_snapshots(round_)
+                if int(d.sender.split("-")[1]) in senders
+            ]
+            self.ledger.snapshots += len(snaps)
+            batch = self._through_faults(node, snaps, round_, tick, attempt)
+
+    def _through_faults(
+        self, node: str, items: list[tuple[int, Any]], round_: int, tick: int, attempt: int
+    ) -> list[tuple[int, Any]]:
+        """The messages that go out now: each is sent (counted), then dropped, cut by a
+        partition, held back or duplicated as the fault plan decides."""
+        self.ledger.sent += len(items)
+        plan = self.plan
+        if plan is None:
+            return list(items)
+        out: list[tuple[int, Any]] = []
+        for i, msg in items:
+            if any(plan.partitioned(tick, i, j) for j in self.across[(i, node)]):
+                self.ledger.dropped += 1
+                self.ledger.dropped_partition += 1
+                continue
+            fate = plan.fate(round_, i, node, attempt)
+            if fate.kind == "drop":
+                self.ledger.dropped += 1
+            elif fate.kind == "delay":
+                self.held.setdefault((node, round_ + fate.rounds), []).append((i, msg))
+                self.ledger.delayed += 1
+            else:
+                out.append((i, msg))
+                if fate.kind == "duplicate":
+                    out.append((i, msg))
+                    self.ledger.sent += 1
+                    self.ledger.duplicated += 1
+        return out
+
+    def _push(self, address: str, items: list[tuple[int, Any]], round_: int) -> bool:
+        """Push messages in as few batches as fit; False if the receiver refused any batch."""
+        import grpc
+
+        ok = True
+        for batch in self._pack(round_, [m for _, m in items]):
+            n = self._wire_messages(batch)
+            try:
+                self.peers.push(address, batch, RPC_TIMEOUT_S)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                self.ledger.rejected += n
+                ok = False
+            else:
+                self.ledger.delivered += n
+        return ok
+
+    @staticmethod
+    def _wire_messages(batch: Any) -> int:
+        from protocols.transport import messages_in
+
+        return messages_in(batch)
 
     def _pack(self, round_: int, msgs: list[Any]) -> list[Any]:
         # under the message limit; a delta too large for one message goes in signed chunks
@@ -521,11 +795,83 @@ class _Exchange:
             return 1
         return self.algo.apply(self.x)
 
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, Any]:
+        """Every running count (traffic, ledger, logical bytes, rounds) as JSON-able values."""
+        return {
+            "counters": self.counters.snapshot(),
+            "ledger": self.ledger.state(),
+            "logical_bytes": self.logical_bytes.tolist(),
+            "dense_bytes": self.dense_bytes.tolist(),
+            "rounds": self.rounds,
+        }
+
+    def load_counts(self, state: dict[str, Any]) -> None:
+        self.counters.load(state["counters"])
+        self.ledger = Ledger.from_state(state["ledger"])
+        self.logical_bytes[:] = state["logical_bytes"]
+        self.dense_bytes[:] = state["dense_bytes"]
+        self.rounds = int(state["rounds"])
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, scalars) of the exchange at a round boundary: the gossip (or federated
+        client) state, the messages a delay fault holds back, and the counts."""
+        arrays: dict[str, np.ndarray] = {}
+        scalars: dict[str, Any] = {"counts": self.counts()}
+        if self.cfg.topology == "decentralized":
+            for k, v in self.algo.state().items():
+                if isinstance(v, np.ndarray):
+                    arrays[f"gossip.{k}"] = v
+                else:
+                    scalars[f"gossip.{k}"] = int(v)
+        else:
+            arrays["fed.global_model"] = self.algo.global_model.copy()
+            arrays["fed.error"] = self.algo.error.copy()
+            scalars["fed.version"] = int(self.algo.version)
+        held = [
+            (node, due, i, msg.SerializeToString())
+            for (node, due), items in sorted(self.held.items())
+            for i, msg in items
+        ]
+        scalars["held"] = [[node, due, i] for node, due, i, _ in held]
+        arrays["held.sizes"] = np.array([len(b) for *_, b in held], np.int64)
+        arrays["held.bytes"] = np.frombuffer(b"".join(b for *_, b in held), np.uint8).copy()
+        return arrays, scalars
+
+    def load_state(
+        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+    ) -> None:
+        """Resume from `state()`. new_epoch: this shard restarted after a crash (its peers
+        heard from it after the checkpoint): take a new epoch and announce it with snapshots."""
+        from swarm.proto.v1 import delta_pb2
+
+        if self.cfg.topology == "decentralized":
+            state: dict[str, Any] = {k[7:]: v for k, v in arrays.items() if k.startswith("gossip.")}
+            state.update({k[7:]: v for k, v in scalars.items() if k.startswith("gossip.")})
+            epoch = max(int(state["epoch"]) + 1, int(time.time() * 1000)) if new_epoch else None
+            self.algo.load_state(state, epoch=epoch)
+            self.announce = new_epoch
+        else:
+            self.algo.global_model[:] = arrays["fed.global_model"]
+            self.algo.error[:] = arrays["fed.error"]
+            self.algo.version = int(scalars["fed.version"])
+        self.held = {}
+        offsets = np.concatenate([[0], np.cumsum(arrays["held.sizes"])])
+        raw = arrays["held.bytes"].tobytes()
+        for k, (node, due, i) in enumerate(scalars["held"]):
+            msg = delta_pb2.KnowledgeDelta.FromString(raw[offsets[k] : offsets[k + 1]])
+            self.held.setdefault((str(node), int(due)), []).append((int(i), msg))
+        self.load_counts(scalars["counts"])
+
     def traffic(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counters.snapshot())
         out["bytes_sent"] = self.logical_bytes.tolist()
         out["dense_bytes"] = self.dense_bytes.tolist()
         out["rounds"] = self.rounds
+        ledger = self.ledger.state()
+        ledger["held"] = sum(len(v) for v in self.held.values())
+        out["ledger"] = ledger
         if self.outboxes is not None:
             from protocols.outbox import PeerStats
 
