@@ -10,7 +10,7 @@ where it uses them, example weights w (n,) to one aggregate delta (P,):
     median          per coordinate median                       (Yin et al. 2018)
     krum            x_i* with i* = argmin_i sum_{j in N_i} ||x_i - x_j||^2, N_i = the
                     n - f - 2 nearest others; needs n >= 2f + 3 (Blanchard et al. 2017);
-                    multi-Krum averages the m best-scored rows
+                    multi-Krum averages the m best-scored rows (multi_krum: m = n - f)
     clipped_mean    sum_i w_i clip(x_i, tau) / sum_i w_i, clip(z, tau) = min(1, tau/||z||) z
                     (the clip of ClippedGossip, He et al. 2022)
 
@@ -162,6 +162,8 @@ def aggregate(cfg: CoordinatorConfig, deltas: Sequence[Delta], num_params: int) 
         return coordinate_median(x)
     if cfg.aggregator == "krum":
         return krum(x, cfg.byzantine)
+    if cfg.aggregator == "multi_krum":  # the n - f best-scored rows (Blanchard et al. 2017)
+        return krum(x, cfg.byzantine, m=max(1, x.shape[0] - cfg.byzantine))
     if cfg.aggregator == "clipped_mean":
         return clipped_mean(x, cfg.clip_norm, w)
     raise ValueError(f"unknown aggregator {cfg.aggregator!r}")

@@ -47,13 +47,16 @@ class CompressionConfig(Section):
 class CoordinatorConfig(Section):
     """How the coordinator aggregates a round, and when it stops waiting."""
 
-    aggregator: Literal["fedavg", "trimmed_mean", "median", "krum", "clipped_mean"] = "fedavg"
+    aggregator: Literal[
+        "fedavg", "trimmed_mean", "median", "krum", "multi_krum", "clipped_mean"
+    ] = "fedavg"
     """fedavg: weighted by examples; trimmed_mean, median: coordinate-wise robust rules; krum:
-    the delta closest to its n - f - 2 nearest; clipped_mean: norms clipped to clip_norm."""
+    the delta closest to its n - f - 2 nearest; multi_krum: the mean of the n - f deltas Krum
+    scores best; clipped_mean: norms clipped to clip_norm."""
     trim_fraction: float = Field(0.2, ge=0, lt=0.5)
     """trimmed_mean: fraction cut from each end per coordinate (Flower's default 0.2)."""
     byzantine: int = Field(0, ge=0)
-    """krum: f, the number of Byzantine agents tolerated (needs n >= 2f + 3)."""
+    """krum, multi_krum: f, the number of Byzantine agents tolerated (needs n >= 2f + 3)."""
     clip_norm: float = Field(1.0, gt=0)
     """clipped_mean: each delta is scaled down to at most this L2 norm."""
     round_timeout_s: float = Field(30.0, gt=0)

@@ -50,3 +50,21 @@ def make_world():
     yield _make
     for w in worlds:
         w.close()
+
+
+@pytest.fixture(autouse=True)
+def runs_account_for_every_message(monkeypatch):
+    """Every run a test makes accounts for its messages: each one sent was delivered, rejected
+    or dropped by an injected fault, and the receivers' counts agree with the senders'
+    (summary.json "accounting", swarm/accounting.py). CLI runs are checked where they run."""
+    from swarm import runner
+
+    run = runner.Runner.run
+
+    def checked(self):
+        result = run(self)
+        accounting = result.summary["accounting"]
+        assert accounting["holds"], f"message accounting does not add up: {accounting}"
+        return result
+
+    monkeypatch.setattr(runner.Runner, "run", checked)
