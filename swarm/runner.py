@@ -672,6 +672,10 @@ class Runner:
         )
         if not accounting["holds"]:
             self.on_info(f"message accounting does not add up: {accounting}")
+        for place, traffic in zip(self.placement, self.last_traffic, strict=False):
+            # what each shard took in from the others, and sent that they took
+            place["deltas_accepted"] = int(traffic.get("deltas_accepted", 0))
+            place["messages_delivered"] = int(traffic.get("ledger", {}).get("delivered", 0))
         faults: dict[str, Any] = {"kills": self.kills}
         if self.byzantine:
             faults["byzantine"] = sorted(self.byzantine)

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from agents.config import LearnConfig, ModelConfig, RLConfig
 from envs.drone_patrol.config import DronePatrolConfig
@@ -52,12 +59,20 @@ WorldConfig = Annotated[
 ]
 
 
+def _per_shard(value: Any) -> Any:
+    if value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100_000
+    ):
+        return value
+    raise ValueError("must be 'auto' or a whole number from 1 to 100000")
+
+
 class AgentsConfig(Section):
     """How many agents, and how they are packed into Ray actors."""
 
     count: int = Field(12, ge=1, le=100_000)
     """Number of agents (drones), each with its own model."""
-    per_shard: int | Literal["auto"] = Field(4, ge=1, le=100_000)
+    per_shard: Annotated[int | Literal["auto"], BeforeValidator(_per_shard)] = 4
     """Agents hosted by one AgentShard actor (their models are stacked and batched); 'auto'
     sizes the shards from the agent count and the CPUs of the Ray cluster (`auto_per_shard`)."""
 
