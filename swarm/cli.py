@@ -196,6 +196,22 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("vs dense fp32 sharing", "n/a" if not ratio else f"{ratio:.1f}x fewer")
     if m.get("gossip/rho") is not None:
         table.add_row("rho of gossip graph", f"{m['gossip/rho']:.3f}")
+    if m.get("learn/probe_acc_honest") is not None:
+        table.add_row("probe accuracy, honest agents", pct(m["learn/probe_acc_honest"]))
+    acct = summary.get("accounting")
+    if acct and acct["sent"]:
+        table.add_row(
+            "messages: sent = delivered + rejected + dropped",
+            f"{acct['sent']} = {acct['delivered']} + {acct['rejected']} + {acct['dropped']}"
+            + ("" if acct["holds"] else " (does not add up!)"),
+        )
+    for kill in (summary.get("faults") or {}).get("kills", []):
+        change = kill.get("probe_acc_change")
+        table.add_row(
+            f"shard-{kill['shard']} killed at tick {kill['tick']}",
+            f"restored from tick {kill.get('checkpoint_ticks')}"
+            + ("" if change is None else f", {100 * change:+.1f} points"),
+        )
     table.add_row("wall time", f"{r['wall_s']:.1f} s ({r['real_time_factor']:.1f}x real time)")
     out.print(table)
     out.print(f"results: {r['run_dir']}")

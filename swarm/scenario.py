@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -212,8 +213,8 @@ class Scenario(Section):
         rl = self.world.kind != "drone_patrol"
         if every and sharing and every % self.gossip.interval:
             raise ValueError(
-                f"checkpoint.every_ticks ({every}) must be a multiple of gossip.interval "
-                f"({self.gossip.interval}): a checkpoint sits between two gossip rounds"
+                f"checkpoint.every_ticks: {every} is not a multiple of gossip.interval "
+                f"({self.gossip.interval}); a checkpoint sits between two gossip rounds"
             )
         if rl and (every or f.kill):
             raise ValueError(
@@ -235,9 +236,10 @@ class Scenario(Section):
                     f"faults.kill: shard {k.shard} does not exist ({self.n_shards} shards)"
                 )
         if (f.messages.active or f.partitions) and self.gossip.topology != "decentralized":
+            key = "faults.messages" if f.messages.active else "faults.partitions"
             raise ValueError(
-                "faults.messages / faults.partitions act on peer-to-peer messages: they need "
-                "gossip.topology decentralized"
+                f"{key}: these faults act on peer-to-peer messages; they need gossip.topology "
+                f"decentralized (not {self.gossip.topology})"
             )
         if f.byzantine.active and not sharing:
             raise ValueError("faults.byzantine: Byzantine agents lie in what they share")
@@ -385,6 +387,8 @@ def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
 
 
 _M = TypeVar("_M", bound=Section)
+#: "faults.kill: ..." at the start of a whole-scenario check's message: the key it is about.
+_KEY_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_]+|\[\d+\])*):")
 
 
 def parse_yaml_model(text: str, model: type[_M], path: Path | str, what: str) -> _M:
@@ -400,14 +404,21 @@ def parse_yaml_model(text: str, model: type[_M], path: Path | str, what: str) ->
         found = []
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
+            text = _describe(dict(err), model)
+            named = _KEY_PREFIX.match(text) if not loc else None
+            if (
+                named and re.split(r"[.\[]", named.group(1))[0] in model.model_fields
+            ):  # a check across sections names the key it is about: point at its line
+                loc = tuple(
+                    int(part) if part.isdigit() else part
+                    for part in re.split(r"\.|\[|\]\.?", named.group(1))
+                    if part
+                )
+                text = text[named.end() :].lstrip()
+            text = text.removeprefix(f"{_dotted(loc)}: ") if loc else text
             line = _line_of(root, loc)
             where = f"{path}:{line}" if line else str(path)
-            found.append(
-                (
-                    line or 0,
-                    f"{where}: {_dotted(loc) or '(top level)'}: {_describe(dict(err), model)}",
-                )
-            )
+            found.append((line or 0, f"{where}: {_dotted(loc) or '(top level)'}: {text}"))
         lines = [text for _, text in sorted(found, key=lambda item: item[0])]
         n = len(lines)
         head = f"{path}: {n} problem{'s' if n > 1 else ''} in the {what}:\n  "

@@ -163,7 +163,10 @@ def test_cli_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ray dashboard" in proc.stderr
     assert "probe accuracy, sharing" in proc.stdout
+    assert "messages: sent = delivered + rejected + dropped" in proc.stdout
     (run_dir,) = tmp_path.iterdir()
+    accounting = json.loads((run_dir / "summary.json").read_text())["accounting"]
+    assert accounting["holds"] and accounting["sent"] > 0, accounting
     for name in (
         "scenario.yaml",
         "metrics.jsonl",

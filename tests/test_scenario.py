@@ -42,6 +42,38 @@ def test_resolved_scenario_round_trips() -> None:
             "moon",
         ),
         ("name: t\nmodel:\n  d_model: 30\n  channels: 4\n", 2, "model", "divisible"),
+        ("name: t\nagents:\n  per_shard: many\n", 3, "agents.per_shard", "'auto' or a whole"),
+        # checks across sections point at the key they are about
+        (
+            "name: t\ngossip: {interval: 5}\ncheckpoint:\n  every_ticks: 12\n",
+            4,
+            "checkpoint.every_ticks",
+            "not a multiple of gossip.interval",
+        ),
+        (
+            "name: t\nticks: 90\nfaults:\n  kill:\n    - {shard: 0, at_tick: 50}\n",
+            4,
+            "faults.kill",
+            "set checkpoint.every_ticks",
+        ),
+        (
+            "name: t\nfaults:\n  messages: {drop: 0.7, delay: 0.5}\n",
+            3,
+            "faults.messages",
+            "must be <= 1",
+        ),
+        (
+            "name: t\ngossip: {topology: coordinator}\nfaults:\n  messages: {drop: 0.2}\n",
+            4,
+            "faults.messages",
+            "need gossip.topology decentralized",
+        ),
+        (
+            "name: t\nagents: {count: 4}\nfaults:\n  byzantine: {agents: [9]}\n",
+            4,
+            "faults.byzantine",
+            "out of range",
+        ),
     ],
 )
 def test_errors_name_key_path_and_line(text: str, line: int, path: str, words: str) -> None:
