@@ -184,8 +184,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row("collisions", f"{m.get('task/collisions', 0):.0f}")
         table.add_row("cruise points visited (last tour)", pct(m.get("task/point_coverage")))
         table.add_row("probe accuracy, sharing", pct(m["learn/probe_acc"]))
-        table.add_row("probe accuracy, isolated", pct(m["learn/probe_acc_isolated"]))
-        table.add_row("gain from sharing", f"{100 * m['learn/sharing_gain']:+.1f} points")
+        if summary.get("isolated_baseline", True):
+            table.add_row("probe accuracy, isolated", pct(m["learn/probe_acc_isolated"]))
+            table.add_row("gain from sharing", f"{100 * m['learn/sharing_gain']:+.1f} points")
+        else:
+            table.add_row("probe accuracy, isolated", "not measured (baseline.isolated)")
         if m.get("learn/acc") is not None:
             table.add_row(
                 "event kinds: final accuracy / BWT",

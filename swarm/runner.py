@@ -684,6 +684,10 @@ class Runner:
             "seed": sc.seed,
             "accounting": accounting,
             "faults": faults,
+            # whether learn/probe_acc_isolated is a measured twin (else it repeats probe_acc)
+            "isolated_baseline": bool(
+                sc.baseline.isolated and sc.gossip.topology not in ("isolated", "centralized")
+            ),
             "placement": self.placement,
             "agents": sc.agents.count,
             "shards": sc.n_shards,

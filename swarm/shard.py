@@ -649,6 +649,8 @@ class _Exchange:
         # a restarted shard's new epoch starts with snapshots of its agents (before the deltas)
         snapshots = self.algo.make_snapshots(round_) if self.announce and decentralized else []
         self.announce = False
+        if not decentralized and self.algo.version < round_:
+            self._catch_up(round_)  # restored from a checkpoint rounds ago
         deltas = self._lie(self.algo.make_deltas(self.x, round_, examples), round_)
         messages = [wire.to_proto(d, key) for d in deltas]
         dense = 4 * self.num_params
@@ -688,6 +690,18 @@ class _Exchange:
                 self._deliver(node, items, round_, tick)
         self.rounds += 1
         return {"deltas": len(deltas)}
+
+    def _catch_up(self, round_: int) -> None:
+        """A shard restored from a checkpoint in coordinator mode is rounds behind: take the
+        closed rounds' aggregates (the coordinator keeps them); each makes the local agents
+        the global model."""
+        for r in range(self.algo.version, round_):
+            reply = self.peers.get_aggregate(self.coordinator, self.shard.node, r, RPC_TIMEOUT_S)
+            aggregate = self._wire.from_proto(
+                reply.aggregate, key=self.shard.key, num_params=self.num_params, layout=self.layout
+            )
+            self.algo.apply_aggregate(self.x, aggregate)
+        self.algo.error[:] = 0  # the residuals belonged to deltas the global model now holds
 
     def _lie(self, deltas: list[Any], round_: int) -> list[Any]:
         """A Byzantine agent (faults.byzantine) falsifies the deltas it sends; its own model
