@@ -119,7 +119,8 @@ class CoordinatorState:
         self.num_params = num_params
         self.layout = layout
         self.quorum = quorum(len(self.expected), self.config.min_completion)
-        if self.config.aggregator == "krum" and self.quorum < 2 * self.config.byzantine + 3:
+        krum = self.config.aggregator in ("krum", "multi_krum")
+        if krum and self.quorum < 2 * self.config.byzantine + 3:
             # Checked here, not at close time: a round closing on timeout must never fail.
             raise ValueError(
                 f"krum with byzantine = {self.config.byzantine} needs >= "

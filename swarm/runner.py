@@ -140,6 +140,7 @@ class Runner:
         self.placement: list[dict[str, Any]] = []
         self.last_traffic: list[dict[str, Any]] = []
         self.coordinator_traffic: dict[str, int] = {}
+        self.coordinator: Any = None
         self._rows_file: Any = None
         self.endpoints: list[str] = []
         self.coord_addr = ""
@@ -267,8 +268,14 @@ class Runner:
             if sc.gossip.topology == "coordinator":
                 num_params, layout = ray.get(shards[0].model_info.remote())
                 coordinator = ray.remote(num_cpus=0)(CoordinatorHost).remote(  # type: ignore[attr-defined]
-                    spec, num_params, layout, key
+                    spec,
+                    num_params,
+                    layout,
+                    key,
+                    start_round=self.marker["round"] if self.marker else 0,
+                    counts=self._coordinator_counts(),
                 )
+                self.coordinator = coordinator
                 coord_addr = ray.get(coordinator.address.remote())
             ray.get([s.connect.remote(endpoints, coord_addr) for s in shards])
             self.endpoints, self.coord_addr = endpoints, coord_addr
@@ -394,6 +401,15 @@ class Runner:
         self.on_info(f"resuming {self.run_dir.name} from its checkpoint at tick {marker['ticks']}")
         return rows
 
+    def _coordinator_counts(self) -> dict[str, int] | None:
+        """What a resumed run's coordinator had received up to the checkpoint."""
+        if self.marker is None:
+            return None
+        from swarm.resume import tick_dir
+
+        path = tick_dir(self.ckpt_root, self.marker["ticks"]) / "coordinator.json"
+        return dict(json.loads(path.read_text())) if path.exists() else None
+
     def _start_world(self, world: Any) -> Any:
         """The first Step: a fresh reset, or the world of a resumed run rebuilt by replaying
         the decisions recorded up to its checkpoint."""
@@ -466,9 +482,10 @@ class Runner:
                 where = tick_dir(self.ckpt_root, done)
                 where.mkdir(parents=True, exist_ok=True)
                 receipts = [s.checkpoint.remote(done, str(where)) for s in shards]
-                checkpoints.append(
-                    (done, round_, [*receipts, world.checkpoint.remote(done, str(where))])
-                )
+                receipts.append(world.checkpoint.remote(done, str(where)))
+                if self.coordinator is not None:  # its counts once this round's merges ran
+                    receipts.append(self.coordinator.counts.remote(*exchanges[-len(shards) :]))
+                checkpoints.append((done, round_, receipts))
             in_flight.append(step)
             if len(in_flight) > MAX_TICKS_IN_FLIGHT:
                 ray.wait([in_flight.pop(0)], num_returns=1)
@@ -511,8 +528,12 @@ class Runner:
                 return  # rows up to this tick not written yet
             if not block and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
                 return
-            receipts = ray.get(refs)[:-1]
+            done = ray.get(refs)
             checkpoints.pop(0)
+            receipts = [r for r in done if isinstance(r, dict) and "shard" in r]
+            if self.coordinator is not None:  # its counts came last
+                path = tick_dir(self.ckpt_root, ticks) / "coordinator.json"
+                path.write_text(json.dumps(done[-1]))
             marker = {
                 "ticks": ticks,
                 "round": round_,

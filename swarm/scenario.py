@@ -182,6 +182,7 @@ class Scenario(Section):
                     "(a run otherwise makes a secret key of its own)"
                 )
         self._check_faults()
+        self._check_coordinator()
         n = self.total_agents
         if self.gossip.graph.kind == "random_regular" and (
             self.gossip.graph.degree >= n or (self.gossip.graph.degree * n) % 2
@@ -206,6 +207,23 @@ class Scenario(Section):
                 "has them"
             )
         return self
+
+    def _check_coordinator(self) -> None:
+        from protocols.coordinator import quorum
+
+        c = self.gossip.coordinator
+        least = quorum(self.total_agents, c.min_completion)
+        if (
+            self.gossip.topology == "coordinator"
+            and c.aggregator in ("krum", "multi_krum")
+            and least < 2 * c.byzantine + 3
+        ):
+            raise ValueError(
+                f"gossip.coordinator: {c.aggregator} with byzantine = {c.byzantine} needs >= "
+                f"{2 * c.byzantine + 3} deltas per round, but a round may close with {least} "
+                f"(min_completion {c.min_completion} of {self.total_agents} agents); raise "
+                "min_completion or lower byzantine"
+            )
 
     def _check_faults(self) -> None:
         every, f = self.checkpoint.every_ticks, self.faults

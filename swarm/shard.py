@@ -26,6 +26,8 @@ RPC_TIMEOUT_S = 60.0
 #: Push deadline and re-introduction period towards devices (external_peers).
 DEVICE_TIMEOUT_S = 2.0
 INTRODUCE_EVERY_S = 5.0
+#: Snapshot batches a shard sends one peer in a round after refusals (each may be lost too).
+MAX_RESYNCS = 3
 
 
 def _quiet_threads() -> None:
@@ -728,9 +730,9 @@ class _Exchange:
         batch = self.held.pop((node, round_), []) + self._through_faults(
             node, items, round_, tick, 0
         )
-        for attempt in (1, 2, 3):
-            if not batch or self._push(address, batch, round_):
-                return
+        attempt = 0
+        while batch and not self._push(address, batch, round_) and attempt < MAX_RESYNCS:
+            attempt += 1
             senders = sorted({i for i, _ in batch})
             snaps = [
                 (int(d.sender.split("-")[1]), self._wire.to_proto(d, self.shard.key))
@@ -915,6 +917,8 @@ class CoordinatorHost:
         key: bytes,
         host: str = "127.0.0.1",
         port: int = 0,
+        start_round: int = 0,
+        counts: dict[str, int] | None = None,
     ):
         from protocols import wire
         from protocols.coordinator import CoordinatorState
@@ -927,7 +931,11 @@ class CoordinatorHost:
             layout=layout,
             config=sc.gossip.coordinator,
         )
+        # a resumed run's coordinator opens at the round its checkpoint reached
+        self.state.version = start_round
         self.counters = TrafficCounters()
+        if counts:
+            self.counters.load(counts)
         max_bytes = int(sc.gossip.max_message_mb * 2**20)
         servicer = CoordinatorServicer(
             decode=wire.make_decoder(key, num_params, layout),
@@ -951,6 +959,10 @@ class CoordinatorHost:
         return self.endpoint
 
     def traffic(self) -> dict[str, int]:
+        return self.counters.snapshot()
+
+    def counts(self, *after: Any) -> dict[str, int]:
+        """The counters, once the refs `after` (a round's merges) are done: for a checkpoint."""
         return self.counters.snapshot()
 
     def close(self) -> None:

@@ -100,7 +100,11 @@ def test_byzantine_agents_against_robust_aggregation(ray_local, tmp_path: Path) 
     def coordinator(aggregator: str, faults: dict[str, Any] | None) -> dict[str, Any]:
         data = _patrol(240)
         data["gossip"]["topology"] = "coordinator"
-        data["gossip"]["coordinator"] = {"aggregator": aggregator, "byzantine": 2}
+        data["gossip"]["coordinator"] = {
+            "aggregator": aggregator,
+            "byzantine": 2,
+            "min_completion": 0.75,
+        }
         if faults:
             data["faults"] = faults
         return data
