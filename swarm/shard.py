@@ -440,8 +440,11 @@ class AgentShard:
         return self.exchange.counts() if self.exchange else {}
 
     def load_traffic(self, state: dict[str, Any]) -> None:
+        """Carry the counts of the process Ray replaced over to this one. The messages that
+        process held back (delay faults) died with it: they count as dropped."""
         if self.exchange is not None and state:
             self.exchange.load_counts(state)
+            self.exchange.ledger.dropped += int(state.get("held", 0))
 
     def node_id(self) -> str:
         """The Ray node this shard runs on."""
@@ -821,6 +824,7 @@ class _Exchange:
             "logical_bytes": self.logical_bytes.tolist(),
             "dense_bytes": self.dense_bytes.tolist(),
             "rounds": self.rounds,
+            "held": sum(len(v) for v in self.held.values()),
         }
 
     def load_counts(self, state: dict[str, Any]) -> None:
@@ -875,7 +879,9 @@ class _Exchange:
         self.held = {}
         offsets = np.concatenate([[0], np.cumsum(arrays["held.sizes"])])
         raw = arrays["held.bytes"].tobytes()
-        for k, (node, due, i) in enumerate(scalars["held"]):
+        # After a crash the messages held at the checkpoint were already sent or dropped by the
+        # process that died (their rounds are past); a resumed run still owes them.
+        for k, (node, due, i) in enumerate([] if new_epoch else scalars["held"]):
             msg = delta_pb2.KnowledgeDelta.FromString(raw[offsets[k] : offsets[k + 1]])
             self.held.setdefault((str(node), int(due)), []).append((int(i), msg))
         self.load_counts(scalars["counts"])
