@@ -65,7 +65,7 @@ true public copies.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -197,14 +197,17 @@ class ChocoGossip:
             out.append(delta)
         return out
 
-    def make_snapshots(self, round_: int) -> list[Delta]:
-        """A snapshot of every local agent's public copy, in row order; changes no state.
+    def make_snapshots(self, round_: int, agents: Collection[int] | None = None) -> list[Delta]:
+        """A snapshot of every local agent's public copy (of those in `agents` if given), in
+        row order; changes no state.
 
         Send these to a peer that refused a delta as STALE, and to every peer after a restart.
         Each is version `version[i]` of this node's epoch (the base_version of the next delta).
         """
         out = []
         for i in self.local:
+            if agents is not None and i not in agents:
+                continue
             with self._own:  # the copy and its version must be of the same instant
                 values, version = self.xhat[i].copy(), self.version[i]
             out.append(

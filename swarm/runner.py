@@ -530,7 +530,7 @@ class Runner:
                 return
             done = ray.get(refs)
             checkpoints.pop(0)
-            receipts = [r for r in done if isinstance(r, dict) and "shard" in r]
+            receipts = done[: len(self.placement)]  # the shards', then the world's, coordinator's
             if self.coordinator is not None:  # its counts came last
                 path = tick_dir(self.ckpt_root, ticks) / "coordinator.json"
                 path.write_text(json.dumps(done[-1]))
@@ -542,7 +542,6 @@ class Runner:
                 "bytes": int(sum(r["bytes"] for r in receipts)),
             }
             commit(self.ckpt_root, marker)
-            self.checkpointed = {r["shard"]: r for r in receipts}
 
     def _kill(self, shards: list[Any], index: int, tick: int) -> None:
         """Kill shard `index`'s process (a fault the scenario asked for); Ray restarts the

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.gossip import agent_name
+from protocols.gossip import agent_index, agent_name
 from swarm.accounting import Ledger
 from swarm.scenario import Scenario
 
@@ -582,7 +582,7 @@ class _Exchange:
             # A device is out of the consensus step until it answers an introduction: the
             # copy of one that never joins would pull these agents back to the initial weights.
             for name in self.device_agents:
-                self.algo.set_active(int(name.split("-")[1]), False)
+                self.algo.set_active(agent_index(name), False)
             if self.device_agents:
                 from protocols.outbox import Outboxes
 
@@ -631,7 +631,7 @@ class _Exchange:
                         self.external[name], self._introduction(agents), DEVICE_TIMEOUT_S
                     )
                     self._wire.check_introduction(reply, self.shard.key)
-                    j = int(name.split("-")[1])
+                    j = agent_index(name)
                     if not self.algo.active(j) and self.rounds > 0:
                         # first contact after rounds went by: a snapshot, not a refused delta
                         self.outboxes.resync(self.external[name])
@@ -642,9 +642,7 @@ class _Exchange:
         names = [n for n, a in self.external.items() if a == address]
         agents = {i for n in names for i in self.device_agents.get(n, [])}
         return [
-            self._wire.to_proto(d, self.shard.key)
-            for d in self.algo.make_snapshots(round_)
-            if int(d.sender.split("-")[1]) in agents
+            self._wire.to_proto(d, self.shard.key) for d in self.algo.make_snapshots(round_, agents)
         ]
 
     def share(self, round_: int, tick: int) -> dict[str, int]:
@@ -672,7 +670,7 @@ class _Exchange:
             return {"deltas": len(deltas)}
         by_node: dict[str, list[tuple[int, Any]]] = {}
         for d in snapshots:
-            i = int(d.sender.split("-")[1])
+            i = agent_index(d.sender)
             for node in self.algo.destinations(i):
                 by_node.setdefault(node, []).append((i, wire.to_proto(d, key)))
                 self.ledger.snapshots += node not in self.external
@@ -717,7 +715,7 @@ class _Exchange:
 
         out = []
         for d in deltas:
-            if int(d.sender.split("-")[1]) in self.plan.byzantine:
+            if agent_index(d.sender) in self.plan.byzantine:
                 d = corrupt_delta(d, self.plan, self.cfg.compression)
                 self.ledger.corrupted += 1
             out.append(d)
@@ -736,11 +734,9 @@ class _Exchange:
         attempt = 0
         while batch and not self._push(address, batch, round_) and attempt < MAX_RESYNCS:
             attempt += 1
-            senders = sorted({i for i, _ in batch})
             snaps = [
-                (int(d.sender.split("-")[1]), self._wire.to_proto(d, self.shard.key))
-                for d in self.algo.make_snapshots(round_)
-                if int(d.sender.split("-")[1]) in senders
+                (agent_index(d.sender), self._wire.to_proto(d, self.shard.key))
+                for d in self.algo.make_snapshots(round_, {i for i, _ in batch})
             ]
             self.ledger.snapshots += len(snaps)
             batch = self._through_faults(node, snaps, round_, tick, attempt)
