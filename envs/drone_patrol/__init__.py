@@ -9,6 +9,7 @@ The pieces are separable (see ``world.py`` for the whole design):
 - ``patrol``  the patrol planner: routes, dwell, altitude-sign climbs (pure numpy)
 - ``metrics`` task metrics: detection, latency, idleness, violations (pure numpy)
 - ``physics`` the PyBullet bodies and the position controller (the only pybullet import)
+- ``physics_pool`` the same physics split by zone over processes (large swarms)
 - ``world``   ``DronePatrolWorld`` composing them
 
 ``DronePatrolWorld`` and ``StepResult`` are loaded lazily so that importing this package never

@@ -81,6 +81,11 @@ class DronePatrolConfig(Section):
     """Simulated seconds per tick (one observation and one decision per agent)."""
     physics_hz: int = Field(240, ge=30, le=2000)
     """PyBullet step rate (240 Hz is the common quadrotor-simulation rate)."""
+    physics_workers: Literal[1, 2, 4] = 1
+    """Processes that share the physics (envs/drone_patrol/physics_pool.py): 2 splits the
+    drones into the west and east halves of the map, 4 into the zones, each half (zone) in its
+    own PyBullet client and process; the same physics, since drones of different zones never
+    meet. For large swarms on several cores (``patrol: zones`` and ``sensor: features`` only)."""
     sensor: Literal["features", "camera"] = "features"
     """Perception: 'features' is the fast synthetic feature sensor (large swarms); 'camera'
     renders a small downward RGB image of the scene under each drone with PyBullet."""
@@ -122,6 +127,17 @@ class DronePatrolConfig(Section):
         if self.camera_px % self.camera_patch:
             raise ValueError(
                 f"camera_patch ({self.camera_patch}) must divide camera_px ({self.camera_px})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _physics_split_by_zone(self) -> DronePatrolConfig:
+        if self.physics_workers > 1 and (self.patrol != "zones" or self.sensor != "features"):
+            # 'shared' routes cross the zones, and the camera renders every drone's client
+            raise ValueError(
+                f"physics_workers: {self.physics_workers} splits the drones by zone: it needs "
+                f"patrol: zones and sensor: features (got patrol: {self.patrol}, sensor: "
+                f"{self.sensor})"
             )
         return self
 

@@ -1,6 +1,7 @@
 """PyBullet side of the drone patrol: rotor-level quadrotors, their controller, contacts, markers.
 
-The only module of ``envs`` that imports pybullet. Each world owns one ``p.DIRECT`` client and
+The only module of ``envs`` that imports pybullet (``physics_pool`` runs several of these
+``DronePhysics``, one per process, for large swarms). Each world owns one ``p.DIRECT`` client and
 passes ``physicsClientId`` on every call, so many worlds can live in one process.
 
 Model (one rigid body per drone; REFERENCES.md, Quadrotor: Crazyflie 2.x identification):
