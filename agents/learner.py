@@ -56,16 +56,31 @@ class ReservoirReplay:
     def add(self, agents: np.ndarray, classes: np.ndarray, items: np.ndarray) -> None:
         """Offer items (N, *item_shape) to reservoirs (agents[i], classes[i])."""
         u = self.rng.random(len(agents))  # one draw per item, used only once a reservoir is full
-        for i, (a, c) in enumerate(zip(agents.tolist(), classes.tolist(), strict=True)):
-            self.seen[a, c] += 1
-            if self.size[a, c] < self.per_class:
-                slot = self.size[a, c]
-                self.size[a, c] += 1
-            else:
-                slot = int(u[i] * self.seen[a, c])  # uniform in [0, n)
-                if slot >= self.per_class:  # kept with probability M/n
-                    continue
-            self.items[a, c, slot] = items[i]
+        if not len(agents):
+            return
+        # Algorithm R item by item, in array form: item i is the (r_i + 1)-th item of this call
+        # for its reservoir, so it is that reservoir's item number seen + r_i + 1, and lands in
+        # slot size + r_i while the reservoir fills, else in slot u_i n if that is < M.
+        M, C = self.per_class, self.n_classes
+        key = agents * C + classes  # (n,) reservoir of each item
+        order = np.argsort(key, kind="stable")  # by reservoir, in arrival order within one
+        run_start = np.r_[0, np.flatnonzero(np.diff(key[order])) + 1]  # first of each reservoir
+        rank = np.empty(len(key), np.int64)  # (n,) r_i: earlier items of this call there
+        rank[order] = np.arange(len(key)) - np.repeat(
+            run_start, np.diff(np.r_[run_start, len(key)])
+        )
+        size, seen = self.size.reshape(-1), self.seen.reshape(-1)  # views, (K*C,)
+        filling = size[key] + rank < M
+        slot = np.where(filling, size[key] + rank, (u * (seen[key] + rank + 1)).astype(np.int64))
+        kept = np.flatnonzero(filling | (slot < M))  # kept with probability M/n once full
+        # the last write to a slot wins, as in the loop
+        target = key[kept] * M + slot[kept]
+        _, last = np.unique(target[::-1], return_index=True)
+        write = kept[::-1][last]
+        self.items[agents[write], classes[write], slot[write]] = items[write]
+        count = np.bincount(key, minlength=size.size)
+        seen += count
+        np.minimum(size + count, M, out=size)
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Class-balanced batch per agent: a class uniformly among those it holds, then an item

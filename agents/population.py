@@ -63,6 +63,14 @@ CHUNKWISE_FROM_T = 128
 # chunk length: per token the Toeplitz work grows as L, the Python loop over chunks as T / L;
 # at 64 a 16384-token prefill of one default agent took 0.43 s here
 CHUNK = 64
+# Tokens (agents x sequences x steps) per forward/backward pass when a call over many agents
+# is cut into groups of agents (`agent_spans`). One pass over K = 500 agents' training batches
+# (16 x 8 tokens) allocates activations of ~33 MB; glibc serves blocks that large with fresh
+# mmaps, so every pass pays page faults, and they overflow the caches. Groups of 8,192 tokens
+# (64 agents) took 270-300 ms where one pass took 390-490 ms (forward + backward, default
+# model, 1 thread, this machine). Each agent's computation is its own (batched matmuls over the
+# agent dim, per-agent reductions), so the result is the same bits whatever the grouping.
+AGENT_CHUNK_TOKENS = 8192
 
 
 class StackedOptimizer:
@@ -166,6 +174,7 @@ class Population:
         # router exploration noise: owned here so a run stays a pure function of the seed
         self.generator = torch.Generator().manual_seed(seed)
         self._route_records: list[RouteRecord] = []  # the last train_step's, detached
+        self._grad: Tensor | None = None  # train_step's gradient buffer when it runs in groups
         self.pooled = False
         """True: one model for all K rows, trained on everyone's data (the centralized upper
         bound): each step averages the active agents' gradients and applies the mean to every
@@ -208,11 +217,15 @@ class Population:
         Windows longer than CHUNKWISE_FROM_T tokens run in the chunkwise form (same function,
         memory linear in T)."""
         x = torch.as_tensor(x, dtype=torch.float32)
-        params = unflatten(self.flat, self.specs)
-        obs = _model_input(self.split_obs(x))
-        if x.shape[2] > CHUNKWISE_FROM_T:
-            return forward_chunkwise(self.model_cfg, params, obs, chunk=CHUNK)[0]
-        return forward_parallel(self.model_cfg, params, obs)
+        out = []
+        for lo, hi in agent_spans(self.n_agents, x.shape[1] * x.shape[2]):
+            params = unflatten(self.flat[lo:hi], self.specs)
+            obs = _model_input(self.split_obs(x[lo:hi]))
+            if x.shape[2] > CHUNKWISE_FROM_T:
+                out.append(forward_chunkwise(self.model_cfg, params, obs, chunk=CHUNK)[0])
+            else:
+                out.append(forward_parallel(self.model_cfg, params, obs))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def train_step(
         self,
@@ -247,7 +260,58 @@ class Population:
         x = torch.as_tensor(x, dtype=torch.float32)
         y = torch.as_tensor(y, dtype=torch.int64)
         w = torch.as_tensor(mask, dtype=torch.bool).float()  # (K, B)
-        params = unflatten(self.flat, self.specs)
+        u = None
+        if unlabeled is not None and ssl_weight > 0:
+            u = torch.as_tensor(unlabeled, dtype=torch.float32)  # (K, Bu, Tu, obs_dim)
+        cfg = self.model_cfg
+        active = w.sum(1) > 0  # (K,)
+        if u is not None:
+            active = torch.ones_like(active)
+        if cfg.ffn_groups > 1 or penalty is not None:
+            # the router's noise and records, and the EWC penalty, read all K rows: one pass
+            loss, grad = self._loss_grad(self.flat, x, y, w, u, ssl_weight, penalty)
+        else:
+            # in groups of agents (AGENT_CHUNK_TOKENS); a group's rows are a leaf of their own
+            tokens = x.shape[1] * x.shape[2] + (0 if u is None else u.shape[1] * u.shape[2])
+            spans = agent_spans(self.n_agents, tokens)
+            if len(spans) == 1:
+                loss, grad = self._loss_grad(self.flat, x, y, w, u, ssl_weight, None)
+            else:
+                if self._grad is None:
+                    # kept between steps: a fresh (K, P) buffer of this size is a fresh mmap,
+                    # and filling it page by page costs more than the copies themselves
+                    self._grad = torch.empty_like(self.flat.data)
+                grad = self._grad  # (K, P)
+                losses = []
+                for lo, hi in spans:
+                    rows = self.flat.detach()[lo:hi].requires_grad_()
+                    part = None if u is None else u[lo:hi]
+                    loss_k, grad[lo:hi] = self._loss_grad(
+                        rows, x[lo:hi], y[lo:hi], w[lo:hi], part, ssl_weight, None
+                    )
+                    losses.append(loss_k)
+                loss = torch.cat(losses)
+        if grad_mask is not None:
+            grad = grad * grad_mask.to(grad.dtype)
+        if self.pooled:
+            grad, active = pool_gradients(grad, active)
+        self.optimizer.step(self.flat.data, grad, active=active)
+        return loss.detach()
+
+    def _loss_grad(
+        self,
+        flat: Tensor,
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+        u: Tensor | None,
+        ssl_weight: float,
+        penalty: Callable[[Tensor], Tensor] | None,
+    ) -> tuple[Tensor, Tensor]:
+        """train_step's per-agent loss (k,), detached, and its gradient (k, P) for the rows
+        `flat` (k, P): self.flat, or a leaf holding a copy of some of its rows, with their
+        x (k, B, T, obs_dim), y (k, B), w (k, B) float mask and unlabeled windows u or None."""
+        params = unflatten(flat, self.specs)
         cfg = self.model_cfg
         routing = None
         if cfg.ffn_groups > 1:
@@ -256,32 +320,25 @@ class Population:
                 noise_scale=a if bool((a > 0).any()) else None, generator=self.generator
             )
         obs = _model_input(self.split_obs(x))
-        logits = forward_last(cfg, params, obs, routing)  # (K, B, n_classes)
+        logits = forward_last(cfg, params, obs, routing)  # (k, B, n_classes)
         ce = F.cross_entropy(
             logits.reshape(-1, self.n_classes), y.reshape(-1), reduction="none"
-        ).view(y.shape)  # (K, B)
-        n = w.sum(1)  # (K,)
-        loss = (ce * w).sum(1) / n.clamp(min=1.0)  # (K,)
+        ).view(y.shape)  # (k, B)
+        n = w.sum(1)  # (k,)
+        loss = (ce * w).sum(1) / n.clamp(min=1.0)  # (k,)
         if routing is not None:
-            loss = loss + load_balance_loss(routing.records)  # (K,)
+            loss = loss + load_balance_loss(routing.records)  # (k,)
             self._route_records = [
                 RouteRecord(r.selected, r.probs.detach()) for r in routing.records
             ]
-        active = n > 0
-        if unlabeled is not None and ssl_weight > 0:
-            u = as_obs(self.split_obs(torch.as_tensor(unlabeled, dtype=torch.float32)))
-            h = hidden(cfg, params, u, routing)  # (K, Bu, Tu, D)
-            loss = loss + ssl_weight * self_supervised_loss(params, h, u, self.inputs)  # (K,)
-            active = torch.ones_like(active)
+        if u is not None:
+            uo = as_obs(self.split_obs(u))
+            h = hidden(cfg, params, uo, routing)  # (k, Bu, Tu, D)
+            loss = loss + ssl_weight * self_supervised_loss(params, h, uo, self.inputs)  # (k,)
         if penalty is not None:
-            loss = loss + penalty(self.flat)  # (K,)
-        (grad,) = torch.autograd.grad(loss.sum(), self.flat)  # (K, P)
-        if grad_mask is not None:
-            grad = grad * grad_mask.to(grad.dtype)
-        if self.pooled:
-            grad, active = pool_gradients(grad, active)
-        self.optimizer.step(self.flat.data, grad, active=active)
-        return loss.detach()
+            loss = loss + penalty(flat)  # (k,)
+        (grad,) = torch.autograd.grad(loss.sum(), flat)  # (k, P)
+        return loss.detach(), grad
 
     @property
     def select_stats(self) -> dict[str, np.ndarray]:
@@ -324,6 +381,20 @@ class Population:
         ]
         if "rng.router" in sd:  # absent in checkpoints written before selective activation
             self.generator.set_state(sd["rng.router"])
+
+
+def agent_spans(n_agents: int, tokens: int) -> list[tuple[int, int]]:
+    """Agents [lo, hi) in groups of about AGENT_CHUNK_TOKENS tokens, given `tokens` per agent.
+
+    Never a group of one agent out of several: with K = 1 the time-mixing matmul takes another
+    path (its broadcast (C, 2, T, T) operand stays a transposed view instead of being copied,
+    and the transposed GEMM rounds differently), so a lone agent would not get the bits it
+    gets in the whole batch. Groups of two or more take the whole batch's path."""
+    per = max(2, AGENT_CHUNK_TOKENS // max(tokens, 1))
+    starts = list(range(0, n_agents, per))
+    if len(starts) > 1 and n_agents - starts[-1] < 2:
+        starts.pop()  # a lone last agent joins the group before it
+    return [(lo, hi) for lo, hi in zip(starts, starts[1:] + [n_agents], strict=True)]
 
 
 def _model_input(obs: Obs) -> Tensor:
