@@ -96,16 +96,16 @@ def encode_index_varint(indices: np.ndarray) -> bytes:
     if idx.size == 0:
         return b""
     gaps = np.diff(idx, prepend=-1)  # (n,) >= 1
-    nbytes = np.ones(gaps.size, dtype=np.int64)  # (n,) bytes of each varint
-    for k in range(1, _VARINT_MAX_BYTES):
-        nbytes += gaps >= (1 << (7 * k))
-    start = np.concatenate([[0], np.cumsum(nbytes)[:-1]])
-    out = np.zeros(int(nbytes.sum()), dtype=np.uint8)
-    for k in range(_VARINT_MAX_BYTES):
-        has = nbytes > k
-        more = (nbytes[has] > k + 1).astype(np.int64) << 7  # continuation bit
-        out[start[has] + k] = ((gaps[has] >> (7 * k)) & 0x7F) | more
-    return out.tobytes()
+    top = int(gaps.max())
+    if top < 0x80:  # every gap fits in one byte: the usual case at top-k ratios above ~1%
+        return gaps.astype(np.uint8).tobytes()
+    width = (top.bit_length() + 6) // 7  # bytes of the longest varint, <= _VARINT_MAX_BYTES
+    rest = gaps >> (7 * np.arange(width, dtype=np.int64))[:, None]  # (w, n) gap >> 7k
+    data = (rest & 0x7F).astype(np.uint8)  # (w, n) 7-bit groups, least significant first
+    data[:-1] |= (rest[1:] > 0).astype(np.uint8) << 7  # continuation bit: more groups follow
+    used = np.ones_like(data, dtype=bool)  # (w, n) group k is written when gap >> 7k > 0
+    used[1:] = rest[1:] > 0
+    return data.T[used.T].tobytes()  # varint by varint, each least significant group first
 
 
 def decode_index_varint(data: bytes, num_params: int) -> np.ndarray:
@@ -122,10 +122,13 @@ def decode_index_varint(data: bytes, num_params: int) -> np.ndarray:
     starts = np.concatenate([[0], ends[:-1] + 1])
     if int((ends - starts).max()) >= _VARINT_MAX_BYTES:
         raise ValueError("an index varint is longer than 5 bytes")
-    group = np.repeat(np.arange(ends.size), ends - starts + 1)  # (len,) varint of each byte
-    shift = 7 * (np.arange(b.size) - starts[group])
-    gaps = np.zeros(ends.size, dtype=np.int64)
-    np.add.at(gaps, group, (b & 0x7F).astype(np.int64) << shift)
+    if ends.size == b.size:  # every varint one byte (the usual case): the bytes are the gaps
+        gaps = b.astype(np.int64)
+    else:
+        group = np.repeat(np.arange(ends.size), ends - starts + 1)  # (len,) varint of each byte
+        shift = 7 * (np.arange(b.size) - starts[group])
+        # each varint's bytes are contiguous: one reduceat sums its groups
+        gaps = np.add.reduceat((b & 0x7F).astype(np.int64) << shift, starts)
     if (gaps < 1).any():
         raise ValueError("index gaps must be >= 1 (indices strictly increasing)")
     indices = np.cumsum(gaps) - 1
