@@ -83,12 +83,16 @@ def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None
             ) from None
     else:
         ctx = ray.init(
+            # a new instance even when a `ray start` cluster runs on this machine: without
+            # "local", ray.init joins that one and then refuses object_store_memory
+            address="local",
             num_cpus=scenario.ray.num_cpus,
             include_dashboard=scenario.ray.dashboard,
             object_store_memory=scenario.ray.object_store_mb * 2**20,
             runtime_env=env,
             log_to_driver=False,
             configure_logging=False,
+            _system_config={"task_events_max_num_task_in_gcs": scenario.ray.task_events_kept},
         )
     url = getattr(ctx, "dashboard_url", None) or None
     return not address, (f"http://{url}" if url and not url.startswith("http") else url)

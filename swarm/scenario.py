@@ -104,6 +104,12 @@ class RayConfig(Section):
     """Start the Ray dashboard and print its URL."""
     object_store_mb: int = Field(256, ge=64)
     """Object store size of the embedded Ray; runs pass small arrays only."""
+    task_events_kept: int = Field(10_000, ge=100)
+    """Task events (one per actor call: ~5 a tick for a 3-shard run) the embedded Ray's GCS
+    keeps for the dashboard's task list and `ray list tasks`; older ones are dropped. Each
+    costs ~3 KB of GCS memory, so Ray's own cap (100,000) lets a long run's GCS grow by ~300
+    MB (BENCHMARKS.md, Soak); 10,000 bounds it to ~30 MB and still holds the last ~30 minutes
+    of a real-time run's calls. Raise it to keep more history."""
 
 
 class CheckpointConfig(Section):

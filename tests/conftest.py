@@ -10,6 +10,7 @@ def ray_local():
     import ray
 
     ray.init(
+        address="local",  # never a `ray start` cluster that may run on this machine
         num_cpus=2,
         object_store_memory=96 * 2**20,
         include_dashboard=False,
