@@ -1224,18 +1224,24 @@ def observations(dec: list[DecodeRow], train, pop: list[PopRow], gemv, sizes) ->
     return out
 
 
-def start_ray(object_store_mb: int) -> None:
+def start_ray(object_store_mb: int, task_events_kept: int | None = None) -> None:
     """The one embedded Ray a benchmark's scenario runs share (the Runner reuses it): 2 CPUs,
-    no dashboard, the repository on the workers' path."""
+    no dashboard, the repository on the workers' path, and the GCS task-event cap of
+    swarm.runner.start_ray (the scenario's ray.task_events_kept, else its default)."""
     import ray
 
+    from swarm.scenario import RayConfig
+
+    kept = task_events_kept if task_events_kept is not None else RayConfig().task_events_kept
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=object_store_mb * 2**20,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
         log_to_driver=False,
         configure_logging=False,
+        _system_config={"task_events_max_num_task_in_gcs": kept},
     )
 
 

@@ -69,7 +69,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: bench/ is on sys.path, the repo root is not
 
 import model_bench  # noqa: E402  (one helper, one place)
+import procs  # noqa: E402  (the /proc readers scale_bench.py uses too)
 from model_bench import machine  # noqa: E402
+from procs import Memory  # noqa: E402
 
 from swarm.scenario import Scenario, load_scenario  # noqa: E402
 
@@ -104,6 +106,9 @@ COMPARE_TICKS = 2000  # long enough to see whether the fault-free swarm stays st
 COMPARE_AT = (600, 1000, 1500, 2000)  # 600: the shipped scenario's length
 MESSAGES = {"drop": 0.2, "duplicate": 0.05, "delay": 0.05, "delay_rounds": 2}
 MIN_SLOPE_MIN = 3.0  # minutes of samples before a process's slope is worth stating
+# Ray's own default of task_events_max_num_task_in_gcs, the task events its GCS stores: the
+# cap of the soaks recorded before the scenario's `ray.task_events_kept` set it.
+RAY_TASK_EVENTS_DEFAULT = 100_000
 ROLES = ("driver", "world", "shards", "ray system", "other workers")
 
 # Found by this benchmark (2026-11-29) and fixed in 7dca6eb (swarm/shard.py); kept so a
@@ -180,53 +185,11 @@ def soak_scenario(
 # ---- memory sampling --------------------------------------------------------------------------
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:  # the process ended between listing and reading
-        return ""
-
-
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it (from the ppid field of /proc/<pid>/stat)."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        stat = _read(f"/proc/{name}/stat")
-        if stat:
-            # comm may hold spaces and parentheses: the fields start after the last ')'
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            children[ppid].append(int(name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def memory(pid: int) -> tuple[int, int, int] | None:
-    """(RSS, PSS, USS) of `pid` in bytes from /proc/<pid>/smaps_rollup; None if it is gone."""
-    text = _read(f"/proc/{pid}/smaps_rollup")
-    if not text:
-        return None
-    kb: dict[str, int] = {}
-    for line in text.splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            kb[key] = int(parts[0])
-    uss = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
-    return kb.get("Rss", 0) * 1024, kb.get("Pss", 0) * 1024, uss * 1024
-
-
 def role_of(pid: int, driver: int) -> tuple[str, str]:
     """(role, short name) of one process of the run."""
     if pid == driver:
         return "driver", "driver"
-    cmd = _read(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
+    cmd = " ".join(procs.cmdline(pid)).strip()
     if cmd.startswith("ray::AgentShard"):
         return "shards", "ray::AgentShard"
     if cmd.startswith("ray::WorldHost"):
@@ -250,15 +213,15 @@ class Sample:
     """Seconds since the soak started."""
     tick: int
     """The last tick the Runner reported done."""
-    procs: list[tuple[int, str, str, tuple[int, int, int]]]
-    """(pid, role, name, (RSS, PSS, USS) bytes) of every process of the run."""
+    procs: list[tuple[int, str, str, Memory]]
+    """(pid, role, name, memory) of every process of the run."""
 
-    def total(self, role: str | None = None, kind: int = 0, name: str | None = None) -> float:
-        """MB of `role` (None: all; `name`: only processes of that name), kind 0 RSS, 1 PSS,
-        2 USS."""
+    def total(self, role: str | None = None, kind: str = "rss", name: str | None = None) -> float:
+        """MB of `role` (None: all; `name`: only processes of that name); `kind` a Memory field:
+        "rss", "pss" or "uss"."""
         return (
             sum(
-                mem[kind]
+                getattr(mem, kind)
                 for _, r, n, mem in self.procs
                 if (role is None or r == role) and (name is None or n == name)
             )
@@ -313,20 +276,20 @@ class Sampler:
 
     def take(self) -> None:
         me = os.getpid()
-        procs = []
-        for pid in descendants(me):
-            mem = memory(pid)
+        seen = []
+        for pid in procs.descendants(me):
+            mem = procs.memory(pid)
             if mem is None:
                 continue
             role, name = role_of(pid, me)
             self.names[role].add(name)
-            procs.append((pid, role, name, mem))
+            seen.append((pid, role, name, mem))
             if name == "gcs_server" and not self.gcs_log_dir:
-                args = _read(f"/proc/{pid}/cmdline").split("\0")
                 self.gcs_log_dir = next(
-                    (a.split("=", 1)[1] for a in args if a.startswith("--log_dir=")), ""
+                    (a.split("=", 1)[1] for a in procs.cmdline(pid) if a.startswith("--log_dir=")),
+                    "",
                 )
-        self.samples.append(Sample(time.perf_counter() - self.t0, self.tick, procs))
+        self.samples.append(Sample(time.perf_counter() - self.t0, self.tick, seen))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.period):
@@ -335,6 +298,8 @@ class Sampler:
     def state(self) -> dict[str, Any]:
         """Everything recorded, as JSON (`--dump`)."""
         return {
+            # per process [pid, role, name, [RSS, PSS, USS]]: a Memory is written as a list in
+            # its field order, which older dumps have too
             "samples": [[x.t, x.tick, x.procs] for x in self.samples],
             "names": {k: sorted(v) for k, v in self.names.items()},
             "ticks": self.ticks,
@@ -347,8 +312,8 @@ class Sampler:
     def from_state(cls, state: dict[str, Any]) -> Sampler:
         out = cls()
         out.samples = [
-            Sample(t, tick, [(p, r, n, tuple(m)) for p, r, n, m in procs])
-            for t, tick, procs in state["samples"]
+            Sample(t, tick, [(p, r, n, Memory(*m)) for p, r, n, m in seen])
+            for t, tick, seen in state["samples"]
         ]
         out.names = defaultdict(set, {k: set(v) for k, v in state["names"].items()})
         out.ticks = [tuple(x) for x in state["ticks"]]
@@ -364,7 +329,7 @@ _GCS_STORED = re.compile(r"Current num of task events stored: (\d+)")
 
 def gcs_task_events(log_dir: str, wall0: float) -> list[tuple[float, int]]:
     """(seconds since wall0, task events the GCS stores) from each of its debug dumps."""
-    text = _read(os.path.join(log_dir, "gcs_server.out")) if log_dir else ""
+    text = procs.read(os.path.join(log_dir, "gcs_server.out")) if log_dir else ""
     out = []
     stamps = list(_GCS_STATE.finditer(text))
     for i, stamp in enumerate(stamps):
@@ -424,7 +389,11 @@ class Soak:
     gcs_events: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since the soak's start, task events the GCS stores), once a minute."""
     task_events_cap: int = 0
-    """Ray's RAY_task_events_max_num_task_in_gcs in this run."""
+    """Ray's task_events_max_num_task_in_gcs as the driver read it in this run (0: not
+    recorded): the cap in force."""
+    task_events_kept: int | None = None
+    """The soak scenario's `ray.task_events_kept`, the cap the Runner asks of an embedded Ray
+    it starts (None: a dump from before it was recorded, whose runs had Ray's default)."""
 
 
 def run(sc: Scenario, tmp: Path, sampler: Sampler | None = None) -> tuple[Any, float, list[str]]:
@@ -487,7 +456,8 @@ def soak(base: Scenario, tmp: Path, minutes: float, cal: dict[str, float]) -> So
         + ", ".join(f"s{k['shard']}@{k['at_tick']}" for k in faults["kill"])
     )
     sampler = Sampler()
-    result, wall, infos = run(soak_scenario(base, ticks, faults), tmp, sampler)
+    sc = soak_scenario(base, ticks, faults)
+    result, wall, infos = run(sc, tmp, sampler)
     import ray._raylet
 
     return Soak(
@@ -501,6 +471,7 @@ def soak(base: Scenario, tmp: Path, minutes: float, cal: dict[str, float]) -> So
         gcs_task_events(sampler.gcs_log_dir, sampler.wall0),
         # Ray's config, as the driver read it (RAY_* environment variables included)
         int(ray._raylet.Config.task_events_max_num_task_in_gcs()),  # type: ignore[attr-defined]
+        task_events_kept=sc.ray.task_events_kept,
     )
 
 
@@ -519,7 +490,7 @@ def window(samples: list[Sample], phase: tuple[float, float], frac: tuple[float,
 
 
 def mean_of(
-    samples: list[Sample], role: str | None, kind: int = 0, name: str | None = None
+    samples: list[Sample], role: str | None, kind: str = "rss", name: str | None = None
 ) -> float:
     return float(np.mean([s.total(role, kind, name) for s in samples])) if samples else np.nan
 
@@ -538,7 +509,7 @@ def slopes(samples: list[Sample], span: tuple[float, float], role: str):
     for s in samples:
         for pid, r, _, mem in s.procs:
             if r == role:
-                series[pid].append((s.t, mem[0] / 2**20))
+                series[pid].append((s.t, mem.rss / 2**20))
     out = []
     for pid, pts in series.items():
         first = pts[0][0]
@@ -561,10 +532,11 @@ def plot(s: Soak, path: Path) -> None:
         y = np.array([x.total(role) for x in samples])
         if y.max() > 0:
             ax.plot(t, y, label=role, lw=1.4)
-    gcs = [x.total("ray system", 0, "gcs_server") for x in samples]
+    gcs = [x.total("ray system", name="gcs_server") for x in samples]
     ax.plot(t, gcs, label="· gcs_server", color="tab:red", lw=1, ls="--")
     ax.plot(t, [x.total() for x in samples], label="total", color="black", lw=1.8)
-    ax.plot(t, [x.total(None, 1) for x in samples], label="total PSS", color="black", lw=1, ls="--")
+    pss = [x.total(kind="pss") for x in samples]
+    ax.plot(t, pss, label="total PSS", color="black", lw=1, ls="--")
     t0, t1 = ticking(s.sampler)
     for lo, hi in (EARLY, LATE):
         ax.axvspan((t0 + lo * (t1 - t0)) / 60, (t0 + hi * (t1 - t0)) / 60, color="0.9", zorder=0)
@@ -588,38 +560,74 @@ def plot(s: Soak, path: Path) -> None:
     plt.close(fig)
 
 
-def gcs_lines(s: Soak, early: list[Sample], late: list[Sample]) -> list[str]:
-    """What the GCS's growth is: its RSS against the task events it stores (its own log)."""
-    pts = [
-        (n, float(np.interp(t, [x.t for x in s.sampler.samples], gcs)))
-        for gcs in [[x.total("ray system", 0, "gcs_server") for x in s.sampler.samples]]
-        for t, n in s.gcs_events
-        if s.sampler.ticks[0][0] <= t <= s.sampler.ticks[-1][0]
-    ]
+def gcs_lines(s: Soak, base: Scenario, early: list[Sample], late: list[Sample]) -> list[str]:
+    """What the GCS's growth is: its RSS against the task events it stores (its own log), and
+    where the cap on those events stops it."""
+    loop = [(t, n) for t, n in s.gcs_events if s.sampler.ticks[0][0] <= t <= s.sampler.ticks[-1][0]]
+    gcs = [x.total("ray system", name="gcs_server") for x in s.sampler.samples]
+    pts = [(n, float(np.interp(t, [x.t for x in s.sampler.samples], gcs))) for t, n in loop]
     if len(pts) < 3:
         return ["(The GCS log gave too few task-event counts for a fit.)"]
     n, mb = np.array(pts).T
     per_event, base_mb = np.polyfit(n, mb, 1)
     r2 = 1 - np.sum((mb - (base_mb + per_event * n)) ** 2) / np.sum((mb - mb.mean()) ** 2)
-    ticks_at = np.interp(
-        [t for t, _ in s.gcs_events if s.sampler.ticks[0][0] <= t <= s.sampler.ticks[-1][0]],
-        *np.array(s.sampler.ticks).T,
-    )
-    per_tick = np.polyfit(ticks_at, n, 1)[0]
-    cap = s.task_events_cap
-    rest = [mean_of(w, None) - mean_of(w, "ray system", 0, "gcs_server") for w in (early, late)]
+    # the cap: the scenario's (a dump without it: Ray's default), unless Ray says otherwise
+    kept = s.task_events_kept
+    asked = RAY_TASK_EVENTS_DEFAULT if kept is None else kept
+    cap = s.task_events_cap or asked
+    stored = int(max(n))
+    # events per tick while the store fills (at the cap the count stays put)
+    filling = [(t, k) for t, k in loop if k < cap]
+    ticks_at = np.interp([t for t, _ in filling], *np.array(s.sampler.ticks).T)
+    per_tick = np.polyfit(ticks_at, [k for _, k in filling], 1)[0] if len(filling) >= 2 else 0.0
+    if kept is None:
+        source = (
+            "Ray's default `task_events_max_num_task_in_gcs`: the run predates the scenario's "
+            f"`ray.task_events_kept`, now {base.ray.task_events_kept:,} in {SCENARIO.name}, "
+            "which the Runner passes to an embedded Ray it starts"
+        )
+    elif cap == kept:
+        source = (
+            "the scenario's `ray.task_events_kept`, which the Runner passes to Ray as "
+            "`task_events_max_num_task_in_gcs`"
+        )
+    else:
+        source = (
+            "`task_events_max_num_task_in_gcs` as this run's Ray had it, not the scenario's "
+            f"`ray.task_events_kept` of {kept:,}: the Runner passes that only to a Ray it "
+            "starts itself, and this benchmark starts Ray before the Runner"
+        )
+    at_cap = base_mb + per_event * cap
+    if stored < cap:
+        end = (
+            f"so it should level off at about {at_cap:.0f} MB (extrapolated) after "
+            f"~{cap / per_tick:,.0f} ticks of this scenario. That is bounded bookkeeping, but "
+            f"Ray's, not ours, and this run ended before the cap (it stored at most "
+            f"{stored:,}), still climbing."
+        )
+    else:
+        when = f" after ~{cap / per_tick:,.0f} ticks of this scenario" if per_tick > 0 else ""
+        gcs_mb = [mean_of(w, "ray system", name="gcs_server") for w in (early, late)]
+        end = (
+            f"which it reached{when} (Ray's bookkeeping, not ours): at the cap the fit gives "
+            f"about {at_cap:.0f} MB; the gcs_server's RSS averaged {gcs_mb[0]:.0f} MB over the "
+            f"early window and {gcs_mb[1]:.0f} MB over the last."
+        )
+    rest = [mean_of(w, None) - mean_of(w, "ray system", name="gcs_server") for w in (early, late)]
     return [
         f"Where the ray system's growth goes: gcs_server RSS = {base_mb:.0f} MB + "
         f"**{per_event * 2**20 / 1024:.1f} KB per task event it stores** (least squares over "
         f"{len(pts)} of the once-a-minute state dumps in its own log, gcs_server.out; "
-        f"R² = {r2:.3f}), and it stored {per_tick:.1f} more events per tick (the `act`, "
-        "`step`, `share`, `merge`, `measure` and `checkpoint` calls). The GCS keeps every "
-        "task's state and profile events for the dashboard and the state API up to "
-        f"`RAY_task_events_max_num_task_in_gcs` = {cap:,} (this Ray's setting), then "
-        "overwrites the oldest: so it should level off at about "
-        f"{base_mb + per_event * cap:.0f} MB (extrapolated) after ~{cap / per_tick:,.0f} ticks "
-        "of this scenario. That is bounded bookkeeping, but Ray's, not ours, and this run "
-        "ended before the cap, still climbing. Without "
+        f"R² = {r2:.3f})"
+        + (
+            f", and it stored {per_tick:.1f} more events per tick (the `act`, `step`, `share`, "
+            "`merge`, `measure` and `checkpoint` calls)"
+            if per_tick > 0
+            else ""
+        )
+        + ". The GCS keeps every task's state and profile events for the dashboard and the "
+        f"state API up to a cap, then overwrites the oldest; this run's cap was {cap:,} "
+        f"({source}), {end} Without "
         f"gcs_server the run grew {rest[1] - rest[0]:+.1f} MB "
         f"({100 * (rest[1] - rest[0]) / rest[0]:+.1f}%) between the windows (not the "
         "verdict, which counts every process)."
@@ -780,15 +788,15 @@ def report(
     table += [(f"· {n}", "ray system", n) for n in ("gcs_server", "raylet")]
     table += [(ROLES[4], ROLES[4], None), ("**total RSS**", None, None)]
     for label, role, proc in table:
-        a, b = mean_of(early, role, 0, proc), mean_of(late, role, 0, proc)
+        a, b = mean_of(early, role, name=proc), mean_of(late, role, name=proc)
         if not (a or b):
             continue
-        ua, ub = mean_of(early, role, 2, proc), mean_of(late, role, 2, proc)
+        ua, ub = mean_of(early, role, "uss", proc), mean_of(late, role, "uss", proc)
         A(
             f"| {label} | {a:,.0f} | {b:,.0f} | {b - a:+,.1f} | "
             f"{100 * (b - a) / max(a, 1e-9):+.1f}% | {ua:,.0f} | {ub:,.0f} |"
         )
-    pa, pb = mean_of(early, None, 1), mean_of(late, None, 1)
+    pa, pb = mean_of(early, None, "pss"), mean_of(late, None, "pss")
     A(f"| total PSS | {pa:,.0f} | {pb:,.0f} | {pb - pa:+,.1f} | {100 * (pb - pa) / pa:+.1f}% | | |")
     a, b = mean_of(early, None), mean_of(late, None)
     growth = b - a
@@ -834,11 +842,11 @@ def report(
         A("")
         worst = max(ROLES, key=lambda r: mean_of(late, r) - mean_of(early, r))
         names = sorted(s.sampler.names[worst])
-        top = max(names, key=lambda n: mean_of(late, worst, 0, n) - mean_of(early, worst, 0, n))
+        top = max(names, key=lambda n: mean_of(late, worst, name=n) - mean_of(early, worst, name=n))
         A(
             f"The role that grew most: {worst} "
             f"({mean_of(late, worst) - mean_of(early, worst):+.1f} MB), and in it {top} "
-            f"({mean_of(late, worst, 0, top) - mean_of(early, worst, 0, top):+.1f} MB)."
+            f"({mean_of(late, worst, name=top) - mean_of(early, worst, name=top):+.1f} MB)."
         )
     A("")
     # what grows by design, per tick
@@ -891,7 +899,7 @@ def report(
     )
     A("")
     if s.gcs_events:
-        L.extend(gcs_lines(s, early, late))
+        L.extend(gcs_lines(s, base, early, late))
         A("")
     A(f"![memory by role over the soak](bench/figures/{FIGURE.name})")
     A("")
@@ -1016,7 +1024,7 @@ def measure(args: argparse.Namespace, base: Scenario) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # the driver only schedules; the actors use one thread each
-    model_bench.start_ray(OBJECT_STORE_MB)
+    model_bench.start_ray(OBJECT_STORE_MB, base.ray.task_events_kept)
     clean: dict[str, Any] | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="soak_bench-") as tmp:
