@@ -116,9 +116,13 @@ class GossipConfig(Section):
     async: deltas are applied when they land."""
     interval: int = Field(5, ge=1)
     """Ticks between gossip rounds."""
-    gamma: float = Field(0.5, gt=0, le=1)
+    gamma: float = Field(0.3, gt=0, le=1)
     """CHOCO-Gossip consensus step size (Koloskova et al. 2019); 1 with no compression is
-    plain gossip."""
+    plain gossip. A compressor that drops entries (topk, topk_int8) needs a small step: on the
+    drone patrol (ring of 12, topk_int8 0.08, a learning step between rounds) gamma 0.5 mixed
+    faster over the first 1,000 ticks and then diverged (the consensus distance grew
+    geometrically, to NaN by ~6,000 ticks); 0.3 and 0.2 stayed flat over 3,000 ticks and a
+    20-minute soak (BENCHMARKS.md, Soak). Dense deltas (none) are stable at 0.5 and above."""
     compression: CompressionConfig = CompressionConfig()
     """Delta compression."""
     robust: RobustConfig = RobustConfig()
