@@ -209,3 +209,31 @@ def test_continual_figures_by_hand() -> None:
     assert figs["learn/acc"] == pytest.approx((0.6 + 0.8) / 2)
     assert figs["learn/bwt"] == pytest.approx(((0.6 - 0.9) + (0.8 - 0.8)) / 2)
     assert continual_figures(rows, classes, {}, sc) == {"learn/acc": None, "learn/bwt": None}
+
+
+_EMBEDDED_RAY = """
+import json, sys
+import ray
+from swarm.runner import start_ray
+from swarm.scenario import Scenario
+started, _ = start_ray(Scenario.model_validate(json.loads(sys.argv[1])), None)
+print(json.dumps({"started": started,
+                  "kept": ray._raylet.Config.task_events_max_num_task_in_gcs()}))
+ray.shutdown()
+"""
+
+
+def test_embedded_ray_keeps_the_scenarios_task_event_cap() -> None:
+    # Its own process: this module's Ray (ray_local) must not be the one start_ray sees.
+    data = _variant().model_dump(mode="json")
+    data["ray"] |= {"task_events_kept": 1234, "dashboard": False}
+    proc = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED_RAY, json.dumps(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reply = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert reply == {"started": True, "kept": 1234}  # Ray's own default is 100,000
