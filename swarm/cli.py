@@ -201,6 +201,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row("rho of gossip graph", f"{m['gossip/rho']:.3f}")
     if m.get("learn/probe_acc_honest") is not None:
         table.add_row("probe accuracy, honest agents", pct(m["learn/probe_acc_honest"]))
+    if summary.get("diverged_at_tick") is not None:
+        table.add_row("[red]learning diverged[/red]", f"from tick {summary['diverged_at_tick']}")
     acct = summary.get("accounting")
     if acct and acct["sent"]:
         table.add_row(

@@ -10,6 +10,7 @@ to bound the calls in flight and to show progress, and fetches metrics as lists.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import time
@@ -96,6 +97,24 @@ def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None
         )
     url = getattr(ctx, "dashboard_url", None) or None
     return not address, (f"http://{url}" if url and not url.startswith("http") else url)
+
+
+DIVERGED = (
+    "learning diverged: from tick {tick} some agent's weights are not finite (consensus "
+    "distance nan or inf); a smaller gossip.gamma (with top-k compression) or learning.lr "
+    "keeps a swarm together"
+)
+
+
+def diverged_at(rows: list[dict[str, Any]]) -> int | None:
+    """The tick of the first metrics row whose consensus distance is not finite: an agent's
+    weights hold inf or NaN (the mean square distance to the mean takes in every parameter of
+    every agent). None if there is none."""
+    for row in rows:
+        d = row.get("learn/consensus_distance")
+        if d is not None and not math.isfinite(d):
+            return int(row["tick"])
+    return None
 
 
 class RunError(Exception):
@@ -460,6 +479,8 @@ class Runner:
                 world_m, *shard_m = ray.get(refs)
                 rows.append(self._row(at, world_m, shard_m, info))
                 self._write_row(rows[-1])
+                if diverged_at(rows[-1:]) is not None and diverged_at(rows[:-1]) is None:
+                    self.on_info(DIVERGED.format(tick=rows[-1]["tick"]))
                 # The swarm's live figures (Ray metrics); the shards set their own in measure().
                 rtf = (rows[-1]["sim_time_s"] - start * sc.world.tick_s) / max(
                     time.perf_counter() - t_ticks, 1e-9
@@ -730,6 +751,8 @@ class Runner:
                 "dashboard_url": url,
                 "resumed_from_tick": self.marker["ticks"] if self.marker else None,
             },
+            # the first metrics tick with non-finite weights somewhere (None: never)
+            "diverged_at_tick": diverged_at(rows),
         }
 
     def _spread(self, rows: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,7 @@ def test_sync_runs_with_same_seed_are_identical(ray_local, tmp_path: Path) -> No
     assert a["metrics"] == b["metrics"]
     assert a["metrics"]["gossip/bytes_sent"] > 0
     assert a["metrics"]["gossip/deltas_rejected"] == 0
+    assert a["diverged_at_tick"] is None
     assert (first.run_dir / "metrics.jsonl").read_text() == (
         second.run_dir / "metrics.jsonl"
     ).read_text()
@@ -237,3 +238,21 @@ def test_embedded_ray_keeps_the_scenarios_task_event_cap() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     reply = json.loads(proc.stdout.strip().splitlines()[-1])
     assert reply == {"started": True, "kept": 1234}  # Ray's own default is 100,000
+
+
+def test_a_run_that_diverges_says_so(ray_local, tmp_path: Path) -> None:
+    # A liar sending 1e30 times its deltas, with no robust rule: its neighbours' weights
+    # overflow, and the run must report it instead of ending quietly on NaN figures.
+    sc = _variant(faults={"byzantine": {"agents": [0], "attack": "scale", "scale": 1e30}})
+    said: list[str] = []
+    runner = Runner(sc, new_run_dir(tmp_path, sc), on_info=said.append)
+    summary = runner.run().summary
+    tick = summary["diverged_at_tick"]
+    assert tick is not None and tick <= sc.ticks
+    assert [s for s in said if s.startswith("learning diverged: from tick")] == [
+        f"learning diverged: from tick {tick} some agent's weights are not finite (consensus "
+        "distance nan or inf); a smaller gossip.gamma (with top-k compression) or "
+        "learning.lr keeps a swarm together"
+    ]
+    rows = [json.loads(line) for line in (runner.run_dir / "metrics.jsonl").open()]
+    assert next(r["tick"] for r in rows if not np.isfinite(r["learn/consensus_distance"])) == tick
