@@ -13,7 +13,9 @@ envs.drone_patrol.physics_pool``, talking over a socket pair). Drones are split 
 in zone ``i % 4``), so with W = 2 the west half (forest, river) and the east half (city,
 industrial). Each client has its own ground plane; the event markers (visual only) live in the
 first. A tick sends each worker its drones' targets, advances the local drones meanwhile and
-gathers the workers' trajectories: one round trip per tick, not per control step.
+gathers the workers' trajectories: one round trip per tick, not per control step. The messages
+are pickles, which is safe only because both ends are this process and a child it started, over
+an anonymous socket pair no other process can reach; nothing here listens on a network.
 
 Why this is the same physics: drones of different clients cannot touch. Zones are quadrants,
 cruise points lie at least ``EDGE_MARGIN`` (10%) of a quadrant's side inside them, routes are
