@@ -739,7 +739,7 @@ def main() -> None:
     torch.set_num_threads(1)  # the driver only times protobuf and numpy; the actors use 1 each
     log("figure 3: consensus rounds (in process)")
     cons = bench_consensus(s, gammas)
-    model_bench.start_ray(base.ray.object_store_mb)
+    model_bench.start_ray(base)
     try:
         log(f"figure 1: {len(s.variants)} drone patrol runs")
         runs = bench_scenario(s, base)

@@ -54,6 +54,7 @@ from agents.yan.model import (  # noqa: E402
     step_weights,
     unflatten,
 )
+from swarm.scenario import Scenario  # noqa: E402
 
 PEAK_TOOL = REPO.parent / "shared" / "tools" / "peak_flops.py"
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
@@ -1224,25 +1225,21 @@ def observations(dec: list[DecodeRow], train, pop: list[PopRow], gemv, sizes) ->
     return out
 
 
-def start_ray(object_store_mb: int, task_events_kept: int | None = None) -> None:
-    """The one embedded Ray a benchmark's scenario runs share (the Runner reuses it): 2 CPUs,
-    no dashboard, the repository on the workers' path, and the GCS task-event cap of
-    swarm.runner.start_ray (the scenario's ray.task_events_kept, else its default)."""
-    import ray
+def start_ray(scenario: Scenario, object_store_mb: int | None = None, num_cpus: int = 2) -> None:
+    """The one embedded Ray a benchmark's scenario runs share (the Runner reuses it), started as
+    `swarm run` starts it (swarm.runner.start_ray: a new local instance, the repository on the
+    workers' path, the scenario's GCS task-event cap), with `num_cpus` CPUs, no dashboard and,
+    if given, `object_store_mb` of object store."""
+    from swarm.runner import start_ray as start_embedded
 
-    from swarm.scenario import RayConfig
-
-    kept = task_events_kept if task_events_kept is not None else RayConfig().task_events_kept
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=object_store_mb * 2**20,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
-        log_to_driver=False,
-        configure_logging=False,
-        _system_config={"task_events_max_num_task_in_gcs": kept},
+    ray_cfg = scenario.ray.model_copy(
+        update={
+            "num_cpus": num_cpus,
+            "dashboard": False,
+            "object_store_mb": object_store_mb or scenario.ray.object_store_mb,
+        }
     )
+    start_embedded(scenario.model_copy(update={"ray": ray_cfg}), None)
 
 
 def write_section(body: str, section: str = SECTION) -> None:

@@ -328,7 +328,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    model_bench.start_ray(base.ray.object_store_mb)
+    model_bench.start_ray(base)
     try:
         log(f"{len(VARIANTS)} variants x {len(seeds)} seeds of {SCENARIO.name}")
         runs = run_all(s, base, seeds)

@@ -587,20 +587,8 @@ def main() -> None:
         "ray_cpus": cpus,
     }
     base = yaml.safe_load(SCENARIO.read_text())
-    # One Ray for every run; the Runner uses an already-initialised Ray and leaves it up.
-    # Actors import our packages by name: give the workers the repo root, as the Runner does.
-    env = {
-        "env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    }
-    ray.init(
-        address="local",  # a new instance, never a cluster someone else started on the machine
-        num_cpus=cpus,
-        include_dashboard=False,
-        object_store_memory=OBJECT_STORE_MB * 2**20,
-        runtime_env=env,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    # One Ray for every run (the Runner uses an already-initialised Ray and leaves it up).
+    model_bench.start_ray(Scenario.model_validate(base), OBJECT_STORE_MB, num_cpus=cpus)
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="scale_bench-") as tmp:

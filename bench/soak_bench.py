@@ -692,7 +692,8 @@ def learning_lines(rows: list[dict[str, Any]], clean: dict[str, Any] | None) -> 
             )
         out += ["", line]
     else:
-        late = [r for r in rows if r["tick"] >= COMPARE_AT[0]]
+        # from the shipped scenario's length on (a short development soak: every row)
+        late = [r for r in rows if r["tick"] >= COMPARE_AT[0]] or rows
         out += [
             "",
             f"**The swarm stays together**: from tick {late[0]['tick']} to the end the consensus "
@@ -1029,7 +1030,7 @@ def measure(args: argparse.Namespace, base: Scenario) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)  # the driver only schedules; the actors use one thread each
-    model_bench.start_ray(OBJECT_STORE_MB, base.ray.task_events_kept)
+    model_bench.start_ray(base, OBJECT_STORE_MB)
     clean: dict[str, Any] | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="soak_bench-") as tmp:
