@@ -479,7 +479,7 @@ class Runner:
                 world_m, *shard_m = ray.get(refs)
                 rows.append(self._row(at, world_m, shard_m, info))
                 self._write_row(rows[-1])
-                if diverged_at(rows[-1:]) is not None and diverged_at(rows[:-1]) is None:
+                if diverged_at(rows) == rows[-1]["tick"]:  # this row is the first
                     self.on_info(DIVERGED.format(tick=rows[-1]["tick"]))
                 # The swarm's live figures (Ray metrics); the shards set their own in measure().
                 rtf = (rows[-1]["sim_time_s"] - start * sc.world.tick_s) / max(
