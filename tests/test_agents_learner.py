@@ -203,6 +203,38 @@ def test_reservoir_keeps_capacity_and_a_uniform_sample_of_the_stream():
     assert chi2 < 27.9, hist  # p = 0.001 critical value; early items are not favoured
 
 
+def test_reservoir_add_in_array_form_is_algorithm_r_item_by_item():
+    # Prepare: calls that mix reservoirs, repeat one reservoir many times within a call, fill
+    # it past its capacity mid-call, and write one slot twice; a copy of the same draws
+    # replayed through Algorithm R one item at a time is the reference.
+    K, C, capacity = 3, 2, 8  # 4 slots per (agent, class)
+    replay = ReservoirReplay(K, C, capacity, (1,), np.random.default_rng(5))
+    draws = np.random.default_rng(5)
+    items = np.zeros((K, C, 4, 1), np.float32)
+    size, seen = np.zeros((K, C), np.int64), np.zeros((K, C), np.int64)
+    stream = np.random.default_rng(9)
+    for n in (0, 5, 40, 3, 60):
+        agents, classes = stream.integers(0, K, n), stream.integers(0, C, n)
+        values = stream.normal(size=(n, 1)).astype(np.float32)
+        # Execute
+        replay.add(agents, classes, values)
+        # the reference: the loop the array form replaced
+        u = draws.random(n)
+        for i, (a, c) in enumerate(zip(agents.tolist(), classes.tolist(), strict=True)):
+            seen[a, c] += 1
+            if size[a, c] < 4:
+                slot = size[a, c]
+                size[a, c] += 1
+            else:
+                slot = int(u[i] * seen[a, c])
+                if slot >= 4:
+                    continue
+            items[a, c, slot] = values[i]
+        # Assert
+        assert np.array_equal(replay.size, size) and np.array_equal(replay.seen, seen)
+        assert np.array_equal(replay.items, items)
+
+
 def test_replay_sampling_is_class_balanced_and_uniform_within_a_class():
     # Prepare: agent 0 holds 40 background items and 3 event items; agent 1 is empty
     replay = ReservoirReplay(2, 2, 100, (1,), np.random.default_rng(0))
