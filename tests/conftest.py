@@ -24,11 +24,15 @@ def ray_local():
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """One intra-op thread, as in the actors: on 2 busy cores a second torch thread mostly
-    waits (10-50x slower recurrent steps measured here), and sums keep a fixed order."""
+    waits (10-50x slower recurrent steps measured here). SWARM_TEST_THREADS=2 runs the suite
+    with two, as `make test-numerics` does: the numerics tests must not depend on how a
+    reduction is split across threads."""
+    import os
+
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("SWARM_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(before)
 
