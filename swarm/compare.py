@@ -73,9 +73,7 @@ def compare(
     on_tick: Callable[[int], None] = lambda tick: None,
 ) -> CompareResult:
     """Run every mode for every seed; write the table and plots into out_dir."""
-    import ray
-
-    from swarm.runner import Runner, start_ray
+    from swarm.runner import Runner, start_ray, stop_ray
 
     seeds = seeds or [sc.seed]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,8 +99,7 @@ def compare(
                 }
             )
     finally:
-        if started:
-            ray.shutdown()
+        stop_ray(started)
     result.table = write_results(result, sc)
     return result
 

@@ -99,6 +99,14 @@ def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None
     return not address, (f"http://{url}" if url and not url.startswith("http") else url)
 
 
+def stop_ray(started: bool) -> None:
+    """Shut down the Ray instance `start_ray` started; a cluster it joined keeps running."""
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
 DIVERGED = (
     "learning diverged: from tick {tick} some agent's weights are not finite (consensus "
     "distance nan or inf); a smaller gossip.gamma (with top-k compression) or learning.lr "
@@ -322,8 +330,7 @@ class Runner:
                 ray.get(world.close.remote())
             if group is not None:
                 remove_placement_group(group)
-            if started:
-                ray.shutdown()
+            stop_ray(started)
         summary = self._summary(rows, info, wall, t_setup, url)
         self._write(rows, summary, trajectory, layout_map, info)
         return RunResult(self.run_dir, summary, rows)
