@@ -402,7 +402,7 @@ def _hostile_requests(
             assert counted[counter] > 0, counted
             continue
         # 2. a genuine delta is applied only when it is sent, and at most once
-        assert set(newly) <= set(verdict), f"applied {newly}, sent {verdict}"
+        assert set(newly) <= set(verdict), f"the receiver took {newly}, the request held {verdict}"
         again = [k for k in newly if k in applied or newly.count(k) > 1]
         assert not again, f"applied {again} again"
         reached["replayed"] += bool(set(verdict) & applied)
