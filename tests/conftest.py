@@ -1,23 +1,48 @@
-"""Shared fixtures: one small Ray instance per test module that asks for it."""
+"""Shared fixtures: one small Ray for the whole session, worlds, the thread count, and the
+message accounting every run must satisfy."""
 
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.fixture(scope="module")
-def ray_local():
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Whoever started the shared Ray stops it once, at the end of the session."""
+    yield
     import ray
 
-    ray.init(
-        address="local",  # never a `ray start` cluster that may run on this machine
-        num_cpus=2,
-        object_store_memory=96 * 2**20,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """One small Ray for every module that asks for it (~3 s a start), started by the first
+    of them and again after a test that needed Ray to itself (`no_shared_ray`). It exports
+    its metrics every second (RAY_metrics_report_interval_ms; Ray's default is 10 s), which
+    the telemetry tests scrape for."""
+    import ray
+
+    if not ray.is_initialized():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_metrics_report_interval_ms", "1000")
+            ray.init(
+                address="local",  # never a `ray start` cluster that may run on this machine
+                num_cpus=2,
+                object_store_memory=96 * 2**20,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
     yield ray
+
+
+@pytest.fixture
+def no_shared_ray():
+    """For a test that starts its own Ray (a multi-node cluster, the CLI's embedded one in
+    this process): the shared one stops first; the next module that asks starts it again."""
+    import ray
+
     ray.shutdown()
 
 

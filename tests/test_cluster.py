@@ -14,7 +14,7 @@ TINY = Path(__file__).parent / "data" / "tiny.yaml"
 LOOPBACK = "127.0.0.2"
 
 
-def test_shards_on_two_nodes_exchange_deltas(tmp_path: Path, monkeypatch) -> None:
+def test_shards_on_two_nodes_exchange_deltas(tmp_path: Path, monkeypatch, no_shared_ray) -> None:
     import ray
     from ray.cluster_utils import Cluster
 

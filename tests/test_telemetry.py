@@ -1,9 +1,10 @@
 """Live monitoring: a real run's figures on Ray's Prometheus endpoint, and a Grafana dashboard
 whose every query names a metric that such a run exports.
 
-Two small runs (the tiny drone patrol, a tiny PettingZoo world) share one Ray started here. At
-its last tick, while the actors still live, each run's `on_tick` scrapes the endpoint that the
-Runner printed, over HTTP on 127.0.0.1, until the final figures are there.
+Two small runs (the tiny drone patrol, a tiny PettingZoo world) share the tests' Ray, which
+exports every second (conftest.ray_local). At its last tick, while the actors still live, each
+run's `on_tick` scrapes the endpoint that the Runner printed, over HTTP on 127.0.0.1, until the
+final figures are there.
 """
 
 from __future__ import annotations
@@ -31,25 +32,6 @@ DASHBOARD = ROOT / "dashboards" / "yan-swarm.json"
 #: Seconds a scrape may wait for a run's last figures: Ray exports every second here, so a
 #: few seconds on a busy machine; the bound only keeps a broken export from hanging the test.
 SCRAPE_DEADLINE_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def ray_metrics():
-    """Ray as the `ray_local` fixture starts it (no dashboard: the metrics agent runs without
-    it), exporting every second instead of every 10 s (RAY_metrics_report_interval_ms)."""
-    import ray
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_metrics_report_interval_ms", "1000")
-        ray.init(
-            num_cpus=2,
-            object_store_memory=96 * 2**20,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        yield ray
-        ray.shutdown()
 
 
 @dataclass
@@ -119,12 +101,12 @@ def _run_and_scrape(sc: Scenario, root: Path) -> Scraped:
 
 
 @pytest.fixture(scope="module")
-def drone(ray_metrics, tmp_path_factory) -> Scraped:
+def drone(ray_local, tmp_path_factory) -> Scraped:
     return _run_and_scrape(load_scenario(TINY), tmp_path_factory.mktemp("drone"))
 
 
 @pytest.fixture(scope="module")
-def spread(ray_metrics, tmp_path_factory) -> Scraped:
+def spread(ray_local, tmp_path_factory) -> Scraped:
     data = load_scenario(SPREAD).model_dump(mode="json")
     data["ticks"] = 20  # two 10-step episodes per copy: one metrics row with a team return
     data["agents"] = {"count": 6, "per_shard": 3}
@@ -203,7 +185,7 @@ def test_rl_world_exports_team_return_and_policy_figures(spread: Scraped) -> Non
     assert not spread.values("ray_swarm_learn_probe_acc")  # no probe set in a reward world
 
 
-def test_figures_outlive_rays_gauge_ttl_until_closed(ray_metrics) -> None:
+def test_figures_outlive_rays_gauge_ttl_until_closed(ray_local) -> None:
     # Prepare: one figure through Telemetry, one control gauge set directly, once each.
     from ray.util.metrics import Gauge
 
