@@ -6,6 +6,14 @@ from __future__ import annotations
 import pytest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on a real Ray runtime is slow (actors are processes that import torch, ~3 s
+    a run), whether or not it says so: `make test-fast` (-m "not slow") leaves it out."""
+    for item in items:
+        if {"ray_local", "no_shared_ray"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def _ray_session():
     """Whoever started the shared Ray stops it once, at the end of the session."""

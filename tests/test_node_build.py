@@ -45,6 +45,7 @@ def _base_python() -> str:
     pytest.skip(f"no base interpreter found under {sys.base_prefix}")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_single_file_build_runs_on_bare_python(tmp_path: Path) -> None:
     """SLOW (a real build): `python -m swarm.build_node --no-sim` makes one file that a bare

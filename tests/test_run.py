@@ -145,6 +145,7 @@ def test_runner_with_the_camera_sensor_and_a_departure(ray_local, tmp_path: Path
     assert layout["events"] and {"point", "kind", "appear_tick"} <= set(layout["events"][0])
 
 
+@pytest.mark.slow  # the CLI in its own process, with its own embedded Ray
 def test_cli_smoke(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
@@ -224,6 +225,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow  # a Ray of its own, in its own process
 def test_embedded_ray_keeps_the_scenarios_task_event_cap() -> None:
     # Its own process: this module's Ray (ray_local) must not be the one start_ray sees.
     data = _variant().model_dump(mode="json")
