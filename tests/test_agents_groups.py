@@ -1,11 +1,27 @@
 """Training and evaluation cut into groups of agents (agents/population.py AGENT_CHUNK_TOKENS)
-give the same bits as one pass over all K agents."""
+give what one pass over all K agents gives.
+
+Each agent's arithmetic is its own in both (matmuls batched over the agent dim, per-agent
+reductions), and on this machine the bits agree. But a group is a batched matmul over fewer
+matrices, and nothing promises a BLAS the same kernel, blocking or thread split for 3 matrices
+as for 10 (MKL documents reproducibility only for identical calls), so the tests hold each
+path to the float64 reference within float32's bounds (tests/float_bounds.py), as any two
+paths."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from float_bounds import (
+    assert_close_rel,
+    assert_took_step,
+    chain_bound,
+    model_stages,
+    model_terms,
+    reference_step,
+    snapshot,
+)
 
 import agents.population as population
 from agents.config import LearnConfig, ModelConfig
@@ -31,33 +47,40 @@ def _batch(K: int, seed: int = 0):
     return x, y, mask, u
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("ssl", [0.0, 0.3])
 def test_grouped_training_steps_equal_one_pass(monkeypatch, ssl: float) -> None:
     # Prepare: two populations with the same init; one runs in groups of 3 agents.
-    K = 10
+    K, B, T = 10, 16, 8
     pops = [Population(ModelConfig(), LearnConfig(), K, 6, 5, seed=2) for _ in range(2)]
-    x, y, mask, u = _batch(K)
-    losses = []
+    x, y, mask, u = (torch.as_tensor(a) for a in _batch(K))
+    unlabeled = u if ssl else None
+    # the float32 gradient's error, relative to its max norm (float_bounds.chain_bound)
+    rho = chain_bound(model_stages(ModelConfig(), backward=True), model_terms(ModelConfig(), B * T))
     for pop, tokens in zip(pops, [10**9, 3 * (16 * 8 + (4 * 8 if ssl else 0))], strict=True):
         # the second in groups of 3, 3, 4 agents
         monkeypatch.setattr(population, "AGENT_CHUNK_TOKENS", tokens)
-        # Execute: three steps (Adam moments in play)
-        for _ in range(3):
-            out = pop.train_step(x, y, mask, unlabeled=u if ssl else None, ssl_weight=ssl)
-        losses.append(out)
-    # Assert: bit for bit
+        # Execute / Assert: three steps (Adam moments in play), each the float64 reference
+        # step from the state it started from
+        for step in range(1, 4):
+            before = snapshot(pop)
+            ref = reference_step(pop, before, x, y, mask, unlabeled, ssl)
+            loss = pop.train_step(x, y, mask, unlabeled=unlabeled, ssl_weight=ssl)
+            assert_took_step(pop, before, loss, ref, rho, f"{tokens} tokens a group, step {step}")
     assert pops[0]._grad is None and pops[1]._grad is not None  # one pass vs groups
-    assert torch.equal(losses[0].nan_to_num(-1.0), losses[1].nan_to_num(-1.0))
-    assert torch.equal(pops[0].flat, pops[1].flat)
-    assert torch.equal(pops[0].optimizer.v, pops[1].optimizer.v)
 
 
+@pytest.mark.numerics
 def test_grouped_evaluation_equals_one_pass(monkeypatch) -> None:
     K = 7
-    pop = Population(ModelConfig(), LearnConfig(), K, 6, 5, seed=2)
+    cfg = ModelConfig()
+    pop = Population(cfg, LearnConfig(), K, 6, 5, seed=2)
     pop.flat.data += 0.01 * torch.randn(pop.flat.shape, generator=torch.Generator().manual_seed(0))
     x = torch.randn(K, 5, 8, 6, generator=torch.Generator().manual_seed(1))
     monkeypatch.setattr(population, "AGENT_CHUNK_TOKENS", 10**9)
     whole = pop.logits_parallel(x)
     monkeypatch.setattr(population, "AGENT_CHUNK_TOKENS", 2 * 5 * 8)  # groups of 2, 2, 3
-    assert torch.equal(pop.logits_parallel(x), whole)
+    grouped = pop.logits_parallel(x)
+    # each within float32's forward bound of the other (twice one path's: both round)
+    rel = 2 * chain_bound(model_stages(cfg), model_terms(cfg, 8))
+    assert_close_rel(grouped, whole, rel, "groups of 2, 2, 3 vs one pass")

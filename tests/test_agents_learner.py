@@ -7,6 +7,16 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
+from float_bounds import (
+    U64,
+    assert_close_rel,
+    assert_took_step,
+    chain_bound,
+    model_stages,
+    model_terms,
+    reference_step,
+    snapshot,
+)
 
 from agents.config import LearnConfig, ModelConfig
 from agents.learner import OnlineLearner, RecentWindows, ReservoirReplay, balanced_accuracy
@@ -332,27 +342,43 @@ def test_learn_config_rejects_unknown_modes():
         LearnConfig(ewc_lambda=-1.0)
 
 
+@pytest.mark.numerics
 def test_pooled_population_is_one_model_trained_on_everyones_data():
     # The centralized upper bound: K pooled rows take the step a single model takes on the
     # union of their batches (equal batch sizes), and stay equal; agent 2 has no data this step.
+    # Both are held to the float64 reference of that single model's step, not to each other:
+    # the mean of two agents' gradients and one gradient over both batches round differently,
+    # and Adam turns that into +-lr where a gradient is near 0 (tests/float_bounds.py).
     from agents.population import Population
 
     cfg, learn, K, B, T = ModelConfig(), LearnConfig(lr=1e-2), 3, 4, 5
     pooled = Population(cfg, learn, K, OBS, 3, seed=0)
     pooled.pooled = True
     single = Population(cfg, learn, 1, OBS, 3, seed=0)
+    # the float32 gradient's error, relative to its max norm (float_bounds.chain_bound)
+    rho = chain_bound(model_stages(cfg, backward=True), model_terms(cfg, 2 * B * T))
     g = torch.Generator().manual_seed(1)
-    for _ in range(3):
+    for step in range(1, 4):
         x = torch.randn(K, B, T, OBS, generator=g)
         y = torch.randint(0, 3, (K, B), generator=g)
         mask = torch.ones(K, B, dtype=torch.bool)
         mask[2] = False
-        pooled.train_step(x, y, mask)
         # one model, the active agents' batches side by side, each agent's mean weighing equally
-        single.train_step(
-            x[:2].reshape(1, 2 * B, T, OBS), y[:2].reshape(1, -1), mask[:2].reshape(1, -1)
-        )
-    rows = pooled.flat.detach()
-    assert torch.equal(rows[0], rows[1]) and torch.equal(rows[0], rows[2])
-    assert torch.allclose(rows[0], single.flat.detach()[0], atol=1e-5)
+        union = x[:2].reshape(1, 2 * B, T, OBS), y[:2].reshape(1, -1), mask[:2].reshape(1, -1)
+        # Execute / Assert: the single model's step, and the pooled rows' from their own state
+        before = snapshot(single)
+        ref = reference_step(single, before, *union)
+        assert_took_step(single, before, single.train_step(*union), ref, rho, f"single {step}")
+        before = snapshot(pooled)
+        ref = reference_step(pooled, before, x, y, mask, pooled=True)
+        loss = pooled.train_step(x, y, mask)
+        rows = pooled.flat.detach()
+        # the same update applied to equal rows: the same arithmetic, so the same bits
+        assert torch.equal(rows[0], rows[1]) and torch.equal(rows[0], rows[2])
+        assert_took_step(pooled, before, loss, ref, rho, f"pooled {step}")
+        # and the pooled gradient is the union's (the mean of two means of B examples is the
+        # mean of 2B): float64 against float64, two paths each within chain_bound at u64
+        ref_union = reference_step(single, {k: v[:1] for k, v in before.items()}, *union)
+        rel = 2 * chain_bound(model_stages(cfg, backward=True), model_terms(cfg, 2 * B * T), U64)
+        assert_close_rel(ref.grad[0], ref_union.grad[0], rel, "pooled vs union gradient")
     assert not torch.allclose(rows[0], Population(cfg, learn, 1, OBS, 3, seed=0).flat[0])
