@@ -41,13 +41,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.config import ModelConfig
-from agents.population import ADAM_BETAS, ADAM_EPS, Population
+from agents.population import Population
 from agents.yan.io import self_supervised_loss
 from agents.yan.model import as_obs, forward_last, hidden, unflatten
 from agents.yan.selective import Routing, load_balance_loss
 
 U32 = 2.0**-24  # float32 unit roundoff
 U64 = 2.0**-53  # float64 unit roundoff
+# Adam's constants, from Kingma & Ba 2015 (alg. 1), not from the code under test
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
 
 
 # Higham & Mary's confidence parameter: a sum exceeds lambda sqrt(n) u with probability at
