@@ -187,6 +187,7 @@ def _reference_trajectory(
     return xs
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("robust", [None, RobustConfig()], ids=["default", "kind_none"])
 def test_none_is_bit_identical_to_choco(robust: RobustConfig | None) -> None:
     w = _weights("random_regular")
@@ -204,6 +205,8 @@ def test_none_is_bit_identical_to_choco(robust: RobustConfig | None) -> None:
             node.apply(x)
             got[i] = x[0]
     assert nodes[0].robust is None
+    # bits, on any machine: the reference runs ChocoGossip's element-wise operations in its
+    # order, each correctly rounded, with no BLAS call or reordered reduction in between
     assert np.array_equal(got, expected)
 
 
