@@ -70,6 +70,18 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def fixed_global_seeds():
+    """Tests that draw from torch's or numpy's global generator get the same numbers whichever
+    tests ran before them in the process (`-k`, `-m`, another order), as a seeded test would."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(0)
+
+
 @pytest.fixture
 def make_world():
     """Build drone patrol worlds, make_world(n_agents=4, seed=0, **config); all closed after the
