@@ -251,7 +251,7 @@ def test_dead_member_rejoins_by_gossip_or_by_answering_a_ping() -> None:
 @pytest.mark.parametrize("n", [4, 8])
 def test_every_member_detects_a_death_within_the_bound(n: int) -> None:
     bound = detection_bound_s(LAN, n)
-    worst = 0.0
+    period, timeout = LAN.probe_interval_s, suspicion_timeout_s(LAN, n)
     for seed in range(4):
         for kill_at in range(2 * n):
             net = FakeNet(n, seed=seed)
@@ -259,16 +259,22 @@ def test_every_member_detects_a_death_within_the_bound(n: int) -> None:
                 net.period()
             t_kill = net.clock.now
             net.period(kill="n1")
-            for _ in range(math.ceil(bound / LAN.probe_interval_s) + 1):
-                net.period()
+            probed = [
+                any(target == "n1" for _, target in net.period())
+                for _ in range(math.ceil(bound / LAN.probe_interval_s) + 1)
+            ]
             views = net.views("n1")
             assert all(v is not None and v.state is State.DEAD for v in views.values())
             delays = [v.since - t_kill for v in views.values() if v is not None]
-            worst = max(worst, *delays)
             assert max(delays) <= bound, (seed, kill_at, delays, bound)
+            # The first death is exact: the first probe of n1 after the kill period (the j-th
+            # period after it) fails, its period ends at t_kill + (j + 2) T with n1 SUSPECT,
+            # and the timer runs S(n) from there; anyone else hears of it later. So the wait
+            # for that probe is part of every measured delay, whichever the draws.
+            first = probed.index(True)
+            assert min(delays) == pytest.approx((first + 2) * period + timeout), (seed, kill_at)
             # no false positive: nobody else was ever suspected
             assert {e[2] for e in net.events if e[3] is not State.ALIVE} == {"n1"}
-    assert worst > suspicion_timeout_s(LAN, n)  # the probe wait is part of what was measured
 
 
 def test_a_refuted_suspicion_never_becomes_death() -> None:
@@ -288,8 +294,16 @@ def test_a_refuted_suspicion_never_becomes_death() -> None:
 
 
 def test_updates_reach_every_member_then_the_buffer_drains() -> None:
+    # SWIM's dissemination is an epidemic: a new member is known to all n others after
+    # O(log n) periods with high probability, not surely (which members are probed when is
+    # drawn). Measured over 2300 draws of this setup (n = 16, the group's seeds 0-2299):
+    # 2 periods 578 times, 3: 1431, 4: 272, 5: 18, 6: 1; mean 2.88, sd 0.64. So the mean over
+    # 8 draws stays below log2(n + 1) = 4.1 but for a 5-sd excursion of that mean (normal
+    # approximation, p ~ 3e-7), and one draw past 2 ceil(log2(n + 1)) = 10 periods would take
+    # a tail that falls ~15x per extra period (6 periods: 1 in 2300; 11: ~1e-9 extrapolated).
     n = 16
-    for seed in range(4):
+    counts = []
+    for seed in range(8):
         net = FakeNet(n, seed=seed)
         for _ in range(2 * n):  # let the join announcements die down
             net.period()
@@ -302,10 +316,12 @@ def test_updates_reach_every_member_then_the_buffer_drains() -> None:
             net.period()
             periods += 1
             assert periods <= 2 * math.ceil(math.log2(n + 1)), (seed, periods)
+        counts.append(periods)
         for _ in range(4 * retransmit_limit(n + 1)):
             net.period()
         # only each member's own record (carried on every message) is left
         assert all(m.piggyback() == [Update(k, k, State.ALIVE, 0)] for k, m in net.nodes.items())
+    assert sum(counts) / len(counts) <= math.log2(n + 1), counts
 
 
 def test_a_member_that_comes_back_is_alive_again_everywhere() -> None:
