@@ -84,6 +84,19 @@ def test_tour_order_visits_every_point_once_and_is_deterministic():
             assert d[p, r] + d[q, s] >= d[p, q] + d[r, s] - 1e-9
 
 
+def _segment_costs(xy: np.ndarray, tour: np.ndarray) -> np.ndarray:
+    """(P, P): [s, n - 1] the cycle through the n tour points from position s on (the path
+    along the tour plus the leg back), computed point by point, apart from split_tour's
+    arrays."""
+    p = len(tour)
+    cost = np.zeros((p, p))
+    for s in range(p):
+        pts = xy[np.roll(tour, -s)]  # (P, 2) the tour from position s on
+        path = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])  # (P,)
+        cost[s] = path + np.hypot(*(pts - pts[0]).T)
+    return cost
+
+
 @pytest.mark.parametrize("n_drones", [3, 4, 5])
 def test_shared_splits_every_point_into_balanced_segments(n_drones):
     # Prepare: 16 points per zone (64), so each drone gets a dozen or more.
@@ -95,11 +108,34 @@ def test_shared_splits_every_point_into_balanced_segments(n_drones):
     assert len(routes) == n_drones
     assert sorted(np.concatenate(routes).tolist()) == list(range(pmap.n_points))
     lengths = np.array([cycle_length(pmap.points, r) for r in routes])
-    # Balanced: longest / shortest cycle <= 1.5 (measured <= 1.3 over seeds 0-9 for 2-8
-    # drones), and the longest within 1.5x of an equal share of the tour (the legs back to each
-    # segment's start cost ~30 %).
-    assert lengths.max() / lengths.min() <= 1.5, lengths
-    assert lengths.max() <= 1.5 * patrol.tour_m / n_drones
+    p, k, longest = pmap.n_points, n_drones, lengths.max()
+    cost = _segment_costs(pmap.points, patrol.tour)
+    pos = {int(pt): i for i, pt in enumerate(patrol.tour)}
+    starts = [pos[int(r[0])] for r in routes]
+    # No contiguous cutting has a shorter longest cycle (every map): a segment's cycle grows
+    # with it (triangle inequality), so from each start the greedy cover below the longest is
+    # the one that needs fewest segments, and every start needs more than k.
+    for s in range(p):
+        covered = 0
+        for _ in range(k):
+            covered += int((cost[(s + covered) % p, : p - covered] < longest - 1e-9).sum())
+        assert covered < p, (s, covered)
+    # Balanced neighbours (every map): no move of the boundary between two neighbouring
+    # segments shortens the longer of the two. The shortest is not bounded on every map
+    # (maps 0-299 x 2-8 drones: longest / shortest up to 2.57, where a cluster of points
+    # cannot be split finer); this map's is 1.01 / 1.02 / 1.07.
+    for j in range(k):
+        s, both = starts[j], len(routes[j]) + len(routes[(j + 1) % k])
+        a = np.arange(1, both)
+        worst = np.maximum(cost[s, a - 1], cost[(s + a) % p, both - a - 1])
+        assert worst.min() >= max(lengths[j], lengths[(j + 1) % k]) - 1e-9, j
+    # Against an equal share of the tour: the greedy cut of the tour into paths of at most
+    # tour / k takes at most k segments, each cycle at most twice its path, so the longest is
+    # at most 2 tour / k on every map. The legs back cost less in practice: over maps 0-299 x
+    # 2-8 drones longest / (tour / k) was 1.22 median, 1.43 at most (this map: 1.13 / 1.13 /
+    # 1.25), so 1.5 fails only on a map stranger than any of those 2100.
+    assert longest <= 2 * patrol.tour_m / k
+    assert longest <= 1.5 * patrol.tour_m / k
     # Each drone starts over the first point of its own segment.
     start = patrol.reset()
     for i, r in enumerate(routes):
