@@ -2,6 +2,8 @@
 
 The nodes read recorded sensor streams (one pass of the drone patrol physics records every
 device's drone, in `recordings`), so the processes spend their time learning and gossiping.
+A test stops its nodes (SIGTERM) as soon as what it checks has happened: the readings and
+lingers below are upper bounds on how long a node stays up, not waits.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from swarm.scenario import load_scenario
 DEVICE_SCENARIO: dict[str, Any] = {
     "name": "devices",
     "seed": 5,
-    "ticks": 240,
+    # The simulated run of the acceptance test: 3 metrics rows, and deltas both ways with the
+    # devices (which linger for it). Its shards' start and ticks are that test's critical path.
+    "ticks": 120,
     "agents": {"count": 4, "per_shard": 2},
     "world": {
         "area_m": 80,
@@ -49,7 +53,12 @@ DEVICE_SCENARIO: dict[str, Any] = {
     "baseline": {"isolated": False},
     "ray": {"dashboard": False, "num_cpus": 2},
 }
-READINGS = 500  # recorded ticks per device
+#: Recorded ticks per device: enough for the survivors of the kill -9 test to read on while the
+#: killed node restarts; the other tests read fewer (a node's `ticks`) or stop their nodes.
+READINGS = 800
+#: Readings each device reads in the acceptance test: device 5's fire recall came out at 0.85
+#: with 250 (0.9 with 500), its isolated twin's at 0.
+DEVICE_READINGS = 250
 
 
 def _free_port() -> int:
@@ -156,15 +165,26 @@ class NodeProc:
         assert self.proc.returncode == 0, self._stderr()
         return json.loads(self.lines[-1])
 
-    def stop(self, timeout: float = 60) -> dict[str, Any]:
+    def terminate(self) -> None:
+        """SIGTERM: the node finishes its reading, gives its deltas a short grace, and saves."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60) -> dict[str, Any]:
+        self.terminate()
         return self.wait(timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=30)
+
+
+def _stop_all(nodes: list[NodeProc]) -> list[dict[str, Any]]:
+    """SIGTERM every node, then wait for each: their shutdown graces (up to 2 s) overlap."""
+    for node in nodes:
+        node.terminate()
+    return [node.wait(60) for node in nodes]
 
 
 def _until(predicate: Any, timeout: float, what: str) -> Any:
@@ -180,6 +200,7 @@ def _until(predicate: Any, timeout: float, what: str) -> Any:
 # -- configuration ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_node_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "swarm.node", "--help"], capture_output=True, text=True, timeout=60
@@ -227,6 +248,7 @@ def test_node_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
 # -- acceptance 1: devices and a simulated swarm ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_devices_and_simulated_swarm_share_knowledge(
     tmp_path: Path, recordings: Path, ray_local: Any
 ) -> None:
@@ -241,6 +263,7 @@ def test_devices_and_simulated_swarm_share_knowledge(
             tmp_path,
             a,
             ports[a],
+            ticks=DEVICE_READINGS,
             tick_s=0.05,
             linger_s=120,
             shadow=(a == 5),
@@ -277,17 +300,18 @@ def test_devices_and_simulated_swarm_share_knowledge(
             node.first()
         runner.join(timeout=600)
         assert "error" not in result, result.get("error")
-        # the run is over; the devices finish their recordings, then stop on SIGTERM
-        _until(lambda: all((n.status() or {}).get("step") == READINGS for n in nodes.values()),
-               180, "every device to read its whole recording")  # fmt: skip
-        final = {a: n.stop() for a, n in nodes.items()}
+        # the run is over; the devices finish their readings, then stop on SIGTERM
+        _until(lambda: all((n.status() or {}).get("step") == DEVICE_READINGS
+                           for n in nodes.values()),
+               180, "every device to read its readings")  # fmt: skip
+        final = dict(zip(nodes, _stop_all(list(nodes.values())), strict=True))
     finally:
         for node in nodes.values():
             node.kill()
     summary = result["run"].summary
     devices: dict[int, Any] = {}
     for a, st in final.items():
-        assert st["step"] == READINGS and st["deltas_rejected"] == 0, st
+        assert st["step"] == DEVICE_READINGS and st["deltas_rejected"] == 0, st
         devices[a] = {p["node"]: p for p in st["peers"] if p["node"]}
     # Devices 4 and 6 neighbour the simulated agents 3 and 0: the shards introduced
     # themselves and deltas went both ways.
@@ -313,6 +337,7 @@ def test_devices_and_simulated_swarm_share_knowledge(
 # -- acceptance 2: kill -9, failure detection, resume ---------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
     tmp_path: Path, recordings: Path
 ) -> None:
@@ -323,6 +348,9 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
     ports = [_free_port() for _ in range(3)]
     _write_scenario(tmp_path, count=3)
     peers = [f"127.0.0.1:{p}" for p in ports]
+    # The survivors must still be reading when node 2 restarts and rejoins (once they have read
+    # everything they leave, node 2 being dead): the recording's 800 readings at 0.03 s leave
+    # them about 20 s after the kill. The test stops them after the resync.
     configs = [
         _write_node(
             tmp_path,
@@ -408,7 +436,7 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
             )
 
         _until(resynced, 60, "deltas to flow again between agent-2 and the others")
-        final = [restarted.stop(), *(n.stop() for n in nodes[:2])]
+        final = _stop_all([restarted, *nodes[:2]])
     finally:
         for n in [*nodes, *([restarted] if restarted else [])]:
             n.kill()
@@ -419,16 +447,20 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
 # -- acceptance 3: TLS --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordings: Path) -> None:
     from swarm.certs import make_certs
 
     swarm_ca, rogue_ca = tmp_path / "certs", tmp_path / "rogue"
     make_certs(swarm_ca, ["agent-0", "agent-1"])
     make_certs(rogue_ca, ["agent-2"])  # a certificate of its own CA: locally consistent
-    ports = [_free_port() for _ in range(3)]
+    ports = [_free_port() for _ in range(4)]
     _write_scenario(tmp_path, count=3)
     peers = [f"127.0.0.1:{p}" for p in ports[:2]]
     sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
+    # The certified nodes serve until the test stops them: 800 readings at 0.02 s, then a
+    # linger that runs its course (agent 2, their neighbour, never joins): a window of over a
+    # minute for the other two nodes to try.
     good = [
         NodeProc(
             _write_node(
@@ -438,40 +470,48 @@ def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordin
                 peers=peers,
                 tls={"mode": "mtls", "cert_dir": str(swarm_ca)},
                 sensor=sensor,
-                linger_s=10,
+                linger_s=60,
                 tick_s=0.02,
             )
         )  # fmt: skip
         for i in range(2)
     ]
+    # paced, so that it is still reading when its handshakes fail (a node that has read its
+    # whole recording lingers instead of stopping)
+    rogue = _write_node(tmp_path, 2, ports[2], peers=peers, tick_s=0.02,
+                        tls={"mode": "mtls", "cert_dir": str(rogue_ca)}, sensor=sensor)  # fmt: skip
+    # a node whose certificate is missing, in a directory of its own (it runs beside the rogue,
+    # which is agent 2 too)
+    (tmp_path / "missing").mkdir()
+    missing = _write_node(tmp_path / "missing", 2, ports[3], scenario="../scenario.yaml",
+                          key_file="../swarm.key", sensor=sensor,
+                          tls={"mode": "mtls", "cert_dir": str(swarm_ca)})  # fmt: skip
+    others: list[subprocess.Popen[str]] = []
     try:
         for n in good:
             n.first()
-        rogue = subprocess.run(
-            [sys.executable, "-m", "swarm.node", "--config", str(_write_node(
-                tmp_path, 2, ports[2], peers=peers,
-                tls={"mode": "mtls", "cert_dir": str(rogue_ca)}, sensor=sensor,
-            ))],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert rogue.returncode == 3, rogue.stderr[-2000:]
-        assert "cannot join the swarm" in rogue.stderr
-        assert "TLS handshake" in rogue.stderr and "certificate" in rogue.stderr
-        # a node whose certificate is missing says which file and how to make it
-        missing = subprocess.run(
-            [sys.executable, "-m", "swarm.node", "--config", str(_write_node(
-                tmp_path, 2, ports[2], tls={"mode": "mtls", "cert_dir": str(swarm_ca)},
-                sensor=sensor,
-            ))],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert missing.returncode == 2
-        assert "agent-2.pem is missing" in missing.stderr and "swarm certs" in missing.stderr
-        final = [n.wait(180) for n in good]
+        others = [
+            subprocess.Popen([sys.executable, "-m", "swarm.node", "--config", str(config)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for config in (rogue, missing)
+        ]  # fmt: skip
+        (_, rogue_err), (_, missing_err) = (p.communicate(timeout=120) for p in others)
+        # the rogue is refused by the certified nodes
+        assert others[0].returncode == 3, rogue_err[-2000:]
+        assert "cannot join the swarm" in rogue_err
+        assert "TLS handshake" in rogue_err and "certificate" in rogue_err
+        # the other says which file is missing and how to make it
+        assert others[1].returncode == 2, missing_err[-2000:]
+        assert "agent-2.pem is missing" in missing_err and "swarm certs" in missing_err
+        # the two certified nodes gossiped over mutual TLS all along
+        _until(lambda: all(((n.status() or {}).get("deltas_accepted") or 0) > 0 for n in good),
+               60, "deltas accepted by both certified nodes")  # fmt: skip
+        final = _stop_all(good)
     finally:
         for n in good:
             n.kill()
-    # the two certified nodes gossiped over mutual TLS all along
+        for p in others:
+            p.kill()
     refusals = [[p["last_refusal"] for p in st["peers"]] for st in final]
     assert all(st["deltas_accepted"] > 0 and st["deltas_rejected"] == 0 for st in final), refusals
 
@@ -479,6 +519,7 @@ def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordin
 # -- SIGTERM, status view, clock skew, stdin ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_saves_status_view_and_clock_skew(tmp_path: Path) -> None:
     """The built-in simulated sensor; `--status` while running; a peer whose clock is an hour
     off is refused with a message saying so; SIGTERM finishes the reading and saves."""
@@ -491,7 +532,10 @@ def test_sigterm_saves_status_view_and_clock_skew(tmp_path: Path) -> None:
 
     port = _free_port()
     _write_scenario(tmp_path, count=2)
-    config = _write_node(tmp_path, 0, port, tick_s=0.02, checkpoint_every_s=3600, ticks=5000)
+    # linger_s 0: a node alone has no deltas in flight, the shutdown grace would only wait
+    config = _write_node(
+        tmp_path, 0, port, tick_s=0.02, checkpoint_every_s=3600, ticks=5000, linger_s=0
+    )
     node = NodeProc(config)
     try:
         node.first()
@@ -523,6 +567,7 @@ def test_sigterm_saves_status_view_and_clock_skew(tmp_path: Path) -> None:
     assert final["rejected_clock_skew"] == 1
 
 
+@pytest.mark.slow
 def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None:
     """`swarm coordinator` and three nodes with `coordinator:`: FedAvg rounds over gRPC; the
     node that never sees a fire recognises fires through the global model."""
@@ -547,6 +592,8 @@ def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None
                     i,
                     _free_port(),
                     coordinator=f"127.0.0.1:{port}",
+                    # 10 s of readings: a round takes about 0.6 s here (16 rounds measured)
+                    ticks=500,
                     tick_s=0.02,
                     shadow=(i == 1),
                     sensor={
@@ -581,8 +628,20 @@ def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None
     one = final[1]
     assert one["labels_seen"]["fire"] == 0
     assert one["probe_recall"]["fire"] - one["probe_recall_isolated"]["fire"] >= 0.4, one
+    print(
+        "figures:",
+        json.dumps(
+            {
+                "rounds": figures["rounds"],
+                "probe_acc": [st["probe_acc"] for st in final],
+                "fire": one["probe_recall"]["fire"],
+                "fire_isolated": one["probe_recall_isolated"]["fire"],
+            }
+        ),
+    )
 
 
+@pytest.mark.slow
 def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) -> None:
     ports = [_free_port(), _free_port()]
     _write_scenario(tmp_path, count=2)
@@ -594,7 +653,7 @@ def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) ->
         other = subprocess.run(
             [sys.executable, "-m", "swarm.node", "--config", str(_write_node(
                 tmp_path, 1, ports[1], peers=[f"127.0.0.1:{ports[0]}"], key_file="other.key",
-                sensor=sensor,
+                sensor=sensor, tick_s=0.02,  # still reading when the refusal comes
             ))],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -606,6 +665,7 @@ def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) ->
     assert "different keys" in status["error"]  # the status file says why it stopped
 
 
+@pytest.mark.slow
 def test_a_node_never_imports_ray(tmp_path: Path, recordings: Path) -> None:
     _write_scenario(tmp_path, count=2)
     config = _write_node(tmp_path, 0, 0, linger_s=0, sensor={
@@ -621,6 +681,7 @@ def test_a_node_never_imports_ray(tmp_path: Path, recordings: Path) -> None:
     assert proc.stdout.split()[-2:] == ["30", "[]"]
 
 
+@pytest.mark.slow
 def test_stdin_sensor_skips_bad_lines(tmp_path: Path, recordings: Path) -> None:
     lines = (recordings / "agent-5.jsonl").read_text().splitlines()[:121]
     lines.insert(50, '{"t": 100000, "obs": [1, 2]}')  # a glitch: wrong length
