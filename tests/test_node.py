@@ -62,6 +62,8 @@ DEVICE_READINGS = 250
 
 
 def _free_port() -> int:
+    """A port for a node its peers must know before it starts; another process may take it
+    first, so a node nobody needs to know in advance listens on port 0 instead."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -454,9 +456,9 @@ def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordin
     swarm_ca, rogue_ca = tmp_path / "certs", tmp_path / "rogue"
     make_certs(swarm_ca, ["agent-0", "agent-1"])
     make_certs(rogue_ca, ["agent-2"])  # a certificate of its own CA: locally consistent
-    ports = [_free_port() for _ in range(4)]
+    ports = [_free_port() for _ in range(2)]
     _write_scenario(tmp_path, count=3)
-    peers = [f"127.0.0.1:{p}" for p in ports[:2]]
+    peers = [f"127.0.0.1:{p}" for p in ports]
     sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
     # The certified nodes serve until the test stops them: 800 readings at 0.02 s, then a
     # linger that runs its course (agent 2, their neighbour, never joins): a window of over a
@@ -478,12 +480,12 @@ def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordin
     ]
     # paced, so that it is still reading when its handshakes fail (a node that has read its
     # whole recording lingers instead of stopping)
-    rogue = _write_node(tmp_path, 2, ports[2], peers=peers, tick_s=0.02,
+    rogue = _write_node(tmp_path, 2, 0, peers=peers, tick_s=0.02,
                         tls={"mode": "mtls", "cert_dir": str(rogue_ca)}, sensor=sensor)  # fmt: skip
     # a node whose certificate is missing, in a directory of its own (it runs beside the rogue,
     # which is agent 2 too)
     (tmp_path / "missing").mkdir()
-    missing = _write_node(tmp_path / "missing", 2, ports[3], scenario="../scenario.yaml",
+    missing = _write_node(tmp_path / "missing", 2, 0, scenario="../scenario.yaml",
                           key_file="../swarm.key", sensor=sensor,
                           tls={"mode": "mtls", "cert_dir": str(swarm_ca)})  # fmt: skip
     others: list[subprocess.Popen[str]] = []
@@ -530,15 +532,14 @@ def test_sigterm_saves_status_view_and_clock_skew(tmp_path: Path) -> None:
     from swarm import checkpoint
     from swarm.proto.v1 import gossip_pb2
 
-    port = _free_port()
     _write_scenario(tmp_path, count=2)
     # linger_s 0: a node alone has no deltas in flight, the shutdown grace would only wait
     config = _write_node(
-        tmp_path, 0, port, tick_s=0.02, checkpoint_every_s=3600, ticks=5000, linger_s=0
+        tmp_path, 0, 0, tick_s=0.02, checkpoint_every_s=3600, ticks=5000, linger_s=0
     )
     node = NodeProc(config)
     try:
-        node.first()
+        address = node.first()["listening"]
         _until(lambda: ((node.status() or {}).get("step") or 0) >= 20, 60, "20 readings")
         view = subprocess.run(
             [sys.executable, "-m", "swarm.node", "--config", str(config), "--status"],
@@ -554,7 +555,7 @@ def test_sigterm_saves_status_view_and_clock_skew(tmp_path: Path) -> None:
         wire.sign_introduction(intro, b"k" * 40)
         peers = Peers(2**20, TrafficCounters())
         with pytest.raises(grpc.RpcError) as info:
-            peers.introduce(f"127.0.0.1:{port}", intro, 10.0)
+            peers.introduce(address, intro, 10.0)
         peers.close()
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "clock skew" in info.value.details() and "-3600" in info.value.details()
@@ -647,16 +648,15 @@ def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None
 
 @pytest.mark.slow
 def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) -> None:
-    ports = [_free_port(), _free_port()]
     _write_scenario(tmp_path, count=2)
     (tmp_path / "other.key").write_bytes(b"o" * 40)
     sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
-    good = NodeProc(_write_node(tmp_path, 0, ports[0], sensor=sensor, tick_s=0.05, linger_s=5))
+    good = NodeProc(_write_node(tmp_path, 0, 0, sensor=sensor, tick_s=0.05, linger_s=5))
     try:
-        good.first()
+        address = good.first()["listening"]
         other = subprocess.run(
             [sys.executable, "-m", "swarm.node", "--config", str(_write_node(
-                tmp_path, 1, ports[1], peers=[f"127.0.0.1:{ports[0]}"], key_file="other.key",
+                tmp_path, 1, 0, peers=[address], key_file="other.key",
                 sensor=sensor, tick_s=0.02,  # still reading when the refusal comes
             ))],
             capture_output=True, text=True, timeout=120,
@@ -691,7 +691,7 @@ def test_stdin_sensor_skips_bad_lines(tmp_path: Path, recordings: Path) -> None:
     lines.insert(50, '{"t": 100000, "obs": [1, 2]}')  # a glitch: wrong length
     lines.insert(80, "not json")
     _write_scenario(tmp_path, count=2)
-    config = _write_node(tmp_path, 0, _free_port(), sensor={"kind": "stdin"}, linger_s=0)
+    config = _write_node(tmp_path, 0, 0, sensor={"kind": "stdin"}, linger_s=0)
     proc = subprocess.run(
         [sys.executable, "-m", "swarm.node", "--config", str(config)],
         input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120,
