@@ -286,6 +286,10 @@ def test_replay_and_ewc_forget_far_less_than_plain_online_sgd_on_shifting_domain
     # Assert: on seeds 0-4 plain SGD's BWT was -0.33 / -0.67 / -0.65 / -0.34 / -0.55 and
     # replay + EWC's -0.01 / -0.00 / -0.01 / -0.00 / -0.00 (ACC 0.78 / 0.55 / 0.56 / 0.78 / 0.63
     # against 0.98 / 0.99 / 0.98 / 1.00 / 0.99): smallest gaps 0.32 (BWT) and 0.20 (ACC).
+    # Seeds 0-2 under the three kernel families of tests/numerics_matrix.sh at 1 and 2 threads
+    # (18 runs) gave those figures to the third decimal in every run: the smallest per-agent
+    # BWT gap 0.29 (seed 0), plain SGD's accuracy on the domain just learnt 0.994-0.995
+    # (chance 0.5: two classes a domain, balanced accuracy).
     report = _report("plain SGD", R_a, b_a) + "\n" + _report("replay+EWC", R_b, b_b)
     a, b = ContinualScores.from_matrix(R_a), ContinualScores.from_matrix(R_b)
     assert np.diagonal(R_a, axis1=1, axis2=2).mean() > 0.9, report  # plain SGD does learn

@@ -374,6 +374,9 @@ def test_self_supervised_loss_alone_learns_a_predictable_stream():
         loss.sum().backward()
         opt.step()
         losses.append(loss.detach())
-    # Assert: every agent's loss falls to a small fraction (mean of the first / last 10 steps)
+    # Assert: every agent's loss falls to a small fraction (mean of the first / last 10 steps).
+    # Measured with the init and the streams drawn from seeds 0-3, under the three kernel
+    # families of tests/numerics_matrix.sh at 1 and 2 threads (24 runs): last / first 7.4e-4
+    # to 1.2e-3 for the worst agent (seed 0: 7.4e-4 in all six); nothing learnt stays at 1.
     first, last = torch.stack(losses[:10]).mean(0), torch.stack(losses[-10:]).mean(0)
     assert (last < 0.1 * first).all(), (first, last)
