@@ -314,7 +314,13 @@ def test_devices_and_simulated_swarm_share_knowledge(
     summary = result["run"].summary
     devices: dict[int, Any] = {}
     for a, st in final.items():
-        assert st["step"] == DEVICE_READINGS and st["deltas_rejected"] == 0, st
+        refused = {k: v for k, v in st.items() if k.startswith("rejected_") and v}
+        assert st["step"] == DEVICE_READINGS and st["deltas_rejected"] == 0, (
+            a,
+            st["step"],
+            refused,
+            nodes[a]._stderr()[-1500:],
+        )
         devices[a] = {p["node"]: p for p in st["peers"] if p["node"]}
     # Devices 4 and 6 neighbour the simulated agents 3 and 0: the shards introduced
     # themselves and deltas went both ways.
