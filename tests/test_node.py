@@ -168,6 +168,12 @@ class NodeProc:
         assert self.proc.returncode == 0, self._stderr()
         return json.loads(self.lines[-1])
 
+    def exit(self, timeout: float = 120) -> tuple[int, str]:
+        """For a node that stops on its own with an error: its exit status and whole stderr."""
+        self.proc.wait(timeout=timeout)
+        self._stderr()
+        return self.proc.returncode, self.err
+
     def terminate(self) -> None:
         """SIGTERM: the node finishes its reading, gives its deltas a short grace, and saves."""
         if self.proc.poll() is None:
@@ -467,9 +473,9 @@ def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordin
     _write_scenario(tmp_path, count=3)
     peers = [f"127.0.0.1:{p}" for p in ports]
     sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
-    # The certified nodes serve until the test stops them: 800 readings at 0.02 s, then a
-    # linger that runs its course (agent 2, their neighbour, never joins): a window of over a
-    # minute for the other two nodes to try.
+    # All four start at once. The certified nodes serve until the test stops them: 800
+    # readings at 0.02 s, then a linger that runs its course (agent 2, their neighbour, never
+    # joins): over a minute for the other two to try.
     good = [
         NodeProc(
             _write_node(
@@ -485,42 +491,40 @@ def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordin
         )  # fmt: skip
         for i in range(2)
     ]
-    # paced, so that it is still reading when its handshakes fail (a node that has read its
-    # whole recording lingers instead of stopping)
-    rogue = _write_node(tmp_path, 2, 0, peers=peers, tick_s=0.02,
-                        tls={"mode": "mtls", "cert_dir": str(rogue_ca)}, sensor=sensor)  # fmt: skip
+    # The rogue retries while the certified nodes are not listening yet (a refused connection
+    # is no handshake failure), then fails their handshakes. Paced, so that it is still
+    # reading by then (a node that has read its whole recording lingers instead of stopping).
+    rogue = NodeProc(_write_node(
+        tmp_path, 2, 0, peers=peers, tick_s=0.02, sensor=sensor,
+        tls={"mode": "mtls", "cert_dir": str(rogue_ca)},
+    ))  # fmt: skip
     # a node whose certificate is missing, in a directory of its own (it runs beside the rogue,
     # which is agent 2 too)
     (tmp_path / "missing").mkdir()
-    missing = _write_node(tmp_path / "missing", 2, 0, scenario="../scenario.yaml",
-                          key_file="../swarm.key", sensor=sensor,
-                          tls={"mode": "mtls", "cert_dir": str(swarm_ca)})  # fmt: skip
-    others: list[subprocess.Popen[str]] = []
+    missing = NodeProc(_write_node(
+        tmp_path / "missing", 2, 0, scenario="../scenario.yaml", key_file="../swarm.key",
+        sensor=sensor, tls={"mode": "mtls", "cert_dir": str(swarm_ca)},
+    ))  # fmt: skip
     try:
-        for n in good:
-            n.first()
-        others = [
-            subprocess.Popen([sys.executable, "-m", "swarm.node", "--config", str(config)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for config in (rogue, missing)
-        ]  # fmt: skip
-        (_, rogue_err), (_, missing_err) = (p.communicate(timeout=120) for p in others)
-        # the rogue is refused by the certified nodes
-        assert others[0].returncode == 3, rogue_err[-2000:]
+        # the two certified nodes gossip over mutual TLS
+        _until(lambda: all(((n.status() or {}).get("deltas_accepted") or 0) > 0 for n in good),
+               120, "deltas accepted by both certified nodes")  # fmt: skip
+        # the rogue is refused by them (its status file says why it stopped); they can stop
+        # while it closes
+        _until(lambda: (rogue.status() or {}).get("error") or rogue.proc.poll() is not None,
+               120, "the rogue to be refused")  # fmt: skip
+        final = _stop_all(good)
+        rogue_code, rogue_err = rogue.exit(120)
+        assert rogue_code == 3, rogue_err[-2000:]
         assert "cannot join the swarm" in rogue_err
         assert "TLS handshake" in rogue_err and "certificate" in rogue_err
         # the other says which file is missing and how to make it
-        assert others[1].returncode == 2, missing_err[-2000:]
+        missing_code, missing_err = missing.exit(120)
+        assert missing_code == 2, missing_err[-2000:]
         assert "agent-2.pem is missing" in missing_err and "swarm certs" in missing_err
-        # the two certified nodes gossiped over mutual TLS all along
-        _until(lambda: all(((n.status() or {}).get("deltas_accepted") or 0) > 0 for n in good),
-               60, "deltas accepted by both certified nodes")  # fmt: skip
-        final = _stop_all(good)
     finally:
-        for n in good:
+        for n in (*good, rogue, missing):
             n.kill()
-        for p in others:
-            p.kill()
     refusals = [[p["last_refusal"] for p in st["peers"]] for st in final]
     assert all(st["deltas_accepted"] > 0 and st["deltas_rejected"] == 0 for st in final), refusals
 
