@@ -118,14 +118,29 @@ def _write_node(tmp: Path, agent: int, port: int, **cfg: Any) -> Path:
     return path
 
 
-class NodeProc:
-    """One `swarm-node` OS process; its stdout is JSON lines (start, then final status)."""
+#: A node process on standby: it imports what a node runs on (the interpreter's start and
+#: torch's import take seconds), then waits for a line on stdin before it runs `swarm-node`.
+STANDBY = (
+    "import sys, torch, agents.learner, protocols.gossip, protocols.membership_net, swarm.node\n"
+    "sys.stdin.readline()\n"
+    "swarm.node.main(['--config', sys.argv[1]])\n"
+)
 
-    def __init__(self, config: Path, *, stdin: Any = None):
+
+class NodeProc:
+    """One `swarm-node` OS process; its stdout is JSON lines (start, then final status).
+    On `standby`, the node starts when `go()` is called."""
+
+    def __init__(self, config: Path, *, standby: bool = False):
         self.config = config
+        command = (
+            ["-c", STANDBY, str(config)]
+            if standby
+            else ["-m", "swarm.node", "--config", str(config)]
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swarm.node", "--config", str(config)],
-            stdin=stdin,
+            [sys.executable, *command],
+            stdin=subprocess.PIPE if standby else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -139,6 +154,11 @@ class NodeProc:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None, "not on standby"
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
 
     def first(self, timeout: float = 90) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -385,6 +405,8 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
         fresh_acc = nodes[2].first()["probe_acc"]
         for n in nodes:
             n.first()
+        # node 2's next process, ready to run the node as soon as the test kills this one
+        restarted = NodeProc(configs[2], standby=True)
 
         def ready() -> bool:
             st = [n.status() or {} for n in nodes]
@@ -421,7 +443,7 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
                            for n, s in zip(nodes[:2], steps, strict=True)),
                30, "the survivors to go on")  # fmt: skip
 
-        restarted = NodeProc(configs[2])
+        restarted.go()
         start = restarted.first()
         first_epoch = nodes[2].first()["epoch"]
         assert start["epoch"] > first_epoch == meta["epoch"]  # a new incarnation
