@@ -53,8 +53,8 @@ DEVICE_SCENARIO: dict[str, Any] = {
     "baseline": {"isolated": False},
     "ray": {"dashboard": False, "num_cpus": 2},
 }
-#: Recorded ticks per device: enough for the survivors of the kill -9 test to read on while the
-#: killed node restarts; the other tests read fewer (a node's `ticks`) or stop their nodes.
+#: Recorded ticks per device: enough for the survivors of the kill -9 test to read on until the
+#: killed node is back; the other tests read fewer (a node's `ticks`) or stop their nodes.
 READINGS = 800
 #: Readings each device reads in the acceptance test, at 0.04 s: 10 s, about as long as the
 #: simulated run's start and 120 ticks take here. Device 5's fire recall came out at 0.85 with
@@ -384,15 +384,16 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
     _write_scenario(tmp_path, count=3)
     peers = [f"127.0.0.1:{p}" for p in ports]
     # The survivors must still be reading when node 2 restarts and rejoins (once they have read
-    # everything they leave, node 2 being dead): the recording's 800 readings at 0.03 s leave
-    # them about 20 s after the kill. The test stops them after the resync.
+    # everything they leave, node 2 being dead): the recording's 800 readings at 0.02 s leave
+    # them about 13 s after the kill, for its detection (3.5 s at most) and a restart on
+    # standby (0.3 s measured). The test stops them after the resync.
     configs = [
         _write_node(
             tmp_path,
             i,
             ports[i],
             peers=peers,
-            tick_s=0.03,
+            tick_s=0.02,
             linger_s=60,
             sensor={"kind": "file", "path": str(recordings / f"agent-{4 + i}.jsonl")},
         )  # fmt: skip
