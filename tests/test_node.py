@@ -29,9 +29,10 @@ from swarm.scenario import load_scenario
 DEVICE_SCENARIO: dict[str, Any] = {
     "name": "devices",
     "seed": 5,
-    # The simulated run of the acceptance test: 3 metrics rows, and deltas both ways with the
-    # devices (which linger for it). Its shards' start and ticks are that test's critical path.
-    "ticks": 120,
+    # The simulated run of the acceptance test: 2 metrics rows, 16 gossip rounds, deltas both
+    # ways with the devices (which linger for it). Its shards' start and ticks are that test's
+    # critical path.
+    "ticks": 80,
     "agents": {"count": 4, "per_shard": 2},
     "world": {
         "area_m": 80,
@@ -57,7 +58,7 @@ DEVICE_SCENARIO: dict[str, Any] = {
 #: killed node is back; the other tests read fewer (a node's `ticks`) or stop their nodes.
 READINGS = 800
 #: Readings each device reads in the acceptance test, at 0.04 s: 10 s, about as long as the
-#: simulated run's start and 120 ticks take here. Device 5's fire recall came out at 0.85 with
+#: simulated run's start and 80 ticks take here. Device 5's fire recall came out at 0.85 with
 #: 250 (0.9 with 500), its isolated twin's at 0.
 DEVICE_READINGS = 250
 
