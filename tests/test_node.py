@@ -617,29 +617,27 @@ def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None
          "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    nodes: list[NodeProc] = []
+    # the nodes import what they run on while the service starts; they need its address
+    nodes = [NodeProc(tmp_path / f"node-{i}.yaml", standby=True) for i in range(3)]
     try:
         assert service.stdout is not None
         hello = json.loads(service.stdout.readline())
         assert hello["agents"] == 3
-        nodes = [
-            NodeProc(
-                _write_node(
-                    tmp_path,
-                    i,
-                    0,
-                    coordinator=hello["coordinator"],
-                    tick_s=0.02,
-                    shadow=(i == 1),
-                    sensor={
-                        "kind": "file",
-                        "path": str(recordings / f"agent-{4 + i}.jsonl"),
-                        "hide_kinds": ["fire"] if i == 1 else [],
-                    },
-                )
-            )  # fmt: skip
-            for i in range(3)
-        ]
+        for i, node in enumerate(nodes):
+            _write_node(
+                tmp_path,
+                i,
+                0,
+                coordinator=hello["coordinator"],
+                tick_s=0.02,
+                shadow=(i == 1),
+                sensor={
+                    "kind": "file",
+                    "path": str(recordings / f"agent-{4 + i}.jsonl"),
+                    "hide_kinds": ["fire"] if i == 1 else [],
+                },
+            )  # writes node.config
+            node.go()
 
         # 400 readings and 13 rounds (10 asserted) on every node, then all stop together; a
         # round takes ~0.6 s, 400 readings at 0.02 s gave 13 to 15 (node 1's fire recall 0.85
