@@ -104,6 +104,15 @@ def _write_scenario(
     return path
 
 
+def _recorded(recordings: Path, agent: int, *, blind_to_fire: bool = False) -> dict[str, Any]:
+    """A node's sensor: the recorded stream of drone `agent`, its fires hidden if blind."""
+    return {
+        "kind": "file",
+        "path": str(recordings / f"agent-{agent}.jsonl"),
+        "hide_kinds": ["fire"] if blind_to_fire else [],
+    }
+
+
 def _write_node(tmp: Path, agent: int, port: int, **cfg: Any) -> Path:
     data = {
         "scenario": "scenario.yaml",
@@ -297,11 +306,7 @@ def test_devices_and_simulated_swarm_share_knowledge(
             tick_s=0.04,
             linger_s=120,
             shadow=(a == 5),
-            sensor={
-                "kind": "file",
-                "path": str(recordings / f"agent-{a}.jsonl"),
-                "hide_kinds": ["fire"] if a == 5 else [],
-            },
+            sensor=_recorded(recordings, a, blind_to_fire=(a == 5)),
         )  # fmt: skip
         for a in ports
     }
@@ -396,7 +401,7 @@ def test_kill_9_is_detected_and_the_node_resumes_from_its_checkpoint(
             peers=peers,
             tick_s=0.02,
             linger_s=60,
-            sensor={"kind": "file", "path": str(recordings / f"agent-{4 + i}.jsonl")},
+            sensor=_recorded(recordings, 4 + i),
         )  # fmt: skip
         for i in range(3)
     ]
@@ -496,7 +501,7 @@ def test_a_node_without_a_valid_certificate_cannot_join(tmp_path: Path, recordin
     ports = [_free_port() for _ in range(2)]
     _write_scenario(tmp_path, count=3)
     peers = [f"127.0.0.1:{p}" for p in ports]
-    sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
+    sensor = _recorded(recordings, 4)
     # All four start at once. The certified nodes serve until the test stops them: 800
     # readings at 0.02 s, then a linger that runs its course (agent 2, their neighbour, never
     # joins): over a minute for the other two to try.
@@ -631,11 +636,7 @@ def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None
                 coordinator=hello["coordinator"],
                 tick_s=0.02,
                 shadow=(i == 1),
-                sensor={
-                    "kind": "file",
-                    "path": str(recordings / f"agent-{4 + i}.jsonl"),
-                    "hide_kinds": ["fire"] if i == 1 else [],
-                },
+                sensor=_recorded(recordings, 4 + i, blind_to_fire=(i == 1)),
             )  # writes node.config
             node.go()
 
@@ -689,7 +690,7 @@ def test_devices_through_a_coordinator(tmp_path: Path, recordings: Path) -> None
 def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) -> None:
     _write_scenario(tmp_path, count=2)
     (tmp_path / "other.key").write_bytes(b"o" * 40)
-    sensor = {"kind": "file", "path": str(recordings / "agent-4.jsonl")}
+    sensor = _recorded(recordings, 4)
     good = NodeProc(_write_node(tmp_path, 0, 0, sensor=sensor, tick_s=0.05, linger_s=5))
     try:
         address = good.first()["listening"]
@@ -711,8 +712,7 @@ def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) ->
 @pytest.mark.slow
 def test_a_node_never_imports_ray(tmp_path: Path, recordings: Path) -> None:
     _write_scenario(tmp_path, count=2)
-    config = _write_node(tmp_path, 0, 0, linger_s=0, sensor={
-        "kind": "file", "path": str(recordings / "agent-4.jsonl")})  # fmt: skip
+    config = _write_node(tmp_path, 0, 0, linger_s=0, sensor=_recorded(recordings, 4))
     code = (
         "import sys; from pathlib import Path; from swarm.node import Node, load_node_config\n"
         f"node = Node(load_node_config({str(config)!r}), Path({str(tmp_path)!r}))\n"
