@@ -23,10 +23,11 @@ import contextlib
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
+import pytest
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import example, given, settings
@@ -433,31 +434,24 @@ def _check_reached(reached: Counter) -> None:
     assert all(reached[kind] for kind in (MALFORMED, FORGED, "taken", "replayed")), reached
 
 
-def test_push_deltas_applies_only_what_verifies_and_each_genuine_delta_at_most_once() -> None:
-    edge, reached = _GossipEdge(), Counter[str]()
+@pytest.mark.parametrize(
+    ("make_edge", "pool"),
+    [(_GossipEdge, GOSSIP_POOL), (_CoordinatorEdge, COORDINATOR_POOL)],
+    ids=["push_deltas", "submit_deltas"],
+)
+def test_applies_only_what_verifies_and_each_genuine_delta_at_most_once(
+    make_edge: Callable[[], Edge], pool: dict[Key, delta_pb2.KnowledgeDelta]
+) -> None:
+    edge, reached = make_edge(), Counter[str]()
     with _serving(edge) as channel:
 
         @HOSTILE
         @_must_run
-        @given(ops=_requests(GOSSIP_POOL))
-        def push(ops: list[bytes]) -> None:
+        @given(ops=_requests(pool))
+        def hostile(ops: list[bytes]) -> None:
             _hostile_requests(edge, channel, ops, reached)
 
-        push()
-    _check_reached(reached)
-
-
-def test_submit_deltas_applies_only_what_verifies_and_each_genuine_delta_at_most_once() -> None:
-    edge, reached = _CoordinatorEdge(), Counter[str]()
-    with _serving(edge) as channel:
-
-        @HOSTILE
-        @_must_run
-        @given(ops=_requests(COORDINATOR_POOL))
-        def submit(ops: list[bytes]) -> None:
-            _hostile_requests(edge, channel, ops, reached)
-
-        submit()
+        hostile()
     _check_reached(reached)
 
 
