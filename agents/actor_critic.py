@@ -55,7 +55,7 @@ from agents.config import LearnConfig, ModelConfig, RLConfig
 from agents.population import StackedOptimizer, pool_gradients
 from agents.yan import io
 from agents.yan.io import HeadConfig
-from agents.yan.model import Spec, hidden, init_flat, num_params, param_specs, unflatten
+from agents.yan.model import Spec, hidden, init_flat, num_params, param_specs, views
 from agents.yan.selective import (
     RouteRecord,
     Routing,
@@ -176,10 +176,10 @@ class PolicyPopulation:
         K, P = self.flat.shape
         rows = self.flat.view(K, len(ROLES), P // len(ROLES))[:, roles]  # (K, n, P_role)
         n = rows.shape[1]
-        params = unflatten(rows.reshape(K * n, -1), self.model_specs)  # K*n models
+        params = views(rows.reshape(K * n, -1), self.model_specs)  # K*n models
         xs = x.repeat_interleave(n, dim=0) if n > 1 else x  # (K*n, B, W, obs_dim)
         h = hidden(self.model_cfg, params, {"vector": xs}, routing)[:, :, -1:]  # (Kn, B, 1, D)
-        logits, value = io.act(params, h)  # (Kn, B, 1, A), (Kn, B, 1)
+        logits, value = io.act(params.head, h)  # (Kn, B, 1, A), (Kn, B, 1)
         B = x.shape[1]
         return logits.view(K, n, B, -1), value.view(K, n, B)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.yan.model import Spec, forward_last, unflatten
+from agents.yan.model import Spec, forward_last, views
 
 if TYPE_CHECKING:
     from agents.population import Population
@@ -74,7 +74,7 @@ def empirical_fisher(
         b = xs.shape[1]
         rows = flat.repeat_interleave(b, 0).requires_grad_(True)  # (K*b, P) one per example
         obs = population.split_obs(xs.reshape(K * b, 1, *xs.shape[2:]))  # image + vector
-        logits = forward_last(cfg, unflatten(rows, specs), cast(Tensor, obs))
+        logits = forward_last(cfg, views(rows, specs), cast(Tensor, obs))
         nll = F.cross_entropy(logits[:, 0], ys.reshape(-1), reduction="sum")
         (g,) = torch.autograd.grad(nll, rows)  # (K*b, P) per-example gradients
         fisher += torch.einsum("kbp,kb->kp", g.view(K, b, -1).square(), w[:, start : start + b])

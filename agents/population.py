@@ -43,7 +43,7 @@ from agents.yan.model import (
     init_state,
     num_params,
     param_specs,
-    unflatten,
+    views,
 )
 from agents.yan.selective import (
     RouteRecord,
@@ -189,7 +189,7 @@ class Population:
         """x_t (K, obs_dim) -> logits (K, n_classes); advances every agent's recurrent state."""
         x = torch.as_tensor(x_t, dtype=torch.float32).view(self.n_agents, 1, self.obs_dim)
         logits, self.state = forward_step(
-            self.model_cfg, unflatten(self.flat, self.specs), self.split_obs(x), self.state
+            self.model_cfg, views(self.flat, self.specs), self.split_obs(x), self.state
         )
         return logits[:, 0]  # (K, n_classes)
 
@@ -221,7 +221,7 @@ class Population:
         x = torch.as_tensor(x, dtype=torch.float32)
         out = []
         for lo, hi in agent_spans(self.n_agents, x.shape[1] * x.shape[2]):
-            params = unflatten(self.flat[lo:hi], self.specs)
+            params = views(self.flat[lo:hi], self.specs)
             obs = _model_input(self.split_obs(x[lo:hi]))
             if x.shape[2] > CHUNKWISE_FROM_T:
                 out.append(forward_chunkwise(self.model_cfg, params, obs, chunk=CHUNK)[0])
@@ -313,7 +313,7 @@ class Population:
         """train_step's per-agent loss (k,), detached, and its gradient (k, P) for the rows
         `flat` (k, P): self.flat, or a leaf holding a copy of some of its rows, with their
         x (k, B, T, obs_dim), y (k, B), w (k, B) float mask and unlabeled windows u or None."""
-        params = unflatten(flat, self.specs)
+        params = views(flat, self.specs)
         cfg = self.model_cfg
         routing = None
         if cfg.ffn_groups > 1:
@@ -336,7 +336,7 @@ class Population:
         if u is not None:
             uo = as_obs(self.split_obs(u))
             h = hidden(cfg, params, uo, routing)  # (k, Bu, Tu, D)
-            loss = loss + ssl_weight * self_supervised_loss(params, h, uo, self.inputs)  # (k,)
+            loss = loss + ssl_weight * self_supervised_loss(params.head, h, uo, self.inputs)  # (k,)
         if penalty is not None:
             loss = loss + penalty(flat)  # (k,)
         (grad,) = torch.autograd.grad(loss.sum(), flat)  # (k, P)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pydantic
 import pytest
 import torch
@@ -20,6 +22,7 @@ from agents.yan.model import (
     param_specs,
     unflatten,
 )
+from agents.yan.params import as_model
 from agents.yan.selective import (
     LOAD_BALANCE_ALPHA,
     RouteRecord,
@@ -139,14 +142,13 @@ def test_recurrent_ffn_never_reads_unselected_weights_and_agrees_with_parallel_f
     # Prepare: per agent one token; poison every group it does not select with NaN (a
     # multiply-by-zero implementation would turn the output into NaN)
     cfg = ModelConfig(**SHAPE, ffn_groups=4, ffn_top_k=2)
-    params = _params(cfg, 3)
-    prefix = "blocks.1.ffn"
+    ffn = as_model(_params(cfg, 3)).blocks[1].ffn
     x = torch.randn(3, cfg.d_model, 1)
-    top, _ = route(params[f"{prefix}.w_gate"], params[f"{prefix}.w_noise"], x, 2, None)
-    poisoned = dict(params)
+    top, _ = route(*selective.router(ffn), x, 2, None)
+    poisoned = {}
     Fg = 8
     for name in ("w1", "b1", "w2"):
-        w = params[f"{prefix}.{name}"].detach().clone()
+        w = getattr(ffn, name).detach().clone()
         for a in range(3):
             for g in set(range(4)) - set(top[a, :, 0].tolist()):
                 rows = slice(g * Fg, (g + 1) * Fg)
@@ -154,11 +156,11 @@ def test_recurrent_ffn_never_reads_unselected_weights_and_agrees_with_parallel_f
                     w[a, :, rows] = float("nan")
                 else:
                     w[a, rows] = float("nan")
-        poisoned[f"{prefix}.{name}"] = w
+        poisoned[name] = w
     # Execute
     with torch.no_grad():
-        step = selective.ffn_step(poisoned, prefix, x, 2)
-        parallel = selective.ffn_parallel(params, prefix, x, 2, None)
+        step = selective.ffn_step(replace(ffn, **poisoned), x, 2)
+        parallel = selective.ffn_parallel(ffn, x, 2, None)
     # Assert
     assert torch.isfinite(step).all()
     # two roundings stages (w1, w2) of sums over D and F terms, twice (both paths)

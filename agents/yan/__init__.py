@@ -10,9 +10,12 @@ from agents.yan.model import (
     num_params,
     param_specs,
     unflatten,
+    views,
 )
+from agents.yan.params import ModelParams
 
 __all__ = [
+    "ModelParams",
     "State",
     "forward_parallel",
     "forward_step",
@@ -22,4 +25,5 @@ __all__ = [
     "num_params",
     "param_specs",
     "unflatten",
+    "views",
 ]

@@ -1,7 +1,7 @@
 """Multimodal inputs and heads of the Yan model, in stacked-population form.
 
 Every parameter carries a leading agent dimension K (one row of the flat (K, P) tensor per agent,
-see `agents.yan.model.unflatten`); one call serves K agents, each with its own weights. No Python
+see `agents.yan.params`); one call serves K agents, each with its own weights. No Python
 loop runs over agents: per-agent maps are bmm / gather over the K dim.
 
 The token stream. An observation at time step t is turned into `tokens_per_step(inp)` tokens,
@@ -50,9 +50,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from agents.yan.params import EmbedParams, HeadParams, Spec, as_embed, as_head, need
 from swarm._config import Section
 
-Spec = tuple[str, tuple[int, ...]]
+Embed = EmbedParams | Mapping[str, Tensor]
+"""The encoders' parameters: their typed views, or the named views of `params.unflatten`."""
+Heads = HeadParams | Mapping[str, Tensor]
+"""The heads' parameters: their typed views, or the named views of `params.unflatten`."""
 
 MODALITIES = ("image", "vector", "tokens")
 """Observation keys, in stream order within a time step."""
@@ -247,7 +251,7 @@ def mean_patch_colours(image: Tensor, patch: int) -> Tensor:
 
 
 def encode(
-    params: Mapping[str, Tensor], obs: Mapping[str, Tensor], inp: InputConfig, d_model: int
+    params: Embed, obs: Mapping[str, Tensor], inp: InputConfig, d_model: int
 ) -> tuple[Tensor, Tensor]:
     """Observations -> one token stream (K, B, L, D) and the read positions (T,) int64.
 
@@ -259,7 +263,8 @@ def encode(
     layout: `stream.flatten(1, 2).transpose(1, 2)` is (K, D, B*L) and contiguous, no copy.
     """
     _check_obs(obs, inp)
-    mod = params["enc.modality"]  # (K, n_mod, D)
+    e = as_embed(params)
+    mod = e.modality  # (K, n_mod, D)
     if mod.shape[-1] != d_model:
         raise ValueError(f"params have d_model {mod.shape[-1]}, expected {d_model}")
     K, _, D = mod.shape
@@ -273,20 +278,24 @@ def encode(
         x = patchify(obs["image"].to(dtype), inp.image.patch)  # (K, B, T, Np, ppC)
         Np = x.shape[3]
         # per-agent linear, feature-major out: (K, D, ppC) @ (K, ppC, B*T*Np)
-        z = torch.bmm(params["enc.image.w"], x.view(K, B * T * Np, -1).transpose(1, 2))
-        slot = (params["enc.image.pos"] + mod[:, row, None]).transpose(1, 2)  # (K, D, Np)
+        w = need(e.image_w, "enc.image.w")  # (K, D, ppC)
+        z = torch.bmm(w, x.view(K, B * T * Np, -1).transpose(1, 2))
+        pos = need(e.image_pos, "enc.image.pos")  # (K, Np, D)
+        slot = (pos + mod[:, row, None]).transpose(1, 2)  # (K, D, Np)
         parts.append(z.view(K, D, B * T, Np).add_(slot[:, :, None]).view(K, D, B, T, Np))
         row += 1
     if inp.vector_dim:
         x = obs["vector"].to(dtype).reshape(K, B * T, -1)  # (K, BT, vd)
-        z = torch.baddbmm(mod[:, row, :, None], params["enc.vector.w"], x.transpose(1, 2))
+        w = need(e.vector_w, "enc.vector.w")  # (K, D, vd)
+        z = torch.baddbmm(mod[:, row, :, None], w, x.transpose(1, 2))
         parts.append(z.view(K, D, B, T, 1))  # (K, D, BT) + modality
         row += 1
     if inp.vocab:
         idx = obs["tokens"].reshape(K, B * T, 1).expand(K, B * T, D)  # (K, BT, D)
         # gather reads the strided (K, V, D) view of flat in place (an F.embedding on a
         # (K*V, D) table would first copy every agent's whole table)
-        z = torch.gather(params["enc.tokens.emb"], 1, idx).add_(mod[:, row, None])  # (K, BT, D)
+        emb = need(e.tokens_emb, "enc.tokens.emb")  # (K, V, D)
+        z = torch.gather(emb, 1, idx).add_(mod[:, row, None])  # (K, BT, D)
         parts.append(z.transpose(1, 2).view(K, D, B, T, 1))
     stream = torch.cat(parts, dim=4)  # (K, D, B, T, S) contiguous
     S = stream.shape[-1]
@@ -295,7 +304,7 @@ def encode(
 
 
 def encode_step(
-    params: Mapping[str, Tensor], obs_t: Mapping[str, Tensor], inp: InputConfig, d_model: int
+    params: Embed, obs_t: Mapping[str, Tensor], inp: InputConfig, d_model: int
 ) -> Tensor:
     """One time step (recurrent form): obs without the T dim -> its S tokens (K, B, S, D), in
     stream order; the heads read after the last one."""
@@ -323,29 +332,29 @@ def _linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return y.view(K, B, T, w.shape[1])
 
 
-def classify(params: Mapping[str, Tensor], h: Tensor) -> Tensor:
+def classify(params: Heads, h: Tensor) -> Tensor:
     """h (K, B, T, D) -> classification logits (K, B, T, n_classes)."""
-    return _linear(h, params["head.cls.w"], params["head.cls.b"])
+    cls = need(as_head(params).cls, "head.cls")
+    return _linear(h, cls.w, cls.b)
 
 
-def act(params: Mapping[str, Tensor], h: Tensor) -> tuple[Tensor, Tensor]:
+def act(params: Heads, h: Tensor) -> tuple[Tensor, Tensor]:
     """h (K, B, T, D) -> policy logits (K, B, T, n_actions), value (K, B, T)."""
-    logits = _linear(h, params["head.policy.w"], params["head.policy.b"])
-    value = _linear(h, params["head.value.w"], params["head.value.b"])[..., 0]
-    return logits, value
+    hp = as_head(params)
+    policy, value = need(hp.policy, "head.policy"), need(hp.value, "head.value")
+    return _linear(h, policy.w, policy.b), _linear(h, value.w, value.b)[..., 0]
 
 
-def predict_next(params: Mapping[str, Tensor], h: Tensor, inp: InputConfig) -> dict[str, Tensor]:
+def predict_next(params: Heads, h: Tensor, inp: InputConfig) -> dict[str, Tensor]:
     """h (K, B, T, D) at step t -> predictions of step t+1: "image" mean patch colours
     (K, B, T, Np*C), "vector" (K, B, T, vector_dim), "tokens" logits (K, B, T, vocab)."""
-    return {
-        m: _linear(h, params[f"head.next.{m}.w"], params[f"head.next.{m}.b"])
-        for m in modalities(inp)
-    }
+    nxt = as_head(params).next
+    heads = {m: need(nxt.get(m), f"head.next.{m}") for m in modalities(inp)}
+    return {m: _linear(h, lin.w, lin.b) for m, lin in heads.items()}
 
 
 def next_step_losses(
-    params: Mapping[str, Tensor],
+    params: Heads,
     h: Tensor,
     obs: Mapping[str, Tensor],
     inp: InputConfig,
@@ -381,7 +390,7 @@ def next_step_losses(
 
 
 def self_supervised_loss(
-    params: Mapping[str, Tensor],
+    params: Heads,
     h: Tensor,
     obs: Mapping[str, Tensor],
     inp: InputConfig,

@@ -1,9 +1,9 @@
 """Yan model (MCSD blocks, no attention) written in stacked-population form.
 
 Every parameter carries a leading agent dimension K, so one call serves K agents, each with its
-own weights. All parameters of one agent live in one row of a flat tensor (K, P); `unflatten`
-returns named, differentiable views into it. Gossip and averaging work on the flat rows; the
-model reads the views.
+own weights. All parameters of one agent live in one row of a flat tensor (K, P); `views`
+returns typed, differentiable views into it (`ModelParams`, agents/yan/params.py). Gossip and
+averaging work on the flat rows; the model reads the views.
 
 What is from the paper ("MCSD: An Efficient Language Model with Diverse Fusion", Yang, Li, Li,
 RockAI, arXiv 2406.12230):
@@ -29,9 +29,12 @@ The equations, per layer, channel c, token t (x_t the normed input of the sublay
     h_t = lambda_c h_{t-1} + q_t = sum_{m<=t} lambda_c^{t-m} q_m                    (decay)
     y_t = W_out [rms(u_t * s_t) ; rms(p_t * h_t)]_c                      (fuse, per channel)
     z <- z + y;  z <- z + FFN(rms(z))
-Three forms compute the same function (tests/test_agents_model.py checks outputs and gradients):
+One `block` (norm -> MCSD mixing -> residual, norm -> FFN -> residual) serves three forms that
+compute the same function (tests/test_agents_model.py checks outputs and gradients); only the
+sequence-mixing kernel, turning the branches [v | q | u | p] into [u * s, p * h], differs:
   - parallel (`forward_parallel`, `forward_last`): both sections as one masked Toeplitz matmul
     over the whole window, M (C, 2, T, T). Fastest for training windows; O(T^2) memory.
+    Kernel: `ParallelMixing`.
   - chunkwise (`forward_chunkwise`): chunks of L tokens. Inside a chunk both sections are
     Toeplitz matmuls; across chunks two states are carried, as RetNet's chunkwise form (arXiv
     2307.08621, eq. 7) with a per-channel scalar decay:
@@ -40,8 +43,9 @@ Three forms compute the same function (tests/test_agents_model.py checks outputs
         h_{end of chunk i} = lambda^L h_{end of chunk i-1} + (intra-chunk h at j = L-1),
     and the slope reads the previous chunk's last W v-vectors (the ring) as extra columns. It
     starts from any state and returns the final one (prefill, then decode with forward_step).
-    O(T (L + W)) time and memory; no T x T matrix.
+    O(T (L + W)) time and memory; no T x T matrix. Kernel: `ChunkwiseMixing`.
   - recurrent (`forward_step`): one token, a ring of the last W v-vectors and h; O(1) state.
+    Kernel: `StepMixing`; the selective FFN then reads only the selected groups' weights.
 
 Shapes: K agents, B sequences per agent, T tokens, D = d_model, C channels, Dc = D / C,
 W = slope window, L = chunk length, F = ffn_mult * D, G = FFN groups, P = parameters per agent.
@@ -52,7 +56,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -61,16 +67,33 @@ from torch import Tensor
 from agents.config import ModelConfig
 from agents.yan import io, selective
 from agents.yan.io import HeadConfig, ImageConfig, InputConfig
+from agents.yan.params import (
+    EmbedParams,
+    FFNParams,
+    HeadParams,
+    LayerParams,
+    MCSDParams,
+    ModelParams,
+    Spec,
+    as_model,
+    need,
+)
+from agents.yan.params import unflatten as unflatten  # the named views, re-exported
+from agents.yan.params import views as views  # the typed views, re-exported
 from agents.yan.selective import Routing
 
 Obs = Tensor | Mapping[str, Tensor]
 """An observation batch: a tensor (..., vector_dim) is the "vector" modality; a mapping holds
 any of "image", "vector", "tokens" (agents/yan/io.py)."""
 
-Spec = tuple[str, tuple[int, ...]]
-State = list[tuple[Tensor, Tensor]]
-"""Recurrent state, per layer: (v_hist (K, C, Dc, W, B), the last W v-vectors oldest first;
+Params = ModelParams | Mapping[str, Tensor]
+"""A model's parameters: the typed views of `views`, or the named views of `unflatten`."""
+
+LayerState = tuple[Tensor, Tensor]
+"""Recurrent state of one layer: (v_hist (K, C, Dc, W, B), the last W v-vectors oldest first;
 h (K, C, Dc, B), the decay state)."""
+State = list[LayerState]
+"""Recurrent state, per layer."""
 
 RMS_EPS = 1e-6  # keeps rsqrt finite on an all-zero vector (zero-padded stream start)
 
@@ -118,18 +141,6 @@ def param_specs(cfg: ModelConfig, obs: int | InputConfig, heads: int | HeadConfi
 
 def num_params(specs: list[Spec]) -> int:
     return sum(math.prod(shape) for _, shape in specs)
-
-
-def unflatten(flat: Tensor, specs: list[Spec]) -> dict[str, Tensor]:
-    """flat (K, P) -> {name: view (K, *shape)}; views, so gradients reach `flat`."""
-    sizes = [math.prod(shape) for _, shape in specs]
-    if sum(sizes) != flat.shape[1]:
-        raise ValueError(f"flat has {flat.shape[1]} parameters per agent, specs: {sum(sizes)}")
-    # split, not slicing: its backward is one cat, where each slice's backward would
-    # zero-fill a whole (K, P) gradient
-    chunks = flat.split(sizes, dim=1)  # (K, n_i) views
-    K = flat.shape[0]
-    return {name: c.view(K, *shape) for (name, shape), c in zip(specs, chunks, strict=True)}
 
 
 def init_flat(
@@ -249,8 +260,7 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
 
 def feed_forward(
     cfg: ModelConfig,
-    params: dict[str, Tensor],
-    prefix: str,
+    p: FFNParams,
     x: Tensor,
     routing: Routing | None = None,
     step: bool = False,
@@ -262,24 +272,23 @@ def feed_forward(
     """
     if cfg.ffn_groups > 1:
         if step:
-            return selective.ffn_step(params, prefix, x, cfg.ffn_top_k)
-        return selective.ffn_parallel(params, prefix, x, cfg.ffn_top_k, routing)
-    h = F.gelu(linear(x, params[f"{prefix}.w1"], params[f"{prefix}.b1"]))  # (K, F, N)
-    return linear(h, params[f"{prefix}.w2"], params[f"{prefix}.b2"])  # (K, D, N)
+            return selective.ffn_step(p, x, cfg.ffn_top_k)
+        return selective.ffn_parallel(p, x, cfg.ffn_top_k, routing)
+    h = F.gelu(linear(x, p.w1, p.b1))  # (K, F, N)
+    return linear(h, p.w2, p.b2)  # (K, D, N)
 
 
-def mcsd_branches(params: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
+def mcsd_branches(p: MCSDParams, x: Tensor) -> Tensor:
     """Block-diagonal per-channel projections of all four branches at once.
 
     x (K, D, N) -> (K, C, 4Dc, N), rows [v | q | u | p]: the two branches whose history is
     aggregated (v: slope, q: decay) first, then the two element-wise gates (u: slope, p: decay).
     """
-    w = params[f"{prefix}.w_in"]  # (K, C, 4Dc, Dc)
-    K, C, _, Dc = w.shape
-    return torch.matmul(w, x.view(K, C, Dc, -1))  # (K, C, 4Dc, N)
+    K, C, _, Dc = p.w_in.shape  # (K, C, 4Dc, Dc)
+    return torch.matmul(p.w_in, x.view(K, C, Dc, -1))  # (K, C, 4Dc, N)
 
 
-def mcsd_fuse(params: dict[str, Tensor], prefix: str, gated: Tensor) -> Tensor:
+def mcsd_fuse(p: MCSDParams, gated: Tensor) -> Tensor:
     """gated (K, C, 2, Dc, N) = [u * s, p * h] -> (K, D, N).
 
     Each channel's slope and decay sections are RMS-normed separately (the decay channels'
@@ -289,43 +298,189 @@ def mcsd_fuse(params: dict[str, Tensor], prefix: str, gated: Tensor) -> Tensor:
     """
     K, C, _, Dc, N = gated.shape
     y = rms_norm(gated).view(K, C * 2 * Dc, N)  # (K, 2D, N)
-    return linear(y, params[f"{prefix}.w_out"])  # (K, D, N)
+    return linear(y, p.w_out)  # (K, D, N)
 
 
 # ----------------------------------------------------------------------------------------------
-# Parallel form (training): slope and decay as masked Toeplitz matmuls over the window
+# Sequence mixing, one kernel per form: the branches y (K, C, 4Dc, N), rows [v | q | u | p],
+# -> gated (K, C, 2, Dc, N') = [u * s, p * h], s the slope and h the decay section, and the
+# layer's state after the last token. Everything else in a block is the same in every form.
+
+StateT = TypeVar("StateT")
 
 
-def _mcsd_parallel(
-    params: dict[str, Tensor], prefix: str, x: Tensor, M: Tensor, T: int, last_only: bool
-) -> Tensor:
-    """MCSD sublayer on normed x (K, D, B*T) -> (K, D, B*T), or (K, D, B) at the last token."""
-    y = mcsd_branches(params, prefix, x)  # (K, C, 4Dc, BT)
-    K, C, Dc4, N = y.shape
-    Dc, B = Dc4 // 4, N // T
-    # split, not slicing: the backward of two slices zero-fills two y-sized gradients and adds
-    # them (at K = 500 agents, 16 windows of 8 tokens: ~15% of a training step); split's is a cat
-    vq_, up_ = y.split(2 * Dc, dim=2)
-    vq = vq_.view(K, C, 2, Dc * B, T)  # v, q with time innermost
-    up = up_.view(K, C, 2, Dc, B, T)  # u, p
-    if last_only:
-        # [s | h]_{T-1} = sum_m M[c, j, T-1, m] [v | q]_m
-        sh = torch.matmul(vq, M[:, :, -1, :, None]).view(K, C, 2, Dc, B)
-        return mcsd_fuse(params, prefix, up[..., -1] * sh)  # (K, D, B)
-    # s_t = sum_m P_c(t-m) v_m  and  h_t = sum_m lambda_c^(t-m) q_m, all t at once
-    sh = torch.matmul(vq, M.transpose(-1, -2)).view(K, C, 2, Dc, B, T)
-    return mcsd_fuse(params, prefix, (up * sh).view(K, C, 2, Dc, N))  # (K, D, BT)
+class Mixing(Generic[StateT]):
+    """The sequence-mixing kernel of one form of the model; StateT is its per-layer state."""
+
+    one_token = False
+    """The kernel sees one token per sequence (the recurrent step): the selective FFN then
+    gathers the selected groups' weights instead of masking all of them."""
+
+    def keep(self, z: Tensor) -> Tensor:
+        """The residual stream z (K, D, N) at the N' positions the kernel returns."""
+        return z
+
+    def __call__(self, y: Tensor, state: StateT) -> tuple[Tensor, StateT]:
+        raise NotImplementedError
 
 
-def infer_inputs(params: Mapping[str, Tensor], obs: Mapping[str, Tensor]) -> InputConfig:
+@dataclass(frozen=True, eq=False)
+class ParallelMixing(Mixing[None]):
+    """Parallel form (training): slope and decay as masked Toeplitz matmuls over the window.
+
+    Every sequence starts from the zero state; no state comes out. last_only: only each
+    sequence's last token is read after this layer, so only it is computed (N' = B)."""
+
+    M: Tensor
+    """(C, 2, T, T) mixing_matrices."""
+    T: int
+    last_only: bool = False
+
+    def keep(self, z: Tensor) -> Tensor:
+        if not self.last_only:
+            return z
+        K, D, _ = z.shape
+        return z.view(K, D, -1, self.T)[..., -1]  # (K, D, B)
+
+    def __call__(self, y: Tensor, state: None) -> tuple[Tensor, None]:
+        K, C, Dc4, N = y.shape  # (K, C, 4Dc, BT)
+        Dc, B, T = Dc4 // 4, N // self.T, self.T
+        # split, not slicing: the backward of two slices zero-fills two y-sized gradients and
+        # adds them (at K = 500 agents, 16 windows of 8 tokens: ~15% of a training step);
+        # split's is a cat
+        vq_, up_ = y.split(2 * Dc, dim=2)
+        vq = vq_.view(K, C, 2, Dc * B, T)  # v, q with time innermost
+        up = up_.view(K, C, 2, Dc, B, T)  # u, p
+        if self.last_only:
+            # [s | h]_{T-1} = sum_m M[c, j, T-1, m] [v | q]_m
+            sh = torch.matmul(vq, self.M[:, :, -1, :, None]).view(K, C, 2, Dc, B)
+            return up[..., -1] * sh, None  # (K, C, 2, Dc, B)
+        # s_t = sum_m P_c(t-m) v_m  and  h_t = sum_m lambda_c^(t-m) q_m, all t at once
+        sh = torch.matmul(vq, self.M.transpose(-1, -2)).view(K, C, 2, Dc, B, T)
+        return (up * sh).view(K, C, 2, Dc, N), None  # (K, C, 2, Dc, BT)
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkwiseMixing(Mixing[LayerState]):
+    """Chunkwise form (long sequences, prefill): Toeplitz matmuls inside chunks of L tokens,
+    the carried state across them (module docstring). B sequences of T tokens each; the state
+    is forward_step's, before token 0 in, after token T-1 out."""
+
+    B: int
+    T: int
+    L: int
+
+    def __call__(self, y: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        K, C, Dc4, _ = y.shape  # (K, C, 4Dc, BT)
+        Dc, B, T, L = Dc4 // 4, self.B, self.T, self.L
+        v_hist, h0 = state  # (K, C, Dc, W, B), (K, C, Dc, B)
+        W = v_hist.shape[3]
+        S, Lam, lam_in, lam_L = chunk_matrices(C, W, L, y.dtype)
+        n = -(-T // L)  # chunks; the last one is zero-padded to L tokens
+        pad = n * L - T
+        v_, q_, up_ = y.split([Dc, Dc, 2 * Dc], dim=2)  # split: see ParallelMixing
+        v = F.pad(v_.view(K, C, Dc, B, T), (0, pad))  # (K, C, Dc, B, nL)
+        q = F.pad(q_.view(K, C, Dc, B, T), (0, pad))  # (K, C, Dc, B, nL)
+        up = up_.view(K, C, 2, Dc, B, T)  # u, p
+
+        # slope: each chunk reads its L tokens and the W before them (carried ring, or the
+        # previous chunk's tail): overlapping windows of W+L, one Toeplitz matmul for all chunks
+        v_ext = torch.cat([v_hist.transpose(3, 4), v], dim=-1)  # (K, C, Dc, B, W+nL)
+        windows = v_ext.unfold(-1, W + L, L)  # (K, C, Dc, B, n, W+L)
+        s = torch.matmul(windows.reshape(K, C, -1, W + L), S.transpose(1, 2))  # (K, C, DcBn, L)
+        s = s.view(K, C, Dc, B, n * L)[..., :T]  # (K, C, Dc, B, T)
+
+        # decay: intra-chunk Toeplitz matmul, then the carried state (RetNet eq. 7)
+        intra = torch.matmul(q.view(K, C, -1, L), Lam.transpose(1, 2))  # (K, C, DcBn, L)
+        intra = intra.view(K, C, Dc, B, n, L)
+        lam_L = lam_L.view(C, 1, 1)
+        carried = [h0]  # h at the end of chunk i-1, for i = 0..n-1; (K, C, Dc, B) each
+        for i in range(n - 1):
+            carried.append(lam_L * carried[-1] + intra[..., i, -1])
+        h_in = torch.stack(carried, dim=-1).unsqueeze(-1)  # (K, C, Dc, B, n, 1)
+        h = intra + lam_in.view(C, 1, 1, 1, L) * h_in  # (K, C, Dc, B, n, L)
+        h = h.view(K, C, Dc, B, n * L)[..., :T]  # (K, C, Dc, B, T)
+
+        gated = up * torch.stack([s, h], dim=2)  # (K, C, 2, Dc, B, T) [u * s, p * h]
+        # state after token T-1: its last W v-vectors, oldest first, and h_{T-1}
+        v_hist = v_ext[..., T : T + W].transpose(3, 4).contiguous()  # (K, C, Dc, W, B)
+        return gated.view(K, C, 2, Dc, B * T), (v_hist, h[..., -1].contiguous())
+
+
+@dataclass(frozen=True, eq=False)
+class StepMixing(Mixing[LayerState]):
+    """Recurrent form (inference): one token per sequence, y (K, C, 4Dc, B); O(1) state."""
+
+    kernel: Tensor
+    """(C, 1, W, 1) slope kernel over the ring, oldest slot first (step_weights)."""
+    lam: Tensor
+    """(C, 1, 1) decay rates (step_weights)."""
+    one_token = True
+
+    def __call__(self, y: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        K, C, Dc4, B = y.shape  # (K, C, 4Dc, B)
+        Dc = Dc4 // 4
+        v_hist, h = state  # (K, C, Dc, W, B), (K, C, Dc, B)
+        v, q, up = y[:, :, :Dc], y[:, :, Dc : 2 * Dc], y[:, :, 2 * Dc :]
+        # ring of the last W v-vectors, oldest first: shifting keeps slot j at lag W-1-j
+        v_hist = torch.cat([v_hist[:, :, :, 1:], v.unsqueeze(3)], dim=3)  # (K, C, Dc, W, B)
+        s = (self.kernel * v_hist).sum(3)  # (K, C, Dc, B)   s_t = sum_m P_c(m) v_{t-m}
+        h = self.lam * h + q  # (K, C, Dc, B)                  h_t = lambda_c h_{t-1} + q_t
+        gated = up.view(K, C, 2, Dc, B) * torch.stack([s, h], dim=2)  # [u * s, p * h]
+        return gated, (v_hist, h)  # (K, C, 2, Dc, B)
+
+
+# ----------------------------------------------------------------------------------------------
+# The block, the same in every form
+
+
+def block(
+    cfg: ModelConfig,
+    p: LayerParams,
+    z: Tensor,
+    mixing: Mixing[StateT],
+    state: StateT,
+    routing: Routing | None = None,
+) -> tuple[Tensor, StateT]:
+    """One pre-norm residual Yan block: z (K, D, N) -> (K, D, N'), and the layer's state after
+    it. MCSD sublayer (branches -> the form's mixing kernel -> fuse), then the FFN sublayer
+    (dense, or selective with `routing`). N' = N, except where the kernel keeps fewer tokens."""
+    y = mcsd_branches(p.mcsd, rms_norm(z, p.norm_mix))  # (K, C, 4Dc, N) [v | q | u | p]
+    gated, state = mixing(y, state)  # (K, C, 2, Dc, N') [u * s, p * h]
+    z = mixing.keep(z) + mcsd_fuse(p.mcsd, gated)  # (K, D, N')
+    z = z + feed_forward(cfg, p.ffn, rms_norm(z, p.norm_ffn), routing, mixing.one_token)
+    return z, state
+
+
+def _blocks(
+    cfg: ModelConfig,
+    p: ModelParams,
+    z: Tensor,
+    mixing: Mixing[LayerState],
+    state: State,
+    routing: Routing | None = None,
+) -> tuple[Tensor, State]:
+    """z (K, D, N) through every block with one stateful kernel: (K, D, N), the new state."""
+    new_state: State = []
+    for layer, layer_state in zip(p.blocks, state, strict=True):
+        z, layer_state = block(cfg, layer, z, mixing, layer_state, routing)
+        new_state.append(layer_state)
+    return z, new_state
+
+
+# ----------------------------------------------------------------------------------------------
+# Observations in, logits out
+
+
+def infer_inputs(e: EmbedParams, obs: Mapping[str, Tensor]) -> InputConfig:
     """The InputConfig of an observation batch, from its shapes and the encoder weights."""
     image = None
     if "image" in obs:
         H, W_, C = obs["image"].shape[-3:]
-        patch = math.isqrt(params["enc.image.w"].shape[-1] // C)
+        patch = math.isqrt(need(e.image_w, "enc.image.w").shape[-1] // C)
         image = ImageConfig(height=H, width=W_, channels=C, patch=patch)
     vector_dim = obs["vector"].shape[-1] if "vector" in obs else 0
-    vocab = params["enc.tokens.emb"].shape[1] if "tokens" in obs else 0
+    vocab = need(e.tokens_emb, "enc.tokens.emb").shape[1] if "tokens" in obs else 0
     return InputConfig(vector_dim=vector_dim, image=image, vocab=vocab)
 
 
@@ -334,13 +489,13 @@ def as_obs(x: Obs) -> dict[str, Tensor]:
     return dict(x) if isinstance(x, Mapping) else {"vector": x}
 
 
-def _embed(params: dict[str, Tensor], x: Obs) -> tuple[Tensor, int, int, int]:
+def _embed(e: EmbedParams, x: Obs) -> tuple[Tensor, int, int, int]:
     """Observations (K, B, T, ...) -> token stream z (K, D, B*L), with B, T and S tokens per
     step (L = T*S; the heads read the last token of every step)."""
     obs = as_obs(x)
-    inp = infer_inputs(params, obs)
-    D = params["enc.modality"].shape[-1]
-    stream, _ = io.encode(params, obs, inp, D)  # (K, B, L, D), a view of (K, D, B, L)
+    inp = infer_inputs(e, obs)
+    D = e.modality.shape[-1]
+    stream, _ = io.encode(e, obs, inp, D)  # (K, B, L, D), a view of (K, D, B, L)
     K, B, L, _ = stream.shape
     S = io.tokens_per_step(inp)
     return stream.flatten(1, 2).transpose(1, 2), B, L // S, S  # (K, D, BL) contiguous
@@ -354,45 +509,40 @@ def _read(z: Tensor, B: int, T: int, S: int) -> Tensor:
     return z.view(K, D, B, T, S)[..., -1].reshape(K, D, B * T)
 
 
+def head(p: HeadParams, z: Tensor) -> Tensor:
+    """Classification logits from the final-normed state: z (K, D, N) -> (K, n_classes, N)."""
+    cls = need(p.cls, "head.cls")
+    return linear(z, cls.w, cls.b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parallel form (training)
+
+
 def _features(
-    cfg: ModelConfig,
-    params: dict[str, Tensor],
-    x: Obs,
-    last_only: bool,
-    routing: Routing | None,
+    cfg: ModelConfig, p: ModelParams, x: Obs, last_only: bool, routing: Routing | None
 ) -> Tensor:
     """Observations (K, B, T, ...) -> final-normed state at every step's read position
     (K, D, B*T), or at the last one (K, D, B) if last_only."""
-    z, B, T, S = _embed(params, x)  # z (K, D, B*L)
-    K, L = z.shape[0], T * S
+    z, B, T, S = _embed(p.embed, x)  # z (K, D, B*L)
+    L = T * S
     M = mixing_matrices(cfg.channels, cfg.slope_window, L, z.dtype)  # (C, 2, L, L)
-    for i in range(cfg.layers):  # z (K, D, BL)
-        b = f"blocks.{i}"
-        last = last_only and i == cfg.layers - 1  # only the last token is read after this
-        zn = rms_norm(z, params[f"{b}.norm_mix"])
-        mix = _mcsd_parallel(params, f"{b}.mcsd", zn, M, L, last)
-        z = (z.view(K, -1, B, L)[..., -1] if last else z) + mix
-        z = z + feed_forward(cfg, params, f"{b}.ffn", rms_norm(z, params[f"{b}.norm_ffn"]), routing)
-    return rms_norm(z if last_only else _read(z, B, T, S), params["norm_f"])
+    for i, layer in enumerate(p.blocks):  # z (K, D, BL)
+        last = last_only and i == len(p.blocks) - 1  # only the last token is read after this
+        z, _ = block(cfg, layer, z, ParallelMixing(M, L, last), None, routing)
+    return rms_norm(z if last_only else _read(z, B, T, S), p.norm_f)
 
 
-def head(params: dict[str, Tensor], z: Tensor) -> Tensor:
-    """Classification logits from the final-normed state: z (K, D, N) -> (K, n_classes, N)."""
-    return linear(z, params["head.cls.w"], params["head.cls.b"])
-
-
-def hidden(
-    cfg: ModelConfig, params: dict[str, Tensor], x: Obs, routing: Routing | None = None
-) -> Tensor:
+def hidden(cfg: ModelConfig, params: Params, x: Obs, routing: Routing | None = None) -> Tensor:
     """Final-normed state at every step (K, B, T, D): what the heads in agents/yan/io.py read
     (action/value, self-supervised next-step prediction)."""
     K, B, T = as_obs(x)[next(iter(as_obs(x)))].shape[:3]
-    z = _features(cfg, params, x, False, routing)  # (K, D, B*T)
+    z = _features(cfg, as_model(params), x, False, routing)  # (K, D, B*T)
     return z.transpose(1, 2).reshape(K, B, T, -1)
 
 
 def forward_parallel(
-    cfg: ModelConfig, params: dict[str, Tensor], x: Tensor, routing: Routing | None = None
+    cfg: ModelConfig, params: Params, x: Tensor, routing: Routing | None = None
 ) -> Tensor:
     """x (K, B, T, obs_dim) -> logits (K, B, T, n_classes), causal: token t sees tokens <= t.
 
@@ -400,80 +550,31 @@ def forward_parallel(
     sequences use forward_chunkwise. routing: the selective FFN's noise and record (training);
     None = no noise, nothing recorded.
     """
+    p = as_model(params)
     K, B, T = as_obs(x)[next(iter(as_obs(x)))].shape[:3]
-    logits = head(params, _features(cfg, params, x, False, routing))  # (K, n, BT)
+    logits = head(p.head, _features(cfg, p, x, False, routing))  # (K, n, BT)
     return logits.transpose(1, 2).reshape(K, B, T, -1)
 
 
 def forward_last(
-    cfg: ModelConfig, params: dict[str, Tensor], x: Tensor, routing: Routing | None = None
+    cfg: ModelConfig, params: Params, x: Tensor, routing: Routing | None = None
 ) -> Tensor:
     """x (K, B, T, obs_dim) -> logits of the last token (K, B, n_classes).
 
     Equals forward_parallel(...)[:, :, -1]; the last layer computes only what that token needs
     (training reads only the last token of each window).
     """
-    return head(params, _features(cfg, params, x, True, routing)).transpose(1, 2)
+    p = as_model(params)
+    return head(p.head, _features(cfg, p, x, True, routing)).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------
-# Chunkwise form (long sequences, prefill): Toeplitz matmuls inside chunks, states across them
-
-
-def _mcsd_chunkwise(
-    params: dict[str, Tensor],
-    prefix: str,
-    x: Tensor,
-    B: int,
-    T: int,
-    L: int,
-    layer_state: tuple[Tensor, Tensor],
-) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """MCSD sublayer on normed x (K, D, B*T) -> (K, D, B*T), and the state after token T-1.
-
-    layer_state: (v_hist (K, C, Dc, W, B), h (K, C, Dc, B)) before token 0, as forward_step's.
-    """
-    y = mcsd_branches(params, prefix, x)  # (K, C, 4Dc, BT)
-    K, C, Dc4, _ = y.shape
-    Dc = Dc4 // 4
-    v_hist, h0 = layer_state
-    W = v_hist.shape[3]
-    S, Lam, lam_in, lam_L = chunk_matrices(C, W, L, x.dtype)
-    n = -(-T // L)  # chunks; the last one is zero-padded to L tokens
-    pad = n * L - T
-    v_, q_, up_ = y.split([Dc, Dc, 2 * Dc], dim=2)  # split: see _mcsd_parallel
-    v = F.pad(v_.view(K, C, Dc, B, T), (0, pad))  # (K, C, Dc, B, nL)
-    q = F.pad(q_.view(K, C, Dc, B, T), (0, pad))  # (K, C, Dc, B, nL)
-    up = up_.view(K, C, 2, Dc, B, T)  # u, p
-
-    # slope: each chunk reads its L tokens and the W before them (carried ring, or the
-    # previous chunk's tail): overlapping windows of W+L, one Toeplitz matmul for all chunks
-    v_ext = torch.cat([v_hist.transpose(3, 4), v], dim=-1)  # (K, C, Dc, B, W+nL)
-    windows = v_ext.unfold(-1, W + L, L)  # (K, C, Dc, B, n, W+L)
-    s = torch.matmul(windows.reshape(K, C, -1, W + L), S.transpose(1, 2))  # (K, C, DcBn, L)
-    s = s.view(K, C, Dc, B, n * L)[..., :T]  # (K, C, Dc, B, T)
-
-    # decay: intra-chunk Toeplitz matmul, then the carried state (RetNet eq. 7)
-    intra = torch.matmul(q.view(K, C, -1, L), Lam.transpose(1, 2))  # (K, C, DcBn, L)
-    intra = intra.view(K, C, Dc, B, n, L)
-    lam_L = lam_L.view(C, 1, 1)
-    carried = [h0]  # h at the end of chunk i-1, for i = 0..n-1; (K, C, Dc, B) each
-    for i in range(n - 1):
-        carried.append(lam_L * carried[-1] + intra[..., i, -1])
-    h_in = torch.stack(carried, dim=-1).unsqueeze(-1)  # (K, C, Dc, B, n, 1)
-    h = intra + lam_in.view(C, 1, 1, 1, L) * h_in  # (K, C, Dc, B, n, L)
-    h = h.view(K, C, Dc, B, n * L)[..., :T]  # (K, C, Dc, B, T)
-
-    gated = up * torch.stack([s, h], dim=2)  # (K, C, 2, Dc, B, T) [u * s, p * h]
-    out = mcsd_fuse(params, prefix, gated.view(K, C, 2, Dc, B * T))  # (K, D, BT)
-    # state after token T-1: its last W v-vectors, oldest first, and h_{T-1}
-    v_hist = v_ext[..., T : T + W].transpose(3, 4).contiguous()  # (K, C, Dc, W, B)
-    return out, (v_hist, h[..., -1].contiguous())
+# Chunkwise form (long sequences, prefill)
 
 
 def forward_chunkwise(
     cfg: ModelConfig,
-    params: dict[str, Tensor],
+    params: Params,
     x: Tensor,
     state: State | None = None,
     chunk: int = 64,
@@ -485,21 +586,15 @@ def forward_chunkwise(
     prefilled in pieces and then continued with forward_step. Same function as forward_step
     token by token and as forward_parallel from the zero state; memory O(T (chunk + W)).
     """
-    z, B, T, S = _embed(params, x)  # z (K, D, B*N), N = T*S tokens
+    p = as_model(params)
+    z, B, T, S = _embed(p.embed, x)  # z (K, D, B*N), N = T*S tokens
     K, N = z.shape[0], T * S
     if state is None:
         state = init_state(cfg, K, B, z.dtype)
-    L = max(1, min(chunk, N))
-    new_state: State = []
-    for i, layer_state in enumerate(state):  # z (K, D, BT)
-        b = f"blocks.{i}"
-        zn = rms_norm(z, params[f"{b}.norm_mix"])
-        mix, layer_state = _mcsd_chunkwise(params, f"{b}.mcsd", zn, B, N, L, layer_state)
-        z = z + mix
-        z = z + feed_forward(cfg, params, f"{b}.ffn", rms_norm(z, params[f"{b}.norm_ffn"]), routing)
-        new_state.append(layer_state)
-    logits = head(params, rms_norm(_read(z, B, T, S), params["norm_f"]))  # (K, n, BT)
-    return logits.transpose(1, 2).reshape(K, B, T, -1), new_state
+    mixing = ChunkwiseMixing(B, N, max(1, min(chunk, N)))
+    z, state = _blocks(cfg, p, z, mixing, state, routing)  # (K, D, BN)
+    logits = head(p.head, rms_norm(_read(z, B, T, S), p.norm_f))  # (K, n, BT)
+    return logits.transpose(1, 2).reshape(K, B, T, -1), state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,40 +610,16 @@ def init_state(cfg: ModelConfig, K: int, B: int, dtype: torch.dtype = torch.floa
     ]
 
 
-def forward_step(
-    cfg: ModelConfig, params: dict[str, Tensor], x_t: Obs, state: State
-) -> tuple[Tensor, State]:
+def forward_step(cfg: ModelConfig, params: Params, x_t: Obs, state: State) -> tuple[Tensor, State]:
     """One step: x_t (K, B, ...) without the T dim -> logits (K, B, n_classes), new state (the
     input state is untouched). A step of S tokens (image patches, vector, token) runs them
     through the blocks one by one; the head reads after the last."""
+    p = as_model(params)
     obs = {k: v.unsqueeze(2) for k, v in as_obs(x_t).items()}  # T = 1
-    tokens, B, _, S = _embed(params, obs)  # (K, D, B*S), token s of sequence b at b*S + s
+    tokens, B, _, S = _embed(p.embed, obs)  # (K, D, B*S), token s of sequence b at b*S + s
     K, D, _ = tokens.shape
     tokens = tokens.view(K, D, B, S)
-    for s_ in range(S):
-        z, state = _step_token(cfg, params, tokens[..., s_].contiguous(), state)  # (K, D, B)
-    return head(params, rms_norm(z, params["norm_f"])).transpose(1, 2), state
-
-
-def _step_token(
-    cfg: ModelConfig, params: dict[str, Tensor], z: Tensor, state: State
-) -> tuple[Tensor, State]:
-    """One token through every block: z (K, D, B) -> (K, D, B) before the final norm."""
-    kernel, lam = step_weights(cfg.channels, cfg.slope_window, z.dtype)  # (C,1,W,1), (C,1,1)
-    K, _, B = z.shape
-    new_state: State = []
-    for i, (v_hist, h) in enumerate(state):
-        b = f"blocks.{i}"
-        y = mcsd_branches(params, f"{b}.mcsd", rms_norm(z, params[f"{b}.norm_mix"]))
-        C, Dc = y.shape[1], y.shape[2] // 4  # y (K, C, 4Dc, B)
-        v, q, up = y[:, :, :Dc], y[:, :, Dc : 2 * Dc], y[:, :, 2 * Dc :]
-        # ring of the last W v-vectors, oldest first: shifting keeps slot j at lag W-1-j
-        v_hist = torch.cat([v_hist[:, :, :, 1:], v.unsqueeze(3)], dim=3)  # (K, C, Dc, W, B)
-        s = (kernel * v_hist).sum(3)  # (K, C, Dc, B)   s_t = sum_m P_c(m) v_{t-m}
-        h = lam * h + q  # (K, C, Dc, B)                  h_t = lambda_c h_{t-1} + q_t
-        gated = up.view(K, C, 2, Dc, B) * torch.stack([s, h], dim=2)  # [u * s, p * h]
-        z = z + mcsd_fuse(params, f"{b}.mcsd", gated)
-        zn = rms_norm(z, params[f"{b}.norm_ffn"])
-        z = z + feed_forward(cfg, params, f"{b}.ffn", zn, step=True)  # reads only k groups
-        new_state.append((v_hist, h))
-    return z, new_state
+    mixing = StepMixing(*step_weights(cfg.channels, cfg.slope_window, tokens.dtype))
+    for s_ in range(S):  # z (K, D, B): one token of every sequence
+        z, state = _blocks(cfg, p, tokens[..., s_].contiguous(), mixing, state)
+    return head(p.head, rms_norm(z, p.norm_f)).transpose(1, 2), state

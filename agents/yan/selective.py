@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents.config import ModelConfig
+from agents.yan.params import FFNParams, need
 
 LOAD_BALANCE_ALPHA = 1e-2  # Switch Transformer's auxiliary-loss weight (Fedus et al. 2022, 2.2)
 BYTES_PER_WEIGHT = 4  # float32
@@ -112,26 +113,29 @@ def route(
     return top, torch.softmax(H, dim=1)
 
 
-def ffn_parallel(
-    params: dict[str, Tensor], prefix: str, x: Tensor, k: int, routing: Routing | None
-) -> Tensor:
+def router(p: FFNParams) -> tuple[Tensor, Tensor]:
+    """The selective FFN's router weights (w_gate, w_noise), (K, G, D) each."""
+    return need(p.w_gate, "ffn.w_gate"), need(p.w_noise, "ffn.w_noise")
+
+
+def ffn_parallel(p: FFNParams, x: Tensor, k: int, routing: Routing | None) -> Tensor:
     """Selective GELU FFN over many tokens: x (K, D, N) -> (K, D, N).
 
     Computes all F neurons and masks the unselected groups (see the module docstring).
     """
-    w1, b1, w2, b2 = (params[f"{prefix}.{n}"] for n in ("w1", "b1", "w2", "b2"))
-    K, Fw, _ = w1.shape
-    G = params[f"{prefix}.w_gate"].shape[1]
-    top, s = route(params[f"{prefix}.w_gate"], params[f"{prefix}.w_noise"], x, k, routing)
+    w_gate, w_noise = router(p)  # (K, G, D) each
+    K, Fw, _ = p.w1.shape
+    G = w_gate.shape[1]
+    top, s = route(w_gate, w_noise, x, k, routing)
     selected = torch.zeros_like(s, dtype=torch.bool).scatter_(1, top, True)  # (K, G, N)
     # forward value exactly 1 on selected groups (s - s is exactly 0; (1 + s) - s would round),
     # 0 elsewhere; d/ds = 1 (straight-through)
     gate = torch.where(selected, 1.0 + (s - s.detach()), 0.0)  # (K, G, N)
-    h = F.gelu(torch.baddbmm(b1.unsqueeze(-1), w1, x))  # (K, F, N)
+    h = F.gelu(torch.baddbmm(p.b1.unsqueeze(-1), p.w1, x))  # (K, F, N)
     h = (h.view(K, G, Fw // G, -1) * gate.unsqueeze(2)).view(K, Fw, -1)  # (K, F, N)
     if routing is not None:
         routing.records.append(RouteRecord(selected, s))
-    return torch.baddbmm(b2.unsqueeze(-1), w2, h)  # (K, D, N)
+    return torch.baddbmm(p.b2.unsqueeze(-1), p.w2, h)  # (K, D, N)
 
 
 def gather_groups(
@@ -153,15 +157,12 @@ def gather_groups(
     return w1g, b1g, w2g
 
 
-def ffn_step(params: dict[str, Tensor], prefix: str, x: Tensor, k: int) -> Tensor:
+def ffn_step(p: FFNParams, x: Tensor, k: int) -> Tensor:
     """Selective GELU FFN for one token per sequence, reading only the k chosen groups' weights:
     x (K, D, B) -> (K, D, B). No noise: this is the acting / decoding form."""
-    w_gate = params[f"{prefix}.w_gate"]  # (K, G, D)
-    top, s = route(w_gate, params[f"{prefix}.w_noise"], x, k, None)  # (K, k, B), (K, G, B)
-    w1g, b1g, w2g = gather_groups(
-        params[f"{prefix}.w1"], params[f"{prefix}.b1"], params[f"{prefix}.w2"], top,
-        w_gate.shape[1],
-    )  # fmt: skip
+    w_gate, w_noise = router(p)  # (K, G, D) each
+    top, s = route(w_gate, w_noise, x, k, None)  # (K, k, B), (K, G, B)
+    w1g, b1g, w2g = gather_groups(p.w1, p.b1, p.w2, top, w_gate.shape[1])
     K, D, B = x.shape
     kFg = w1g.shape[2] * w1g.shape[3]
     xt = x.transpose(1, 2).reshape(K * B, D, 1)  # (KB, D, 1) one token per row
@@ -172,7 +173,7 @@ def ffn_step(params: dict[str, Tensor], prefix: str, x: Tensor, k: int) -> Tenso
         gate = 1.0 + (s_top - s_top.detach())
         h = (h.view(K * B, -1, kFg // s_top.shape[1], 1) * gate).view(K * B, kFg, 1)
     y = torch.bmm(w2g.reshape(K * B, kFg, D).transpose(1, 2), h)  # (KB, D, 1) sum of k groups
-    return y.view(K, B, D).transpose(1, 2) + params[f"{prefix}.b2"].unsqueeze(-1)  # (K, D, B)
+    return y.view(K, B, D).transpose(1, 2) + p.b2.unsqueeze(-1)  # (K, D, B)
 
 
 # ----------------------------------------------------------------------------------------------
