@@ -202,20 +202,36 @@ def cascade(
     ``pos``, ``vel`` (N, 3) world; ``rot`` (N, 3, 3) body to world; ``omega`` (N, 3) body rates
     (rad/s, body frame); ``speed`` the horizontal speed limit. Written with few numpy calls on
     whole-swarm arrays (no einsum, cross or norm wrappers): below ~100 drones the per-call
-    overhead, not the arithmetic, is the cost.
+    overhead, not the arithmetic, is the cost. The five steps are those of the module docstring.
     """
-    n = len(pos)
-    # 1. position -> velocity command (N, 3)
-    err = goal - pos
+    z_b = rot[:, :, 2]  # (N, 3) current body z in the world
+    v_cmd = _velocity_command(goal - pos, speed)
+    acc, fz = _specific_thrust(v_cmd, vel, z_b)
+    thrust = _collective_thrust(acc, fz, z_b)
+    rot_d_t = _desired_attitude(acc)
+    wrench = np.empty((len(pos), 4))  # (T, tau_x, tau_y, tau_z)
+    wrench[:, 0] = thrust
+    wrench[:, 1:] = _attitude_torques(rot_d_t, rot, omega)
+    return _mix(wrench)
+
+
+def _velocity_command(err: np.ndarray, speed: float) -> np.ndarray:
+    """1. position error (N, 3) -> velocity command (N, 3): KP_POS times the error, horizontally
+    also within the braking curve and ``speed``, vertically within the climb and descent limits."""
     dist = np.sqrt(err[:, 0] ** 2 + err[:, 1] ** 2)  # (N,)
     v_xy = np.minimum(np.minimum(KP_POS * dist, np.sqrt((2 * A_BRAKE) * dist)), speed)
     v_cmd = err * KP_POS
     v_cmd[:, :2] = err[:, :2] * (v_xy / np.maximum(dist, 1e-9))[:, None]
     v_cmd[:, 2] = np.minimum(np.maximum(v_cmd[:, 2], -MAX_DESCENT_MPS), MAX_CLIMB_MPS)
+    return v_cmd
 
-    # 2. velocity -> specific thrust (N, 3): P + drag and gravity feed-forward, vertical first.
+
+def _specific_thrust(
+    v_cmd: np.ndarray, vel: np.ndarray, z_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """2. velocity -> specific thrust (N, 3): P + drag and gravity feed-forward, vertical first.
+    Returns it and its vertical part fz (N,)."""
     # World drag / m = R C R^T v / m = (C_xy v + (C_z - C_xy) (z_b . v) z_b) / m.
-    z_b = rot[:, :, 2]  # (N, 3) current body z in the world
     vz_b = (z_b * vel).sum(axis=1)  # (N,)
     acc = (KV * v_cmd) - (KV - _DRAG_XY_M) * vel + (_DRAG_DZ_M * vz_b)[:, None] * z_b
     fz = np.minimum(np.maximum(acc[:, 2] + GRAVITY, 0.0), _T_MAX)  # (N,)
@@ -223,39 +239,51 @@ def cascade(
     budget = np.minimum(np.sqrt(_T_MAX**2 - fz * fz), fz * _TAN_TILT)  # (N,)
     norm_xy = np.maximum(np.sqrt(acc[:, 0] ** 2 + acc[:, 1] ** 2), budget) + 1e-12
     acc[:, :2] *= (budget / norm_xy)[:, None]
+    return acc, fz
 
-    # 3. Collective thrust: the vertical command over the current tilt's cosine (vertical first
-    # again: while the attitude lags its command, the climb rate does not), at most T_MAX.
-    # Tilted beyond 60 degrees (after a collision) that would boost sideways or downwards; then
-    # only the command's component along the body z axis, none when upside down.
+
+def _collective_thrust(acc: np.ndarray, fz: np.ndarray, z_b: np.ndarray) -> np.ndarray:
+    """3a. Collective thrust (N,) in N: the vertical command over the current tilt's cosine
+    (vertical first again: while the attitude lags its command, the climb rate does not), at
+    most T_MAX. Tilted beyond 60 degrees (after a collision) that would boost sideways or
+    downwards; then only the command's component along the body z axis, none when upside down."""
     cos_tilt = z_b[:, 2]  # (N,)
     upright = cos_tilt > 0.5
-    thrust = DRONE_MASS_KG * np.where(
+    return DRONE_MASS_KG * np.where(
         upright,
         np.minimum(fz / np.where(upright, cos_tilt, 1.0), _T_MAX),
         np.maximum((acc * z_b).sum(axis=1), 0.0),
-    )  # (N,)
-    # Desired attitude: body z along the thrust, yaw 0, so y_d = z_d x (1, 0, 0) / k and
-    # x_d = y_d x z_d, in closed form. A zero command (free fall) keeps the level attitude.
+    )
+
+
+def _desired_attitude(acc: np.ndarray) -> np.ndarray:
+    """3b. Desired attitude, as R_d^T (N, 3, 3) (rows = desired body axes in the world): body z
+    along the thrust ``acc`` (nudged up by 1e-9 in place), yaw 0, so y_d = z_d x (1, 0, 0) / k
+    and x_d = y_d x z_d, in closed form. A zero command (free fall) keeps the level attitude."""
     acc[:, 2] += 1e-9
     z_d = acc / np.sqrt((acc * acc).sum(axis=1))[:, None]  # (N, 3)
     k = np.sqrt(z_d[:, 1] ** 2 + z_d[:, 2] ** 2)  # (N,) >= cos(MAX_TILT)
-    rot_d_t = np.empty((n, 3, 3))  # rows = desired body axes in the world = R_d^T
+    rot_d_t = np.empty((len(acc), 3, 3))  # rows = desired body axes in the world = R_d^T
     rot_d_t[:, 0, 0] = k
     rot_d_t[:, 0, 1:] = z_d[:, 1:] * (-z_d[:, 0] / k)[:, None]
     rot_d_t[:, 1, 0] = 0.0
     rot_d_t[:, 1, 1] = z_d[:, 2] / k
     rot_d_t[:, 1, 2] = -z_d[:, 1] / k
     rot_d_t[:, 2] = z_d
+    return rot_d_t
 
-    # 4. attitude error (Lee et al. 2010): e_R = vee(R_d^T R - R^T R_d) / 2 -> body torques.
-    m = (rot_d_t @ rot).reshape(n, 9)  # (N, 9) = R_d^T R, row-major
+
+def _attitude_torques(rot_d_t: np.ndarray, rot: np.ndarray, omega: np.ndarray) -> np.ndarray:
+    """4. attitude error (Lee et al. 2010): e_R = vee(R_d^T R - R^T R_d) / 2 -> body torques
+    (N, 3)."""
+    m = (rot_d_t @ rot).reshape(len(rot), 9)  # (N, 9) = R_d^T R, row-major
     e_r = 0.5 * (m[:, [7, 2, 3]] - m[:, [5, 6, 1]])  # (M21 - M12, M02 - M20, M10 - M01) / 2
-    wrench = np.empty((n, 4))  # (T, tau_x, tau_y, tau_z)
-    wrench[:, 0] = thrust
-    wrench[:, 1:] = _NEG_J_KR * e_r - _J_KW * omega
+    return _NEG_J_KR * e_r - _J_KW * omega
 
-    # 5. mixer: rotor thrusts; shift all four together (keeps the torques) before clipping.
+
+def _mix(wrench: np.ndarray) -> np.ndarray:
+    """5. mixer: body wrench (N, 4) -> rotor speeds (N, 4) rpm. Rotor thrusts, shifted all four
+    together (keeps the torques) when one leaves [0, f_max], then clipped."""
     f = wrench @ _UNMIX_T  # (N, 4)
     f += (np.maximum(-f.min(axis=1), 0.0) - np.maximum(f.max(axis=1) - _F_MAX, 0.0))[:, None]
     return np.sqrt(np.minimum(np.maximum(f, 0.0), _F_MAX) * (1 / KF))
@@ -284,6 +312,18 @@ class DronePhysics:
         ``resetSimulation`` rather than moving bodies back: no contact cache survives, so every
         reset replays bit for bit.
         """
+        quats = np.tile([0.0, 0.0, 0.0, 1.0], (len(start), 1)) if attitude is None else attitude
+        box = self._new_scene()
+        self.drones = [
+            self._add_drone(box, xyz, quat) for xyz, quat in zip(start, quats, strict=True)
+        ]
+        self._settle_inertia()
+        self._reset_state(start, quats)
+        self._land_grounded()
+        self._add_markers()
+
+    def _new_scene(self) -> int:
+        """An empty simulation with its time step, the ground plane; returns the drone box shape."""
         cid = self.cid
         p.resetSimulation(physicsClientId=cid)
         p.setPhysicsEngineParameter(
@@ -293,36 +333,43 @@ class DronePhysics:
         )
         plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=cid)
         self.ground = p.createMultiBody(0, plane, physicsClientId=cid)
-        box = p.createCollisionShape(
-            p.GEOM_BOX, halfExtents=DRONE_HALF_EXTENTS, physicsClientId=cid
+        return int(
+            p.createCollisionShape(p.GEOM_BOX, halfExtents=DRONE_HALF_EXTENTS, physicsClientId=cid)
         )
-        self.drones = []
-        quats = np.tile([0.0, 0.0, 0.0, 1.0], (len(start), 1)) if attitude is None else attitude
-        for xyz, quat in zip(start, quats, strict=True):
-            # Maximal coordinates: a plain btRigidBody, which steps ~2x faster than a one-link
-            # btMultiBody (measured here). Its mass must be passed again with the inertia, or
-            # PyBullet sets an infinite inverse mass.
-            b = p.createMultiBody(
-                DRONE_MASS_KG, box, -1, xyz.tolist(), quat.tolist(),
-                useMaximalCoordinates=True, physicsClientId=cid,
-            )  # fmt: skip
-            p.changeDynamics(
-                b,
-                -1,
-                mass=DRONE_MASS_KG,
-                linearDamping=0.0,  # drag is ours (body_drag), not Bullet's velocity decay
-                angularDamping=0.0,
-                localInertiaDiagonal=DRONE_INERTIA,
-                # A resting body must still feel the rotors when it takes off again.
-                activationState=p.ACTIVATION_STATE_DISABLE_SLEEPING,
-                physicsClientId=cid,
-            )
-            self.drones.append(b)
-        # The new inertia reaches a rigid body's world-frame inertia tensor only when a step
-        # integrates it: take one step with nothing acting (bodies at rest, no gravity).
+
+    def _add_drone(self, box: int, xyz: np.ndarray, quat: np.ndarray) -> int:
+        """One drone body at ``xyz`` with attitude ``quat``, at rest; returns its body id."""
+        cid = self.cid
+        # Maximal coordinates: a plain btRigidBody, which steps ~2x faster than a one-link
+        # btMultiBody (measured here). Its mass must be passed again with the inertia, or
+        # PyBullet sets an infinite inverse mass.
+        b = p.createMultiBody(
+            DRONE_MASS_KG, box, -1, xyz.tolist(), quat.tolist(),
+            useMaximalCoordinates=True, physicsClientId=cid,
+        )  # fmt: skip
+        p.changeDynamics(
+            b,
+            -1,
+            mass=DRONE_MASS_KG,
+            linearDamping=0.0,  # drag is ours (body_drag), not Bullet's velocity decay
+            angularDamping=0.0,
+            localInertiaDiagonal=DRONE_INERTIA,
+            # A resting body must still feel the rotors when it takes off again.
+            activationState=p.ACTIVATION_STATE_DISABLE_SLEEPING,
+            physicsClientId=cid,
+        )
+        return int(b)
+
+    def _settle_inertia(self) -> None:
+        """The new inertia reaches a rigid body's world-frame inertia tensor only when a step
+        integrates it: take one step with nothing acting (bodies at rest, no gravity)."""
+        cid = self.cid
         p.setGravity(0, 0, 0, physicsClientId=cid)
         p.stepSimulation(physicsClientId=cid)
         p.setGravity(0, 0, -GRAVITY, physicsClientId=cid)
+
+    def _reset_state(self, start: np.ndarray, quats: np.ndarray) -> None:
+        """The swarm's state arrays at rest at ``start``, and the collision counts at zero."""
         n = len(self.drones)
         self._index = {b: i for i, b in enumerate(self.drones)}
         self.pos = np.array(start, dtype=np.float64)  # (N, 3)
@@ -334,12 +381,18 @@ class DronePhysics:
         self.landed = np.zeros(n, dtype=bool)  # (N,) down with rotors stopped
         self.drone_collisions = 0
         self.ground_collisions = 0
-        p.performCollisionDetection(physicsClientId=cid)
+
+    def _land_grounded(self) -> None:
+        """Take the contacts at the start: a drone touching the ground starts landed."""
+        p.performCollisionDetection(physicsClientId=self.cid)
         self._contacts = self._contact_pairs()
         for a, b in self._contacts:
             if self.ground in (a, b):
                 self.landed[self._index[a if b == self.ground else b]] = True
 
+    def _add_markers(self) -> None:
+        """One hidden, collision-free marker body per (cruise point, event class) host."""
+        cid = self.cid
         self.markers: dict[tuple[int, int], int] = {}  # (point, class) -> body
         self.shown = np.zeros(self.pmap.n_points, dtype=np.int64)  # (P,) class on display
         shapes = {}
