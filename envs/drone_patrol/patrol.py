@@ -143,33 +143,60 @@ def split_tour(xy: np.ndarray, tour: np.ndarray, m: int) -> list[np.ndarray]:
     k = min(m, p)
     if k <= 1:
         return [tour.copy()]
-    pts = xy[tour]  # (P, 2)
+    cost = _segment_cycles(xy[tour])
+    cuts = _greedy_cuts(cost, k, _smallest_bound(cost, k))
+    _split_longest(cost, cuts, k)
+    _balance(cost, cuts)
+    cuts.sort()
+    return [tour[(s + np.arange(n)) % p] for s, n in cuts]
+
+
+# The steps of split_tour. A segment is a *cut* (start position on the tour, number of points);
+# ``cost[s, n - 1]`` is the length of its cycle, from the table ``_segment_cycles`` makes.
+
+
+def _segment_cycles(pts: np.ndarray) -> np.ndarray:
+    """(P, P) cycle lengths of the contiguous segments of the closed tour through ``pts``
+    (P, 2, in tour order): ``cost[i, n - 1]`` for the n points from tour position i."""
+    p = len(pts)
     leg = np.hypot(*(np.roll(pts, -1, axis=0) - pts).T)  # (P,) leg t goes from t to t+1
     arc = np.concatenate([[0.0], np.cumsum(np.concatenate([leg, leg]))])  # (2P+1,)
     start = np.arange(p)[:, None]  # (P, 1)
     last = start + np.arange(p)[None, :]  # (P, P) last tour position of a segment of n+1 points
     closing = np.hypot(*(pts[start % p] - pts[last % p]).transpose(2, 0, 1))  # (P, P)
     # cost[i, n-1]: cycle of the n points from tour position i; cummax guards float rounding.
-    cost = np.maximum.accumulate(arc[last] - arc[start] + closing, axis=1)  # (P, P)
+    return np.maximum.accumulate(arc[last] - arc[start] + closing, axis=1)
 
-    def covers(bound: float) -> np.ndarray:
-        """(P,) bool: from each start, k greedy segments within ``bound`` cover the tour."""
-        reach = (cost <= bound).sum(axis=1)  # (P,) points the longest segment from i takes
-        covered = np.zeros(p, dtype=np.int64)
-        for _ in range(k):
-            covered = np.minimum(covered + reach[(np.arange(p) + covered) % p], p)
-        return covered >= p
 
+def _covers(cost: np.ndarray, k: int, bound: float) -> np.ndarray:
+    """(P,) bool: from each start, k greedy segments within ``bound`` cover the tour."""
+    p = len(cost)
+    reach = (cost <= bound).sum(axis=1)  # (P,) points the longest segment from i takes
+    covered = np.zeros(p, dtype=np.int64)
+    for _ in range(k):
+        covered = np.minimum(covered + reach[(np.arange(p) + covered) % p], p)
+    return covered >= p
+
+
+def _smallest_bound(cost: np.ndarray, k: int) -> float:
+    """The smallest segment cycle length within which k segments cover the tour: a binary
+    search over the candidate lengths (every entry of ``cost``)."""
     levels = np.unique(cost)
     lo, hi = 0, len(levels) - 1  # levels[-1] (the whole tour) always covers
     while lo < hi:
         mid = (lo + hi) // 2
-        if covers(levels[mid]).any():
+        if _covers(cost, k, levels[mid]).any():
             hi = mid
         else:
             lo = mid + 1
-    bound = levels[lo]
-    first = int(np.flatnonzero(covers(bound))[0])
+    return levels[lo]
+
+
+def _greedy_cuts(cost: np.ndarray, k: int, bound: float) -> list[tuple[int, int]]:
+    """The greedy cover within ``bound`` from the first start at which k segments do: each
+    segment takes as many points as the bound allows (the last one what is left)."""
+    p = len(cost)
+    first = int(np.flatnonzero(_covers(cost, k, bound))[0])
     reach = (cost <= bound).sum(axis=1)
     cuts: list[tuple[int, int]] = []  # (start position, number of points)
     pos = first
@@ -177,7 +204,14 @@ def split_tour(xy: np.ndarray, tour: np.ndarray, m: int) -> list[np.ndarray]:
         n = int(min(reach[pos % p], p - sum(n for _, n in cuts)))
         cuts.append((pos % p, n))
         pos += n
-    while len(cuts) < k:  # fewer needed than drones: split the longest splittable segment
+    return cuts
+
+
+def _split_longest(cost: np.ndarray, cuts: list[tuple[int, int]], k: int) -> None:
+    """Fewer segments needed than drones: split the longest splittable segment, where its
+    longer half is shortest, until there are k (``cuts`` changes in place)."""
+    p = len(cost)
+    while len(cuts) < k:
         costs = [cost[s, n - 1] if n > 1 else -1.0 for s, n in cuts]
         j = int(np.argmax(costs))
         s, n = cuts[j]
@@ -185,6 +219,12 @@ def split_tour(xy: np.ndarray, tour: np.ndarray, m: int) -> list[np.ndarray]:
         worst = np.maximum(cost[s, a - 1], cost[(s + a) % p, n - a - 1])
         a_best = int(a[np.argmin(worst)])
         cuts[j : j + 1] = [(s, a_best), ((s + a_best) % p, n - a_best)]
+
+
+def _balance(cost: np.ndarray, cuts: list[tuple[int, int]]) -> None:
+    """Move each boundary between neighbouring segments while that shortens the longer of the
+    two, for at most ``_BALANCE_PASSES`` passes (``cuts`` changes in place)."""
+    p, k = len(cost), len(cuts)
     for _ in range(_BALANCE_PASSES):
         moved = False
         for j in range(k):
@@ -199,8 +239,6 @@ def split_tour(xy: np.ndarray, tour: np.ndarray, m: int) -> list[np.ndarray]:
                 moved = True
         if not moved:
             break
-    cuts.sort()
-    return [tour[(s + np.arange(n)) % p] for s, n in cuts]
 
 
 # ---- the planner --------------------------------------------------------------------------
