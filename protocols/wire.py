@@ -136,6 +136,25 @@ def from_proto(
     """
     if not signature_checked:
         _check_signature(msg, key)
+    encoding = _checked_encoding(msg, num_params, layout)
+    values, indices = _checked_values(msg, encoding, num_params)
+    _check_finite(msg, values)
+    payload = Compressed(encoding, num_params, values, indices, float(msg.scale))
+    return Delta(
+        sender=msg.sender,
+        round=int(msg.round),
+        base_version=int(msg.base_version),
+        layout=msg.layout,
+        payload=payload,
+        norm=_checked_norm(msg, payload),
+        examples=int(msg.examples),
+        epoch=int(msg.epoch),
+        snapshot=bool(msg.snapshot),
+    )
+
+
+def _checked_encoding(msg: delta_pb2.KnowledgeDelta, num_params: int, layout: str) -> int:
+    """The value encoding of a whole (not chunked) message of this swarm's layout and length."""
     if msg.chunk_count > 1:
         raise DeltaRejected(Rejection.MALFORMED, "a chunk must go through a Reassembler")
     if msg.layout != layout or msg.num_params != num_params:
@@ -153,6 +172,13 @@ def from_proto(
             Rejection.MALFORMED,
             f"a snapshot must be ENCODING_DENSE_F32, not {delta_pb2.Encoding.Name(encoding)}",
         )
+    return encoding
+
+
+def _checked_values(
+    msg: delta_pb2.KnowledgeDelta, encoding: int, num_params: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, indices or None when dense) of `msg`, their byte lengths and counts checked."""
     dtype = _VALUE_DTYPE[encoding]
     if len(msg.values) % dtype.itemsize:
         raise DeltaRejected(Rejection.MALFORMED, "values are not a whole number of elements")
@@ -164,12 +190,20 @@ def from_proto(
         raise DeltaRejected(
             Rejection.WRONG_SHAPE, f"dense delta has {values.size} values, expected {num_params}"
         )
+    return values, indices
+
+
+def _check_finite(msg: delta_pb2.KnowledgeDelta, values: np.ndarray) -> None:
+    """Scale, declared norm and float values are all finite."""
     scale = float(msg.scale)
     if not math.isfinite(scale) or not math.isfinite(float(msg.norm)):
         raise DeltaRejected(Rejection.NON_FINITE, "scale or norm is not finite")
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         raise DeltaRejected(Rejection.NON_FINITE, "values contain NaN or infinity")
-    payload = Compressed(encoding, num_params, values, indices, scale)
+
+
+def _checked_norm(msg: delta_pb2.KnowledgeDelta, payload: Compressed) -> float:
+    """The norm of the decoded values: finite, and the one the message declares."""
     norm = float(np.linalg.norm(payload.decode().astype(np.float64)))
     if not math.isfinite(norm):
         raise DeltaRejected(Rejection.NON_FINITE, "decoded delta is not finite")
@@ -177,17 +211,7 @@ def from_proto(
         raise DeltaRejected(
             Rejection.MALFORMED, f"declared norm {msg.norm:.6g} but the values have {norm:.6g}"
         )
-    return Delta(
-        sender=msg.sender,
-        round=int(msg.round),
-        base_version=int(msg.base_version),
-        layout=msg.layout,
-        payload=payload,
-        norm=norm,
-        examples=int(msg.examples),
-        epoch=int(msg.epoch),
-        snapshot=bool(msg.snapshot),
-    )
+    return norm
 
 
 # ---------------------------------------------------------------------------------------------
