@@ -14,10 +14,13 @@ report.html         all of the above and the final figures in one self-contained
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 
 
@@ -27,6 +30,7 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _pyplot():
+    # lazy: matplotlib takes ~0.4 s to import, and a device node ships without it (build_node)
     import matplotlib
 
     matplotlib.use("Agg")  # no screen here, and none needed
@@ -136,10 +140,31 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     recorded run) and markers are translucent, so a point that hosted many events reads darker.
     """
     plt = _pyplot()
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Rectangle
-
     fig, ax = plt.subplots(figsize=(9.5, 7.5), dpi=110)  # room on the right for the legend
+    _draw_zones(ax, layout)
+    traj = np.asarray(trajectory, dtype=float)  # (T, N, 3)
+    cmap = plt.get_cmap("tab10")
+    _draw_paths(ax, traj, cmap)
+    points = layout.get("cruise_points", [])
+    xy = np.array([[p["x"], p["y"]] for p in points]).reshape(-1, 2)  # (P, 2)
+    if len(points):
+        ax.scatter(
+            xy[:, 0], xy[:, 1], marker="^", s=60, color="black", zorder=5, label="cruise points"
+        )
+    events = [e for e in layout.get("events", []) if 0 <= int(e["point"]) < len(points)]
+    handles = _draw_events(ax, events, xy, traj.shape[0], layout, cmap) if events else []
+    if traj.shape[0]:
+        _draw_landed(ax, traj[-1])
+    _frame_map(ax, layout, handles, len(events))
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _draw_zones(ax: Any, layout: dict[str, Any]) -> None:
+    """The zones of the map (shaded rectangles, named) and the river."""
+    from matplotlib.patches import Rectangle  # lazy, as matplotlib itself (see _pyplot)
+
     colors = {"forest": "#cfe8c4", "city": "#e0e0e0", "river": "#cfe3f5", "industrial": "#f3e0c8"}
     for zone in layout.get("zones", []):
         x0, y0, x1, y1 = zone["rect"]
@@ -150,67 +175,82 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     river = np.asarray(layout.get("river", []), dtype=float)
     if river.size:
         ax.plot(river[:, 0], river[:, 1], color="#3b7dd8", linewidth=4, alpha=0.6, label="river")
-    traj = np.asarray(trajectory, dtype=float)  # (T, N, 3)
-    cmap = plt.get_cmap("tab10")
+
+
+def _draw_paths(ax: Any, traj: np.ndarray, cmap: Any) -> None:
+    """Every drone's path (T, N, 3), one colour each, with a dot where it started."""
     for n in range(traj.shape[1]):
         c = cmap(n % 10)
         ax.plot(traj[:, n, 0], traj[:, n, 1], linewidth=0.9, alpha=0.8, color=c)
         ax.plot(traj[0, n, 0], traj[0, n, 1], "o", markersize=3, color=c)
-    points = layout.get("cruise_points", [])
-    xy = np.array([[p["x"], p["y"]] for p in points]).reshape(-1, 2)  # (P, 2)
-    if len(points):
-        ax.scatter(
-            xy[:, 0], xy[:, 1], marker="^", s=60, color="black", zorder=5, label="cruise points"
-        )
+
+
+def _draw_events(
+    ax: Any,
+    events: list[dict[str, Any]],
+    xy: np.ndarray,
+    ticks: int,
+    layout: dict[str, Any],
+    cmap: Any,
+) -> list[Any]:
+    """The events, one marker per kind on a ring around its cruise point (``xy`` (P, 2)), area
+    by how long it lasted within the ``ticks`` recorded; returns the legend handles."""
+    from matplotlib.lines import Line2D  # lazy, as matplotlib itself (see _pyplot)
+
     handles: list[Any] = []
-    events = [e for e in layout.get("events", []) if 0 <= int(e["point"]) < len(points)]
-    if events:
-        kinds = sorted({e["kind"] for e in events}, key=lambda k: (k not in _EVENT_STYLE, k))
-        last_tick = max(traj.shape[0] - 1, 1)  # the trajectory has one row per tick
-        life = np.array(
-            [min(e["clear_tick"], last_tick) - e["appear_tick"] for e in events], dtype=float
+    kinds = sorted({e["kind"] for e in events}, key=lambda k: (k not in _EVENT_STYLE, k))
+    last_tick = max(ticks - 1, 1)  # the trajectory has one row per tick
+    life = np.array(
+        [min(e["clear_tick"], last_tick) - e["appear_tick"] for e in events], dtype=float
+    )
+    size = 25 + 125 * np.clip(life, 1, None) / max(life.max(), 1.0)  # marker area, pt^2
+    for j, kind in enumerate(kinds):
+        spare = _SPARE_MARKERS[j % len(_SPARE_MARKERS)]
+        marker, color = _EVENT_STYLE.get(kind, (spare, cmap((j + 3) % 10)))
+        mine = [i for i, e in enumerate(events) if e["kind"] == kind]
+        angle = 2 * np.pi * j / len(kinds) + np.pi / 4
+        at = xy[[int(events[i]["point"]) for i in mine]]  # (E, 2)
+        ring = _EVENT_RING * float(layout.get("area_m", 160.0))
+        at = at + ring * np.array([np.cos(angle), np.sin(angle)])
+        ax.scatter(
+            at[:, 0],
+            at[:, 1],
+            marker=marker,
+            s=size[mine],
+            color=color,
+            alpha=0.35,
+            edgecolors="none",
+            zorder=6,
         )
-        size = 25 + 125 * np.clip(life, 1, None) / max(life.max(), 1.0)  # marker area, pt^2
-        for j, kind in enumerate(kinds):
-            spare = _SPARE_MARKERS[j % len(_SPARE_MARKERS)]
-            marker, color = _EVENT_STYLE.get(kind, (spare, cmap((j + 3) % 10)))
-            mine = [i for i, e in enumerate(events) if e["kind"] == kind]
-            angle = 2 * np.pi * j / len(kinds) + np.pi / 4
-            at = xy[[int(events[i]["point"]) for i in mine]]  # (E, 2)
-            ring = _EVENT_RING * float(layout.get("area_m", 160.0))
-            at = at + ring * np.array([np.cos(angle), np.sin(angle)])
-            ax.scatter(
-                at[:, 0],
-                at[:, 1],
-                marker=marker,
-                s=size[mine],
-                color=color,
-                alpha=0.35,
-                edgecolors="none",
-                zorder=6,
+        label = f"{kind.replace('_', ' ')} ({len(mine)})"
+        handles.append(
+            Line2D([], [], marker=marker, linestyle="", color=color, markersize=8, label=label)
+        )
+    return handles
+
+
+def _draw_landed(ax: Any, end: np.ndarray) -> None:
+    """A cross, named, where a drone ended on the ground (last positions ``end`` (N, 3))."""
+    down = np.flatnonzero(end[:, 2] < LANDED_Z_M)
+    if down.size:
+        ax.scatter(
+            end[down, 0],
+            end[down, 1],
+            marker="X",
+            s=90,
+            color="black",
+            edgecolors="white",
+            zorder=7,
+            label="landed (departed)",
+        )
+        for d in down.tolist():
+            ax.annotate(
+                f"drone_{d}", end[d, :2], textcoords="offset points", xytext=(5, 5), fontsize=7
             )
-            label = f"{kind.replace('_', ' ')} ({len(mine)})"
-            handles.append(
-                Line2D([], [], marker=marker, linestyle="", color=color, markersize=8, label=label)
-            )
-    if traj.shape[0]:
-        end = traj[-1]  # (N, 3)
-        down = np.flatnonzero(end[:, 2] < LANDED_Z_M)
-        if down.size:
-            ax.scatter(
-                end[down, 0],
-                end[down, 1],
-                marker="X",
-                s=90,
-                color="black",
-                edgecolors="white",
-                zorder=7,
-                label="landed (departed)",
-            )
-            for d in down.tolist():
-                ax.annotate(
-                    f"drone_{d}", end[d, :2], textcoords="offset points", xytext=(5, 5), fontsize=7
-                )
+
+
+def _frame_map(ax: Any, layout: dict[str, Any], handles: list[Any], n_events: int) -> None:
+    """The map's extent, axes, legend (what was drawn, then ``handles``) and title."""
     area = layout.get("area_m")
     if area:
         lo = -area / 2 if layout.get("origin") == "centre" else 0.0
@@ -222,12 +262,9 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     base, _ = ax.get_legend_handles_labels()
     ax.legend(handles=[*base, *handles], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     title = "Patrol map: trajectories"
-    if events:
-        title += f", {len(events)} events (marker size = duration)"
+    if n_events:
+        title += f", {n_events} events (marker size = duration)"
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
 
 
 def plot_spread(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> bool:
@@ -267,8 +304,6 @@ def plot_spread(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) 
 
 def plot_graph(graph: dict[str, Any], out: Path) -> None:
     """The gossip graph (graph.json: nodes, edges, shard of each node), drawn with networkx."""
-    import networkx as nx
-
     plt = _pyplot()
     g = nx.Graph()
     g.add_nodes_from(range(int(graph["nodes"])))
@@ -301,9 +336,6 @@ def plot_graph(graph: dict[str, Any], out: Path) -> None:
 
 def write_html(run_dir: Path, images: list[Path]) -> Path:
     """report.html: the summary table and every plot, self-contained (images inlined)."""
-    import base64
-    import html
-
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     m = summary.get("metrics", {})
