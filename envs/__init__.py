@@ -18,10 +18,12 @@ __all__ = ["make_world"]
 def make_world(cfg: Any, n_agents: int, seed: int) -> Any:
     """Build the world a config section describes (dispatch on ``cfg.kind``)."""
     if cfg.kind == "drone_patrol":
+        # lazy: importing ``envs`` must not import pybullet (module docstring)
         from envs.drone_patrol.world import DronePatrolWorld
 
         return DronePatrolWorld(cfg, n_agents=n_agents, seed=seed)
     if cfg.kind == "pettingzoo":
+        # lazy: nor gymnasium, which only this world needs
         from envs.pz_world import ParallelEnvWorld
 
         return ParallelEnvWorld(cfg, n_agents=n_agents, seed=seed)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
 from envs.pz_config import PettingZooConfig
 
@@ -68,8 +69,6 @@ def load_env_factory(path: str) -> Any:
 
 class ParallelEnvWorld:
     def __init__(self, cfg: PettingZooConfig, n_agents: int, seed: int):
-        from gymnasium import spaces
-
         self.cfg = cfg
         self.seed = seed
         factory = load_env_factory(cfg.env)

@@ -34,6 +34,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("DronePatrolWorld", "StepResult"):
+        # lazy: the world module imports pybullet (module docstring)
         from envs.drone_patrol import world
 
         return getattr(world, name)

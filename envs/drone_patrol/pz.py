@@ -24,6 +24,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from envs import make_world
 from envs.drone_patrol.camera import observation_dim
 from envs.drone_patrol.config import EVENT_CLASSES, DronePatrolConfig
 
@@ -71,8 +72,6 @@ class DronePatrolParallelEnv(ParallelEnv):
     def reset(
         self, seed: int | None = None, options: dict | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-        from envs import make_world
-
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))  # fresh entropy
         if self._world is not None:

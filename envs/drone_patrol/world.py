@@ -71,7 +71,7 @@ from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig
 from envs.drone_patrol.events import EventField
 from envs.drone_patrol.layout import build_map
 from envs.drone_patrol.metrics import PatrolMetrics
-from envs.drone_patrol.patrol import VISIT_RADIUS_M, Patroller
+from envs.drone_patrol.patrol import ALT_HALF_BAND_M, DWELL_TICKS, VISIT_RADIUS_M, Patroller
 from envs.drone_patrol.physics import DronePhysics
 from envs.drone_patrol.physics_pool import PhysicsPool, zone_groups
 from envs.drone_patrol.sensor import HEADING_MIN_SPEED, TELEMETRY_DIM, FeatureSensor
@@ -317,8 +317,6 @@ class DronePatrolWorld:
         event window shows its marker at a cruise point that can host it (any point if none
         can), a 'none' window an empty point, the drone flying along its heading toward it.
         """
-        from envs.drone_patrol.patrol import ALT_HALF_BAND_M, DWELL_TICKS
-
         if per_class < 1 or window < 1:
             raise ValueError("per_class and window must be >= 1")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, seed, 0x9E0B]))
