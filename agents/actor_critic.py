@@ -46,6 +46,9 @@ the run seed, so a run is a pure function of its seed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,6 +70,45 @@ from agents.yan.selective import (
 OBS_CLIP = 10.0  # normalised observations are clipped to +-10 std (SB3's VecNormalize clip_obs)
 STD_EPS = 1e-8  # keeps the division finite for a feature that never varied (e.g. MPE's comm)
 ROLES = ("actor", "critic")
+
+
+@dataclass(frozen=True, eq=False)
+class Rollout:
+    """One rollout of K agents over R steps, as the PPO update reads it."""
+
+    x: Tensor
+    """(K, R, W, obs_dim) the windows acted on."""
+    a: Tensor
+    """(K, R) int64 the actions taken."""
+    old_logp: Tensor
+    """(K, R) their log-probabilities when taken."""
+    adv: Tensor
+    """(K, R) advantages."""
+    ret: Tensor
+    """(K, R) returns, the critic's targets."""
+    alive: Tensor
+    """(K, R) float: 1 where the agent was acting."""
+    n: Tensor
+    """(K,) live steps of each agent."""
+
+    def mean(self, v: Tensor) -> Tensor:
+        """(K, R) -> (K,): the mean over each agent's live steps."""
+        return (v * self.alive).sum(1) / self.n.clamp(min=1)
+
+
+class EpochResult(NamedTuple):
+    """What one PPO pass measured, per agent (K, R) or (K,)."""
+
+    logp: Tensor
+    """(K, R) log-probability of the taken actions under the policy before the pass' step."""
+    ratio: Tensor
+    """(K, R) their probability ratio to when they were taken."""
+    policy_loss: Tensor
+    """(K,) the clipped surrogate objective, negated."""
+    value_loss: Tensor
+    """(K,) the critic's squared error."""
+    entropy: Tensor
+    """(K,) the policy's mean entropy."""
 
 
 class RunningMoments:
@@ -264,19 +306,7 @@ class OnlineActorCritic:
         done_k = np.zeros(K, bool) if done is None else np.asarray(done, bool).reshape(K)
         alive_k = np.ones(K, bool) if alive is None else np.asarray(alive, bool).reshape(K)
         if self._pending:
-            t = self._t - 1
-            r = np.zeros(K, np.float32) if reward is None else np.asarray(reward, np.float32)
-            ended = done_k | (self._alive[t] & ~alive_k)
-            self._r[t] = r.reshape(K)
-            self._track_return(self._r[t], ended, self._alive[t])
-            self._end[t] = ended
-            cut = np.zeros(K, bool) if truncated is None else np.asarray(truncated, bool)
-            cut = cut.reshape(K) & ended & (final_obs is not None)
-            self._cut[t] = cut
-            if cut.any():
-                last = self._normalise(np.asarray(final_obs, np.float32).reshape(K, -1))
-                self._final[t, cut, :-1] = self._hist[cut, 1:]
-                self._final[t, cut, -1] = last[cut]
+            self._record_outcome(reward, done_k, alive_k, truncated, final_obs)
         if self.rl.enabled and self.rl.obs_norm:
             self.obs_moments.update(obs.astype(np.float64), alive_k)
         # this episode's window: cleared where a new episode starts
@@ -302,6 +332,30 @@ class OnlineActorCritic:
         self._t += 1
         self._pending = True
         return action.numpy().astype(np.int64)
+
+    def _record_outcome(
+        self,
+        reward: np.ndarray | None,
+        done: np.ndarray,
+        alive: np.ndarray,
+        truncated: np.ndarray | None,
+        final_obs: np.ndarray | None,
+    ) -> None:
+        """What the pending (last recorded) step led to, as `act` receives it: its reward, and
+        whether and how the agent's episode ended (done (K,) and alive (K,) bool)."""
+        K, t = self.n_agents, self._t - 1
+        r = np.zeros(K, np.float32) if reward is None else np.asarray(reward, np.float32)
+        ended = done | (self._alive[t] & ~alive)
+        self._r[t] = r.reshape(K)
+        self._track_return(self._r[t], ended, self._alive[t])
+        self._end[t] = ended
+        cut = np.zeros(K, bool) if truncated is None else np.asarray(truncated, bool)
+        cut = cut.reshape(K) & ended & (final_obs is not None)
+        self._cut[t] = cut
+        if cut.any():
+            last = self._normalise(np.asarray(final_obs, np.float32).reshape(K, -1))
+            self._final[t, cut, :-1] = self._hist[cut, 1:]
+            self._final[t, cut, -1] = last[cut]
 
     def _normalise(self, obs: np.ndarray) -> np.ndarray:
         """(K, obs_dim) -> each agent's observation in units of its own running std."""
@@ -353,64 +407,80 @@ class OnlineActorCritic:
         return Routing(noise_scale=a if bool((a > 0).any()) else None, generator=pop.generator)
 
     def _update(self) -> None:
-        pop, rl = self.population, self.rl
+        """`rl.epochs` PPO passes over the rollout just lived; refreshes `stats`."""
+        ro = self._rollout()
+        for _ in range(self.rl.epochs):
+            last = self._ppo_epoch(ro)
+        with torch.no_grad():
+            kl = ro.mean(ro.old_logp - last.logp)
+            clipped = ro.mean(((last.ratio - 1).abs() > self.rl.clip).float())
+        self.updates += 1
+        self.stats = {
+            "policy_loss": float(last.policy_loss.detach().mean()),
+            "value_loss": float(last.value_loss.detach().mean()),
+            "entropy": float(last.entropy.detach().mean()),
+            "approx_kl": float(kl.mean()),
+            "clip_frac": float(clipped.mean()),
+        }
+
+    def _rollout(self) -> Rollout:
+        """The rollout as the update reads it: per agent, its windows, actions, their
+        log-probabilities when taken, advantages (GAE, normalised) and returns."""
+        rl = self.rl
         v, v_next, v_final = self._values()
         # a time-limit cut ends the episode for GAE but earns gamma * V(final window)
         r = self._scaled_rewards() + rl.discount * v_final
         adv, ret = gae(r, self._end, v, v_next, rl.discount, rl.gae_lambda)
         alive = torch.from_numpy(self._alive.T.copy()).float()  # (K, R)
-        n = alive.sum(1)  # (K,)
-        active = n > 0
-        a = torch.from_numpy(self._a.T.copy())  # (K, R)
-        old_logp = torch.from_numpy(self._logp.T.copy())  # (K, R)
-        adv_t = torch.from_numpy(adv.T.copy())  # (K, R)
-        ret_t = torch.from_numpy(ret.T.copy())  # (K, R)
-        x = torch.from_numpy(self._x.transpose(1, 0, 2, 3).copy())  # (K, R, W, obs_dim)
-
-        def masked_mean(v: Tensor) -> Tensor:  # (K, R) -> (K,) over each agent's live steps
-            return (v * alive).sum(1) / n.clamp(min=1)
-
+        ro = Rollout(
+            x=torch.from_numpy(self._x.transpose(1, 0, 2, 3).copy()),  # (K, R, W, obs_dim)
+            a=torch.from_numpy(self._a.T.copy()),  # (K, R)
+            old_logp=torch.from_numpy(self._logp.T.copy()),  # (K, R)
+            adv=torch.from_numpy(adv.T.copy()),  # (K, R)
+            ret=torch.from_numpy(ret.T.copy()),  # (K, R)
+            alive=alive,
+            n=alive.sum(1),  # (K,)
+        )
         # per-agent advantage normalisation over its live steps (as PPO's reference code):
         # the policy's step size does not depend on the reward scale
-        mean = masked_mean(adv_t)[:, None]
-        std = masked_mean((adv_t - mean) ** 2).sqrt()[:, None]
-        adv_t = (adv_t - mean) / (std + STD_EPS)
-        for _ in range(rl.epochs):
-            routing = self._routing()
-            logits, value = pop.policy_and_value(x, routing)  # (K, R, A), (K, R)
-            logp_all = F.log_softmax(logits, dim=-1)
-            logp = logp_all.gather(2, a[..., None])[..., 0]  # (K, R)
-            ratio = (logp - old_logp).exp()
-            surrogate = torch.minimum(ratio * adv_t, ratio.clamp(1 - rl.clip, 1 + rl.clip) * adv_t)
-            entropy = -(logp_all.exp() * logp_all).sum(-1)  # (K, R)
-            policy_loss = -masked_mean(surrogate)
-            value_loss = masked_mean((value - ret_t) ** 2)
-            ent = masked_mean(entropy)
-            loss = policy_loss + rl.value_coef * value_loss - rl.entropy_coef * ent  # (K,)
-            if routing is not None:
-                balance = load_balance_loss(routing.records)  # (2K,)
-                loss = loss + balance.view(-1, len(ROLES)).sum(1)
-                pop._route_records = [
-                    RouteRecord(r.selected, r.probs.detach()) for r in routing.records
-                ]
-            (grad,) = torch.autograd.grad(loss.sum(), pop.flat)  # (K, P)
-            # actor and critic clipped on their own: a large value gradient must not shrink
-            # the policy's step
-            parts = grad.view(grad.shape[0], len(ROLES), -1)  # (K, 2, P_role)
-            norm = parts.norm(dim=2, keepdim=True)
-            parts.mul_(rl.max_grad_norm / norm.clamp(min=rl.max_grad_norm))
-            step_grad, step_active = grad, active
-            if pop.pooled:  # the centralized upper bound: one policy, everyone's experience
-                step_grad, step_active = pool_gradients(grad, active)
-            pop.optimizer.step(pop.flat.data, step_grad, active=step_active)
-        with torch.no_grad():
-            kl = masked_mean(old_logp - logp)
-            clipped = masked_mean(((ratio - 1).abs() > rl.clip).float())
-        self.updates += 1
-        self.stats = {
-            "policy_loss": float(policy_loss.detach().mean()),
-            "value_loss": float(value_loss.detach().mean()),
-            "entropy": float(ent.detach().mean()),
-            "approx_kl": float(kl.mean()),
-            "clip_frac": float(clipped.mean()),
-        }
+        mean = ro.mean(ro.adv)[:, None]
+        std = ro.mean((ro.adv - mean) ** 2).sqrt()[:, None]
+        return replace(ro, adv=(ro.adv - mean) / (std + STD_EPS))
+
+    def _ppo_epoch(self, ro: Rollout) -> EpochResult:
+        """One pass of PPO's clipped objective over the rollout, one optimizer step per agent
+        that lived in it."""
+        pop, rl = self.population, self.rl
+        routing = self._routing()
+        logits, value = pop.policy_and_value(ro.x, routing)  # (K, R, A), (K, R)
+        logp_all = F.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(2, ro.a[..., None])[..., 0]  # (K, R)
+        ratio = (logp - ro.old_logp).exp()
+        surrogate = torch.minimum(ratio * ro.adv, ratio.clamp(1 - rl.clip, 1 + rl.clip) * ro.adv)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (K, R)
+        out = EpochResult(
+            logp, ratio, -ro.mean(surrogate), ro.mean((value - ro.ret) ** 2), ro.mean(entropy)
+        )
+        loss = out.policy_loss + rl.value_coef * out.value_loss - rl.entropy_coef * out.entropy
+        if routing is not None:
+            balance = load_balance_loss(routing.records)  # (2K,)
+            loss = loss + balance.view(-1, len(ROLES)).sum(1)
+            pop._route_records = [
+                RouteRecord(r.selected, r.probs.detach()) for r in routing.records
+            ]
+        self._step(loss, ro.n > 0)  # (K,) loss, agents that lived
+        return out
+
+    def _step(self, loss: Tensor, active: Tensor) -> None:
+        """One optimizer step of the active (K,) agents on their losses (K,), actor and critic
+        gradients clipped apart."""
+        pop, rl = self.population, self.rl
+        (grad,) = torch.autograd.grad(loss.sum(), pop.flat)  # (K, P)
+        # actor and critic clipped on their own: a large value gradient must not shrink
+        # the policy's step
+        parts = grad.view(grad.shape[0], len(ROLES), -1)  # (K, 2, P_role)
+        norm = parts.norm(dim=2, keepdim=True)
+        parts.mul_(rl.max_grad_norm / norm.clamp(min=rl.max_grad_norm))
+        if pop.pooled:  # the centralized upper bound: one policy, everyone's experience
+            grad, active = pool_gradients(grad, active)
+        pop.optimizer.step(pop.flat.data, grad, active=active)

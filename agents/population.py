@@ -265,40 +265,44 @@ class Population:
         u = None
         if unlabeled is not None and ssl_weight > 0:
             u = torch.as_tensor(unlabeled, dtype=torch.float32)  # (K, Bu, Tu, obs_dim)
-        cfg = self.model_cfg
         active = w.sum(1) > 0  # (K,)
         if u is not None:
             active = torch.ones_like(active)
-        if cfg.ffn_groups > 1 or penalty is not None:
+        if self.model_cfg.ffn_groups > 1 or penalty is not None:
             # the router's noise and records, and the EWC penalty, read all K rows: one pass
             loss, grad = self._loss_grad(self.flat, x, y, w, u, ssl_weight, penalty)
         else:
-            # in groups of agents (AGENT_CHUNK_TOKENS); a group's rows are a leaf of their own
-            tokens = x.shape[1] * x.shape[2] + (0 if u is None else u.shape[1] * u.shape[2])
-            spans = agent_spans(self.n_agents, tokens)
-            if len(spans) == 1:
-                loss, grad = self._loss_grad(self.flat, x, y, w, u, ssl_weight, None)
-            else:
-                if self._grad is None:
-                    # kept between steps: a fresh (K, P) buffer of this size is a fresh mmap,
-                    # and filling it page by page costs more than the copies themselves
-                    self._grad = torch.empty_like(self.flat.data)
-                grad = self._grad  # (K, P)
-                losses = []
-                for lo, hi in spans:
-                    rows = self.flat.detach()[lo:hi].requires_grad_()
-                    part = None if u is None else u[lo:hi]
-                    loss_k, grad[lo:hi] = self._loss_grad(
-                        rows, x[lo:hi], y[lo:hi], w[lo:hi], part, ssl_weight, None
-                    )
-                    losses.append(loss_k)
-                loss = torch.cat(losses)
+            loss, grad = self._loss_grad_in_groups(x, y, w, u, ssl_weight)
         if grad_mask is not None:
             grad = grad * grad_mask.to(grad.dtype)
         if self.pooled:
             grad, active = pool_gradients(grad, active)
         self.optimizer.step(self.flat.data, grad, active=active)
         return loss.detach()
+
+    def _loss_grad_in_groups(
+        self, x: Tensor, y: Tensor, w: Tensor, u: Tensor | None, ssl_weight: float
+    ) -> tuple[Tensor, Tensor]:
+        """`_loss_grad` of all K rows, computed in groups of agents (AGENT_CHUNK_TOKENS); a
+        group's rows are a leaf of their own. Same arguments and results, no penalty."""
+        tokens = x.shape[1] * x.shape[2] + (0 if u is None else u.shape[1] * u.shape[2])
+        spans = agent_spans(self.n_agents, tokens)
+        if len(spans) == 1:
+            return self._loss_grad(self.flat, x, y, w, u, ssl_weight, None)
+        if self._grad is None:
+            # kept between steps: a fresh (K, P) buffer of this size is a fresh mmap, and
+            # filling it page by page costs more than the copies themselves
+            self._grad = torch.empty_like(self.flat.data)
+        grad = self._grad  # (K, P)
+        losses = []
+        for lo, hi in spans:
+            rows = self.flat.detach()[lo:hi].requires_grad_()
+            part = None if u is None else u[lo:hi]
+            loss_k, grad[lo:hi] = self._loss_grad(
+                rows, x[lo:hi], y[lo:hi], w[lo:hi], part, ssl_weight, None
+            )
+            losses.append(loss_k)
+        return torch.cat(losses), grad
 
     def _loss_grad(
         self,
