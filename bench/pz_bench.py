@@ -170,7 +170,7 @@ def truncation_reaches_learner() -> bool:
     """Does the Runner hand time-limit truncations (and the cut-off observation) to the
     learner? Without them every simple_spread episode end looks terminal (agents/actor_critic.py
     measured the cost: the learner then falls below its initial policy)."""
-    from swarm.shard import Step
+    from swarm.records import Step
 
     names = {f.name for f in dataclasses.fields(Step)}
     return {"truncated", "final_obs"} <= names

@@ -22,6 +22,7 @@ from rich.text import Text
 from protocols.tls import TlsError
 from swarm.runner import RunError
 from swarm.scenario import Scenario, ScenarioError, load_scenario
+from swarm.tasks import task_named
 
 app = typer.Typer(
     add_completion=False,
@@ -162,45 +163,17 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_column("figure")
     table.add_column("value", justify="right")
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.1f}%"
-
-    def num(v: float | None, fmt: str = ".2f") -> str:
-        return "n/a" if v is None else format(v, fmt)
-
-    if summary.get("task") == "rl":
-        table.add_row("episodes", num(m.get("rl/episodes"), ".0f"))
-        table.add_row("team return, first quarter", num(m.get("rl/team_return_first")))
-        table.add_row("team return, last quarter", num(m.get("rl/team_return_last")))
-        table.add_row("policy entropy (nats)", num(m.get("rl/entropy"), ".3f"))
-    else:
-        table.add_row("task score", f"{m.get('task/score', float('nan')):.3f}")
-        table.add_row("detection F1", f"{m.get('task/f1', float('nan')):.3f}")
-        table.add_row(
-            "altitude-limit violations",
-            f"{m.get('task/altitude_violations', 0):.0f} of "
-            f"{m.get('task/sign_passages', 0):.0f} sign passages",
-        )
-        table.add_row("collisions", f"{m.get('task/collisions', 0):.0f}")
-        table.add_row("cruise points visited (last tour)", pct(m.get("task/point_coverage")))
-        table.add_row("probe accuracy, sharing", pct(m["learn/probe_acc"]))
-        if summary.get("isolated_baseline", True):
-            table.add_row("probe accuracy, isolated", pct(m["learn/probe_acc_isolated"]))
-            table.add_row("gain from sharing", f"{100 * m['learn/sharing_gain']:+.1f} points")
-        else:
-            table.add_row("probe accuracy, isolated", "not measured (baseline.isolated)")
-        if m.get("learn/acc") is not None:
-            table.add_row(
-                "event kinds: final accuracy / BWT",
-                f"{pct(m['learn/acc'])} / {100 * (m.get('learn/bwt') or 0):+.1f} points",
-            )
+    for label, value in task_named(summary.get("task", "classify")).table(
+        m, summary.get("isolated_baseline", True)
+    ):
+        table.add_row(label, value)
     table.add_row("bytes sent (swarm)", f"{m['gossip/bytes_sent'] / 2**20:.2f} MiB")
     ratio = m.get("gossip/compression_ratio")
     table.add_row("vs dense fp32 sharing", "n/a" if not ratio else f"{ratio:.1f}x fewer")
     if m.get("gossip/rho") is not None:
         table.add_row("rho of gossip graph", f"{m['gossip/rho']:.3f}")
     if m.get("learn/probe_acc_honest") is not None:
-        table.add_row("probe accuracy, honest agents", pct(m["learn/probe_acc_honest"]))
+        table.add_row("probe accuracy, honest agents", f"{100 * m['learn/probe_acc_honest']:.1f}%")
     if summary.get("diverged_at_tick") is not None:
         table.add_row("[red]learning diverged[/red]", f"from tick {summary['diverged_at_tick']}")
     acct = summary.get("accounting")

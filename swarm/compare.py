@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from swarm.scenario import Scenario
+from swarm.tasks import task_named
 
 MODES = ("isolated", "decentralized", "coordinator", "centralized")
 #: The issue's goals for decentralized gossip, checked in the table.
@@ -57,9 +58,7 @@ class CompareResult:
 
 def headline(summary: dict[str, Any]) -> tuple[str, str]:
     """(metrics key, label) of the figure a run is judged by."""
-    if summary.get("task") == "rl":
-        return "rl/team_return_last", "team return (last quarter)"
-    return "learn/probe_acc", "probe accuracy"
+    return task_named(summary["task"]).headline
 
 
 def compare(
@@ -105,7 +104,7 @@ def compare(
 
 
 def _curve(rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[tuple[float, float]]:
-    key = "rl/team_return" if summary.get("task") == "rl" else "learn/probe_acc"
+    key = task_named(summary["task"]).curve
     return [(r["sim_time_s"], r[key]) for r in rows if r.get(key) is not None]
 
 

@@ -34,6 +34,8 @@ from protocols.config import GossipConfig
 from protocols.faults import FaultsConfig
 from swarm._config import Section
 from swarm.addresses import is_loopback
+from swarm.exchange import exchange_for
+from swarm.tasks import task_of_world
 
 #: World kinds by their `kind` value; a world section without `kind` is a drone patrol.
 WORLDS: dict[str, type[Section]] = {
@@ -171,7 +173,7 @@ class Scenario(Section):
                     f"external_peers: agents must be {want} (the indices after the "
                     f"{self.agents.count} simulated agents, each once); got {got}"
                 )
-            if self.gossip.topology != "decentralized":
+            if not exchange_for(self.gossip.topology).takes_devices:
                 raise ValueError("external_peers: devices join decentralized gossip only")
             if self.gossip.graph.kind == "proximity":
                 raise ValueError("external_peers: a proximity graph needs every agent's position")
@@ -199,7 +201,7 @@ class Scenario(Section):
                 f"{self.gossip.graph.degree}, {n} agents)"
             )
         if (
-            self.gossip.topology == "centralized"
+            exchange_for(self.gossip.topology).pooled
             and self.agents.per_shard != "auto"
             and self.agents.per_shard < self.agents.count
         ):
@@ -220,7 +222,7 @@ class Scenario(Section):
         c = self.gossip.coordinator
         least = quorum(self.total_agents, c.min_completion)
         if (
-            self.gossip.topology == "coordinator"
+            exchange_for(self.gossip.topology).needs_coordinator
             and c.aggregator in ("krum", "multi_krum")
             and least < 2 * c.byzantine + 3
         ):
@@ -233,14 +235,13 @@ class Scenario(Section):
 
     def _check_faults(self) -> None:
         every, f = self.checkpoint.every_ticks, self.faults
-        sharing = self.gossip.topology in ("decentralized", "coordinator")
-        rl = self.world.kind != "drone_patrol"
+        sharing = exchange_for(self.gossip.topology).rounds
         if every and sharing and every % self.gossip.interval:
             raise ValueError(
                 f"checkpoint.every_ticks: {every} is not a multiple of gossip.interval "
                 f"({self.gossip.interval}); a checkpoint sits between two gossip rounds"
             )
-        if rl and (every or f.kill):
+        if not task_of_world(self.world.kind).checkpoints and (every or f.kill):
             raise ValueError(
                 "checkpoint / faults.kill: checkpoints are implemented for classification "
                 "worlds (drone_patrol) only, not yet for worlds with rewards"
@@ -259,7 +260,9 @@ class Scenario(Section):
                 raise ValueError(
                     f"faults.kill: shard {k.shard} does not exist ({self.n_shards} shards)"
                 )
-        if (f.messages.active or f.partitions) and self.gossip.topology != "decentralized":
+        if (f.messages.active or f.partitions) and not exchange_for(
+            self.gossip.topology
+        ).message_faults:
             key = "faults.messages" if f.messages.active else "faults.partitions"
             raise ValueError(
                 f"{key}: these faults act on peer-to-peer messages; they need gossip.topology "
@@ -288,7 +291,7 @@ class Scenario(Section):
         """This scenario with agents.per_shard resolved for a cluster of `cpus` CPUs."""
         if self.agents.per_shard != "auto":
             return self
-        if self.gossip.topology == "centralized":
+        if exchange_for(self.gossip.topology).pooled:
             per = self.agents.count
         else:
             per = auto_per_shard(self.agents.count, cpus)

@@ -40,6 +40,8 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from swarm.records import ShardMeasure
+
 #: Prefix of our metric names; Ray's exporter adds its own namespace in front.
 PREFIX = "swarm_"
 #: What Prometheus sees in front of PREFIX (ray/_private/prometheus_exporter: namespace="ray").
@@ -147,7 +149,7 @@ class Telemetry:
 
 def shard_figures(
     tel: Telemetry,
-    measured: dict[str, Any],
+    measured: ShardMeasure,
     agents: Sequence[str],
     *,
     steps: int,
@@ -158,27 +160,27 @@ def shard_figures(
     losses (nan where an agent did not train)."""
     if not tel.enabled:
         return
+    traffic = measured.traffic
     per_agent = {
-        "learn/probe_acc": measured.get("probe_acc"),
-        "learn/probe_acc_isolated": measured.get("probe_acc_isolated"),
+        "learn/probe_acc": measured.probe_acc,
+        "learn/probe_acc_isolated": measured.probe_acc_isolated,
         "learn/loss": loss,
-        "gossip/bytes_sent": measured["traffic"].get("bytes_sent"),
-        "gossip/dense_bytes": measured["traffic"].get("dense_bytes"),
+        "gossip/bytes_sent": traffic.bytes_sent,
+        "gossip/dense_bytes": traffic.dense_bytes,
     }
     for figure, values in per_agent.items():
         for name, value in zip(agents, values if values is not None else [], strict=False):
             tel.set(figure, float(value), agent=name)
-    tel.set("learn/activation_density", measured.get("density"))
-    for key, value in (measured.get("rl") or {}).items():
+    tel.set("learn/activation_density", measured.density)
+    for key, value in measured.rl.items():
         tel.set(f"rl/{key}", value)
-    traffic = measured["traffic"]
     for key in ("wire_bytes_sent", "wire_bytes_received", "deltas_accepted", "deltas_rejected"):
-        if key in traffic:
-            tel.set(f"gossip/{key}", traffic[key])
+        if key in traffic.counters:
+            tel.set(f"gossip/{key}", traffic.counters[key])
     tel.set("learn/steps", steps)
     # Last, so that an export showing this round count holds the whole measurement (an export
     # takes every figure at once): tests/test_telemetry.py waits for it.
-    tel.set("gossip/rounds", traffic.get("rounds"))
+    tel.set("gossip/rounds", traffic.rounds if traffic.bytes_sent is not None else None)
 
 
 #: Row figures the shards set per agent or per shard; the driver leaves them to them, so that

@@ -12,7 +12,8 @@ import pytest
 
 from swarm.runner import Runner, new_run_dir
 from swarm.scenario import Scenario, load_scenario
-from swarm.shard import AgentShard
+from swarm.records import WorldInfo
+from swarm.shard import AgentShard, ShardSpec
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
 
@@ -40,7 +41,8 @@ def test_delta_crosses_grpc_between_processes_and_moves_receiver(ray_local) -> N
     spec, key = sc.model_dump(mode="json"), b"t" * 32
     probe = (np.zeros((1, 8, 16), np.float32), np.zeros(1, np.int64))
     cls = ray.remote(num_cpus=0)(AgentShard)
-    shards = [cls.remote(spec, s, [s], 16, 5, probe, key) for s in range(2)]
+    info = WorldInfo(task="classify", obs_dim=16, agent_ids=["0", "1"], n_classes=5)
+    shards = [cls.remote(ShardSpec(spec, s, [s], info, key), probe) for s in range(2)]
     endpoints = ray.get([s.endpoint.remote() for s in shards])
     ray.get([s.connect.remote(endpoints, "") for s in shards])
     pids = ray.get([s.pid.remote() for s in shards])
@@ -51,11 +53,11 @@ def test_delta_crosses_grpc_between_processes_and_moves_receiver(ray_local) -> N
     applied = ray.get([s.merge.remote(0, *sent) for s in shards])
 
     x1 = ray.get(shards[1].weights.remote())
-    traffic = ray.get(shards[1].measure.remote(0))["traffic"]
+    traffic = ray.get(shards[1].measure.remote(0)).traffic
     assert pids[0] != pids[1]
     assert applied == [1, 1]
-    assert traffic["wire_bytes_received"] > 4 * x0.size  # a dense fp32 delta came in
-    assert traffic["deltas_accepted"] == 1
+    assert traffic.counter("wire_bytes_received") > 4 * x0.size  # a dense fp32 delta came in
+    assert traffic.counter("deltas_accepted") == 1
     # CHOCO: x1 += gamma * W_10 * (xhat_0 - xhat_1) = 0.5 * 0.5 * (1 - 0)
     assert np.allclose(x1 - x0, 0.25, atol=1e-6)
     ray.get([s.close.remote() for s in shards])
@@ -199,7 +201,7 @@ def test_cli_smoke(tmp_path: Path) -> None:
 
 
 def test_continual_figures_by_hand() -> None:
-    from swarm.runner import continual_figures
+    from swarm.tasks import continual_figures
 
     sc = load_scenario(TINY)  # tick_s 0.5
     classes = ["none", "fire", "sign"]

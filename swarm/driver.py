@@ -1,0 +1,387 @@
+"""The Runner's work on Ray: the actors of a run and the tick loop that drives them.
+
+The driver only schedules. Each tick it submits `shard.act(step)` for every shard and
+`world.step(*predictions)`, passing object refs so Ray chains the calls without the driver
+waiting; gossip rounds chain `share` -> `merge` the same way (in sync mode every `merge` takes
+all `share` results as arguments: that is the round barrier). The driver waits (`ray.wait`) only
+to bound the calls in flight and to show progress, and fetches metrics as records.
+
+Kept apart from swarm/runner.py, which imports it when a run starts: importing swarm (the CLI,
+`swarm validate`) must not load Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from swarm import checkpoint
+from swarm.records import Receipt, Restored, WorldInfo
+from swarm.resume import commit, tick_dir
+from swarm.runner import RunError, read_key
+from swarm.shard import AgentShard, CoordinatorHost, ShardSpec, WorldHost
+from swarm.tasks import task_named
+from swarm.telemetry import metrics_endpoint
+
+if TYPE_CHECKING:
+    from swarm.runner import Runner
+
+#: Ticks the driver lets run ahead of the last finished world step.
+MAX_TICKS_IN_FLIGHT = 4
+
+
+@dataclass
+class Actors:
+    """The Ray actors of one run, closed together whatever happened."""
+
+    world: Any = None
+    shards: list[Any] = field(default_factory=list)
+    coordinator: Any = None
+    group: Any = None  # the shards' placement group
+
+    def close(self) -> None:
+        if self.shards:
+            ray.get([s.close.remote() for s in self.shards])
+        if self.coordinator is not None:
+            ray.get(self.coordinator.close.remote())
+        if self.world is not None:
+            ray.get(self.world.close.remote())
+        if self.group is not None:
+            remove_placement_group(self.group)
+
+
+@dataclass
+class Pending:
+    """What the tick loop submitted and has not read back yet."""
+
+    ticks: list[Any] = field(default_factory=list)  # world steps in flight
+    rows: list[tuple[int, list[Any]]] = field(default_factory=list)  # (tick, measure refs)
+    # (ticks, next round, receipts) of checkpoints not yet committed
+    checkpoints: list[tuple[int, int, list[Any]]] = field(default_factory=list)
+    exchanges: list[Any] = field(default_factory=list)  # merges: a failed round raises
+
+    def refs(self) -> list[Any]:
+        return self.ticks + self.exchanges + [r for _, refs in self.rows for r in refs]
+
+
+class Driver:
+    """Starts a run's actors on the Ray instance the Runner joined, drives its ticks, and
+    closes them. What the run records (rows, summary, files) is the Runner's."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.sc = runner.sc
+        self.actors = Actors()
+        self.endpoints: list[str] = []
+        self.coord_addr = ""
+
+    @staticmethod
+    def cpus() -> float:
+        """CPUs of the cluster the run landed on."""
+        return float(ray.cluster_resources().get("CPU", 1.0))
+
+    def start(self) -> WorldInfo:
+        """Start the world, the shards and the coordinator, and connect them."""
+        sc, actors = self.sc, self.actors
+        endpoint = metrics_endpoint()  # where Prometheus can scrape them
+        self.runner.on_info(
+            f"metrics: {endpoint} (Prometheus)"
+            if endpoint
+            else "metrics: not exported (no Ray metrics agent: pip install 'ray[default]')"
+        )
+        spec = sc.model_dump(mode="json")
+        actors.world = ray.remote(num_cpus=0)(WorldHost).remote(spec)
+        try:
+            info: WorldInfo = ray.get(actors.world.info.remote())
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, ValueError):
+                raise RunError(f"cannot build the world: {exc.cause}") from None
+            raise
+        # HMAC key of this run's deltas: the swarm's shared key when devices join (key_file),
+        # else a secret of this run that never leaves Ray.
+        key = read_key(sc.gossip.key_file) if sc.gossip.key_file else secrets.token_bytes(32)
+        probe = None
+        if task_named(info.task).needs_probe:
+            probe = actors.world.probe.remote(
+                sc.metrics.probe_per_class, sc.learning.window, sc.seed + 1_000_003
+            )
+        specs = self._shard_specs(actors.world, info, key)
+        actors.shards = self._start_shards(actors, specs, probe)
+        endpoints: list[str] = ray.get([s.endpoint.remote() for s in actors.shards])
+        self._place(actors.shards, endpoints)
+        if self.runner.exchange.needs_coordinator:
+            actors.coordinator = self._start_coordinator(actors.shards[0], spec, key)
+        ray.get([s.connect.remote(endpoints, self.coord_addr) for s in actors.shards])
+        self.endpoints = endpoints
+        return info
+
+    def _shard_specs(self, world: Any, info: WorldInfo, key: bytes) -> list[ShardSpec]:
+        sc = self.sc
+        positions = None
+        if sc.gossip.graph.kind == "proximity":  # built from the agents' start positions
+            positions = ray.get(world.positions.remote())
+        edges = self.runner.graph_edges(positions)
+        # On a cluster of several nodes a shard must be reachable from the others: it listens
+        # on, and advertises, its node's address. On one machine: loopback only.
+        multi_node = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+        n, per = sc.agents.count, sc.per_shard
+        return [
+            ShardSpec(
+                scenario=sc.model_dump(mode="json"),
+                index=s,
+                agents=list(range(s * per, min(n, (s + 1) * per))),
+                info=info,
+                key=key,
+                host="node" if multi_node else "127.0.0.1",
+                edges=edges,
+                run=self.runner.run_dir.name,
+                ckpt_dir=str(self.runner.ckpt_root) if sc.checkpoint.every_ticks else "",
+                resume=self.runner.resume,
+            )
+            for s in range(sc.n_shards)
+        ]
+
+    def _start_shards(self, actors: Actors, specs: list[ShardSpec], probe: Any) -> list[Any]:
+        """One actor per shard, spread over the cluster's nodes, one bundle each (on one
+        machine: packed); a shard the scenario kills may be restarted that many times."""
+        sc = self.sc
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        per_shard_cpu = min(1.0, cpus / sc.n_shards)
+        actors.group = group = placement_group(
+            [{"CPU": per_shard_cpu}] * sc.n_shards, strategy="SPREAD"
+        )
+        try:
+            ray.get(group.ready(), timeout=120)
+        except ray.exceptions.GetTimeoutError:
+            raise RunError(
+                f"the Ray cluster cannot place {sc.n_shards} shards of {per_shard_cpu:g} "
+                "CPU each within 120 s; add nodes, or lower agents.count / raise per_shard"
+            ) from None
+        restarts = Counter(k.shard for k in sc.faults.kill)
+        if sc.checkpoint.every_ticks:
+            self.runner.ckpt_root.mkdir(exist_ok=True)
+        shard_cls: Any = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
+        return [
+            shard_cls.options(
+                name=None,
+                max_restarts=restarts.get(s, 0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=group, placement_group_bundle_index=s
+                ),
+            ).remote(spec, probe)
+            for s, spec in enumerate(specs)
+        ]
+
+    def _place(self, shards: list[Any], endpoints: list[str]) -> None:
+        """Record where each shard runs (summary.json `placement`); say so on a cluster."""
+        nodes: list[str] = ray.get([s.node_id.remote() for s in shards])
+        self.runner.placement = [
+            {"shard": i, "node": node, "endpoint": e}
+            for i, (node, e) in enumerate(zip(nodes, endpoints, strict=True))
+        ]
+        if len(set(nodes)) > 1:
+            self.runner.on_info(
+                f"shards on {len(set(nodes))} Ray nodes: "
+                + ", ".join(
+                    f"shard-{i} {e or '-'} ({n[:8]})"
+                    for i, n, e in zip(range(len(nodes)), nodes, endpoints, strict=True)
+                )
+            )
+
+    def _start_coordinator(self, shard: Any, spec: dict[str, Any], key: bytes) -> Any:
+        num_params, layout = ray.get(shard.model_info.remote())
+        coordinator: Any = ray.remote(num_cpus=0)(CoordinatorHost).remote(  # type: ignore[attr-defined]
+            spec,
+            num_params,
+            layout,
+            key,
+            start_round=self.runner.marker["round"] if self.runner.marker else 0,
+            counts=self.runner.coordinator_counts(),
+        )
+        self.coord_addr = str(ray.get(coordinator.address.remote()))
+        return coordinator
+
+    def _start_world(self) -> Any:
+        """The first Step: a fresh reset, or the world of a resumed run rebuilt by replaying
+        the decisions recorded up to its checkpoint."""
+        marker = self.runner.marker
+        if marker is None:
+            return self.actors.world.reset.remote()
+        where = tick_dir(self.runner.ckpt_root, marker["ticks"])
+        arrays, _ = checkpoint.load(where / "world.npz")
+        return self.actors.world.replay.remote(arrays["decisions"])
+
+    # -- the tick loop ---------------------------------------------------------------------------
+
+    def loop(self, info: WorldInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Drive the ticks: each tick every shard acts on the last Step and the world steps
+        with their decisions; rounds, metrics rows and checkpoints at their intervals."""
+        sc = self.sc
+        world, shards = self.actors.world, self.actors.shards
+        step = self._start_world()
+        kills: dict[int, list[int]] = {}
+        for k in sc.faults.kill:
+            kills.setdefault(k.at_tick, []).append(k.shard)
+        start = self.runner.marker["ticks"] if self.runner.marker else 0
+        round_ = self.runner.marker["round"] if self.runner.marker else 0
+        self.runner.open_rows(rows)
+        pending = Pending()
+        self._t_ticks, self._start_tick = time.perf_counter(), start  # the real-time factor
+        for tick in range(start, sc.ticks):
+            done = tick + 1  # ticks completed once this one is
+            predictions = [s.act.remote(step) for s in shards]
+            step = world.step.remote(*predictions)
+            if self.runner.exchange.rounds and done % sc.gossip.interval == 0:
+                sent = [s.share.remote(round_, done) for s in shards]
+                barrier = sent if sc.gossip.mode == "sync" else []
+                # Kept so a failed round surfaces as an error instead of vanishing.
+                pending.exchanges.extend(s.merge.remote(round_, *barrier) for s in shards)
+                round_ += 1
+            self._submit_measures(world, shards, done, pending)
+            self._submit_checkpoint(world, shards, done, round_, pending)
+            pending.ticks.append(step)
+            if len(pending.ticks) > MAX_TICKS_IN_FLIGHT:
+                ray.wait([pending.ticks.pop(0)], num_returns=1)
+                self.runner.on_tick(tick - MAX_TICKS_IN_FLIGHT)
+            self._take_rows(pending, rows, info, last=done == sc.ticks)
+            self._commit(pending, rows, block=False)
+            if done in kills:
+                # let everything submitted finish, so the kill lands between two ticks
+                ray.get(pending.refs())
+                self._take_rows(pending, rows, info, last=True)
+                self._commit(pending, rows, block=True)
+                for index in kills[done]:
+                    self._kill(shards, index, done)
+        ray.get(pending.ticks + pending.exchanges)
+        self._commit(pending, rows, block=True)
+        self.runner.on_tick(sc.ticks - 1)
+        return rows
+
+    def _submit_measures(self, world: Any, shards: list[Any], done: int, pending: Pending) -> None:
+        if done % self.sc.metrics.interval == 0 or done == self.sc.ticks:
+            refs = [world.measure.remote(), *[s.measure.remote(done) for s in shards]]
+            pending.rows.append((done, refs))
+
+    def _submit_checkpoint(
+        self, world: Any, shards: list[Any], done: int, round_: int, pending: Pending
+    ) -> None:
+        every = self.sc.checkpoint.every_ticks
+        if not every or done % every or done == self.sc.ticks:
+            return
+        where = tick_dir(self.runner.ckpt_root, done)
+        where.mkdir(parents=True, exist_ok=True)
+        receipts = [s.checkpoint.remote(done, str(where)) for s in shards]
+        receipts.append(world.checkpoint.remote(done, str(where)))
+        if self.actors.coordinator is not None:  # its counts once this round's merges ran
+            receipts.append(
+                self.actors.coordinator.counts.remote(*pending.exchanges[-len(shards) :])
+            )
+        pending.checkpoints.append((done, round_, receipts))
+
+    def _take_rows(
+        self, pending: Pending, rows: list[dict[str, Any]], info: WorldInfo, *, last: bool
+    ) -> None:
+        """Read back the metrics rows that are done (all of them when `last`) and hand them
+        to the Runner."""
+        while pending.rows and (last or len(pending.rows) > 1):
+            at, refs = pending.rows.pop(0)
+            world_m, *shard_m = ray.get(refs)
+            ran = (at - self._start_tick) * self.sc.world.tick_s  # simulated s since the start
+            rtf = ran / max(time.perf_counter() - self._t_ticks, 1e-9)
+            self.runner.add_row(rows, at, world_m, shard_m, info, real_time_factor=rtf)
+            ray.get(pending.exchanges)  # all done by now; raises if a round failed
+            pending.exchanges.clear()
+
+    def _commit(self, pending: Pending, rows: list[dict[str, Any]], *, block: bool) -> None:
+        """Mark checkpoints complete (latest.json), oldest first: once every shard and the
+        world have written theirs, and the metrics rows up to them are in metrics.jsonl."""
+        while pending.checkpoints:
+            ticks, round_, refs = pending.checkpoints[0]
+            if any(at <= ticks for at, _ in pending.rows):
+                return  # rows up to this tick not written yet
+            if not block and len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) < len(refs):
+                return
+            done = ray.get(refs)
+            pending.checkpoints.pop(0)
+            # the shards' receipts, then the world's and the coordinator's counts
+            receipts: list[Receipt] = done[: len(self.runner.placement)]
+            if self.actors.coordinator is not None:  # its counts came last
+                path = tick_dir(self.runner.ckpt_root, ticks) / "coordinator.json"
+                path.write_text(json.dumps(done[-1]))
+            marker = {
+                "ticks": ticks,
+                "round": round_,
+                "rows": sum(1 for r in rows if r["tick"] <= ticks),
+                "dir": tick_dir(self.runner.ckpt_root, ticks).name,
+                "bytes": int(sum(r.bytes for r in receipts)),
+            }
+            commit(self.runner.ckpt_root, marker)
+
+    def _kill(self, shards: list[Any], index: int, tick: int) -> None:
+        """Kill shard `index`'s process (a fault the scenario asked for); Ray restarts the
+        actor, which restores its agents from the last complete checkpoint. Its traffic
+        counts are read before the kill and handed to the new process: an observer's
+        bookkeeping, so the run's message accounting stays whole."""
+        shard = shards[index]
+        counts, pid = ray.get([shard.traffic_state.remote(), shard.pid.remote()])
+        t0 = time.perf_counter()
+        ray.kill(shard, no_restart=False)
+        self._wait_restarted(shard, index, pid, deadline=t0 + 120)
+        restored: Restored | None = ray.get(shard.restore_info.remote())
+        ray.get(shard.load_traffic.remote(counts))
+        # the new process serves on a new port: every shard learns it
+        self.endpoints[index] = ray.get(shard.endpoint.remote())
+        self.runner.placement[index]["endpoint"] = self.endpoints[index]
+        ray.get(shard.connect.remote(self.endpoints, self.coord_addr))
+        ray.get(
+            [s.set_endpoints.remote(self.endpoints) for i, s in enumerate(shards) if i != index]
+        )
+        event = {"shard": index, "tick": tick, "restart_s": round(time.perf_counter() - t0, 3)}
+        event.update(restored.as_json() if restored else {})
+        before, after = event.get("probe_acc_checkpoint"), event.get("probe_acc_restored")
+        if before and after:
+            event["probe_acc_change"] = float(np.mean(after) - np.mean(before))
+        self.runner.kills.append(event)
+        self.runner.on_info(
+            f"faults: killed shard-{index} at tick {tick}; Ray restarted it in "
+            f"{event['restart_s']:.1f} s, its agents restored from the checkpoint at tick "
+            f"{event.get('checkpoint_ticks')}"
+        )
+
+    @staticmethod
+    def _wait_restarted(shard: Any, index: int, pid: int, deadline: float) -> None:
+        while True:
+            try:
+                if ray.get(shard.pid.remote(), timeout=30) != pid:
+                    return
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+            if time.perf_counter() > deadline:
+                raise RunError(f"faults.kill: shard {index} did not come back within 120 s")
+            time.sleep(0.1)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def trajectories(self) -> tuple[np.ndarray, dict[str, Any]]:
+        """Positions at every tick (T+1, N, 3) and the world's map."""
+        return ray.get(self.actors.world.trajectories.remote())  # type: ignore[no-any-return]
+
+    def first_labels(self) -> dict[int, int]:
+        return ray.get(self.actors.world.first_labels.remote())  # type: ignore[no-any-return]
+
+    def coordinator_traffic(self) -> dict[str, int]:
+        if self.actors.coordinator is None:
+            return {}
+        return ray.get(self.actors.coordinator.traffic.remote())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.actors.close()

@@ -1,0 +1,723 @@
+"""Exchange strategies: how a shard's agents share knowledge with the rest of the swarm.
+
+One interface (`Exchange`, after Flower's `Strategy`), four implementations chosen once by
+`exchange_for(topology)`:
+
+    isolated        Isolated      no exchange; every agent learns alone
+    centralized     Centralized   no exchange; one pooled model (the upper bound)
+    decentralized   Gossip        CHOCO-gossip deltas to the shards (gRPC) and devices hosting
+                                  the agents' neighbours
+    coordinator     Coordinated   deltas to a coordinator, its aggregate back (gRPC)
+
+A shard holds one and never asks which. What every networked exchange shares lives beside it,
+not inside it:
+
+- `Book`: byte accounting (logical bytes per agent, the dense fp32 equivalent, rounds) and
+  the message ledger (swarm.accounting);
+- `Faults`: the injected faults of the scenario's `faults:` (drops, delays, duplicates,
+  partitions, Byzantine lies), between the exchange and the wire.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from protocols import wire
+from protocols.coordinator import FederatedClient
+from protocols.delta import Delta, DeltaRejected, layout_fingerprint
+from protocols.errors import PeerError, Stale
+from protocols.faults import FaultPlan, corrupt_delta
+from protocols.gossip import ChocoGossip, agent_index, agent_name
+from protocols.outbox import Outboxes, PeerStats
+from protocols.topology import build_graph, graph_from_edges, metropolis_weights
+from protocols.transport import GossipServicer, Peers, TrafficCounters, messages_in, start_server
+from swarm.accounting import Ledger
+from swarm.proto.v1 import delta_pb2
+from swarm.records import Traffic
+
+if TYPE_CHECKING:
+    from swarm.scenario import Scenario  # which validates against the exchanges
+
+#: Seconds a gRPC call between nodes may take before the round reports a failure.
+RPC_TIMEOUT_S = 60.0
+#: Push deadline and re-introduction period towards devices (external_peers).
+DEVICE_TIMEOUT_S = 2.0
+INTRODUCE_EVERY_S = 5.0
+#: Snapshot batches a shard sends one peer in a round after refusals (each may be lost too).
+MAX_RESYNCS = 3
+
+Message = delta_pb2.KnowledgeDelta
+Item = tuple[int, Message]  # (sending agent, its signed message)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What an exchange needs of the shard that holds it."""
+
+    sc: Scenario
+    node: str  # the shard's node name ("shard-<i>")
+    agents: list[int]  # the global indices of its agents
+    x: np.ndarray  # (K, P) the live parameters (shares memory with the models)
+    specs: Any  # the models' parameter layout (agents.yan.model.param_specs)
+    key: bytes  # the swarm's HMAC key
+    listen: str = "127.0.0.1"  # the host its gRPC server binds
+    advertise: str = "127.0.0.1"  # the host the others dial
+    edges: list[tuple[int, int]] | None = None  # the gossip graph (None: build it)
+
+
+class Exchange:
+    """The interface every way of sharing implements. The Runner schedules a round (`share`
+    on every shard, then `merge`) only for an exchange whose `rounds` is True."""
+
+    #: whether the Runner schedules rounds of this exchange
+    rounds: ClassVar[bool] = False
+    #: one model trained on every agent's data (all agents in one shard)
+    pooled: ClassVar[bool] = False
+    #: the Runner builds the gossip graph for it
+    needs_graph: ClassVar[bool] = False
+    #: the Runner starts a coordinator for it
+    needs_coordinator: ClassVar[bool] = False
+    #: whether message faults (drops, delays, partitions) apply to it
+    message_faults: ClassVar[bool] = False
+    #: whether devices (scenario external_peers) can join it
+    takes_devices: ClassVar[bool] = False
+
+    endpoint = ""  # host:port of this shard's gRPC server ('' when it serves none)
+
+    def connect(self, endpoints: list[str], coordinator: str) -> None:
+        """Where the other shards and the coordinator serve (after all have started)."""
+
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        """Where the other shards serve now (one restarted on a new port)."""
+
+    def share(self, round_: int, tick: int, examples: np.ndarray) -> int:
+        """Send this round's knowledge (after `tick` ticks); returns the deltas made."""
+        raise NotImplementedError(f"{type(self).__name__} holds no rounds")
+
+    def merge(self, round_: int) -> int:
+        """Apply what arrived; returns the deltas (or aggregates) applied."""
+        raise NotImplementedError(f"{type(self).__name__} holds no rounds")
+
+    def traffic(self) -> Traffic:
+        return Traffic()
+
+    def counts(self) -> dict[str, Any]:
+        """Every running count, JSON-able: carried over a restart (`load_counts`)."""
+        return {}
+
+    def load_counts(self, state: dict[str, Any], *, lost: int = 0) -> None:
+        """Take the counts of the process this one replaces; `lost` messages it held back
+        died with it and count as dropped."""
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, scalars) at a round boundary, for a checkpoint."""
+        return {}, {}
+
+    def load_state(
+        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+    ) -> None:
+        """Resume from `state()`; new_epoch: after a crash (the peers heard from these agents
+        after the checkpoint)."""
+
+    def close(self) -> None:
+        """Stop serving and close the channels."""
+
+
+class Isolated(Exchange):
+    """Every agent learns alone: the baseline."""
+
+
+class Centralized(Exchange):
+    """One model for everyone, trained on all agents' data: the upper bound (no network)."""
+
+    pooled = True
+
+
+# -- what networked exchanges share ------------------------------------------------------------
+
+
+class Book:
+    """Byte accounting and the message ledger of one shard's exchange."""
+
+    def __init__(self, n_agents: int, num_params: int):
+        self.ledger = Ledger()
+        self.dense = 4 * num_params  # one dense fp32 delta
+        self.logical_bytes = np.zeros(n_agents, np.int64)
+        self.dense_bytes = np.zeros(n_agents, np.int64)
+        self.rounds = 0
+
+    def sent(self, row: int, msg: Message, fanout: int = 1) -> None:
+        """Agent `row` sent `msg` to `fanout` neighbours (as standalone devices would)."""
+        self.logical_bytes[row] += fanout * msg.ByteSize()
+        self.dense_bytes[row] += fanout * self.dense
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "ledger": self.ledger.state(),
+            "logical_bytes": self.logical_bytes.tolist(),
+            "dense_bytes": self.dense_bytes.tolist(),
+            "rounds": self.rounds,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.ledger = Ledger.from_state(state["ledger"])
+        self.logical_bytes[:] = state["logical_bytes"]
+        self.dense_bytes[:] = state["dense_bytes"]
+        self.rounds = int(state["rounds"])
+
+
+class Faults:
+    """The scenario's injected faults between an exchange and the wire, decided by a seeded
+    plan every shard shares. Without a plan every message passes untouched."""
+
+    def __init__(self, plan: FaultPlan | None, book: Book, sc: Scenario):
+        self.plan = plan
+        self.book = book
+        self.compression = sc.gossip.compression
+        # Messages a delay fault holds back: (receiving node, round it goes out) -> items,
+        # sent before that round's own messages.
+        self.held: dict[tuple[str, int], list[Item]] = {}
+        # The agents of another node each local agent neighbours (partitions cut per agent).
+        self.across: dict[tuple[int, str], list[int]] = {}
+
+    def lie(self, deltas: list[Delta]) -> list[Delta]:
+        """A Byzantine agent (faults.byzantine) falsifies the deltas it sends; its own model
+        and its own public copy stay honest, so only its peers are misled."""
+        if self.plan is None or not self.plan.byzantine:
+            return deltas
+        out = []
+        for d in deltas:
+            if agent_index(d.sender) in self.plan.byzantine:
+                d = corrupt_delta(d, self.plan, self.compression)
+                self.book.ledger.corrupted += 1
+            out.append(d)
+        return out
+
+    def due(self, round_: int) -> list[str]:
+        """Nodes that held-back messages are due to in this round."""
+        return [node for node, due in sorted(self.held) if due == round_]
+
+    def release(self, node: str, round_: int) -> list[Item]:
+        """The held-back messages to `node` due in this round."""
+        return self.held.pop((node, round_), [])
+
+    def through(self, node: str, items: list[Item], round_: int, tick: int, attempt: int) -> list:
+        """The messages that go out now: each is sent (counted), then dropped, cut by a
+        partition, held back or duplicated as the fault plan decides."""
+        ledger = self.book.ledger
+        ledger.sent += len(items)
+        plan = self.plan
+        if plan is None:
+            return list(items)
+        out: list[Item] = []
+        for i, msg in items:
+            if any(plan.partitioned(tick, i, j) for j in self.across[(i, node)]):
+                ledger.dropped += 1
+                ledger.dropped_partition += 1
+                continue
+            fate = plan.fate(round_, i, node, attempt)
+            if fate.kind == "drop":
+                ledger.dropped += 1
+            elif fate.kind == "delay":
+                self.held.setdefault((node, round_ + fate.rounds), []).append((i, msg))
+                ledger.delayed += 1
+            else:
+                out.append((i, msg))
+                if fate.kind == "duplicate":
+                    out.append((i, msg))
+                    ledger.sent += 1
+                    ledger.duplicated += 1
+        return out
+
+    def n_held(self) -> int:
+        return sum(len(v) for v in self.held.values())
+
+    def state(self) -> tuple[dict[str, np.ndarray], list[list[Any]]]:
+        held = [
+            (node, due, i, msg.SerializeToString())
+            for (node, due), items in sorted(self.held.items())
+            for i, msg in items
+        ]
+        arrays: dict[str, np.ndarray] = {
+            "held.sizes": np.array([len(b) for *_, b in held], np.int64),
+            "held.bytes": np.frombuffer(b"".join(b for *_, b in held), np.uint8).copy(),
+        }
+        return arrays, [[node, due, i] for node, due, i, _ in held]
+
+    def load_state(self, arrays: dict[str, np.ndarray], held: list[list[Any]]) -> None:
+        self.held = {}
+        offsets = np.concatenate([[0], np.cumsum(arrays["held.sizes"])])
+        raw = arrays["held.bytes"].tobytes()
+        for k, (node, due, i) in enumerate(held):
+            msg = Message.FromString(raw[offsets[k] : offsets[k + 1]])
+            self.held.setdefault((str(node), int(due)), []).append((int(i), msg))
+
+
+class Networked(Exchange):
+    """What gossip and the coordinator client share: the gRPC channels, the traffic counts,
+    the book, the faults, and the signing of messages."""
+
+    rounds = True
+
+    def __init__(self, w: Wiring, plan: FaultPlan | None):
+        sc = w.sc
+        self.w = w
+        self.node, self.key = w.node, w.key
+        self.x = w.x
+        self.x0 = w.x[0].copy()  # every agent starts from the common init
+        self.layout = layout_fingerprint(w.specs)
+        self.num_params = int(w.x.shape[1])
+        self.counters = TrafficCounters()
+        self.max_bytes = int(sc.gossip.max_message_mb * 2**20)
+        self.peers = Peers(self.max_bytes, self.counters, tls=sc.gossip.tls, node=w.node)
+        self.endpoints: list[str] = []
+        self.coordinator = ""
+        self.book = Book(len(w.agents), self.num_params)
+        self.faults = Faults(plan, self.book, sc)
+
+    def connect(self, endpoints: list[str], coordinator: str) -> None:
+        self.endpoints, self.coordinator = list(endpoints), coordinator
+
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        self.endpoints = list(endpoints)
+
+    def pack(self, round_: int, msgs: list[Message]) -> list[delta_pb2.DeltaBatch]:
+        # under the message limit; a delta too large for one message goes in signed chunks
+        return wire.pack(self.node, round_, msgs, self.max_bytes, self.key)
+
+    def sign(self, deltas: list[Delta]) -> list[Message]:
+        return [wire.to_proto(d, self.key) for d in deltas]
+
+    def decode(self, msg: Message) -> Delta:
+        return wire.from_proto(msg, key=self.key, num_params=self.num_params, layout=self.layout)
+
+    def traffic(self) -> Traffic:
+        ledger = self.book.ledger.state()
+        ledger["held"] = self.faults.n_held()
+        return Traffic(
+            counters=self.counters.snapshot(),
+            bytes_sent=self.book.logical_bytes.tolist(),
+            dense_bytes=self.book.dense_bytes.tolist(),
+            rounds=self.book.rounds,
+            ledger=ledger,
+        )
+
+    def counts(self) -> dict[str, Any]:
+        out = {"counters": self.counters.snapshot(), **self.book.counts()}
+        out["held"] = self.faults.n_held()
+        return out
+
+    def load_counts(self, state: dict[str, Any], *, lost: int = 0) -> None:
+        self.counters.load(state["counters"])
+        self.book.load(state)
+        self.book.ledger.dropped += lost
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The protocol's state (`protocol_state`), the messages a delay fault holds back, and
+        the counts."""
+        arrays, scalars = self.protocol_state()
+        scalars["counts"] = self.counts()
+        held_arrays, scalars["held"] = self.faults.state()
+        arrays.update(held_arrays)
+        return arrays, scalars
+
+    def load_state(
+        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+    ) -> None:
+        self.load_protocol_state(arrays, scalars, new_epoch=new_epoch)
+        # After a crash the messages held at the checkpoint were already sent or dropped by the
+        # process that died (their rounds are past); a resumed run still owes them.
+        self.faults.load_state(arrays, [] if new_epoch else scalars["held"])
+        self.load_counts(scalars["counts"])
+
+    def protocol_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        raise NotImplementedError
+
+    def load_protocol_state(
+        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+    ) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.peers.close()
+
+
+class DeviceIntroducer:
+    """The devices (scenario external_peers) a shard's agents neighbour: introduced again every
+    `every_s` (a device that restarts learns its neighbours anew), reached through outboxes.
+    A device is out of the consensus step until it answers an introduction: the copy of one
+    that never joins would pull the local agents back to the initial weights."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        endpoint: str,
+        key: bytes,
+        peers: Peers,
+        outboxes: Outboxes,
+        algo: ChocoGossip,
+        devices: dict[str, tuple[int, list[int]]],
+        every_s: float,
+        timeout_s: float,
+        rounds_done: Callable[[], int],
+    ):
+        self.node, self.endpoint, self.key = node, endpoint, key
+        self.peers, self.outboxes, self.algo = peers, outboxes, algo
+        self.devices = devices  # address -> (the device's agent, local agents neighbouring it)
+        self.every_s, self.timeout_s = every_s, timeout_s
+        self.rounds_done = rounds_done
+        for agent, _ in devices.values():
+            algo.set_active(agent, False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def serves(self, address: str) -> bool:
+        return address in self.devices
+
+    def agents_for(self, address: str) -> set[int]:
+        """The local agents that neighbour the device at `address`."""
+        return set(self.devices[address][1]) if address in self.devices else set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for address, (agent, local) in self.devices.items():
+                self._introduce(address, agent, local)
+            self._stop.wait(self.every_s)
+
+    def _introduce(self, address: str, agent: int, local: list[int]) -> None:
+        intro = wire.introduction(self.node, self.endpoint, local, membership=False, key=self.key)
+        try:
+            reply = self.peers.introduce(address, intro, self.timeout_s)
+            wire.check_introduction(reply, self.key)
+        except (PeerError, DeltaRejected):
+            return  # a device not up yet, or refusing: try again next period
+        if not self.algo.active(agent) and self.rounds_done() > 0:
+            # first contact after rounds went by: a snapshot, not a refused delta
+            self.outboxes.resync(address)
+        self.algo.set_active(agent, True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.outboxes.close()
+
+
+def catch_up(
+    client: FederatedClient, x: np.ndarray, rounds: Iterable[int], fetch: Callable[[int], Delta]
+) -> None:
+    """Bring a federated client that missed `rounds` (restored from a checkpoint) to the
+    global model: apply each closed round's aggregate in turn, then drop the error feedback,
+    whose residuals belonged to deltas the global model now holds."""
+    for r in rounds:
+        client.apply_aggregate(x, fetch(r))
+    client.error[:] = 0
+
+
+# -- coordinator --------------------------------------------------------------------------------
+
+
+class Coordinated(Networked):
+    """Each round every agent's delta goes to the coordinator; its aggregate comes back and
+    becomes every local agent's model."""
+
+    needs_coordinator = True
+
+    def __init__(self, w: Wiring, plan: FaultPlan | None):
+        super().__init__(w, plan)
+        sc = w.sc
+        self.client = FederatedClient(
+            local=w.agents, x0=self.x0, compression=sc.gossip.compression, layout=self.layout
+        )
+
+    def share(self, round_: int, tick: int, examples: np.ndarray) -> int:
+        if self.client.version < round_:
+            self._catch_up(round_)  # restored from a checkpoint rounds ago
+        deltas = self.faults.lie(self.client.make_deltas(self.x, round_, examples))
+        messages = self.sign(deltas)
+        self.book.ledger.sent += len(messages)
+        for batch in self.pack(round_, messages):
+            self.peers.submit(self.coordinator, batch, RPC_TIMEOUT_S)
+            self.book.ledger.delivered += messages_in(batch)
+        for row, msg in enumerate(messages):
+            self.book.sent(row, msg)
+        self.book.rounds += 1
+        return len(deltas)
+
+    def _catch_up(self, round_: int) -> None:
+        """Restored from a checkpoint rounds behind: take the closed rounds' aggregates (the
+        coordinator keeps them); each makes the local agents the global model."""
+        catch_up(self.client, self.x, range(self.client.version, round_), self._aggregate)
+
+    def _aggregate(self, round_: int) -> Delta:
+        reply = self.peers.get_aggregate(self.coordinator, self.node, round_, RPC_TIMEOUT_S)
+        return self.decode(reply.aggregate)
+
+    def merge(self, round_: int) -> int:
+        self.client.apply_aggregate(self.x, self._aggregate(round_))
+        return 1
+
+    def protocol_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {
+            "fed.global_model": self.client.global_model.copy(),
+            "fed.error": self.client.error.copy(),
+        }
+        return arrays, {"fed.version": int(self.client.version)}
+
+    def load_protocol_state(
+        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+    ) -> None:
+        self.client.global_model[:] = arrays["fed.global_model"]
+        self.client.error[:] = arrays["fed.error"]
+        self.client.version = int(scalars["fed.version"])
+
+
+# -- gossip -------------------------------------------------------------------------------------
+
+
+class Gossip(Networked):
+    """CHOCO-gossip over the scenario's graph: each round every agent sends its compressed
+    delta to the nodes hosting its neighbours, over gRPC; devices (external_peers) are
+    reached through outboxes, so the round barrier never waits for one."""
+
+    needs_graph = True
+    message_faults = True
+    takes_devices = True
+
+    def __init__(self, w: Wiring, plan: FaultPlan | None):
+        super().__init__(w, plan)
+        sc = w.sc
+        self.algo = self._algorithm(w)
+        self.external = {agent_name(p.agent): p.address for p in sc.external_peers}
+        self.faults.across = {
+            (i, node): [j for j, _ in nbrs if self._owner(j) == node]
+            for i, nbrs in zip(w.agents, self.algo.neighbours, strict=True)
+            for node in self.algo.destinations(i)
+        }
+        # Send a snapshot of every local agent before the next deltas: set when this shard
+        # restarted from a checkpoint with a new epoch (its peers refuse deltas until then).
+        self.announce = False
+        self.devices: DeviceIntroducer | None = None
+        servicer = GossipServicer(
+            w.node,
+            wire.make_decoder(w.key, self.num_params, self.layout),
+            self.algo.receive,
+            self.counters,
+            introduce=self._on_introduce,
+        )
+        self.server, port = start_server(
+            w.listen,
+            0,
+            gossip=servicer,
+            max_message_bytes=self.max_bytes,
+            tls=sc.gossip.tls,
+            node=w.node,
+        )
+        self.endpoint = f"{w.advertise}:{port}"
+        self.devices = self._device_links()
+
+    def _owner(self, j: int) -> str:
+        """The node hosting agent j: a shard, or the device running it."""
+        return f"shard-{j // self.w.sc.per_shard}" if j < self.w.sc.agents.count else agent_name(j)
+
+    def _algorithm(self, w: Wiring) -> ChocoGossip:
+        sc = w.sc
+        n = sc.total_agents
+        graph = graph_from_edges(n, w.edges) if w.edges is not None else None
+        graph = graph or build_graph(sc.gossip.graph, n, sc.seed)
+        return ChocoGossip(
+            robust=sc.gossip.robust,
+            local=w.agents,
+            weights=metropolis_weights(graph),
+            x0=self.x0,
+            gamma=sc.gossip.gamma,
+            compression=sc.gossip.compression,
+            layout=self.layout,
+            owner=self._owner,
+            # The wall clock: a device that kept its state from an earlier run holds older
+            # epochs of these agents, and resynchronises instead of mixing the two runs.
+            epoch=int(time.time() * 1000),
+        )
+
+    # -- devices (scenario external_peers) -----------------------------------------------------
+
+    def _device_links(self) -> DeviceIntroducer | None:
+        """Devices this shard's agents neighbour, reached through outboxes and introduced
+        again every few seconds (a device that restarts learns its neighbours anew)."""
+        agents = {
+            name: [i for i in self.w.agents if name in self.algo.destinations(i)]
+            for name in self.external
+        }
+        agents = {k: v for k, v in agents.items() if v}
+        if not agents:
+            return None
+        outboxes = Outboxes(
+            self.peers.push,
+            lambda r, msgs: self.pack(r, msgs),
+            self._snapshots,
+            timeout_s=DEVICE_TIMEOUT_S,
+        )
+        return DeviceIntroducer(
+            node=self.node,
+            endpoint=self.endpoint,
+            key=self.key,
+            peers=self.peers,
+            outboxes=outboxes,
+            algo=self.algo,
+            devices={self.external[name]: (agent_index(name), a) for name, a in agents.items()},
+            every_s=INTRODUCE_EVERY_S,
+            timeout_s=DEVICE_TIMEOUT_S,
+            rounds_done=lambda: self.book.rounds,
+        )
+
+    def _on_introduce(self, intro: Any) -> Any:
+        wire.check_introduction(intro, self.key)
+        agents = [i for i in self.w.agents if intro.node in self.algo.destinations(i)]
+        return wire.introduction(self.node, self.endpoint, agents, membership=False, key=self.key)
+
+    def _snapshots(self, round_: int, address: str) -> list[Message]:
+        assert self.devices is not None
+        return self.sign(self.algo.make_snapshots(round_, self.devices.agents_for(address)))
+
+    def connect(self, endpoints: list[str], coordinator: str) -> None:
+        super().connect(endpoints, coordinator)
+        if self.devices is not None:
+            self.devices.start()
+
+    # -- a round --------------------------------------------------------------------------------
+
+    def share(self, round_: int, tick: int, examples: np.ndarray) -> int:
+        # a restarted shard's new epoch starts with snapshots of its agents (before the deltas)
+        snapshots = self.algo.make_snapshots(round_) if self.announce else []
+        self.announce = False
+        deltas = self.faults.lie(self.algo.make_deltas(self.x, round_, examples))
+        by_node: dict[str, list[Item]] = {}
+        for d in snapshots:
+            i = agent_index(d.sender)
+            for node in self.algo.destinations(i):
+                by_node.setdefault(node, []).append((i, wire.to_proto(d, self.key)))
+                self.book.ledger.snapshots += node not in self.external
+        for row, msg in enumerate(self.sign(deltas)):
+            i = self.w.agents[row]
+            # As standalone devices, an agent would send its delta to every neighbour.
+            self.book.sent(row, msg, self.algo.logical_recipients(i))
+            for node in self.algo.destinations(i):
+                by_node.setdefault(node, []).append((i, msg))
+        for node in self.faults.due(round_):  # held back, due now: even with nothing else
+            by_node.setdefault(node, [])
+        for node, items in sorted(by_node.items()):
+            if node in self.external:  # devices: through outboxes, outside the ledger
+                assert self.devices is not None
+                self.devices.outboxes.add(self.external[node], [m for _, m in items], round_)
+            else:
+                self._deliver(node, items, round_, tick)
+        self.book.rounds += 1
+        return len(deltas)
+
+    def _deliver(self, node: str, items: list[Item], round_: int, tick: int) -> None:
+        """Send one round's messages to another shard, through the injected faults.
+
+        A refusal (Stale: the receiver's copy of a sender is not where these messages start,
+        after a lost message or a restart on either side) is answered with snapshots of those
+        senders' public copies, which go through the faults too."""
+        address = self.endpoints[int(node.split("-")[1])]
+        batch = self.faults.release(node, round_)
+        batch += self.faults.through(node, items, round_, tick, 0)
+        attempt = 0
+        while batch and not self._push(address, batch, round_) and attempt < MAX_RESYNCS:
+            attempt += 1
+            snaps = [
+                (agent_index(d.sender), wire.to_proto(d, self.key))
+                for d in self.algo.make_snapshots(round_, {i for i, _ in batch})
+            ]
+            self.book.ledger.snapshots += len(snaps)
+            batch = self.faults.through(node, snaps, round_, tick, attempt)
+
+    def _push(self, address: str, items: list[Item], round_: int) -> bool:
+        """Push messages in as few batches as fit; False if the receiver refused any batch."""
+        ok = True
+        for batch in self.pack(round_, [m for _, m in items]):
+            n = messages_in(batch)
+            try:
+                self.peers.push(address, batch, RPC_TIMEOUT_S)
+            except Stale:
+                self.book.ledger.rejected += n
+                ok = False
+            else:
+                self.book.ledger.delivered += n
+        return ok
+
+    def merge(self, round_: int) -> int:
+        return self.algo.apply(self.x)
+
+    # -- traffic and checkpoints ---------------------------------------------------------------
+
+    def traffic(self) -> Traffic:
+        out = super().traffic()
+        if self.devices is not None:
+            stats = self.devices.outboxes.stats()
+            out.devices = {
+                name: vars(stats.get(address) or PeerStats())
+                for name, address in self.external.items()
+                if self.devices.serves(address)
+            }
+        return out
+
+    def protocol_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {}
+        scalars: dict[str, Any] = {}
+        for k, v in self.algo.state().items():
+            if isinstance(v, np.ndarray):
+                arrays[f"gossip.{k}"] = v
+            else:
+                scalars[f"gossip.{k}"] = int(v)
+        return arrays, scalars
+
+    def load_protocol_state(
+        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+    ) -> None:
+        state: dict[str, Any] = {k[7:]: v for k, v in arrays.items() if k.startswith("gossip.")}
+        state.update({k[7:]: v for k, v in scalars.items() if k.startswith("gossip.")})
+        epoch = max(int(state["epoch"]) + 1, int(time.time() * 1000)) if new_epoch else None
+        self.algo.load_state(state, epoch=epoch)
+        self.announce = new_epoch
+
+    def close(self) -> None:
+        if self.devices is not None:
+            self.devices.close()
+        super().close()
+        self.server.stop(grace=None)
+
+
+# -- the factory --------------------------------------------------------------------------------
+
+EXCHANGES: dict[str, type[Exchange]] = {
+    "isolated": Isolated,
+    "centralized": Centralized,
+    "decentralized": Gossip,
+    "coordinator": Coordinated,
+}
+
+
+def exchange_for(topology: str) -> type[Exchange]:
+    """The exchange a scenario's gossip.topology names."""
+    try:
+        return EXCHANGES[topology]
+    except KeyError:
+        raise ValueError(f"unknown topology {topology!r}; known: {', '.join(EXCHANGES)}") from None
+
+
+def make_exchange(w: Wiring, plan: FaultPlan | None) -> Exchange:
+    """The shard's exchange for its scenario's gossip.topology."""
+    cls = exchange_for(w.sc.gossip.topology)
+    if issubclass(cls, Networked):
+        return cls(w, plan)
+    return cls()

@@ -1,0 +1,527 @@
+"""Tasks: what the agents learn to do, and how the run measures it.
+
+A world either labels what the agents sense (classification: the drone patrol's event kinds)
+or rewards what they do (reinforcement learning: PettingZoo worlds). Everything that differs
+between the two lives in one `Task` class each, on every side of the run:
+
+- the world side (`WorldHost`): what the world says of itself (`describe`) and how one of its
+  ticks becomes a `Step` (`first_step`, `step`);
+- the shard side (`AgentShard`): the learners it builds (`learning`) and, through them,
+  acting, learning and measuring (`Learning`);
+- the driver side (`Runner`, `swarm compare`, `swarm run`'s table): the task's part of a
+  metrics row (`row`), of the summary (`final`), its headline figure and its table lines.
+
+`task_of_world` and `task_named` are the only places that ask which task a run has.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from swarm.records import NO_LABELS, ShardMeasure, Step, WorldInfo
+
+if TYPE_CHECKING:
+    # the learners load torch: the driver (which only reads rows) must not
+    from agents.actor_critic import OnlineActorCritic
+    from agents.learner import OnlineLearner
+    from swarm.scenario import Scenario  # which validates against the tasks
+
+#: An agent "recognises" an event kind when its probe accuracy on that kind reaches this.
+RECOGNISED = 0.5
+#: Knowledge spread of a kind: from its first label anywhere until this share of agents
+#: recognise it.
+SPREAD_SHARE = 0.9
+
+Probe = tuple[np.ndarray, np.ndarray]  # (windows, labels) of the held-out probe set
+TableRow = tuple[str, str]
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _num(v: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+class Learning(ABC):
+    """A shard's learners for one task: act on a tick, and report what they know."""
+
+    #: learners saved in a checkpoint, by name
+    learners: dict[str, Any]
+
+    @property
+    @abstractmethod
+    def population(self) -> Any:
+        """The live models (agents.population.Population): what the exchange shares."""
+
+    @abstractmethod
+    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
+        """This tick's decisions of agents lo..hi-1 (classifications or actions)."""
+
+    @abstractmethod
+    def measure(self, probe: Probe | None) -> dict[str, Any]:
+        """The task's fields of this shard's ShardMeasure."""
+
+    @abstractmethod
+    def steps(self) -> int:
+        """Learning steps taken so far (the live figure learn/steps)."""
+
+    def loss(self) -> np.ndarray | None:
+        """The agents' losses at their last learning step (None when not tracked)."""
+        return None
+
+    def probe_acc(self, probe: Probe | None) -> np.ndarray:
+        """Balanced probe accuracy per agent now (empty without a probe set)."""
+        return np.zeros(0)
+
+    def take_example_counts(self) -> np.ndarray:
+        """Examples each agent learned from since the last call (weights for aggregation)."""
+        return self.population_learner.take_example_counts()  # type: ignore[no-any-return]
+
+    @property
+    def population_learner(self) -> Any:
+        return self.learners["learner"]
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, scalars) of every learner, names prefixed ("learner.", "shadow.")."""
+        from agents.learner import learner_state  # torch: in the shard's process only
+
+        arrays: dict[str, np.ndarray] = {}
+        scalars: dict[str, Any] = {}
+        for name, learner in self.learners.items():
+            part, values = learner_state(learner)
+            arrays.update({f"{name}.{k}": v for k, v in part.items()})
+            scalars[name] = values
+        return arrays, scalars
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+        from agents.learner import load_learner_state  # torch: in the shard's process only
+
+        for name, learner in self.learners.items():
+            part = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + ".")}
+            load_learner_state(learner, part, scalars[name])
+
+
+class Task(ABC):
+    """One kind of task, on the world's, the shard's and the driver's side."""
+
+    name: ClassVar[str]
+    #: (metrics key, label) of the figure a run is judged by (`swarm compare`)
+    headline: ClassVar[tuple[str, str]]
+    #: the metrics row key whose course over the run `swarm compare` plots
+    curve: ClassVar[str]
+    #: whether the shards measure the agents on a held-out probe set from the world
+    needs_probe: ClassVar[bool] = False
+    #: whether its learners can be checkpointed (and so resumed, or restored after a kill)
+    checkpoints: ClassVar[bool] = False
+
+    # -- the world's side --------------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def describe(world: Any) -> WorldInfo: ...
+
+    @staticmethod
+    @abstractmethod
+    def first_step(world: Any, obs: np.ndarray) -> Step: ...
+
+    @staticmethod
+    @abstractmethod
+    def step(result: Any, first_label: dict[int, int]) -> Step:
+        """The Step of one world tick; records in `first_label` when a class was first
+        labelled."""
+
+    # -- the shard's side --------------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def learning(
+        sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
+    ) -> Learning:
+        """The shard's learners. pooled: one model trained on everyone's data (centralized);
+        twins: isolated shadow learners on the same stream, as the baseline."""
+
+    # -- the driver's side -------------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    def row(shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int]) -> dict:
+        """The task's figures of one metrics row (and its per-agent figures under "agents")."""
+
+    @staticmethod
+    @abstractmethod
+    def final(
+        rows: list[dict[str, Any]], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
+    ) -> dict[str, Any]:
+        """The task's figures added to the last row for the summary."""
+
+    @staticmethod
+    @abstractmethod
+    def table(metrics: dict[str, Any], isolated_baseline: bool) -> list[TableRow]:
+        """The task's lines of `swarm run`'s final table."""
+
+
+# -- classification ---------------------------------------------------------------------------
+
+
+class ClassifyLearning(Learning):
+    """Each agent classifies what it senses; labels arrive late and for a fraction of reports.
+    An isolated twin of each agent learns on the same stream and never shares (the baseline)."""
+
+    def __init__(self, learner: OnlineLearner, shadow: OnlineLearner | None, learn_every: int):
+        self.learner, self.shadow = learner, shadow
+        self.learners = {"learner": learner} | ({"shadow": shadow} if shadow else {})
+        self.learn_every = learn_every
+        self._loss: np.ndarray | None = None
+
+    @property
+    def population(self) -> Any:
+        return self.learner.population
+
+    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
+        labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
+        labels[:, 0] -= lo
+        obs = step.obs[lo:hi]
+        learn = step.tick > 0 and step.tick % self.learn_every == 0
+        out = None
+        for learner in self.learners.values():
+            learner.add_labels(labels)
+            if learn:
+                stats = learner.learn_step()
+                if learner is self.learner:  # kept for the live metrics (learn/loss)
+                    self._loss = stats["loss"]
+            preds = learner.act(step.tick, obs)
+            out = preds if out is None else out
+        assert out is not None
+        return out
+
+    def measure(self, probe: Probe | None) -> dict[str, Any]:
+        from agents.learner import balanced_accuracy  # torch: in the shard's process only
+
+        assert probe is not None
+        windows, labels = probe
+        per_class = self.learner.evaluate(windows, labels)
+        acc = balanced_accuracy(per_class).tolist()
+        iso = acc
+        if self.shadow is not None:
+            iso = balanced_accuracy(self.shadow.evaluate(windows, labels)).tolist()
+        return {
+            "probe_acc": acc,
+            "per_class": np.nan_to_num(per_class, nan=-1.0).tolist(),
+            "probe_acc_isolated": iso,
+        }
+
+    def steps(self) -> int:
+        return int(self.learner.learn_steps)
+
+    def loss(self) -> np.ndarray | None:
+        return self._loss
+
+    def probe_acc(self, probe: Probe | None) -> np.ndarray:
+        from agents.learner import balanced_accuracy  # torch: in the shard's process only
+
+        if probe is None:
+            return np.zeros(0)
+        return np.asarray(balanced_accuracy(self.learner.evaluate(*probe)), np.float64)
+
+
+class Classification(Task):
+    name = "classify"
+    headline = ("learn/probe_acc", "probe accuracy")
+    curve = "learn/probe_acc"
+    needs_probe = True
+    checkpoints = True
+
+    @staticmethod
+    def describe(world: Any) -> WorldInfo:
+        from envs.drone_patrol.config import EVENT_CLASSES  # the classification world's kinds
+
+        inputs = (
+            world.input_config()
+            if hasattr(world, "input_config")
+            else {"vector_dim": world.obs_dim}
+        )
+        return WorldInfo(
+            task=Classification.name,
+            obs_dim=world.obs_dim,
+            agent_ids=list(world.agent_ids),
+            inputs=inputs,
+            n_classes=world.n_classes,
+            classes=list(EVENT_CLASSES),
+        )
+
+    @staticmethod
+    def first_step(world: Any, obs: np.ndarray) -> Step:
+        return Step(0, obs, NO_LABELS)
+
+    @staticmethod
+    def step(result: Any, first_label: dict[int, int]) -> Step:
+        for cls in np.unique(result.labels[:, 2]).tolist():
+            first_label.setdefault(int(cls), result.tick)
+        return Step(result.tick, result.obs, result.labels)
+
+    @staticmethod
+    def learning(
+        sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
+    ) -> Learning:
+        from agents.learner import OnlineLearner  # torch: in the shard's process only
+
+        def build() -> OnlineLearner:
+            return OnlineLearner(
+                sc.model, sc.learning, n_agents, info.model_inputs, info.n_classes, seed=sc.seed
+            )
+
+        learner = build()
+        # the upper bound: one model for everyone, trained on all agents' data
+        learner.population.pooled = pooled
+        # The isolated baseline: same observations, same labels, same seed, never shares.
+        shadow = build() if twins else None
+        return ClassifyLearning(learner, shadow, sc.learning.learn_every)
+
+    @staticmethod
+    def row(shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int]) -> dict:
+        acc = np.concatenate([m.probe_acc for m in shards])
+        iso = np.concatenate([m.probe_acc_isolated for m in shards])
+        per_class = np.concatenate([np.asarray(m.per_class) for m in shards])
+        present = per_class >= 0
+        class_acc = np.where(present, per_class, 0).sum(0) / np.maximum(present.sum(0), 1)
+        row: dict[str, Any] = {}
+        if byzantine:  # what the liars did to everyone else
+            agents = np.concatenate([m.agents for m in shards])
+            honest = ~np.isin(agents, sorted(byzantine))
+            row["learn/probe_acc_honest"] = float(acc[honest].mean())
+        row["learn/probe_acc"] = float(acc.mean())
+        row["learn/probe_acc_min"] = float(acc.min())
+        row["learn/probe_acc_isolated"] = float(iso.mean())
+        for c, name in enumerate(info.classes):
+            row[f"learn/class_acc/{name}"] = float(class_acc[c])
+            if c > 0:  # knowledge spread: the share of agents that recognise the event kind
+                row[f"learn/recognised/{name}"] = float(np.mean(per_class[:, c] >= RECOGNISED))
+        row["agents"] = {
+            "learn/probe_acc": [round(float(a), 6) for a in acc],
+            "learn/probe_acc_isolated": [round(float(a), 6) for a in iso],
+        }
+        return row
+
+    @staticmethod
+    def final(
+        rows: list[dict[str, Any]], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
+    ) -> dict[str, Any]:
+        last = rows[-1]
+        out: dict[str, Any] = {
+            "learn/sharing_gain": last["learn/probe_acc"] - last["learn/probe_acc_isolated"]
+        }
+        out.update(spread(rows, info.classes, first_labels, sc.world.tick_s))
+        out.update(continual_figures(rows, info.classes, first_labels, sc))
+        return out
+
+    @staticmethod
+    def table(metrics: dict[str, Any], isolated_baseline: bool) -> list[TableRow]:
+        m = metrics
+        lines = [
+            ("task score", f"{m.get('task/score', float('nan')):.3f}"),
+            ("detection F1", f"{m.get('task/f1', float('nan')):.3f}"),
+            (
+                "altitude-limit violations",
+                f"{m.get('task/altitude_violations', 0):.0f} of "
+                f"{m.get('task/sign_passages', 0):.0f} sign passages",
+            ),
+            ("collisions", f"{m.get('task/collisions', 0):.0f}"),
+            ("cruise points visited (last tour)", _pct(m.get("task/point_coverage"))),
+            ("probe accuracy, sharing", _pct(m["learn/probe_acc"])),
+        ]
+        if isolated_baseline:
+            lines.append(("probe accuracy, isolated", _pct(m["learn/probe_acc_isolated"])))
+            lines.append(("gain from sharing", f"{100 * m['learn/sharing_gain']:+.1f} points"))
+        else:
+            lines.append(("probe accuracy, isolated", "not measured (baseline.isolated)"))
+        if m.get("learn/acc") is not None:
+            lines.append(
+                (
+                    "event kinds: final accuracy / BWT",
+                    f"{_pct(m['learn/acc'])} / {100 * (m.get('learn/bwt') or 0):+.1f} points",
+                )
+            )
+        return lines
+
+
+def spread(
+    rows: list[dict[str, Any]], classes: list[str], first_labels: dict[int, int], tick_s: float
+) -> dict[str, Any]:
+    """Per event kind: when its first label arrived anywhere (s), and how long after that
+    SPREAD_SHARE of the agents recognised it (s; None if they never did)."""
+    out: dict[str, Any] = {}
+    for c, name in enumerate(classes):
+        if c == 0 or c not in first_labels:
+            continue
+        first = first_labels[c] * tick_s
+        out[f"learn/first_label_s/{name}"] = first
+        reached = [
+            r["sim_time_s"]
+            for r in rows
+            if r["sim_time_s"] >= first and r[f"learn/recognised/{name}"] >= SPREAD_SHARE
+        ]
+        out[f"learn/spread_s/{name}"] = reached[0] - first if reached else None
+    return out
+
+
+def continual_figures(
+    rows: list[dict[str, Any]], classes: list[str], first_labels: dict[int, int], sc: Scenario
+) -> dict[str, float | None]:
+    """The swarm's continual-learning figures over the event kinds, each kind a "task" that
+    starts with its first label (swarm-mean probe accuracy per kind, `learn/class_acc/<kind>`):
+
+    - ``learn/acc``: average final accuracy over the kinds labelled during the run;
+    - ``learn/bwt``: backward transfer, mean over those kinds of (final accuracy - best accuracy
+      reached after the kind's first label): 0 when nothing learnt was lost, negative when the
+      swarm forgot (Lopez-Paz & Ranzato 2017 measure against the accuracy right after the task;
+      with kinds that overlap in time, the best accuracy reached is that reference).
+    """
+    final, back = [], []
+    for c, name in enumerate(classes):
+        if c == 0 or c not in first_labels:
+            continue
+        t0 = first_labels[c] * sc.world.tick_s
+        acc = [r[f"learn/class_acc/{name}"] for r in rows if r["sim_time_s"] >= t0]
+        if not acc:
+            continue
+        final.append(acc[-1])
+        back.append(acc[-1] - max(acc))
+    return {
+        "learn/acc": float(np.mean(final)) if final else None,
+        "learn/bwt": float(np.mean(back)) if back else None,
+    }
+
+
+# -- reinforcement learning -------------------------------------------------------------------
+
+
+class ControlLearning(Learning):
+    """Each agent acts on its observations and learns from the rewards (online actor-critic).
+
+    Acting changes what an agent experiences, so an isolated twin cannot live on the same
+    stream: compare against a run with gossip.topology: isolated instead."""
+
+    def __init__(self, learner: OnlineActorCritic):
+        self.learner = learner
+        self.learners = {"learner": learner}
+
+    @property
+    def population(self) -> Any:
+        return self.learner.population
+
+    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
+        part = [
+            None if a is None else a[lo:hi]
+            for a in (step.rewards, step.done, step.alive, step.truncated, step.final_obs)
+        ]
+        return self.learner.act(step.obs[lo:hi], *part)
+
+    def measure(self, probe: Probe | None) -> dict[str, Any]:
+        return {"rl": dict(self.learner.stats)}
+
+    def steps(self) -> int:
+        return int(self.learner.updates)
+
+
+class Reinforcement(Task):
+    name = "rl"
+    headline = ("rl/team_return_last", "team return (last quarter)")
+    curve = "rl/team_return"
+
+    @staticmethod
+    def describe(world: Any) -> WorldInfo:
+        return WorldInfo(
+            task=Reinforcement.name,
+            obs_dim=world.obs_dim,
+            agent_ids=list(world.agent_ids),
+            n_actions=world.n_actions,
+        )
+
+    @staticmethod
+    def first_step(world: Any, obs: np.ndarray) -> Step:
+        n = len(obs)
+        return Step(0, obs, NO_LABELS, np.zeros(n, np.float32), None, world.alive.copy())
+
+    @staticmethod
+    def step(result: Any, first_label: dict[int, int]) -> Step:
+        return Step(
+            result.tick,
+            result.obs,
+            NO_LABELS,
+            result.rewards,
+            result.done,
+            result.alive,
+            result.truncated,
+            result.final_obs,
+        )
+
+    @staticmethod
+    def learning(
+        sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
+    ) -> Learning:
+        from agents.actor_critic import OnlineActorCritic  # torch: in the shard's process only
+
+        learner = OnlineActorCritic(
+            sc.model, sc.learning, sc.rl, n_agents, info.obs_dim, info.n_actions, seed=sc.seed
+        )
+        learner.population.pooled = pooled
+        return ControlLearning(learner)
+
+    @staticmethod
+    def row(shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int]) -> dict:
+        stats = [m.rl for m in shards if m.rl]
+        return {
+            f"rl/{key}": float(np.mean([s[key] for s in stats])) if stats else None
+            for key in ("entropy", "value_loss", "approx_kl", "clip_frac")
+        }
+
+    @staticmethod
+    def final(
+        rows: list[dict[str, Any]], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
+    ) -> dict[str, Any]:
+        # one interval's episodes are few: summarise the first and last quarter of the run
+        returns = [r["rl/team_return"] for r in rows if r.get("rl/team_return") is not None]
+        q = max(1, len(returns) // 4)
+        return {
+            "rl/team_return_first": float(np.mean(returns[:q])) if returns else None,
+            "rl/team_return_last": float(np.mean(returns[-q:])) if returns else None,
+        }
+
+    @staticmethod
+    def table(metrics: dict[str, Any], isolated_baseline: bool) -> list[TableRow]:
+        m = metrics
+        return [
+            ("episodes", _num(m.get("rl/episodes"), ".0f")),
+            ("team return, first quarter", _num(m.get("rl/team_return_first"))),
+            ("team return, last quarter", _num(m.get("rl/team_return_last"))),
+            ("policy entropy (nats)", _num(m.get("rl/entropy"), ".3f")),
+        ]
+
+
+# -- the factory ------------------------------------------------------------------------------
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Reinforcement)}
+#: The task each world kind poses (scenario `world.kind`): the drone patrol labels what its
+#: drones sense; a PettingZoo world rewards what its agents do.
+WORLD_TASKS: dict[str, type[Task]] = {"drone_patrol": Classification, "pettingzoo": Reinforcement}
+
+
+def task_of_world(kind: str) -> type[Task]:
+    """The task a world of this kind poses."""
+    try:
+        return WORLD_TASKS[kind]
+    except KeyError:
+        raise ValueError(f"unknown world kind {kind!r}; known: {', '.join(WORLD_TASKS)}") from None
+
+
+def task_named(name: str) -> type[Task]:
+    """The task of this name (WorldInfo.task, summary.json `task`)."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
