@@ -9,7 +9,7 @@ simulated shard talking to devices) with one queue and one sender thread per pee
     peer answers           delivered in order, oldest first, in batches under the size limit
     peer unreachable       kept and retried with backoff; beyond `max_queued` messages the
                            queue is dropped and replaced by a resync (memory stays bounded)
-    FAILED_PRECONDITION    the peer's copy is out of step (it restarted from a checkpoint, or
+    refused as Stale       the peer's copy is out of step (it restarted from a checkpoint, or
                            joined late): the queue is dropped and *snapshots* are sent, the
                            sender's whole public copies at their current version, after which
                            ordinary deltas apply again (protocols.gossip: snapshot rules)
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
+from protocols.errors import PeerError, Refused, Stale, TlsHandshakeFailed
 
 #: Longest wait between two attempts to reach an unreachable peer.
 MAX_BACKOFF_S = 2.0
@@ -65,14 +65,16 @@ class Outboxes:
     """One node's outgoing links.
 
     Args:
-        push: sends one DeltaBatch to an address, raises grpc.RpcError (`Peers.push`).
+        push: sends one DeltaBatch to an address, raises protocols.errors.PeerError
+            (`Peers.push`).
         pack: (round, messages) -> DeltaBatches under the size limit (`wire.pack`, bound).
         snapshots: (round, address) -> signed snapshot messages of this node's agents that
             the peer at `address` holds copies of.
         max_queued: messages one peer's queue may hold before it is replaced by a resync.
         timeout_s: deadline of one push.
         on_fatal: called with (address, error) for a failure retrying cannot fix (a TLS
-            handshake the peer refuses); the link keeps retrying, the caller decides.
+            handshake the peer refuses: TlsHandshakeFailed); the link keeps retrying, the
+            caller decides.
     """
 
     def __init__(
@@ -188,6 +190,23 @@ class Outboxes:
                 return [], True, self._round, link.requests
             return list(link.queue), False, self._round, link.requests
 
+    def _failed(self, link: _Link, exc: PeerError, resync: bool) -> bool:
+        """Count a failed push; True when the peer said it is out of step (Stale) and the queue
+        was replaced by a resync, so the snapshot goes out next."""
+        with self._lock:
+            link.stats.failures += 1
+            link.stats.last_error = exc.describe()
+            if isinstance(exc, Refused):  # the peer's own answer, not a network failure
+                link.stats.last_refusal = link.stats.last_error
+            if not isinstance(exc, Stale) or resync:
+                return False  # a refused snapshot is retried with backoff
+            # what was queued is in the snapshot we send instead
+            link.stats.dropped += len(link.queue)
+            link.queue.clear()
+            link.resync = True
+            link.requests += 1
+            return True
+
     def _run(self, link: _Link) -> None:
         backoff = 0.05
         while not self._stop.is_set():
@@ -202,23 +221,11 @@ class Outboxes:
                 for batch in self._pack(round_, msgs):
                     self._push(link.address, batch, self.timeout_s)
                     link.stats.batches += 1
-            except grpc.RpcError as exc:
-                code, details = _describe(exc)
-                with self._lock:
-                    link.stats.failures += 1
-                    link.stats.last_error = f"{code.name if code else 'ERROR'}: {details}"
-                    if code in _REFUSALS:  # the peer's own answer, not a network failure
-                        link.stats.last_refusal = link.stats.last_error
-                    if code == grpc.StatusCode.FAILED_PRECONDITION and not resync:
-                        # out of step: what was queued is in the snapshot we send instead
-                        # (a refused snapshot is retried with backoff, below)
-                        link.stats.dropped += len(link.queue)
-                        link.queue.clear()
-                        link.resync = True
-                        link.requests += 1
-                        backoff = 0.05
-                        continue
-                if self._on_fatal is not None and "TLS handshake" in link.stats.last_error:
+            except PeerError as exc:
+                if self._failed(link, exc, resync):
+                    backoff = 0.05  # out of step: the snapshot goes out at once
+                    continue
+                if self._on_fatal is not None and isinstance(exc, TlsHandshakeFailed):
                     self._on_fatal(link.address, exc)
                 self._stop.wait(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
@@ -235,19 +242,3 @@ class Outboxes:
                     link.resync = link.requests != requests
                 else:
                     del link.queue[: len(msgs)]
-
-
-#: Status codes a peer answers with when it refuses what it received (transport.STATUS).
-_REFUSALS = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-def _describe(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
-    code = exc.code() if callable(getattr(exc, "code", None)) else None
-    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
-    return code, str(details)

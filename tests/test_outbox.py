@@ -2,7 +2,7 @@
 snapshot, bounded queues, forgetting and reviving peers.
 
 The network boundary (`push`) is a fake whose behaviour per address the test controls; it raises
-a real grpc.RpcError subclass, as grpc's own calls do."""
+the domain errors of protocols/errors.py, as `protocols.transport.Peers.push` does."""
 
 from __future__ import annotations
 
@@ -11,26 +11,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-import grpc
 import pytest
 
+from protocols.errors import PeerError, Refused, Stale, TlsHandshakeFailed, Unreachable
 from protocols.outbox import Outboxes
 
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 A, B = "10.0.0.1:7000", "10.0.0.2:7000"
 
 
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = ""):
-        super().__init__(f"{code.name}: {details}")
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+def stale(details: str) -> Stale:
+    return Stale(A, details, "FAILED_PRECONDITION")
 
 
 def _is_snapshot(batch: list) -> bool:
@@ -61,9 +51,15 @@ class FakeNet:
             self.accepted[address].append(batch)
         return len(batch)
 
-    def down(self, address: str, code=UNAVAILABLE, details: str = "connection refused") -> None:
+    def down(
+        self,
+        address: str,
+        kind: type[PeerError] = Unreachable,
+        details: str = "connection refused",
+        status: str = "UNAVAILABLE",
+    ) -> None:
         with self.lock:
-            self.rule[address] = lambda batch: FakeRpcError(code, details)
+            self.rule[address] = lambda batch: kind(address, details, status)
 
     def up(self, address: str) -> None:
         with self.lock:
@@ -186,6 +182,23 @@ def test_unreachable_peer_keeps_its_messages_and_gets_them_once_it_answers(net, 
     assert st.failures == net.n_calls(A) - len(net.accepted[A])
 
 
+def test_a_refusal_is_kept_as_last_refusal_a_network_failure_is_not(net, make_outboxes):
+    ob = make_outboxes()
+    net.down(A, Refused, "malformed: bad encoding", "INVALID_ARGUMENT")
+    net.down(B)
+    ob.add(A, ["a"], 0)
+    ob.add(B, ["b"], 0)
+    assert wait_until(lambda: net.n_calls(A) >= 1 and net.n_calls(B) >= 1)
+    net.up(A)
+    net.up(B)
+    assert ob.wait_empty(5.0)
+    st_a, st_b = ob.stats()[A], ob.stats()[B]
+    assert st_a.last_error == ""
+    assert st_a.last_refusal == "INVALID_ARGUMENT: malformed: bad encoding"
+    assert st_a.resyncs == 0  # only Stale replaces the queue with a snapshot
+    assert st_b.last_refusal == ""
+
+
 def test_wait_empty_times_out_promptly_while_a_peer_is_down(net, make_outboxes):
     ob = make_outboxes()
     net.down(A)
@@ -206,7 +219,7 @@ def test_failed_precondition_replaces_the_queue_with_a_snapshot(net, make_outbox
     def refuse_first_delta(batch):
         if not refused and not _is_snapshot(batch):
             refused.append(batch)
-            return FakeRpcError(FAILED_PRECONDITION, "holds epoch 2 version 7")
+            return stale("holds epoch 2 version 7")
         return None
 
     net.rule[A] = refuse_first_delta
@@ -231,10 +244,10 @@ def test_a_refused_snapshot_is_retried_not_resynced_again(net, make_outboxes):
 
     def rule(batch):
         if not _is_snapshot(batch):
-            return None if snaps_refused else FakeRpcError(FAILED_PRECONDITION, "stale")
+            return None if snaps_refused else stale("stale")
         if len(snaps_refused) < 2:
             snaps_refused.append(batch)
-            return FakeRpcError(FAILED_PRECONDITION, "snapshot too old")
+            return stale("snapshot too old")
         return None
 
     net.rule[A] = rule
@@ -373,14 +386,14 @@ def test_resync_requested_during_a_snapshot_push_is_not_lost(net, make_outboxes)
 def test_on_fatal_is_called_for_a_tls_handshake_failure(net, make_outboxes):
     fatal: list[tuple[str, Exception]] = []
     ob = make_outboxes(on_fatal=lambda address, exc: fatal.append((address, exc)))
-    net.down(A, details="ssl: TLS handshake failed: certificate unknown")
+    net.down(A, TlsHandshakeFailed, details="TLS handshake with A failed: check ca.pem")
     net.down(B, details="connection refused")
     ob.add(A, ["x"], 0)
     ob.add(B, ["y"], 0)
     assert wait_until(lambda: len(fatal) >= 2 and net.n_calls(B) >= 2)
     assert {address for address, _ in fatal} == {A}  # B's failure is not fatal
-    assert all(isinstance(exc, FakeRpcError) for _, exc in fatal)
-    assert "TLS handshake" in ob.stats()[A].last_error
+    assert all(isinstance(exc, TlsHandshakeFailed) for _, exc in fatal)
+    assert ob.stats()[A].last_error == "UNAVAILABLE: TLS handshake with A failed: check ca.pem"
     assert ob.pending(A) == 1  # the link keeps the message and keeps retrying
     net.up(A)
     assert wait_until(lambda: net.received(A) == ["x"])

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_transport import MAX_BYTES, P, _msg, serve_receiver
 
 from protocols.config import TlsConfig
+from protocols.errors import Unreachable
 from protocols.tls import TlsError, TlsHandshakeFailed
 from protocols.transport import Peers, TrafficCounters
 from swarm.certs import CertError, make_certs
@@ -195,7 +196,9 @@ def test_bad_client_certificate_error_says_what_to_check(cert_dirs) -> None:
                 _push(peers, address, timeout_s=FAIL_TIMEOUT_S)
         finally:
             peers.close()
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # still an RpcError callers handle
+    # a domain error: unreachable for callers that only retry, fatal for those that know it
+    assert isinstance(info.value, Unreachable) and info.value.address == address
+    assert info.value.describe().startswith("UNAVAILABLE: TLS handshake with")
     text = str(info.value)
     for words in ("TLS handshake", address, "certificate", "swarm certs", "ca.pem", str(theirs)):
         assert words in text
