@@ -20,14 +20,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from swarm.scenario import Scenario
+from envs import make_world
+from protocols.delta import layout_fingerprint
+from swarm.addresses import is_loopback
+from swarm.node_config import DEV_KEY, NodeError
+from swarm.scenario import Scenario, ScenarioError, load_scenario
 
 
 def model_layout(sc: Scenario) -> tuple[int, str]:
     """(number of parameters, layout fingerprint) of the scenario's agents' models."""
-    from agents.population import Population
-    from envs import make_world
-    from protocols.delta import layout_fingerprint
+    from agents.population import Population  # lazy: torch, only when serving
 
     world = make_world(sc.world, sc.total_agents, sc.seed)
     try:
@@ -40,10 +42,8 @@ def model_layout(sc: Scenario) -> tuple[int, str]:
 
 def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dict[str, Any]:
     """Run the service until SIGTERM / SIGINT; returns its figures."""
-    from swarm.addresses import is_loopback
-    from swarm.node import DEV_KEY, NodeError
+    # lazy: the simulator's modules (the driver's helpers, the actor roles), only when serving
     from swarm.runner import read_key
-    from swarm.scenario import load_scenario
     from swarm.shard import CoordinatorHost
 
     sc = load_scenario(scenario_path)
@@ -76,9 +76,7 @@ def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dic
 
 
 def main(scenario: Path, listen: str, advertise: str | None) -> None:
-    from swarm.node import NodeError
-    from swarm.runner import RunError
-    from swarm.scenario import ScenarioError
+    from swarm.runner import RunError  # lazy: as in `serve`
 
     try:
         figures = serve(scenario, listen, advertise)

@@ -1,0 +1,162 @@
+"""A device node's configuration (`swarm-node --config node.yaml`, swarm/node.py): the file's
+schema, where its paths lead, and the checks a node makes of it before it starts anything.
+
+Paths in the file (scenario, key_file, state_dir, tls.cert_dir) are relative to the file's own
+directory, `base` below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from protocols.config import TlsConfig
+from swarm._config import Section
+from swarm.addresses import host_of, is_loopback
+from swarm.scenario import Scenario, ScenarioError, load_scenario, parse_yaml_model
+from swarm.sensors import SensorConfig
+
+#: A development key for loopback-only swarms; refused anywhere else.
+DEV_KEY = b"yan-swarm-dev-key"
+
+
+class NodeError(RuntimeError):
+    """A node that cannot start or go on; the message tells the operator what to do."""
+
+
+class NodeConfig(Section):
+    """One device node (`swarm-node --config node.yaml`)."""
+
+    scenario: str
+    """Scenario file (relative to this file) that fixes the model, learning, gossip settings
+    and graph; every node of a swarm uses the same one."""
+    agent: int = Field(ge=0)
+    """This node's agent index in the scenario's graph."""
+    listen: str = "127.0.0.1:0"
+    """HOST:PORT of this node's gRPC server (port 0: any free port)."""
+    advertise: str | None = None
+    """HOST:PORT peers use to reach this node (default: `listen`, with the bound port)."""
+    peers: list[str] = []
+    """Addresses (HOST:PORT) of peers to introduce this node to; the scenario's
+    external_peers are added."""
+    coordinator: str | None = None
+    """HOST:PORT of a coordinator (`swarm coordinator`): exchange through it instead of
+    gossiping with peers; the scenario's gossip.topology must be coordinator."""
+    key_file: str | None = None
+    """HMAC key shared by the swarm (32+ bytes). Required off loopback."""
+    tls: TlsConfig | None = None
+    """Transport security (default: the scenario's gossip.tls). Off loopback: mtls required."""
+    insecure: bool = False
+    """Allow plaintext and the development key off loopback (a lab network, never a field)."""
+    state_dir: str | None = None
+    """Where checkpoints and status.json go (default: .swarm-node/agent-N beside this file)."""
+    checkpoint_every_s: float = Field(30.0, gt=0)
+    """Wall seconds between two checkpoints (one is also written on SIGTERM and at the end)."""
+    resume: bool = True
+    """Resume from the checkpoint in state_dir when there is one."""
+    sensor: SensorConfig = SensorConfig()
+    shadow: bool = False
+    """Also train an isolated twin of this agent on exactly the same readings, never sharing,
+    and report its accuracy beside the sharing model's: what the swarm gave this device."""
+    ticks: int | None = Field(None, ge=1)
+    """Readings to process (default: the scenario's ticks for the simulated sensor, the whole
+    stream for a file or stdin)."""
+    tick_s: float = Field(0.0, ge=0)
+    """Wall seconds per reading (0: as fast as possible; a real sensor paces itself)."""
+    linger_s: float = Field(10.0, ge=0)
+    """After the last reading, keep serving up to this long for the peers' last deltas."""
+    max_clock_skew_s: float = Field(30.0, gt=0)
+    """Largest difference between this node's wall clock and a peer's that is accepted."""
+    status_every_s: float = Field(1.0, gt=0)
+    """Wall seconds between two rewrites of status.json."""
+
+
+def load_node_config(path: Path | str) -> NodeConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the node config: {exc.strerror}") from None
+    return parse_yaml_model(text, NodeConfig, path, "node config")
+
+
+def _beside(base: Path, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else base / path
+
+
+def load_node_scenario(cfg: NodeConfig, base: Path) -> Scenario:
+    """The scenario the config names; raises ScenarioError, or NodeError when the config's
+    agent is not in the scenario's graph."""
+    sc = load_scenario(_beside(base, cfg.scenario))
+    if cfg.agent >= sc.total_agents:
+        raise NodeError(
+            f"agent {cfg.agent}: the scenario's graph has agents 0..{sc.total_agents - 1}"
+        )
+    return sc
+
+
+def state_dir(cfg: NodeConfig, base: Path) -> Path:
+    """Where a node keeps epoch.json, its checkpoint and status.json (relative to `base`, the
+    config file's directory)."""
+    return _beside(base, cfg.state_dir or str(Path(".swarm-node") / f"agent-{cfg.agent}"))
+
+
+def resolve_tls(tls: TlsConfig | None, base: Path) -> TlsConfig | None:
+    """The node config's TLS section with cert_dir relative to the config file."""
+    if tls is None or not tls.cert_dir or Path(tls.cert_dir).is_absolute():
+        return tls
+    return tls.model_copy(update={"cert_dir": str(base / tls.cert_dir)})
+
+
+def read_key(cfg: NodeConfig, sc: Scenario, base: Path) -> bytes:
+    """The swarm's HMAC key: the node's own key_file, else the scenario's (resolved against
+    the config's directory), else the development key."""
+    name = cfg.key_file or sc.gossip.key_file
+    if not name:
+        return DEV_KEY
+    path = _beside(base, name)
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise NodeError(f"key_file {path}: {exc.strerror}") from None
+    if len(key) < 32:
+        raise NodeError(f"key_file {path}: {len(key)} bytes; the key needs 32 or more")
+    return key
+
+
+def check_address(cfg: NodeConfig) -> None:
+    """A node listening on every interface must say where peers reach it."""
+    if host_of(cfg.listen) in ("0.0.0.0", "::") and not cfg.advertise:
+        raise NodeError(
+            f"listen {cfg.listen} is every interface: set advertise: HOST:PORT, the "
+            "address peers reach this node at (its certificate must name HOST)"
+        )
+
+
+def check_security(cfg: NodeConfig, sc: Scenario, tls: TlsConfig, key: bytes, name: str) -> None:
+    """Off loopback a node needs mutual TLS and a real key, unless the config says insecure."""
+    addresses = [
+        cfg.listen,
+        *cfg.peers,
+        *(p.address for p in sc.external_peers),
+        *([cfg.coordinator] if cfg.coordinator else []),
+    ]
+    remote = [a for a in addresses if not is_loopback(a)]
+    if not remote or cfg.insecure:
+        return
+    problems = []
+    if tls.mode != "mtls":
+        problems.append(
+            f"tls.mode is {tls.mode!r}: set tls: {{mode: mtls, cert_dir: DIR}} with "
+            f"certificates from `swarm certs DIR --node {name} ...`"
+        )
+    if key == DEV_KEY:
+        problems.append("no key_file: give the swarm's shared HMAC key (32+ random bytes)")
+    if problems:
+        raise NodeError(
+            f"{remote[0]} is not a loopback address, so this node would be on a network: "
+            + "; ".join(problems)
+            + " (or set insecure: true on a lab network you trust)"
+        )
