@@ -117,7 +117,8 @@ KNOWN_ACCOUNTING_GAP = (
     "A gap earlier soaks found when kills met delay faults (unaccounted -2 / +3) was fixed in "
     "7dca6eb: a restarted shard revived the messages held at its checkpoint, which the dead "
     "process had already sent, and those the dead process held vanished. If it shows again, "
-    "look at `Networked.load_state` in swarm/exchange.py and `AgentShard.load_traffic` in swarm/shard.py."
+    "look at `Networked.load_state` in swarm/exchange.py and `AgentShard.load_traffic` in "
+    "swarm/shard.py."
 )
 
 # Found by this benchmark (2026-11-29) and fixed in 5441e6f: the report says it either way, so

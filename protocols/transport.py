@@ -482,61 +482,6 @@ _BY_REJECTION: dict[Rejection, type[PeerError]] = {
 }
 
 
-class _StillRpcError(grpc.RpcError):
-    """Transitional (issue 16): what `Peers` raises is also a `grpc.RpcError` with `code()` and
-    `details()` as gRPC gave them, so callers not yet switched to protocols.errors (swarm/shard.py
-    `_Exchange._push`, tests/test_resync.py) keep working. Nothing new should rely on it; drop
-    it (and the classes below) once nothing catches grpc.RpcError around a `Peers` call."""
-
-    status: str
-    reason: str
-
-    def code(self) -> grpc.StatusCode | None:
-        return grpc.StatusCode[self.status] if self.status in grpc.StatusCode.__members__ else None
-
-    def details(self) -> str:
-        return self.reason
-
-
-class _Unreachable(Unreachable, _StillRpcError):
-    pass
-
-
-class _TlsHandshakeFailed(TlsHandshakeFailed, _StillRpcError):
-    pass
-
-
-class _Refused(Refused, _StillRpcError):
-    pass
-
-
-class _Stale(Stale, _StillRpcError):
-    pass
-
-
-class _ClockSkew(ClockSkew, _StillRpcError):
-    pass
-
-
-class _KeyMismatch(KeyMismatch, _StillRpcError):
-    pass
-
-
-class _NotServed(NotServed, _StillRpcError):
-    pass
-
-
-_RAISED: dict[type[PeerError], type[PeerError]] = {
-    Unreachable: _Unreachable,
-    TlsHandshakeFailed: _TlsHandshakeFailed,
-    Refused: _Refused,
-    Stale: _Stale,
-    ClockSkew: _ClockSkew,
-    KeyMismatch: _KeyMismatch,
-    NotServed: _NotServed,
-}
-
-
 def _rejection(exc: grpc.RpcError) -> Rejection | None:
     """The Rejection the peer named in the trailing metadata (`refuse`), if any."""
     trailing = getattr(exc, "trailing_metadata", None)
@@ -560,7 +505,7 @@ def peer_error(address: str, exc: grpc.RpcError) -> PeerError:
         kind = Unreachable
     else:
         kind = _BY_STATUS.get(code, Refused)
-    return _RAISED[kind](address, reason, status)
+    return kind(address, reason, status)
 
 
 #: Timeout of the health check that diagnoses a failed TLS call: a handshake on loopback or a
@@ -625,7 +570,7 @@ class Peers:
         except grpc.RpcError as probe:
             hint = tls_.handshake_hint(self._tls, address, str(probe.details()))
             if hint is not None:
-                return _TlsHandshakeFailed(address, hint, "UNAVAILABLE")
+                return TlsHandshakeFailed(address, hint, "UNAVAILABLE")
         return error
 
     def _call(

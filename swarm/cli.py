@@ -20,7 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from protocols.tls import TlsError
-from swarm.runner import RunError
+from swarm.records import Document, Figure, as_doc, as_number, figures_of
+from swarm.resume import read_latest
+from swarm.runner import RunError, Runner, new_run_dir
 from swarm.scenario import Scenario, ScenarioError, load_scenario
 from swarm.tasks import task_named
 
@@ -96,20 +98,7 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Run a scenario: agents act, learn online and share knowledge; writes runs/<run-id>/."""
-    from swarm.runner import Runner, new_run_dir
-
-    if resume is not None:
-        if scenario is not None or seed is not None:
-            raise typer.BadParameter("--resume continues a run with its own scenario and seed")
-        if not (resume / "scenario.yaml").is_file():
-            raise typer.BadParameter(f"{resume}: not a run directory (no scenario.yaml)")
-        sc = _load(resume / "scenario.yaml", ticks=ticks)
-        run_dir = resume
-    elif scenario is None:
-        raise typer.BadParameter("give a scenario file, or --resume RUN_DIR")
-    else:
-        sc = _load(scenario, ticks=ticks, seed=seed)
-        run_dir = new_run_dir(runs, sc)
+    sc, run_dir = _run_target(scenario, resume, runs, ticks, seed)
     console.print(
         f"[bold]{sc.name}[/bold]: {sc.agents.count} agents in {sc.n_shards} shards, "
         f"{sc.ticks} ticks, gossip {sc.gossip.topology}/{sc.gossip.mode} -> {run_dir}"
@@ -125,15 +114,12 @@ def run(
         )
         bar.update(task, description="running")
 
-    def on_tick(tick: int) -> None:
-        bar.update(task, completed=tick + 1)
-
     runner = Runner(
         sc,
         run_dir,
         address=address,
         on_start=on_start,
-        on_tick=on_tick,
+        on_tick=lambda tick: bar.update(task, completed=tick + 1),
         on_info=console.print,
         resume=resume is not None,
     )
@@ -141,8 +127,6 @@ def run(
         with bar:
             result = runner.run()
     except KeyboardInterrupt:
-        from swarm.resume import read_latest
-
         marker = read_latest(run_dir / "checkpoints") if sc.checkpoint.every_ticks else None
         where = (
             f"resume it from tick {marker['ticks']} with: swarm run --resume {run_dir}"
@@ -154,45 +138,76 @@ def run(
     print_summary(result.summary)
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    m = summary["metrics"]
-    r = summary["run"]
+def _run_target(
+    scenario: Path | None, resume: Path | None, runs: Path, ticks: int | None, seed: int | None
+) -> tuple[Scenario, Path]:
+    """The scenario to run and its run directory: a new one, or the one --resume names."""
+    if resume is not None:
+        if scenario is not None or seed is not None:
+            raise typer.BadParameter("--resume continues a run with its own scenario and seed")
+        if not (resume / "scenario.yaml").is_file():
+            raise typer.BadParameter(f"{resume}: not a run directory (no scenario.yaml)")
+        return _load(resume / "scenario.yaml", ticks=ticks), resume
+    if scenario is None:
+        raise typer.BadParameter("give a scenario file, or --resume RUN_DIR")
+    sc = _load(scenario, ticks=ticks, seed=seed)
+    return sc, new_run_dir(runs, sc)
+
+
+def print_summary(summary: Document) -> None:
+    """The final table of a run from its summary.json."""
+    m = figures_of(as_doc(summary["metrics"]))
+    r = as_doc(summary["run"])
     table = Table(
         title=f"{summary['scenario']} — {summary['agents']} agents, {summary['topology']}"
     )
     table.add_column("figure")
     table.add_column("value", justify="right")
-
-    for label, value in task_named(summary.get("task", "classify")).table(
-        m, summary.get("isolated_baseline", True)
+    isolated_baseline = summary.get("isolated_baseline", True) is True
+    for label, value in task_named(str(summary.get("task", "classify"))).table(
+        m, isolated_baseline
     ):
         table.add_row(label, value)
-    table.add_row("bytes sent (swarm)", f"{m['gossip/bytes_sent'] / 2**20:.2f} MiB")
-    ratio = m.get("gossip/compression_ratio")
-    table.add_row("vs dense fp32 sharing", "n/a" if not ratio else f"{ratio:.1f}x fewer")
-    if m.get("gossip/rho") is not None:
-        table.add_row("rho of gossip graph", f"{m['gossip/rho']:.3f}")
-    if m.get("learn/probe_acc_honest") is not None:
-        table.add_row("probe accuracy, honest agents", f"{100 * m['learn/probe_acc_honest']:.1f}%")
-    if summary.get("diverged_at_tick") is not None:
-        table.add_row("[red]learning diverged[/red]", f"from tick {summary['diverged_at_tick']}")
-    acct = summary.get("accounting")
-    if acct and acct["sent"]:
-        table.add_row(
-            "messages: sent = delivered + rejected + dropped",
-            f"{acct['sent']} = {acct['delivered']} + {acct['rejected']} + {acct['dropped']}"
-            + ("" if acct["holds"] else " (does not add up!)"),
-        )
-    for kill in (summary.get("faults") or {}).get("kills", []):
-        change = kill.get("probe_acc_change")
-        table.add_row(
-            f"shard-{kill['shard']} killed at tick {kill['tick']}",
-            f"restored from tick {kill.get('checkpoint_ticks')}"
-            + ("" if change is None else f", {100 * change:+.1f} points"),
-        )
-    table.add_row("wall time", f"{r['wall_s']:.1f} s ({r['real_time_factor']:.1f}x real time)")
+    for label, value in _exchange_lines(m, summary):
+        table.add_row(label, value)
+    wall, rtf = as_number(r["wall_s"]), as_number(r["real_time_factor"])
+    table.add_row("wall time", f"{wall:.1f} s ({rtf:.1f}x real time)")
     out.print(table)
     out.print(f"results: {r['run_dir']}")
+
+
+def _exchange_lines(m: dict[str, Figure], summary: Document) -> list[tuple[str, str]]:
+    """The table's lines on what the swarm sent, how it held together, and the faults."""
+    lines = [("bytes sent (swarm)", f"{(m['gossip/bytes_sent'] or 0) / 2**20:.2f} MiB")]
+    ratio = m.get("gossip/compression_ratio")
+    lines.append(("vs dense fp32 sharing", "n/a" if not ratio else f"{ratio:.1f}x fewer"))
+    if (rho := m.get("gossip/rho")) is not None:
+        lines.append(("rho of gossip graph", f"{rho:.3f}"))
+    if (honest := m.get("learn/probe_acc_honest")) is not None:
+        lines.append(("probe accuracy, honest agents", f"{100 * honest:.1f}%"))
+    if summary.get("diverged_at_tick") is not None:
+        lines.append(("[red]learning diverged[/red]", f"from tick {summary['diverged_at_tick']}"))
+    acct = as_doc(summary.get("accounting") or {})
+    if acct and acct["sent"]:
+        lines.append(
+            (
+                "messages: sent = delivered + rejected + dropped",
+                f"{acct['sent']} = {acct['delivered']} + {acct['rejected']} + {acct['dropped']}"
+                + ("" if acct["holds"] else " (does not add up!)"),
+            )
+        )
+    kills = as_doc(summary.get("faults") or {}).get("kills") or []
+    for kill in kills if isinstance(kills, list) else []:
+        k = as_doc(kill)
+        change = k.get("probe_acc_change")
+        lines.append(
+            (
+                f"shard-{k['shard']} killed at tick {k['tick']}",
+                f"restored from tick {k.get('checkpoint_ticks')}"
+                + ("" if change is None else f", {100 * as_number(change):+.1f} points"),
+            )
+        )
+    return lines
 
 
 @app.command()

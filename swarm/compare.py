@@ -18,14 +18,15 @@ figure over time, mean and min-max band per mode) and ``compare_bytes.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from swarm.records import Figure, Row, as_doc, as_number, figures_of
 from swarm.scenario import Scenario
 from swarm.tasks import task_named
 
@@ -50,15 +51,31 @@ def mode_scenario(sc: Scenario, mode: str, seed: int) -> Scenario:
 
 
 @dataclass
+class ModeRun:
+    """One run of the comparison (an entry of compare.json)."""
+
+    mode: str
+    seed: int
+    run_dir: str
+    task: str
+    metrics: dict[str, Figure]  # summary.json's final figures
+    wall_s: float
+    curve: list[tuple[float, float]]  # (simulated s, the headline's row figure)
+
+    def figure(self, key: str) -> Figure:
+        return self.metrics.get(key)
+
+
+@dataclass
 class CompareResult:
     out_dir: Path
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[ModeRun] = field(default_factory=list)
     table: str = ""
 
 
-def headline(summary: dict[str, Any]) -> tuple[str, str]:
-    """(metrics key, label) of the figure a run is judged by."""
-    return task_named(summary["task"]).headline
+def headline(task: str) -> tuple[str, str]:
+    """(metrics key, label) of the figure a run of this task is judged by."""
+    return task_named(task).headline
 
 
 def compare(
@@ -86,16 +103,17 @@ def compare(
             run_dir = out_dir / "runs" / f"{mode}-seed{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
             run = Runner(msc, run_dir, address=address, on_tick=on_tick).run()
+            task = str(run.summary["task"])
             result.runs.append(
-                {
-                    "mode": mode,
-                    "seed": seed,
-                    "run_dir": str(run_dir),
-                    "task": run.summary.get("task"),
-                    "metrics": run.summary["metrics"],
-                    "wall_s": run.summary["run"]["wall_s"],
-                    "curve": _curve(run.rows, run.summary),
-                }
+                ModeRun(
+                    mode=mode,
+                    seed=seed,
+                    run_dir=str(run_dir),
+                    task=task,
+                    metrics=figures_of(as_doc(run.summary["metrics"])),
+                    wall_s=as_number(as_doc(run.summary["run"])["wall_s"]),
+                    curve=_curve([Row.from_json(r) for r in run.rows], task),
+                )
             )
     finally:
         stop_ray(started)
@@ -103,12 +121,12 @@ def compare(
     return result
 
 
-def _curve(rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[tuple[float, float]]:
-    key = task_named(summary["task"]).curve
-    return [(r["sim_time_s"], r[key]) for r in rows if r.get(key) is not None]
+def _curve(rows: list[Row], task: str) -> list[tuple[float, float]]:
+    key = task_named(task).curve
+    return [(r.sim_time_s, r.value(key)) for r in rows if r.get(key) is not None]
 
 
-def _stats(values: list[float]) -> str:
+def _stats(values: list[Figure]) -> str:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if not v.size:
         return "n/a"
@@ -120,12 +138,14 @@ def _stats(values: list[float]) -> str:
 def write_results(result: CompareResult, sc: Scenario) -> str:
     """compare.json, compare.md and the plots; returns the markdown table."""
     out = result.out_dir
-    (out / "compare.json").write_text(json.dumps(result.runs, indent=2, sort_keys=True))
-    key, label = headline({"task": result.runs[0]["task"]})
-    by_mode: dict[str, list[dict[str, Any]]] = {}
+    runs_json = [dataclasses.asdict(r) for r in result.runs]
+    (out / "compare.json").write_text(json.dumps(runs_json, indent=2, sort_keys=True))
+    task = task_named(result.runs[0].task)
+    key, label = task.headline
+    by_mode: dict[str, list[ModeRun]] = {}
     for r in result.runs:
-        by_mode.setdefault(r["mode"], []).append(r)
-    seeds = sorted({r["seed"] for r in result.runs})
+        by_mode.setdefault(r.mode, []).append(r)
+    seeds = sorted({r.seed for r in result.runs})
     lines = [
         f"# swarm compare: {sc.name}, {sc.agents.count} agents, {sc.ticks} ticks, "
         f"seeds {', '.join(map(str, seeds))}",
@@ -135,23 +155,23 @@ def write_results(result: CompareResult, sc: Scenario) -> str:
     ]
     mean_of: dict[str, float] = {}
     for mode, runs in by_mode.items():
-        m = [r["metrics"] for r in runs]
-        vals = [x[key] for x in m]
+        vals = [r.figure(key) for r in runs]
         finite = [v for v in vals if v is not None]
         mean_of[mode] = float(np.mean(finite)) if finite else float("nan")
-        sent = [x["gossip/bytes_sent"] / 2**20 for x in m]
-        ratio = [x.get("gossip/compression_ratio") for x in m]
-        score = [x.get("task/score") for x in m]
+        sent: list[Figure] = [(r.figure("gossip/bytes_sent") or 0) / 2**20 for r in runs]
+        ratio = [r.figure("gossip/compression_ratio") for r in runs]
+        score = [r.figure("task/score") for r in runs]
+        wall: list[Figure] = [r.wall_s for r in runs]
         lines.append(
             f"| {mode} | {_stats(vals)} | {_stats(sent)} | {_stats(ratio)} | {_stats(score)} "
-            f"| {_stats([r['wall_s'] for r in runs])} |"
+            f"| {_stats(wall)} |"
         )
     lines += ["", "Spread: ± one standard deviation over the seeds.", ""]
     if {"decentralized", "centralized", "isolated"} <= set(mean_of):
         dec, cen, iso = mean_of["decentralized"], mean_of["centralized"], mean_of["isolated"]
-        ratios = [x["metrics"].get("gossip/compression_ratio") for x in by_mode["decentralized"]]
+        ratios = [r.figure("gossip/compression_ratio") for r in by_mode["decentralized"]]
         fewer = float(np.mean([r for r in ratios if r])) if any(ratios) else float("nan")
-        if key == "learn/probe_acc":
+        if task.headline_is_a_share:
             of = dec / cen if cen else float("nan")
             goal = of >= GOAL_OF_CENTRALIZED
             lines.append(
@@ -173,7 +193,7 @@ def write_results(result: CompareResult, sc: Scenario) -> str:
     return table
 
 
-def _plot(by_mode: dict[str, list[dict[str, Any]]], label: str, out: Path) -> None:
+def _plot(by_mode: dict[str, list[ModeRun]], label: str, out: Path) -> None:
     from swarm.report import _pyplot
 
     plt = _pyplot()
@@ -181,7 +201,7 @@ def _plot(by_mode: dict[str, list[dict[str, Any]]], label: str, out: Path) -> No
               "centralized": "black"}  # fmt: skip
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for mode, runs in by_mode.items():
-        curves = [np.asarray(r["curve"], dtype=float) for r in runs if r["curve"]]
+        curves = [np.asarray(r.curve, dtype=float) for r in runs if r.curve]
         if not curves:
             continue
         n = min(len(c) for c in curves)
@@ -201,9 +221,11 @@ def _plot(by_mode: dict[str, list[dict[str, Any]]], label: str, out: Path) -> No
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     names = list(by_mode)
-    sent = [np.mean([r["metrics"]["gossip/bytes_sent"] for r in by_mode[m]]) / 2**20 for m in names]
+    sent = [
+        np.mean([r.figure("gossip/bytes_sent") or 0 for r in by_mode[m]]) / 2**20 for m in names
+    ]
     dense = [
-        np.mean([r["metrics"]["gossip/dense_bytes"] for r in by_mode[m]]) / 2**20 for m in names
+        np.mean([r.figure("gossip/dense_bytes") or 0 for r in by_mode[m]]) / 2**20 for m in names
     ]
     x = np.arange(len(names))
     ax.bar(x - 0.2, sent, width=0.4, label="sent (as configured)")

@@ -17,19 +17,22 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray import ObjectRef
+from ray.actor import ActorHandle
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from swarm import checkpoint
-from swarm.records import Receipt, Restored, WorldInfo
-from swarm.resume import commit, tick_dir
+from swarm.exchange import Counts
+from swarm.records import Document, Receipt, Restored, Row, Step, WorldInfo
+from swarm.resume import Marker, commit, tick_dir
 from swarm.runner import RunError, read_key
 from swarm.shard import AgentShard, CoordinatorHost, ShardSpec, WorldHost
-from swarm.tasks import task_named
+from swarm.tasks import Probe, task_named
 from swarm.telemetry import metrics_endpoint
 
 if TYPE_CHECKING:
@@ -43,18 +46,17 @@ MAX_TICKS_IN_FLIGHT = 4
 class Actors:
     """The Ray actors of one run, closed together whatever happened."""
 
-    world: Any = None
-    shards: list[Any] = field(default_factory=list)
-    coordinator: Any = None
-    group: Any = None  # the shards' placement group
+    world: ActorHandle[WorldHost]
+    shards: list[ActorHandle[AgentShard]] = field(default_factory=list)
+    coordinator: ActorHandle[CoordinatorHost] | None = None
+    group: PlacementGroup | None = None  # the shards' placement group
 
     def close(self) -> None:
         if self.shards:
             ray.get([s.close.remote() for s in self.shards])
         if self.coordinator is not None:
             ray.get(self.coordinator.close.remote())
-        if self.world is not None:
-            ray.get(self.world.close.remote())
+        ray.get(self.world.close.remote())
         if self.group is not None:
             remove_placement_group(self.group)
 
@@ -63,13 +65,13 @@ class Actors:
 class Pending:
     """What the tick loop submitted and has not read back yet."""
 
-    ticks: list[Any] = field(default_factory=list)  # world steps in flight
-    rows: list[tuple[int, list[Any]]] = field(default_factory=list)  # (tick, measure refs)
+    ticks: list[ObjectRef[Step]] = field(default_factory=list)  # world steps in flight
+    rows: list[tuple[int, list[ObjectRef]]] = field(default_factory=list)  # (tick, measures)
     # (ticks, next round, receipts) of checkpoints not yet committed
-    checkpoints: list[tuple[int, int, list[Any]]] = field(default_factory=list)
-    exchanges: list[Any] = field(default_factory=list)  # merges: a failed round raises
+    checkpoints: list[tuple[int, int, list[ObjectRef]]] = field(default_factory=list)
+    exchanges: list[ObjectRef[int]] = field(default_factory=list)  # merges: a failure raises
 
-    def refs(self) -> list[Any]:
+    def refs(self) -> list[ObjectRef]:
         return self.ticks + self.exchanges + [r for _, refs in self.rows for r in refs]
 
 
@@ -80,7 +82,8 @@ class Driver:
     def __init__(self, runner: Runner):
         self.runner = runner
         self.sc = runner.sc
-        self.actors = Actors()
+        world = ray.remote(num_cpus=0)(WorldHost).remote(self.sc.model_dump(mode="json"))
+        self.actors = Actors(world=cast("ActorHandle[WorldHost]", world))
         self.endpoints: list[str] = []
         self.coord_addr = ""
 
@@ -99,9 +102,8 @@ class Driver:
             else "metrics: not exported (no Ray metrics agent: pip install 'ray[default]')"
         )
         spec = sc.model_dump(mode="json")
-        actors.world = ray.remote(num_cpus=0)(WorldHost).remote(spec)
         try:
-            info: WorldInfo = ray.get(actors.world.info.remote())
+            info = cast(WorldInfo, ray.get(actors.world.info.remote()))
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, ValueError):
                 raise RunError(f"cannot build the world: {exc.cause}") from None
@@ -124,11 +126,13 @@ class Driver:
         self.endpoints = endpoints
         return info
 
-    def _shard_specs(self, world: Any, info: WorldInfo, key: bytes) -> list[ShardSpec]:
+    def _shard_specs(
+        self, world: ActorHandle[WorldHost], info: WorldInfo, key: bytes
+    ) -> list[ShardSpec]:
         sc = self.sc
-        positions = None
+        positions: np.ndarray | None = None
         if sc.gossip.graph.kind == "proximity":  # built from the agents' start positions
-            positions = ray.get(world.positions.remote())
+            positions = cast(np.ndarray, ray.get(world.positions.remote()))
         edges = self.runner.graph_edges(positions)
         # On a cluster of several nodes a shard must be reachable from the others: it listens
         # on, and advertises, its node's address. On one machine: loopback only.
@@ -150,7 +154,9 @@ class Driver:
             for s in range(sc.n_shards)
         ]
 
-    def _start_shards(self, actors: Actors, specs: list[ShardSpec], probe: Any) -> list[Any]:
+    def _start_shards(
+        self, actors: Actors, specs: list[ShardSpec], probe: ObjectRef[Probe] | None
+    ) -> list[ActorHandle[AgentShard]]:
         """One actor per shard, spread over the cluster's nodes, one bundle each (on one
         machine: packed); a shard the scenario kills may be restarted that many times."""
         sc = self.sc
@@ -169,8 +175,8 @@ class Driver:
         restarts = Counter(k.shard for k in sc.faults.kill)
         if sc.checkpoint.every_ticks:
             self.runner.ckpt_root.mkdir(exist_ok=True)
-        shard_cls: Any = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
-        return [
+        shard_cls = ray.remote(num_cpus=per_shard_cpu)(AgentShard)
+        shards = [
             shard_cls.options(
                 name=None,
                 max_restarts=restarts.get(s, 0),
@@ -180,8 +186,9 @@ class Driver:
             ).remote(spec, probe)
             for s, spec in enumerate(specs)
         ]
+        return cast("list[ActorHandle[AgentShard]]", shards)
 
-    def _place(self, shards: list[Any], endpoints: list[str]) -> None:
+    def _place(self, shards: list[ActorHandle[AgentShard]], endpoints: list[str]) -> None:
         """Record where each shard runs (summary.json `placement`); say so on a cluster."""
         nodes: list[str] = ray.get([s.node_id.remote() for s in shards])
         self.runner.placement = [
@@ -197,9 +204,11 @@ class Driver:
                 )
             )
 
-    def _start_coordinator(self, shard: Any, spec: dict[str, Any], key: bytes) -> Any:
-        num_params, layout = ray.get(shard.model_info.remote())
-        coordinator: Any = ray.remote(num_cpus=0)(CoordinatorHost).remote(  # type: ignore[attr-defined]
+    def _start_coordinator(
+        self, shard: ActorHandle[AgentShard], spec: Document, key: bytes
+    ) -> ActorHandle[CoordinatorHost]:
+        num_params, layout = cast(tuple[int, str], ray.get(shard.model_info.remote()))
+        coordinator = ray.remote(num_cpus=0)(CoordinatorHost).remote(  # type: ignore[attr-defined]
             spec,
             num_params,
             layout,
@@ -208,9 +217,9 @@ class Driver:
             counts=self.runner.coordinator_counts(),
         )
         self.coord_addr = str(ray.get(coordinator.address.remote()))
-        return coordinator
+        return cast("ActorHandle[CoordinatorHost]", coordinator)
 
-    def _start_world(self) -> Any:
+    def _start_world(self) -> ObjectRef[Step]:
         """The first Step: a fresh reset, or the world of a resumed run rebuilt by replaying
         the decisions recorded up to its checkpoint."""
         marker = self.runner.marker
@@ -222,7 +231,7 @@ class Driver:
 
     # -- the tick loop ---------------------------------------------------------------------------
 
-    def loop(self, info: WorldInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def loop(self, info: WorldInfo, rows: list[Row]) -> list[Row]:
         """Drive the ticks: each tick every shard acts on the last Step and the world steps
         with their decisions; rounds, metrics rows and checkpoints at their intervals."""
         sc = self.sc
@@ -266,13 +275,24 @@ class Driver:
         self.runner.on_tick(sc.ticks - 1)
         return rows
 
-    def _submit_measures(self, world: Any, shards: list[Any], done: int, pending: Pending) -> None:
+    def _submit_measures(
+        self,
+        world: ActorHandle[WorldHost],
+        shards: list[ActorHandle[AgentShard]],
+        done: int,
+        pending: Pending,
+    ) -> None:
         if done % self.sc.metrics.interval == 0 or done == self.sc.ticks:
             refs = [world.measure.remote(), *[s.measure.remote(done) for s in shards]]
             pending.rows.append((done, refs))
 
     def _submit_checkpoint(
-        self, world: Any, shards: list[Any], done: int, round_: int, pending: Pending
+        self,
+        world: ActorHandle[WorldHost],
+        shards: list[ActorHandle[AgentShard]],
+        done: int,
+        round_: int,
+        pending: Pending,
     ) -> None:
         every = self.sc.checkpoint.every_ticks
         if not every or done % every or done == self.sc.ticks:
@@ -287,9 +307,7 @@ class Driver:
             )
         pending.checkpoints.append((done, round_, receipts))
 
-    def _take_rows(
-        self, pending: Pending, rows: list[dict[str, Any]], info: WorldInfo, *, last: bool
-    ) -> None:
+    def _take_rows(self, pending: Pending, rows: list[Row], info: WorldInfo, *, last: bool) -> None:
         """Read back the metrics rows that are done (all of them when `last`) and hand them
         to the Runner."""
         while pending.rows and (last or len(pending.rows) > 1):
@@ -301,7 +319,7 @@ class Driver:
             ray.get(pending.exchanges)  # all done by now; raises if a round failed
             pending.exchanges.clear()
 
-    def _commit(self, pending: Pending, rows: list[dict[str, Any]], *, block: bool) -> None:
+    def _commit(self, pending: Pending, rows: list[Row], *, block: bool) -> None:
         """Mark checkpoints complete (latest.json), oldest first: once every shard and the
         world have written theirs, and the metrics rows up to them are in metrics.jsonl."""
         while pending.checkpoints:
@@ -317,22 +335,23 @@ class Driver:
             if self.actors.coordinator is not None:  # its counts came last
                 path = tick_dir(self.runner.ckpt_root, ticks) / "coordinator.json"
                 path.write_text(json.dumps(done[-1]))
-            marker = {
-                "ticks": ticks,
-                "round": round_,
-                "rows": sum(1 for r in rows if r["tick"] <= ticks),
-                "dir": tick_dir(self.runner.ckpt_root, ticks).name,
-                "bytes": int(sum(r.bytes for r in receipts)),
-            }
+            marker = Marker(
+                ticks=ticks,
+                round=round_,
+                rows=sum(1 for r in rows if r.tick <= ticks),
+                dir=tick_dir(self.runner.ckpt_root, ticks).name,
+                bytes=int(sum(r.bytes for r in receipts)),
+            )
             commit(self.runner.ckpt_root, marker)
 
-    def _kill(self, shards: list[Any], index: int, tick: int) -> None:
+    def _kill(self, shards: list[ActorHandle[AgentShard]], index: int, tick: int) -> None:
         """Kill shard `index`'s process (a fault the scenario asked for); Ray restarts the
         actor, which restores its agents from the last complete checkpoint. Its traffic
         counts are read before the kill and handed to the new process: an observer's
         bookkeeping, so the run's message accounting stays whole."""
         shard = shards[index]
-        counts, pid = ray.get([shard.traffic_state.remote(), shard.pid.remote()])
+        counts = cast(Counts, ray.get(shard.traffic_state.remote()))
+        pid = cast(int, ray.get(shard.pid.remote()))
         t0 = time.perf_counter()
         ray.kill(shard, no_restart=False)
         self._wait_restarted(shard, index, pid, deadline=t0 + 120)
@@ -345,20 +364,24 @@ class Driver:
         ray.get(
             [s.set_endpoints.remote(self.endpoints) for i, s in enumerate(shards) if i != index]
         )
-        event = {"shard": index, "tick": tick, "restart_s": round(time.perf_counter() - t0, 3)}
-        event.update(restored.as_json() if restored else {})
-        before, after = event.get("probe_acc_checkpoint"), event.get("probe_acc_restored")
-        if before and after:
-            event["probe_acc_change"] = float(np.mean(after) - np.mean(before))
+        restart_s = round(time.perf_counter() - t0, 3)
+        event: Document = {"shard": index, "tick": tick, "restart_s": restart_s}
+        if restored is not None:
+            event.update(restored.as_json())
+            before, after = restored.probe_acc_checkpoint, restored.probe_acc_restored
+            if before and after:
+                event["probe_acc_change"] = float(np.mean(after) - np.mean(before))
         self.runner.kills.append(event)
         self.runner.on_info(
             f"faults: killed shard-{index} at tick {tick}; Ray restarted it in "
-            f"{event['restart_s']:.1f} s, its agents restored from the checkpoint at tick "
-            f"{event.get('checkpoint_ticks')}"
+            f"{restart_s:.1f} s, its agents restored from the checkpoint at tick "
+            f"{restored.checkpoint_ticks if restored else None}"
         )
 
     @staticmethod
-    def _wait_restarted(shard: Any, index: int, pid: int, deadline: float) -> None:
+    def _wait_restarted(
+        shard: ActorHandle[AgentShard], index: int, pid: int, deadline: float
+    ) -> None:
         while True:
             try:
                 if ray.get(shard.pid.remote(), timeout=30) != pid:
@@ -371,17 +394,17 @@ class Driver:
 
     # -- results -------------------------------------------------------------------------------
 
-    def trajectories(self) -> tuple[np.ndarray, dict[str, Any]]:
+    def trajectories(self) -> tuple[np.ndarray, Document]:
         """Positions at every tick (T+1, N, 3) and the world's map."""
-        return ray.get(self.actors.world.trajectories.remote())  # type: ignore[no-any-return]
+        return cast(tuple[np.ndarray, Document], ray.get(self.actors.world.trajectories.remote()))
 
     def first_labels(self) -> dict[int, int]:
-        return ray.get(self.actors.world.first_labels.remote())  # type: ignore[no-any-return]
+        return cast(dict[int, int], ray.get(self.actors.world.first_labels.remote()))
 
     def coordinator_traffic(self) -> dict[str, int]:
         if self.actors.coordinator is None:
             return {}
-        return ray.get(self.actors.coordinator.traffic.remote())  # type: ignore[no-any-return]
+        return cast(dict[str, int], ray.get(self.actors.coordinator.traffic.remote()))
 
     def close(self) -> None:
         self.actors.close()

@@ -20,28 +20,37 @@ not inside it:
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 import numpy as np
 
-from protocols import wire
 from protocols.coordinator import FederatedClient
-from protocols.delta import Delta, DeltaRejected, layout_fingerprint
-from protocols.errors import PeerError, Stale
+from protocols.delta import Delta, layout_fingerprint
+from protocols.errors import Stale
 from protocols.faults import FaultPlan, corrupt_delta
 from protocols.gossip import ChocoGossip, agent_index, agent_name
 from protocols.outbox import Outboxes, PeerStats
+from protocols.peering import (
+    Codec,
+    Contacts,
+    CoordinatorLink,
+    Directory,
+    Introducer,
+    Introductions,
+    Snapshots,
+    make_outboxes,
+)
 from protocols.topology import build_graph, graph_from_edges, metropolis_weights
 from protocols.transport import GossipServicer, Peers, TrafficCounters, messages_in, start_server
 from swarm.accounting import Ledger
 from swarm.proto.v1 import delta_pb2
-from swarm.records import Traffic
+from swarm.proto.v1.gossip_pb2 import Introduction
+from swarm.records import JSON, Document, Traffic, as_doc, as_int, json_of
 
 if TYPE_CHECKING:
+    from agents.yan.params import Spec
     from swarm.scenario import Scenario  # which validates against the exchanges
 
 #: Seconds a gRPC call between nodes may take before the round reports a failure.
@@ -56,6 +65,41 @@ Message = delta_pb2.KnowledgeDelta
 Item = tuple[int, Message]  # (sending agent, its signed message)
 
 
+class BookCounts(TypedDict):
+    """What a Book counts (JSON-able)."""
+
+    ledger: dict[str, int]  # swarm.accounting.Ledger
+    logical_bytes: list[int]  # per local agent
+    dense_bytes: list[int]
+    rounds: int
+
+
+class Counts(BookCounts):
+    """An exchange's running counts (JSON-able): carried over a restart, kept in checkpoints."""
+
+    counters: dict[str, int]  # transport.TrafficCounters
+    held: int  # messages a delay fault holds back
+
+
+def counts_of(doc: Document) -> Counts:
+    """Counts read back from a checkpoint's metadata."""
+
+    def ints(v: JSON) -> dict[str, int]:
+        return {k: as_int(x) for k, x in as_doc(v).items()}
+
+    def int_list(v: JSON) -> list[int]:
+        return [as_int(x) for x in v] if isinstance(v, list) else []
+
+    return Counts(
+        counters=ints(doc["counters"]),
+        ledger=ints(doc["ledger"]),
+        logical_bytes=int_list(doc["logical_bytes"]),
+        dense_bytes=int_list(doc["dense_bytes"]),
+        rounds=as_int(doc["rounds"]),
+        held=as_int(doc.get("held", 0)),
+    )
+
+
 @dataclass(frozen=True)
 class Wiring:
     """What an exchange needs of the shard that holds it."""
@@ -64,7 +108,7 @@ class Wiring:
     node: str  # the shard's node name ("shard-<i>")
     agents: list[int]  # the global indices of its agents
     x: np.ndarray  # (K, P) the live parameters (shares memory with the models)
-    specs: Any  # the models' parameter layout (agents.yan.model.param_specs)
+    specs: list[Spec]  # the models' parameter layout (agents.yan.model.param_specs)
     key: bytes  # the swarm's HMAC key
     listen: str = "127.0.0.1"  # the host its gRPC server binds
     advertise: str = "127.0.0.1"  # the host the others dial
@@ -107,20 +151,20 @@ class Exchange:
     def traffic(self) -> Traffic:
         return Traffic()
 
-    def counts(self) -> dict[str, Any]:
-        """Every running count, JSON-able: carried over a restart (`load_counts`)."""
-        return {}
+    def counts(self) -> Counts | None:
+        """Every running count: carried over a restart (`load_counts`); None without any."""
+        return None
 
-    def load_counts(self, state: dict[str, Any], *, lost: int = 0) -> None:
+    def load_counts(self, state: Counts, *, lost: int = 0) -> None:
         """Take the counts of the process this one replaces; `lost` messages it held back
         died with it and count as dropped."""
 
-    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def state(self) -> tuple[dict[str, np.ndarray], Document]:
         """(arrays, scalars) at a round boundary, for a checkpoint."""
         return {}, {}
 
     def load_state(
-        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+        self, arrays: dict[str, np.ndarray], scalars: Document, *, new_epoch: bool
     ) -> None:
         """Resume from `state()`; new_epoch: after a crash (the peers heard from these agents
         after the checkpoint)."""
@@ -157,7 +201,7 @@ class Book:
         self.logical_bytes[row] += fanout * msg.ByteSize()
         self.dense_bytes[row] += fanout * self.dense
 
-    def counts(self) -> dict[str, Any]:
+    def counts(self) -> BookCounts:
         return {
             "ledger": self.ledger.state(),
             "logical_bytes": self.logical_bytes.tolist(),
@@ -165,7 +209,7 @@ class Book:
             "rounds": self.rounds,
         }
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, state: BookCounts) -> None:
         self.ledger = Ledger.from_state(state["ledger"])
         self.logical_bytes[:] = state["logical_bytes"]
         self.dense_bytes[:] = state["dense_bytes"]
@@ -238,7 +282,7 @@ class Faults:
     def n_held(self) -> int:
         return sum(len(v) for v in self.held.values())
 
-    def state(self) -> tuple[dict[str, np.ndarray], list[list[Any]]]:
+    def state(self) -> tuple[dict[str, np.ndarray], list[JSON]]:
         held = [
             (node, due, i, msg.SerializeToString())
             for (node, due), items in sorted(self.held.items())
@@ -250,13 +294,15 @@ class Faults:
         }
         return arrays, [[node, due, i] for node, due, i, _ in held]
 
-    def load_state(self, arrays: dict[str, np.ndarray], held: list[list[Any]]) -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], held: JSON) -> None:
+        """Take back what `state` saved: `held` lists (receiving node, round due, agent)."""
         self.held = {}
         offsets = np.concatenate([[0], np.cumsum(arrays["held.sizes"])])
         raw = arrays["held.bytes"].tobytes()
-        for k, (node, due, i) in enumerate(held):
+        for k, entry in enumerate(held if isinstance(held, list) else []):
+            node, due, i = entry if isinstance(entry, list) else (None, None, None)
             msg = Message.FromString(raw[offsets[k] : offsets[k + 1]])
-            self.held.setdefault((str(node), int(due)), []).append((int(i), msg))
+            self.held.setdefault((str(node), as_int(due)), []).append((as_int(i), msg))
 
 
 class Networked(Exchange):
@@ -278,6 +324,7 @@ class Networked(Exchange):
         self.peers = Peers(self.max_bytes, self.counters, tls=sc.gossip.tls, node=w.node)
         self.endpoints: list[str] = []
         self.coordinator = ""
+        self.codec = Codec(w.node, w.key, self.max_bytes, self.num_params, self.layout)
         self.book = Book(len(w.agents), self.num_params)
         self.faults = Faults(plan, self.book, sc)
 
@@ -286,16 +333,6 @@ class Networked(Exchange):
 
     def set_endpoints(self, endpoints: list[str]) -> None:
         self.endpoints = list(endpoints)
-
-    def pack(self, round_: int, msgs: list[Message]) -> list[delta_pb2.DeltaBatch]:
-        # under the message limit; a delta too large for one message goes in signed chunks
-        return wire.pack(self.node, round_, msgs, self.max_bytes, self.key)
-
-    def sign(self, deltas: list[Delta]) -> list[Message]:
-        return [wire.to_proto(d, self.key) for d in deltas]
-
-    def decode(self, msg: Message) -> Delta:
-        return wire.from_proto(msg, key=self.key, num_params=self.num_params, layout=self.layout)
 
     def traffic(self) -> Traffic:
         ledger = self.book.ledger.state()
@@ -308,118 +345,44 @@ class Networked(Exchange):
             ledger=ledger,
         )
 
-    def counts(self) -> dict[str, Any]:
-        out = {"counters": self.counters.snapshot(), **self.book.counts()}
-        out["held"] = self.faults.n_held()
-        return out
+    def counts(self) -> Counts:
+        return Counts(
+            counters=self.counters.snapshot(), held=self.faults.n_held(), **self.book.counts()
+        )
 
-    def load_counts(self, state: dict[str, Any], *, lost: int = 0) -> None:
+    def load_counts(self, state: Counts, *, lost: int = 0) -> None:
         self.counters.load(state["counters"])
         self.book.load(state)
         self.book.ledger.dropped += lost
 
-    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def state(self) -> tuple[dict[str, np.ndarray], Document]:
         """The protocol's state (`protocol_state`), the messages a delay fault holds back, and
         the counts."""
         arrays, scalars = self.protocol_state()
-        scalars["counts"] = self.counts()
+        scalars["counts"] = json_of(self.counts())
         held_arrays, scalars["held"] = self.faults.state()
         arrays.update(held_arrays)
         return arrays, scalars
 
     def load_state(
-        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+        self, arrays: dict[str, np.ndarray], scalars: Document, *, new_epoch: bool
     ) -> None:
         self.load_protocol_state(arrays, scalars, new_epoch=new_epoch)
         # After a crash the messages held at the checkpoint were already sent or dropped by the
         # process that died (their rounds are past); a resumed run still owes them.
         self.faults.load_state(arrays, [] if new_epoch else scalars["held"])
-        self.load_counts(scalars["counts"])
+        self.load_counts(counts_of(as_doc(scalars["counts"])))
 
-    def protocol_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def protocol_state(self) -> tuple[dict[str, np.ndarray], Document]:
         raise NotImplementedError
 
     def load_protocol_state(
-        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+        self, arrays: dict[str, np.ndarray], scalars: Document, *, new_epoch: bool
     ) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         self.peers.close()
-
-
-class DeviceIntroducer:
-    """The devices (scenario external_peers) a shard's agents neighbour: introduced again every
-    `every_s` (a device that restarts learns its neighbours anew), reached through outboxes.
-    A device is out of the consensus step until it answers an introduction: the copy of one
-    that never joins would pull the local agents back to the initial weights."""
-
-    def __init__(
-        self,
-        *,
-        node: str,
-        endpoint: str,
-        key: bytes,
-        peers: Peers,
-        outboxes: Outboxes,
-        algo: ChocoGossip,
-        devices: dict[str, tuple[int, list[int]]],
-        every_s: float,
-        timeout_s: float,
-        rounds_done: Callable[[], int],
-    ):
-        self.node, self.endpoint, self.key = node, endpoint, key
-        self.peers, self.outboxes, self.algo = peers, outboxes, algo
-        self.devices = devices  # address -> (the device's agent, local agents neighbouring it)
-        self.every_s, self.timeout_s = every_s, timeout_s
-        self.rounds_done = rounds_done
-        for agent, _ in devices.values():
-            algo.set_active(agent, False)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def serves(self, address: str) -> bool:
-        return address in self.devices
-
-    def agents_for(self, address: str) -> set[int]:
-        """The local agents that neighbour the device at `address`."""
-        return set(self.devices[address][1]) if address in self.devices else set()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for address, (agent, local) in self.devices.items():
-                self._introduce(address, agent, local)
-            self._stop.wait(self.every_s)
-
-    def _introduce(self, address: str, agent: int, local: list[int]) -> None:
-        intro = wire.introduction(self.node, self.endpoint, local, membership=False, key=self.key)
-        try:
-            reply = self.peers.introduce(address, intro, self.timeout_s)
-            wire.check_introduction(reply, self.key)
-        except (PeerError, DeltaRejected):
-            return  # a device not up yet, or refusing: try again next period
-        if not self.algo.active(agent) and self.rounds_done() > 0:
-            # first contact after rounds went by: a snapshot, not a refused delta
-            self.outboxes.resync(address)
-        self.algo.set_active(agent, True)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.outboxes.close()
-
-
-def catch_up(
-    client: FederatedClient, x: np.ndarray, rounds: Iterable[int], fetch: Callable[[int], Delta]
-) -> None:
-    """Bring a federated client that missed `rounds` (restored from a checkpoint) to the
-    global model: apply each closed round's aggregate in turn, then drop the error feedback,
-    whose residuals belonged to deltas the global model now holds."""
-    for r in rounds:
-        client.apply_aggregate(x, fetch(r))
-    client.error[:] = 0
 
 
 # -- coordinator --------------------------------------------------------------------------------
@@ -438,34 +401,27 @@ class Coordinated(Networked):
             local=w.agents, x0=self.x0, compression=sc.gossip.compression, layout=self.layout
         )
 
+    def connect(self, endpoints: list[str], coordinator: str) -> None:
+        super().connect(endpoints, coordinator)
+        self.link = CoordinatorLink(self.peers, coordinator, self.codec)
+
     def share(self, round_: int, tick: int, examples: np.ndarray) -> int:
-        if self.client.version < round_:
-            self._catch_up(round_)  # restored from a checkpoint rounds ago
+        if self.client.version < round_:  # restored from a checkpoint rounds ago
+            self.link.catch_up(self.client, self.x, round_, RPC_TIMEOUT_S)
         deltas = self.faults.lie(self.client.make_deltas(self.x, round_, examples))
-        messages = self.sign(deltas)
+        messages = self.codec.sign(deltas)
         self.book.ledger.sent += len(messages)
-        for batch in self.pack(round_, messages):
-            self.peers.submit(self.coordinator, batch, RPC_TIMEOUT_S)
-            self.book.ledger.delivered += messages_in(batch)
+        self.book.ledger.delivered += self.link.submit(round_, messages, RPC_TIMEOUT_S)
         for row, msg in enumerate(messages):
             self.book.sent(row, msg)
         self.book.rounds += 1
         return len(deltas)
 
-    def _catch_up(self, round_: int) -> None:
-        """Restored from a checkpoint rounds behind: take the closed rounds' aggregates (the
-        coordinator keeps them); each makes the local agents the global model."""
-        catch_up(self.client, self.x, range(self.client.version, round_), self._aggregate)
-
-    def _aggregate(self, round_: int) -> Delta:
-        reply = self.peers.get_aggregate(self.coordinator, self.node, round_, RPC_TIMEOUT_S)
-        return self.decode(reply.aggregate)
-
     def merge(self, round_: int) -> int:
-        self.client.apply_aggregate(self.x, self._aggregate(round_))
+        self.client.apply_aggregate(self.x, self.link.aggregate(round_, RPC_TIMEOUT_S))
         return 1
 
-    def protocol_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def protocol_state(self) -> tuple[dict[str, np.ndarray], Document]:
         arrays = {
             "fed.global_model": self.client.global_model.copy(),
             "fed.error": self.client.error.copy(),
@@ -473,11 +429,11 @@ class Coordinated(Networked):
         return arrays, {"fed.version": int(self.client.version)}
 
     def load_protocol_state(
-        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+        self, arrays: dict[str, np.ndarray], scalars: Document, *, new_epoch: bool
     ) -> None:
         self.client.global_model[:] = arrays["fed.global_model"]
         self.client.error[:] = arrays["fed.error"]
-        self.client.version = int(scalars["fed.version"])
+        self.client.version = as_int(scalars["fed.version"])
 
 
 # -- gossip -------------------------------------------------------------------------------------
@@ -505,13 +461,12 @@ class Gossip(Networked):
         # Send a snapshot of every local agent before the next deltas: set when this shard
         # restarted from a checkpoint with a new epoch (its peers refuse deltas until then).
         self.announce = False
-        self.devices: DeviceIntroducer | None = None
+        # membership False: Ray supervises shards; they answer pings but do not probe
+        self.intros = Introductions(w.node, w.key, membership=False)
+        self.outboxes: Outboxes | None = None
+        self.introducer: Introducer | None = None
         servicer = GossipServicer(
-            w.node,
-            wire.make_decoder(w.key, self.num_params, self.layout),
-            self.algo.receive,
-            self.counters,
-            introduce=self._on_introduce,
+            w.node, self.codec.decoder(), self.algo.receive, self.counters, introduce=self._answer
         )
         self.server, port = start_server(
             w.listen,
@@ -521,8 +476,8 @@ class Gossip(Networked):
             tls=sc.gossip.tls,
             node=w.node,
         )
-        self.endpoint = f"{w.advertise}:{port}"
-        self.devices = self._device_links()
+        self.endpoint = self.intros.address = f"{w.advertise}:{port}"
+        self._devices()
 
     def _owner(self, j: int) -> str:
         """The node hosting agent j: a shard, or the device running it."""
@@ -549,48 +504,51 @@ class Gossip(Networked):
 
     # -- devices (scenario external_peers) -----------------------------------------------------
 
-    def _device_links(self) -> DeviceIntroducer | None:
-        """Devices this shard's agents neighbour, reached through outboxes and introduced
-        again every few seconds (a device that restarts learns its neighbours anew)."""
-        agents = {
-            name: [i for i in self.w.agents if name in self.algo.destinations(i)]
-            for name in self.external
+    def _devices(self) -> None:
+        """Devices this shard's agents neighbour: reached through outboxes (a device may be
+        down or restart; the round barrier never waits for one), and introduced again every
+        few seconds (a device that restarts learns its neighbours anew). A device is out of
+        the consensus step until it answers: the copy of one that never joins would pull the
+        local agents back to the initial weights."""
+        local = {
+            address: [i for i in self.w.agents if name in self.algo.destinations(i)]
+            for name, address in self.external.items()
         }
-        agents = {k: v for k, v in agents.items() if v}
-        if not agents:
-            return None
-        outboxes = Outboxes(
-            self.peers.push,
-            lambda r, msgs: self.pack(r, msgs),
-            self._snapshots,
-            timeout_s=DEVICE_TIMEOUT_S,
+        self.device_targets = {a: agents for a, agents in local.items() if agents}
+        if not self.device_targets:
+            return
+        directory = Directory(
+            {a: [agent_index(n)] for n, a in self.external.items() if a in self.device_targets}
         )
-        return DeviceIntroducer(
-            node=self.node,
-            endpoint=self.endpoint,
-            key=self.key,
-            peers=self.peers,
-            outboxes=outboxes,
-            algo=self.algo,
-            devices={self.external[name]: (agent_index(name), a) for name, a in agents.items()},
-            every_s=INTRODUCE_EVERY_S,
-            timeout_s=DEVICE_TIMEOUT_S,
+        snapshots = Snapshots(self.algo, self.codec, directory.agents_at)
+        self.outboxes = make_outboxes(self.peers, self.codec, snapshots, timeout_s=DEVICE_TIMEOUT_S)
+        contacts = Contacts(
+            self.algo,
+            self.outboxes,
+            directory,
+            [agent_index(n) for n, a in self.external.items() if a in self.device_targets],
             rounds_done=lambda: self.book.rounds,
         )
+        contacts.leave_out_until_contact()
+        self.introducer = Introducer(
+            self.peers,
+            self.intros,
+            contacts,
+            targets=lambda: self.device_targets,
+            every_s=INTRODUCE_EVERY_S,
+            timeout_s=DEVICE_TIMEOUT_S,
+            at_dialled=True,  # routed by the addresses the scenario lists
+        )
 
-    def _on_introduce(self, intro: Any) -> Any:
-        wire.check_introduction(intro, self.key)
+    def _answer(self, intro: Introduction) -> Introduction:
+        """Another node's introduction: answered with the local agents that neighbour it."""
         agents = [i for i in self.w.agents if intro.node in self.algo.destinations(i)]
-        return wire.introduction(self.node, self.endpoint, agents, membership=False, key=self.key)
-
-    def _snapshots(self, round_: int, address: str) -> list[Message]:
-        assert self.devices is not None
-        return self.sign(self.algo.make_snapshots(round_, self.devices.agents_for(address)))
+        return self.intros.answer(intro, agents)
 
     def connect(self, endpoints: list[str], coordinator: str) -> None:
         super().connect(endpoints, coordinator)
-        if self.devices is not None:
-            self.devices.start()
+        if self.introducer is not None:
+            self.introducer.start()
 
     # -- a round --------------------------------------------------------------------------------
 
@@ -603,9 +561,9 @@ class Gossip(Networked):
         for d in snapshots:
             i = agent_index(d.sender)
             for node in self.algo.destinations(i):
-                by_node.setdefault(node, []).append((i, wire.to_proto(d, self.key)))
+                by_node.setdefault(node, []).append((i, self.codec.sign([d])[0]))
                 self.book.ledger.snapshots += node not in self.external
-        for row, msg in enumerate(self.sign(deltas)):
+        for row, msg in enumerate(self.codec.sign(deltas)):
             i = self.w.agents[row]
             # As standalone devices, an agent would send its delta to every neighbour.
             self.book.sent(row, msg, self.algo.logical_recipients(i))
@@ -615,8 +573,8 @@ class Gossip(Networked):
             by_node.setdefault(node, [])
         for node, items in sorted(by_node.items()):
             if node in self.external:  # devices: through outboxes, outside the ledger
-                assert self.devices is not None
-                self.devices.outboxes.add(self.external[node], [m for _, m in items], round_)
+                assert self.outboxes is not None
+                self.outboxes.add(self.external[node], [m for _, m in items], round_)
             else:
                 self._deliver(node, items, round_, tick)
         self.book.rounds += 1
@@ -634,17 +592,15 @@ class Gossip(Networked):
         attempt = 0
         while batch and not self._push(address, batch, round_) and attempt < MAX_RESYNCS:
             attempt += 1
-            snaps = [
-                (agent_index(d.sender), wire.to_proto(d, self.key))
-                for d in self.algo.make_snapshots(round_, {i for i, _ in batch})
-            ]
+            made = self.algo.make_snapshots(round_, {i for i, _ in batch})
+            snaps = [(agent_index(d.sender), self.codec.sign([d])[0]) for d in made]
             self.book.ledger.snapshots += len(snaps)
             batch = self.faults.through(node, snaps, round_, tick, attempt)
 
     def _push(self, address: str, items: list[Item], round_: int) -> bool:
         """Push messages in as few batches as fit; False if the receiver refused any batch."""
         ok = True
-        for batch in self.pack(round_, [m for _, m in items]):
+        for batch in self.codec.pack(round_, [m for _, m in items]):
             n = messages_in(batch)
             try:
                 self.peers.push(address, batch, RPC_TIMEOUT_S)
@@ -662,18 +618,18 @@ class Gossip(Networked):
 
     def traffic(self) -> Traffic:
         out = super().traffic()
-        if self.devices is not None:
-            stats = self.devices.outboxes.stats()
+        if self.outboxes is not None:
+            stats = self.outboxes.stats()
             out.devices = {
-                name: vars(stats.get(address) or PeerStats())
+                name: stats.get(address) or PeerStats()
                 for name, address in self.external.items()
-                if self.devices.serves(address)
+                if address in self.device_targets
             }
         return out
 
-    def protocol_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def protocol_state(self) -> tuple[dict[str, np.ndarray], Document]:
         arrays: dict[str, np.ndarray] = {}
-        scalars: dict[str, Any] = {}
+        scalars: Document = {}
         for k, v in self.algo.state().items():
             if isinstance(v, np.ndarray):
                 arrays[f"gossip.{k}"] = v
@@ -682,17 +638,22 @@ class Gossip(Networked):
         return arrays, scalars
 
     def load_protocol_state(
-        self, arrays: dict[str, np.ndarray], scalars: dict[str, Any], *, new_epoch: bool
+        self, arrays: dict[str, np.ndarray], scalars: Document, *, new_epoch: bool
     ) -> None:
-        state: dict[str, Any] = {k[7:]: v for k, v in arrays.items() if k.startswith("gossip.")}
-        state.update({k[7:]: v for k, v in scalars.items() if k.startswith("gossip.")})
-        epoch = max(int(state["epoch"]) + 1, int(time.time() * 1000)) if new_epoch else None
+        state: dict[str, np.ndarray | int] = {
+            k[7:]: v for k, v in arrays.items() if k.startswith("gossip.")
+        }
+        state.update({k[7:]: as_int(v) for k, v in scalars.items() if k.startswith("gossip.")})
+        saved = as_int(scalars["gossip.epoch"])
+        epoch = max(saved + 1, int(time.time() * 1000)) if new_epoch else None
         self.algo.load_state(state, epoch=epoch)
         self.announce = new_epoch
 
     def close(self) -> None:
-        if self.devices is not None:
-            self.devices.close()
+        if self.introducer is not None:
+            self.introducer.stop()
+        if self.outboxes is not None:
+            self.outboxes.close()
         super().close()
         self.server.stop(grace=None)
 

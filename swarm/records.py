@@ -10,16 +10,52 @@ free-form dict: a field renamed on one side is a type error on the other.
     AgentShard.measure()  -> ShardMeasure   one metrics row's worth from a shard
       .traffic            -> Traffic        what its exchange sent and received
     AgentShard.checkpoint -> Receipt        what a checkpoint wrote
+    Runner                -> Row            a line of metrics.jsonl
     Runner.run()          -> RunSummary     summary.json
+
+The files a run writes are JSON documents (`JSON`); each record converts to and from its
+document at the file's edge (`as_json`, `from_json`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from protocols.outbox import PeerStats
+
+#: A JSON value: what summary.json, metrics.jsonl and a checkpoint's metadata hold.
+JSON: TypeAlias = None | bool | int | float | str | list["JSON"] | dict[str, "JSON"]
+Document: TypeAlias = dict[str, JSON]
+#: A figure of a metrics row (None where there was nothing to measure, or not finite).
+Figure: TypeAlias = float | None
+
+
+def figures_of(doc: Document) -> dict[str, Figure]:
+    """The numeric figures of a document (e.g. summary.json's `metrics`)."""
+    return {
+        k: v
+        for k, v in doc.items()
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    }
+
+
+def as_int(value: JSON) -> int:
+    """An integer read from a JSON document; a TypeError names what was there instead."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, found {value!r}")
+    return int(value)
+
+
+def as_doc(value: JSON) -> Document:
+    """An object read from a JSON document; a TypeError names what was there instead."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, found {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -30,13 +66,13 @@ class WorldInfo:
     obs_dim: int
     agent_ids: list[str]
     # what a classification world's sensors deliver (agents.config.InputConfig fields)
-    inputs: dict[str, Any] | None = None
+    inputs: Document | None = None
     n_classes: int = 0
     classes: list[str] = field(default_factory=list)
     n_actions: int = 0
 
     @property
-    def model_inputs(self) -> int | dict[str, Any]:
+    def model_inputs(self) -> int | Document:
         """The model's input description: the sensors' layout, else the vector size."""
         return self.inputs or self.obs_dim
 
@@ -71,7 +107,7 @@ class Traffic:
     dense_bytes: list[int] = field(default_factory=list)  # per local agent
     rounds: int = 0
     ledger: dict[str, int] = field(default_factory=dict)
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # outbox stats per device
+    devices: dict[str, PeerStats] = field(default_factory=dict)  # outbox stats per device
 
     def counter(self, name: str) -> int:
         return int(self.counters.get(name, 0))
@@ -122,8 +158,61 @@ class Restored:
     probe_acc_checkpoint: list[float] | None = None
     probe_acc_restored: list[float] | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    def as_json(self) -> Document:
+        """The restore's figures; probe accuracies only where a checkpoint was restored."""
+        doc = as_doc(json_of(dataclasses.asdict(self)))
+        return {k: v for k, v in doc.items() if v is not None or k == "checkpoint_ticks"}
+
+
+@dataclass
+class Row:
+    """One metrics row (a line of metrics.jsonl): the swarm's figures after `tick` ticks."""
+
+    tick: int
+    sim_time_s: float
+    figures: dict[str, Figure]  # by name: task/*, learn/*, gossip/*, rl/*
+    agents: dict[str, list[float]] = field(default_factory=dict)  # per agent, in agent order
+
+    def get(self, name: str) -> Figure:
+        return self.figures.get(name)
+
+    def value(self, name: str) -> float:
+        """A figure that must be there; a KeyError or ValueError says which is missing."""
+        v = self.figures[name]
+        if v is None:
+            raise ValueError(f"row at tick {self.tick}: {name} is not measured")
+        return v
+
+    def as_json(self) -> Document:
+        agents: Document = {k: list(v) for k, v in self.agents.items()}
+        return {"tick": self.tick, "sim_time_s": self.sim_time_s, **self.figures, "agents": agents}
+
+    @classmethod
+    def from_json(cls, doc: Document) -> Row:
+        agents = as_doc(doc.get("agents", {}))
+        rest = {k: v for k, v in doc.items() if k not in ("tick", "sim_time_s", "agents")}
+        figures = figures_of(rest)
+        if len(figures) != len(rest):
+            bad = sorted(set(rest) - set(figures))
+            raise TypeError(f"metrics row at tick {doc.get('tick')}: not figures: {bad}")
+        return cls(
+            tick=as_int(doc["tick"]),
+            sim_time_s=as_number(doc["sim_time_s"]),
+            figures=figures,
+            agents={k: [as_number(x) for x in _list(v)] for k, v in agents.items()},
+        )
+
+
+def as_number(value: JSON) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, found {value!r}")
+    return value
+
+
+def _list(value: JSON) -> list[JSON]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, found {value!r}")
+    return value
 
 
 @dataclass
@@ -146,27 +235,31 @@ class RunSummary:
 
     scenario: str
     seed: int
-    accounting: dict[str, Any]
-    faults: dict[str, Any]
+    accounting: Document  # swarm.accounting.account
+    faults: Document  # the kills and what they restored; the Byzantine agents
     # whether learn/probe_acc_isolated is a measured twin (else it repeats probe_acc)
     isolated_baseline: bool
-    placement: list[dict[str, Any]]
+    placement: list[Document]  # where each shard ran, and what it took in
     agents: int
     shards: int
     topology: str
     mode: str
     task: str
     classes: list[str]
-    metrics: dict[str, Any]  # the last metrics row with the run's final figures
+    metrics: dict[str, Figure]  # the last metrics row with the run's final figures
     run: RunInfo
     diverged_at_tick: int | None  # the first metrics tick with non-finite weights
 
-    def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def as_json(self) -> Document:
+        return as_doc(json_of(dataclasses.asdict(self)))
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunSummary:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["run"] = RunInfo(**data["run"])
-        return cls(**values)
+
+def json_of(value: object) -> JSON:
+    """A plain-data value (dataclasses.asdict output, numbers, lists) as a JSON value."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [json_of(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_of(v) for k, v in value.items()}
+    raise TypeError(f"not JSON: {value!r}")

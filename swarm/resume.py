@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 #: Complete checkpoints kept on disk (the newest ones).
 KEEP = 2
@@ -28,7 +28,17 @@ def tick_dir(root: Path | str, ticks: int) -> Path:
     return Path(root) / f"tick-{ticks:07d}"
 
 
-def read_latest(root: Path | str) -> dict[str, Any] | None:
+class Marker(TypedDict):
+    """latest.json: which checkpoint is the last complete one."""
+
+    ticks: int  # ticks completed at the checkpoint
+    round: int  # the next gossip round
+    rows: int  # metrics rows written up to it
+    dir: str  # its directory under checkpoints/
+    bytes: int  # what its shards wrote
+
+
+def read_latest(root: Path | str) -> Marker | None:
     """The last complete checkpoint's marker, or None if there is none."""
     path = Path(root) / "latest.json"
     try:
@@ -37,12 +47,19 @@ def read_latest(root: Path | str) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable checkpoint marker ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("ticks"), int):
+    fields = ("ticks", "round", "rows", "bytes")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), int) for k in fields):
         raise ValueError(f"{path}: not a checkpoint marker")
-    return data
+    return Marker(
+        ticks=int(data["ticks"]),
+        round=int(data["round"]),
+        rows=int(data["rows"]),
+        dir=str(data["dir"]),
+        bytes=int(data["bytes"]),
+    )
 
 
-def commit(root: Path | str, marker: dict[str, Any]) -> None:
+def commit(root: Path | str, marker: Marker) -> None:
     """Make `marker` (its tick's files all written) the latest checkpoint; prune old ones."""
     root = Path(root)
     tmp = root / "latest.json.tmp"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 import numpy as np
 
@@ -28,9 +28,18 @@ from protocols.topology import build_graph, mixing_summary
 from swarm.accounting import account
 from swarm.certs import make_certs
 from swarm.exchange import exchange_for
-from swarm.records import RunInfo, RunSummary, ShardMeasure, Traffic, WorldInfo
+from swarm.records import (
+    Document,
+    Figure,
+    Row,
+    RunInfo,
+    RunSummary,
+    ShardMeasure,
+    Traffic,
+    WorldInfo,
+)
 from swarm.report import write_plots
-from swarm.resume import read_latest, tick_dir
+from swarm.resume import Marker, read_latest, tick_dir
 from swarm.scenario import Scenario, dump_scenario
 from swarm.tasks import task_named
 from swarm.telemetry import Telemetry, row_figures
@@ -39,8 +48,8 @@ from swarm.telemetry import Telemetry, row_figures
 @dataclass
 class RunResult:
     run_dir: Path
-    summary: dict[str, Any]
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: Document  # summary.json
+    rows: list[Document] = field(default_factory=list)  # metrics.jsonl
 
 
 def new_run_dir(root: Path, scenario: Scenario) -> Path:
@@ -116,14 +125,14 @@ DIVERGED = (
 )
 
 
-def diverged_at(rows: list[dict[str, Any]]) -> int | None:
+def diverged_at(rows: list[Row]) -> int | None:
     """The tick of the first metrics row whose consensus distance is not finite: an agent's
     weights hold inf or NaN (the mean square distance to the mean takes in every parameter of
     every agent). None if there is none."""
     for row in rows:
         d = row.get("learn/consensus_distance")
         if d is not None and not math.isfinite(d):
-            return int(row["tick"])
+            return row.tick
     return None
 
 
@@ -163,16 +172,16 @@ class Runner:
         self.on_tick = on_tick
         self.on_info = on_info
         self.rho: float | None = None
-        self.mixing: dict[str, Any] = {}
+        self.mixing: dict[str, float] = {}
         self.first_labels: dict[int, int] = {}
-        self.graph: dict[str, Any] = {}
+        self.graph: Document = {}
         self.ckpt_root = run_dir / "checkpoints"
-        self.marker: dict[str, Any] | None = None  # the checkpoint a resumed run starts from
-        self.kills: list[dict[str, Any]] = []  # injected shard kills and what was restored
-        self.placement: list[dict[str, Any]] = []
+        self.marker: Marker | None = None  # the checkpoint a resumed run starts from
+        self.kills: list[Document] = []  # injected shard kills and what was restored
+        self.placement: list[Document] = []
         self.last_traffic: list[Traffic] = []
         self.coordinator_traffic: dict[str, int] = {}
-        self._rows_file: Any = None
+        self._rows_file: TextIO | None = None
         self.byzantine: frozenset[int] = frozenset()
         self.exchange = exchange_for(scenario.gossip.topology)
         self.telemetry = Telemetry("")  # the run's, once it starts
@@ -203,12 +212,12 @@ class Runner:
         finally:
             stop_ray(started)
         summary = self._summary(rows, info, wall, setup, url)
-        self._write(rows, summary, trajectory, layout_map)
-        return RunResult(self.run_dir, summary.as_json(), rows)
+        self._write(summary, trajectory, layout_map)
+        return RunResult(self.run_dir, summary.as_json(), [r.as_json() for r in rows])
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def _prepare(self, cpus: float) -> list[dict[str, Any]]:
+    def _prepare(self, cpus: float) -> list[Row]:
         """Settle the scenario on the cluster the run landed on (`cpus`) and write it; returns
         the metrics rows a resumed run already has."""
         # agents.per_shard 'auto': sized for the CPUs of the cluster the run landed on
@@ -264,7 +273,7 @@ class Runner:
         self.graph = {
             "kind": sc.gossip.graph.kind,
             "nodes": sc.total_agents,
-            "edges": edges,
+            "edges": [[i, j] for i, j in edges],
             "rho": self.rho,
             # -1: an external device (swarm-node), not hosted by a shard
             "shard_of": [i // per if i < sc.agents.count else -1 for i in range(sc.total_agents)],
@@ -276,7 +285,7 @@ class Runner:
             )
         return edges
 
-    def _resume_rows(self) -> list[dict[str, Any]]:
+    def _resume_rows(self) -> list[Row]:
         """The checkpoint a resumed run starts from, and the metrics rows recorded up to it."""
         try:
             marker = read_latest(self.ckpt_root)
@@ -293,13 +302,13 @@ class Runner:
                 f"{self.sc.ticks}; nothing to resume (pass --ticks to run longer)"
             )
         self.marker = marker
-        rows: list[dict[str, Any]] = []
+        rows: list[Row] = []
         path = self.run_dir / "metrics.jsonl"
         with open(path) as fh:
             for line in fh:
                 if len(rows) == marker["rows"]:
                     break
-                rows.append(json.loads(line))
+                rows.append(Row.from_json(json.loads(line)))
         if len(rows) != marker["rows"]:
             raise RunError(f"{path}: {len(rows)} rows, the checkpoint needs {marker['rows']}")
         self.on_info(f"resuming {self.run_dir.name} from its checkpoint at tick {marker['ticks']}")
@@ -314,7 +323,7 @@ class Runner:
 
     # -- metrics rows ----------------------------------------------------------------------------
 
-    def open_rows(self, rows: list[dict[str, Any]]) -> None:
+    def open_rows(self, rows: list[Row]) -> None:
         """Start metrics.jsonl with the rows a resumed run already has."""
         self._rows_file = open(self.run_dir / "metrics.jsonl", "w")  # noqa: SIM115
         for row in rows:
@@ -322,9 +331,9 @@ class Runner:
 
     def add_row(
         self,
-        rows: list[dict[str, Any]],
+        rows: list[Row],
         tick: int,
-        world_m: dict[str, Any],
+        world_m: dict[str, Figure],
         shard_m: list[ShardMeasure],
         info: WorldInfo,
         *,
@@ -338,13 +347,14 @@ class Runner:
             self.on_info(DIVERGED.format(tick=tick))
         row_figures(self.telemetry, rows[-1], rho=self.rho, real_time_factor=real_time_factor)
 
-    def _write_row(self, row: dict[str, Any]) -> None:
-        self._rows_file.write(json.dumps(row, sort_keys=True) + "\n")
+    def _write_row(self, row: Row) -> None:
+        assert self._rows_file is not None, "open_rows first"
+        self._rows_file.write(json.dumps(row.as_json(), sort_keys=True) + "\n")
         self._rows_file.flush()
 
     def _row(
-        self, tick: int, world_m: dict[str, Any], shard_m: list[ShardMeasure], info: WorldInfo
-    ) -> dict[str, Any]:
+        self, tick: int, world_m: dict[str, Figure], shard_m: list[ShardMeasure], info: WorldInfo
+    ) -> Row:
         n = sum(len(m.agents) for m in shard_m)
         sum_x = np.sum([m.sum_x for m in shard_m], axis=0)
         consensus = float(sum(m.sum_sq for m in shard_m) / n - np.sum((sum_x / n) ** 2))
@@ -352,9 +362,9 @@ class Runner:
         sent = np.concatenate(
             [t.sent_per_agent(len(m.agents)) for t, m in zip(traffic, shard_m, strict=True)]
         )
-        row: dict[str, Any] = {"tick": tick, "sim_time_s": round(tick * self.sc.world.tick_s, 6)}
-        row.update({k: _clean(v) for k, v in world_m.items()})
-        row.update(
+        row = Row(tick, round(tick * self.sc.world.tick_s, 6), figures={})
+        row.figures.update({k: _clean(v) for k, v in world_m.items()})
+        row.figures.update(
             {
                 "learn/consensus_distance": max(consensus, 0.0),
                 "learn/activation_density": float(np.mean([m.density for m in shard_m])),
@@ -370,32 +380,34 @@ class Runner:
         for t in traffic:
             ledger.update({k: int(v) for k, v in t.ledger.items()})
         for key in ("sent", "delivered", "rejected", "dropped", "held", "snapshots"):
-            row[f"gossip/messages_{key}"] = ledger.get(key, 0)
+            row.figures[f"gossip/messages_{key}"] = ledger.get(key, 0)
         self.last_traffic = traffic
-        task_row = task_named(info.task).row(shard_m, info, self.byzantine)
-        row["agents"] = {"gossip/bytes_sent": [int(b) for b in sent], **task_row.pop("agents", {})}
-        row.update(task_row)
+        row.agents["gossip/bytes_sent"] = [int(b) for b in sent]
+        task_named(info.task).row(shard_m, info, self.byzantine, row)
         return row
 
     # -- results ---------------------------------------------------------------------------------
 
     def _summary(
         self,
-        rows: list[dict[str, Any]],
+        rows: list[Row],
         info: WorldInfo,
         wall: float,
         setup: float,
         url: str | None,
     ) -> RunSummary:
         sc = self.sc
-        final = {k: v for k, v in rows[-1].items() if k != "agents"}
-        sent = final["gossip/bytes_sent"]
-        final["gossip/compression_ratio"] = final["gossip/dense_bytes"] / sent if sent else None
+        last = rows[-1]
+        final: dict[str, Figure] = {"tick": last.tick, "sim_time_s": last.sim_time_s}
+        final.update(last.figures)
+        sent = last.value("gossip/bytes_sent")
+        dense = last.value("gossip/dense_bytes")
+        final["gossip/compression_ratio"] = dense / sent if sent else None
         final["gossip/rho"] = self.rho
         final.update(task_named(info.task).final(rows, info, self.first_labels, sc))
-        faults: dict[str, Any] = {"kills": self.kills}
+        faults: Document = {"kills": list(self.kills)}
         if self.byzantine:
-            faults["byzantine"] = sorted(self.byzantine)
+            faults["byzantine"] = list(sorted(self.byzantine))
         return RunSummary(
             scenario=sc.name,
             seed=sc.seed,
@@ -422,7 +434,7 @@ class Runner:
             diverged_at_tick=diverged_at(rows),
         )
 
-    def _accounting(self) -> dict[str, Any]:
+    def _accounting(self) -> Document:
         """The run's message accounting (swarm/accounting.py), and each shard's part of it in
         its placement entry."""
         receivers = [t.receiver_counts() for t in self.last_traffic]
@@ -439,13 +451,7 @@ class Runner:
             place["messages_delivered"] = int(traffic.ledger.get("delivered", 0))
         return accounting
 
-    def _write(
-        self,
-        rows: list[dict[str, Any]],
-        summary: RunSummary,
-        trajectory: np.ndarray,
-        layout_map: dict[str, Any],
-    ) -> None:
+    def _write(self, summary: RunSummary, trajectory: np.ndarray, layout_map: Document) -> None:
         # metrics.jsonl is written row by row as the run goes (a resumed run starts from it)
         (self.run_dir / "summary.json").write_text(
             json.dumps(summary.as_json(), indent=2, sort_keys=True)
@@ -458,5 +464,5 @@ class Runner:
         write_plots(self.run_dir)
 
 
-def _clean(v: float) -> float | None:
+def _clean(v: Figure) -> Figure:
     return None if v is None or not np.isfinite(v) else float(v)

@@ -27,7 +27,7 @@ from protocols.gossip import agent_name
 from protocols.transport import CoordinatorServicer, TrafficCounters, start_server
 from swarm import checkpoint
 from swarm.addresses import is_loopback
-from swarm.exchange import RPC_TIMEOUT_S, Exchange, Wiring, exchange_for, make_exchange
+from swarm.exchange import RPC_TIMEOUT_S, Counts, Exchange, Wiring, exchange_for, make_exchange
 from swarm.records import Receipt, Restored, ShardMeasure, Step, WorldInfo
 from swarm.resume import read_latest, tick_dir
 from swarm.scenario import Scenario
@@ -277,8 +277,8 @@ class AgentShard:
             sum_sq=float((flat**2).sum()),
             traffic=self.exchange.traffic(),
             density=float(np.mean(population.select_stats["select/density"])),
-            **self.learning.measure(self.probe),
         )
+        self.learning.measure(self.probe, measured)
         names = [agent_name(i) for i in self.agents]
         shard_figures(
             self.telemetry,
@@ -328,15 +328,15 @@ class AgentShard:
         """What this shard restored when it started (None: it started fresh)."""
         return self.restored
 
-    def traffic_state(self) -> dict[str, Any]:
+    def traffic_state(self) -> Counts | None:
         """The exchange's counters, to carry over a restart (`load_traffic`)."""
         return self.exchange.counts()
 
-    def load_traffic(self, state: dict[str, Any]) -> None:
+    def load_traffic(self, state: Counts | None) -> None:
         """Carry the counts of the process Ray replaced over to this one. The messages that
         process held back (delay faults) died with it: they count as dropped."""
-        if state:
-            self.exchange.load_counts(state, lost=int(state.get("held", 0)))
+        if state is not None:
+            self.exchange.load_counts(state, lost=state["held"])
 
     def node_id(self) -> str:
         """The Ray node this shard runs on."""

@@ -17,17 +17,22 @@ between the two lives in one `Task` class each, on every side of the run:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 import numpy as np
 
-from swarm.records import NO_LABELS, ShardMeasure, Step, WorldInfo
+from swarm.records import NO_LABELS, Document, Figure, Row, ShardMeasure, Step, WorldInfo, as_doc
 
 if TYPE_CHECKING:
     # the learners load torch: the driver (which only reads rows) must not
-    from agents.actor_critic import OnlineActorCritic
+    from agents.actor_critic import OnlineActorCritic, PolicyPopulation
     from agents.learner import OnlineLearner
+    from agents.population import Population
+    from envs.drone_patrol.world import DronePatrolWorld, StepResult
+    from envs.pz_world import ParallelEnvWorld, RLStepResult
     from swarm.scenario import Scenario  # which validates against the tasks
+
+    Learner = OnlineLearner | OnlineActorCritic
 
 #: An agent "recognises" an event kind when its probe accuracy on that kind reaches this.
 RECOGNISED = 0.5
@@ -47,24 +52,35 @@ def _num(v: float | None, fmt: str = ".2f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _points(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.1f} points"
+
+
+class World(Protocol):
+    """What every world offers (envs/): a world of a task offers that task's parts too."""
+
+    obs_dim: int
+    agent_ids: list[str]
+
+
 class Learning(ABC):
     """A shard's learners for one task: act on a tick, and report what they know."""
 
     #: learners saved in a checkpoint, by name
-    learners: dict[str, Any]
+    learners: dict[str, Learner]
 
     @property
     @abstractmethod
-    def population(self) -> Any:
-        """The live models (agents.population.Population): what the exchange shares."""
+    def population(self) -> Population | PolicyPopulation:
+        """The live models: what the exchange shares."""
 
     @abstractmethod
     def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
         """This tick's decisions of agents lo..hi-1 (classifications or actions)."""
 
     @abstractmethod
-    def measure(self, probe: Probe | None) -> dict[str, Any]:
-        """The task's fields of this shard's ShardMeasure."""
+    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
+        """Fill in the task's fields of this shard's measurement."""
 
     @abstractmethod
     def steps(self) -> int:
@@ -80,30 +96,26 @@ class Learning(ABC):
 
     def take_example_counts(self) -> np.ndarray:
         """Examples each agent learned from since the last call (weights for aggregation)."""
-        return self.population_learner.take_example_counts()  # type: ignore[no-any-return]
+        return self.learners["learner"].take_example_counts()
 
-    @property
-    def population_learner(self) -> Any:
-        return self.learners["learner"]
-
-    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
         """(arrays, scalars) of every learner, names prefixed ("learner.", "shadow.")."""
         from agents.learner import learner_state  # torch: in the shard's process only
 
         arrays: dict[str, np.ndarray] = {}
-        scalars: dict[str, Any] = {}
+        scalars: dict[str, object] = {}
         for name, learner in self.learners.items():
-            part, values = learner_state(learner)
+            part, values = learner_state(learner)  # type: ignore[arg-type]  # both kinds
             arrays.update({f"{name}.{k}": v for k, v in part.items()})
             scalars[name] = values
         return arrays, scalars
 
-    def load_state(self, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: Document) -> None:
         from agents.learner import load_learner_state  # torch: in the shard's process only
 
         for name, learner in self.learners.items():
             part = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + ".")}
-            load_learner_state(learner, part, scalars[name])
+            load_learner_state(learner, part, dict(as_doc(scalars[name])))  # type: ignore[arg-type]
 
 
 class Task(ABC):
@@ -114,6 +126,9 @@ class Task(ABC):
     headline: ClassVar[tuple[str, str]]
     #: the metrics row key whose course over the run `swarm compare` plots
     curve: ClassVar[str]
+    #: whether the headline is a share (0..1), so that "x% of the centralized learner's"
+    #: means something (a return can be negative)
+    headline_is_a_share: ClassVar[bool] = False
     #: whether the shards measure the agents on a held-out probe set from the world
     needs_probe: ClassVar[bool] = False
     #: whether its learners can be checkpointed (and so resumed, or restored after a kill)
@@ -123,15 +138,15 @@ class Task(ABC):
 
     @staticmethod
     @abstractmethod
-    def describe(world: Any) -> WorldInfo: ...
+    def describe(world: World) -> WorldInfo: ...
 
     @staticmethod
     @abstractmethod
-    def first_step(world: Any, obs: np.ndarray) -> Step: ...
+    def first_step(world: World, obs: np.ndarray) -> Step: ...
 
     @staticmethod
     @abstractmethod
-    def step(result: Any, first_label: dict[int, int]) -> Step:
+    def step(result: StepResult | RLStepResult, first_label: dict[int, int]) -> Step:
         """The Step of one world tick; records in `first_label` when a class was first
         labelled."""
 
@@ -149,19 +164,21 @@ class Task(ABC):
 
     @staticmethod
     @abstractmethod
-    def row(shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int]) -> dict:
-        """The task's figures of one metrics row (and its per-agent figures under "agents")."""
+    def row(
+        shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int], into: Row
+    ) -> None:
+        """Add the task's figures (and per-agent figures) to a metrics row."""
 
     @staticmethod
     @abstractmethod
     def final(
-        rows: list[dict[str, Any]], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
-    ) -> dict[str, Any]:
+        rows: list[Row], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
+    ) -> dict[str, Figure]:
         """The task's figures added to the last row for the summary."""
 
     @staticmethod
     @abstractmethod
-    def table(metrics: dict[str, Any], isolated_baseline: bool) -> list[TableRow]:
+    def table(metrics: dict[str, Figure], isolated_baseline: bool) -> list[TableRow]:
         """The task's lines of `swarm run`'s final table."""
 
 
@@ -174,12 +191,14 @@ class ClassifyLearning(Learning):
 
     def __init__(self, learner: OnlineLearner, shadow: OnlineLearner | None, learn_every: int):
         self.learner, self.shadow = learner, shadow
-        self.learners = {"learner": learner} | ({"shadow": shadow} if shadow else {})
+        self.learners: dict[str, Learner] = {"learner": learner}
+        if shadow is not None:
+            self.learners["shadow"] = shadow
         self.learn_every = learn_every
         self._loss: np.ndarray | None = None
 
     @property
-    def population(self) -> Any:
+    def population(self) -> Population:
         return self.learner.population
 
     def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
@@ -188,7 +207,9 @@ class ClassifyLearning(Learning):
         obs = step.obs[lo:hi]
         learn = step.tick > 0 and step.tick % self.learn_every == 0
         out = None
-        for learner in self.learners.values():
+        for learner in (self.learner, self.shadow):
+            if learner is None:
+                continue
             learner.add_labels(labels)
             if learn:
                 stats = learner.learn_step()
@@ -199,21 +220,18 @@ class ClassifyLearning(Learning):
         assert out is not None
         return out
 
-    def measure(self, probe: Probe | None) -> dict[str, Any]:
+    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
         from agents.learner import balanced_accuracy  # torch: in the shard's process only
 
         assert probe is not None
         windows, labels = probe
         per_class = self.learner.evaluate(windows, labels)
-        acc = balanced_accuracy(per_class).tolist()
-        iso = acc
+        into.probe_acc = balanced_accuracy(per_class).tolist()
+        into.per_class = np.nan_to_num(per_class, nan=-1.0).tolist()
+        into.probe_acc_isolated = into.probe_acc
         if self.shadow is not None:
             iso = balanced_accuracy(self.shadow.evaluate(windows, labels)).tolist()
-        return {
-            "probe_acc": acc,
-            "per_class": np.nan_to_num(per_class, nan=-1.0).tolist(),
-            "probe_acc_isolated": iso,
-        }
+            into.probe_acc_isolated = iso
 
     def steps(self) -> int:
         return int(self.learner.learn_steps)
@@ -235,16 +253,16 @@ class Classification(Task):
     curve = "learn/probe_acc"
     needs_probe = True
     checkpoints = True
+    headline_is_a_share = True
 
     @staticmethod
-    def describe(world: Any) -> WorldInfo:
+    def describe(world: World) -> WorldInfo:
         from envs.drone_patrol.config import EVENT_CLASSES  # the classification world's kinds
 
-        inputs = (
-            world.input_config()
-            if hasattr(world, "input_config")
-            else {"vector_dim": world.obs_dim}
-        )
+        world = cast("DronePatrolWorld", world)  # the world kinds that label (WORLD_TASKS)
+        inputs: Document = {"vector_dim": world.obs_dim}
+        if hasattr(world, "input_config"):  # a world whose sensors deliver more than a vector
+            inputs = dict(world.input_config())
         return WorldInfo(
             task=Classification.name,
             obs_dim=world.obs_dim,
@@ -255,11 +273,12 @@ class Classification(Task):
         )
 
     @staticmethod
-    def first_step(world: Any, obs: np.ndarray) -> Step:
+    def first_step(world: World, obs: np.ndarray) -> Step:
         return Step(0, obs, NO_LABELS)
 
     @staticmethod
-    def step(result: Any, first_label: dict[int, int]) -> Step:
+    def step(result: StepResult | RLStepResult, first_label: dict[int, int]) -> Step:
+        result = cast("StepResult", result)  # the world kinds that label (WORLD_TASKS)
         for cls in np.unique(result.labels[:, 2]).tolist():
             first_label.setdefault(int(cls), result.tick)
         return Step(result.tick, result.obs, result.labels)
@@ -283,13 +302,15 @@ class Classification(Task):
         return ClassifyLearning(learner, shadow, sc.learning.learn_every)
 
     @staticmethod
-    def row(shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int]) -> dict:
+    def row(
+        shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int], into: Row
+    ) -> None:
         acc = np.concatenate([m.probe_acc for m in shards])
         iso = np.concatenate([m.probe_acc_isolated for m in shards])
         per_class = np.concatenate([np.asarray(m.per_class) for m in shards])
         present = per_class >= 0
         class_acc = np.where(present, per_class, 0).sum(0) / np.maximum(present.sum(0), 1)
-        row: dict[str, Any] = {}
+        row = into.figures
         if byzantine:  # what the liars did to everyone else
             agents = np.concatenate([m.agents for m in shards])
             honest = ~np.isin(agents, sorted(byzantine))
@@ -301,26 +322,24 @@ class Classification(Task):
             row[f"learn/class_acc/{name}"] = float(class_acc[c])
             if c > 0:  # knowledge spread: the share of agents that recognise the event kind
                 row[f"learn/recognised/{name}"] = float(np.mean(per_class[:, c] >= RECOGNISED))
-        row["agents"] = {
-            "learn/probe_acc": [round(float(a), 6) for a in acc],
-            "learn/probe_acc_isolated": [round(float(a), 6) for a in iso],
-        }
-        return row
+        into.agents["learn/probe_acc"] = [round(float(a), 6) for a in acc]
+        into.agents["learn/probe_acc_isolated"] = [round(float(a), 6) for a in iso]
 
     @staticmethod
     def final(
-        rows: list[dict[str, Any]], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
-    ) -> dict[str, Any]:
+        rows: list[Row], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
+    ) -> dict[str, Figure]:
         last = rows[-1]
-        out: dict[str, Any] = {
-            "learn/sharing_gain": last["learn/probe_acc"] - last["learn/probe_acc_isolated"]
+        out: dict[str, Figure] = {
+            "learn/sharing_gain": last.value("learn/probe_acc")
+            - last.value("learn/probe_acc_isolated")
         }
         out.update(spread(rows, info.classes, first_labels, sc.world.tick_s))
         out.update(continual_figures(rows, info.classes, first_labels, sc))
         return out
 
     @staticmethod
-    def table(metrics: dict[str, Any], isolated_baseline: bool) -> list[TableRow]:
+    def table(metrics: dict[str, Figure], isolated_baseline: bool) -> list[TableRow]:
         m = metrics
         lines = [
             ("task score", f"{m.get('task/score', float('nan')):.3f}"),
@@ -336,42 +355,38 @@ class Classification(Task):
         ]
         if isolated_baseline:
             lines.append(("probe accuracy, isolated", _pct(m["learn/probe_acc_isolated"])))
-            lines.append(("gain from sharing", f"{100 * m['learn/sharing_gain']:+.1f} points"))
+            lines.append(("gain from sharing", _points(m["learn/sharing_gain"])))
         else:
             lines.append(("probe accuracy, isolated", "not measured (baseline.isolated)"))
         if m.get("learn/acc") is not None:
-            lines.append(
-                (
-                    "event kinds: final accuracy / BWT",
-                    f"{_pct(m['learn/acc'])} / {100 * (m.get('learn/bwt') or 0):+.1f} points",
-                )
-            )
+            bwt = _points(m.get("learn/bwt") or 0.0)
+            lines.append(("event kinds: final accuracy / BWT", f"{_pct(m['learn/acc'])} / {bwt}"))
         return lines
 
 
 def spread(
-    rows: list[dict[str, Any]], classes: list[str], first_labels: dict[int, int], tick_s: float
-) -> dict[str, Any]:
+    rows: list[Row], classes: list[str], first_labels: dict[int, int], tick_s: float
+) -> dict[str, Figure]:
     """Per event kind: when its first label arrived anywhere (s), and how long after that
     SPREAD_SHARE of the agents recognised it (s; None if they never did)."""
-    out: dict[str, Any] = {}
+    out: dict[str, Figure] = {}
     for c, name in enumerate(classes):
         if c == 0 or c not in first_labels:
             continue
         first = first_labels[c] * tick_s
         out[f"learn/first_label_s/{name}"] = first
         reached = [
-            r["sim_time_s"]
+            r.sim_time_s
             for r in rows
-            if r["sim_time_s"] >= first and r[f"learn/recognised/{name}"] >= SPREAD_SHARE
+            if r.sim_time_s >= first and r.value(f"learn/recognised/{name}") >= SPREAD_SHARE
         ]
         out[f"learn/spread_s/{name}"] = reached[0] - first if reached else None
     return out
 
 
 def continual_figures(
-    rows: list[dict[str, Any]], classes: list[str], first_labels: dict[int, int], sc: Scenario
-) -> dict[str, float | None]:
+    rows: list[Row], classes: list[str], first_labels: dict[int, int], sc: Scenario
+) -> dict[str, Figure]:
     """The swarm's continual-learning figures over the event kinds, each kind a "task" that
     starts with its first label (swarm-mean probe accuracy per kind, `learn/class_acc/<kind>`):
 
@@ -386,7 +401,7 @@ def continual_figures(
         if c == 0 or c not in first_labels:
             continue
         t0 = first_labels[c] * sc.world.tick_s
-        acc = [r[f"learn/class_acc/{name}"] for r in rows if r["sim_time_s"] >= t0]
+        acc = [r.value(f"learn/class_acc/{name}") for r in rows if r.sim_time_s >= t0]
         if not acc:
             continue
         final.append(acc[-1])
@@ -411,7 +426,7 @@ class ControlLearning(Learning):
         self.learners = {"learner": learner}
 
     @property
-    def population(self) -> Any:
+    def population(self) -> PolicyPopulation:
         return self.learner.population
 
     def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
@@ -421,8 +436,8 @@ class ControlLearning(Learning):
         ]
         return self.learner.act(step.obs[lo:hi], *part)
 
-    def measure(self, probe: Probe | None) -> dict[str, Any]:
-        return {"rl": dict(self.learner.stats)}
+    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
+        into.rl = dict(self.learner.stats)
 
     def steps(self) -> int:
         return int(self.learner.updates)
@@ -434,7 +449,8 @@ class Reinforcement(Task):
     curve = "rl/team_return"
 
     @staticmethod
-    def describe(world: Any) -> WorldInfo:
+    def describe(world: World) -> WorldInfo:
+        world = cast("ParallelEnvWorld", world)  # the world kinds that reward (WORLD_TASKS)
         return WorldInfo(
             task=Reinforcement.name,
             obs_dim=world.obs_dim,
@@ -443,12 +459,14 @@ class Reinforcement(Task):
         )
 
     @staticmethod
-    def first_step(world: Any, obs: np.ndarray) -> Step:
+    def first_step(world: World, obs: np.ndarray) -> Step:
+        world = cast("ParallelEnvWorld", world)
         n = len(obs)
         return Step(0, obs, NO_LABELS, np.zeros(n, np.float32), None, world.alive.copy())
 
     @staticmethod
-    def step(result: Any, first_label: dict[int, int]) -> Step:
+    def step(result: StepResult | RLStepResult, first_label: dict[int, int]) -> Step:
+        result = cast("RLStepResult", result)
         return Step(
             result.tick,
             result.obs,
@@ -473,19 +491,19 @@ class Reinforcement(Task):
         return ControlLearning(learner)
 
     @staticmethod
-    def row(shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int]) -> dict:
+    def row(
+        shards: list[ShardMeasure], info: WorldInfo, byzantine: frozenset[int], into: Row
+    ) -> None:
         stats = [m.rl for m in shards if m.rl]
-        return {
-            f"rl/{key}": float(np.mean([s[key] for s in stats])) if stats else None
-            for key in ("entropy", "value_loss", "approx_kl", "clip_frac")
-        }
+        for key in ("entropy", "value_loss", "approx_kl", "clip_frac"):
+            into.figures[f"rl/{key}"] = float(np.mean([s[key] for s in stats])) if stats else None
 
     @staticmethod
     def final(
-        rows: list[dict[str, Any]], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
-    ) -> dict[str, Any]:
+        rows: list[Row], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
+    ) -> dict[str, Figure]:
         # one interval's episodes are few: summarise the first and last quarter of the run
-        returns = [r["rl/team_return"] for r in rows if r.get("rl/team_return") is not None]
+        returns = [r.value("rl/team_return") for r in rows if r.get("rl/team_return") is not None]
         q = max(1, len(returns) // 4)
         return {
             "rl/team_return_first": float(np.mean(returns[:q])) if returns else None,
@@ -493,7 +511,7 @@ class Reinforcement(Task):
         }
 
     @staticmethod
-    def table(metrics: dict[str, Any], isolated_baseline: bool) -> list[TableRow]:
+    def table(metrics: dict[str, Figure], isolated_baseline: bool) -> list[TableRow]:
         m = metrics
         return [
             ("episodes", _num(m.get("rl/episodes"), ".0f")),

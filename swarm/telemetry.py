@@ -38,9 +38,12 @@ import re
 import sys
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
-from swarm.records import ShardMeasure
+from swarm.records import Row, ShardMeasure
+
+if TYPE_CHECKING:
+    from ray.util.metrics import Gauge
 
 #: Prefix of our metric names; Ray's exporter adds its own namespace in front.
 PREFIX = "swarm_"
@@ -98,7 +101,7 @@ class Telemetry:
     def __init__(self, run: str, **labels: str) -> None:
         self.base = {"run": run, **labels}
         self.enabled = _in_ray()
-        self._gauges: dict[str, Any] = {}
+        self._gauges: dict[str, Gauge] = {}
         self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -213,17 +216,13 @@ LABELLED = {
 }
 
 
-def row_figures(
-    tel: Telemetry, row: dict[str, Any], *, rho: float | None, real_time_factor: float
-) -> None:
+def row_figures(tel: Telemetry, row: Row, *, rho: float | None, real_time_factor: float) -> None:
     """The driver's figures of one metrics row: the world's (task/*, rl/team_return...), the
     consensus distance, per-kind accuracy (label kind), rho and the run's progress."""
     if not tel.enabled:
         return
-    for figure, value in row.items():
-        if figure in ("agents", "tick", "sim_time_s") or figure in SHARD_FIGURES:
-            continue
-        if not isinstance(value, (int, float)):
+    for figure, value in row.figures.items():
+        if figure in SHARD_FIGURES or value is None:
             continue
         parts = figure.split("/")
         base, things = "/".join(parts[:2]), parts[2:]
@@ -233,11 +232,11 @@ def row_figures(
         else:
             tel.set(figure, value)
     tel.set("gossip/rho", rho)
-    tel.set("run/sim_time_s", row["sim_time_s"])
+    tel.set("run/sim_time_s", row.sim_time_s)
     tel.set("run/real_time_factor", real_time_factor)
     # Last, so that an export showing this tick holds the whole row (an export takes every
     # figure at once): tests/test_telemetry.py waits for it.
-    tel.set("run/ticks", row["tick"])
+    tel.set("run/ticks", row.tick)
 
 
 def metrics_endpoint() -> str | None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from swarm.records import Row, WorldInfo
 from swarm.runner import Runner, new_run_dir
 from swarm.scenario import Scenario, load_scenario
-from swarm.records import WorldInfo
 from swarm.shard import AgentShard, ShardSpec
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
@@ -207,7 +207,7 @@ def test_continual_figures_by_hand() -> None:
     classes = ["none", "fire", "sign"]
     acc = {"fire": [0.2, 0.9, 0.6], "sign": [0.0, 0.4, 0.8]}
     rows = [
-        {"sim_time_s": t, **{f"learn/class_acc/{k}": v[i] for k, v in acc.items()}}
+        Row(int(t / 0.5), t, {f"learn/class_acc/{k}": v[i] for k, v in acc.items()})
         for i, t in enumerate((10.0, 20.0, 30.0))
     ]
     # fire first labelled at 5 s (all rows count), sign at 15 s (its first row is ignored)
