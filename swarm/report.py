@@ -17,16 +17,62 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 
+from swarm.records import JSON, Document, Row, as_doc, as_int, as_number
 
-def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+if TYPE_CHECKING:  # matplotlib itself is imported lazily (see _pyplot)
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+
+
+def read_rows(run_dir: Path) -> list[Row]:
     with open(run_dir / "metrics.jsonl") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        return [Row.from_json(as_doc(json.loads(line))) for line in fh if line.strip()]
+
+
+def _read_doc(path: Path) -> Document:
+    """A JSON document of the run directory (an object at the top)."""
+    return as_doc(json.loads(path.read_text()))
+
+
+def _items(value: JSON) -> list[JSON]:
+    """A list read from a JSON document; a TypeError names what was there instead."""
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, found {value!r}")
+    return value
+
+
+def _text(value: JSON) -> str:
+    """A string read from a JSON document; a TypeError names what was there instead."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Event:
+    """One event of layout.json's "events" (the world's ``event_log()``), as drawn."""
+
+    point: int  # index into the cruise points
+    kind: str
+    appear_tick: int
+    clear_tick: int  # first tick at which it is gone (planned)
+
+    @classmethod
+    def from_json(cls, doc: Document) -> _Event:
+        return cls(
+            point=as_int(doc["point"]),
+            kind=_text(doc["kind"]),
+            appear_tick=as_int(doc["appear_tick"]),
+            clear_tick=as_int(doc["clear_tick"]),
+        )
 
 
 def _pyplot():
@@ -39,21 +85,21 @@ def _pyplot():
     return plt
 
 
-def plot_accuracy(rows: list[dict[str, Any]], out: Path) -> None:
+def plot_accuracy(rows: list[Row], out: Path) -> None:
     plt = _pyplot()
-    t = np.array([r["sim_time_s"] for r in rows])
-    per_agent = np.array([r["agents"]["learn/probe_acc"] for r in rows])  # (R, N)
+    t = np.array([r.sim_time_s for r in rows])
+    per_agent = np.array([r.agents["learn/probe_acc"] for r in rows])  # (R, N)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     ax.fill_between(t, per_agent.min(1), per_agent.max(1), color="tab:blue", alpha=0.15,
                     label="sharing (range over agents)")  # fmt: skip
     ax.plot(t, per_agent, color="tab:blue", alpha=0.18, linewidth=0.8)
     ax.plot(t, per_agent.mean(1), color="tab:blue", linewidth=2.2, label="sharing (mean)")
-    iso_agents = [r["agents"].get("learn/probe_acc_isolated") for r in rows]
+    iso_agents = [r.agents.get("learn/probe_acc_isolated") for r in rows]
     if all(a is not None for a in iso_agents):
         iso_a = np.array(iso_agents)  # (R, N)
         ax.fill_between(t, iso_a.min(1), iso_a.max(1), color="tab:red", alpha=0.10,
                         label="isolated (range over agents)")  # fmt: skip
-    iso = np.array([r["learn/probe_acc_isolated"] for r in rows])
+    iso = np.array([r.figures["learn/probe_acc_isolated"] for r in rows])
     ax.plot(t, iso, color="tab:red", linestyle="--", linewidth=2, label="isolated (mean)")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("probe accuracy (balanced over event classes)")
@@ -66,11 +112,13 @@ def plot_accuracy(rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
-def plot_returns(rows: list[dict[str, Any]], out: Path) -> None:
+def plot_returns(rows: list[Row], out: Path) -> None:
     """Team return of the episodes finished in each metrics interval, and the policy entropy."""
     plt = _pyplot()
     pts = [
-        (r["sim_time_s"], r["rl/team_return"]) for r in rows if r.get("rl/team_return") is not None
+        (r.sim_time_s, r.figures["rl/team_return"])
+        for r in rows
+        if r.get("rl/team_return") is not None
     ]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     if pts:
@@ -80,7 +128,7 @@ def plot_returns(rows: list[dict[str, Any]], out: Path) -> None:
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("team return per episode (mean per agent)")
     ax.grid(alpha=0.3)
-    ent = [(r["sim_time_s"], r["rl/entropy"]) for r in rows if r.get("rl/entropy") is not None]
+    ent = [(r.sim_time_s, r.figures["rl/entropy"]) for r in rows if r.get("rl/entropy") is not None]
     if ent:
         ax2 = ax.twinx()
         te, e = np.array(ent).T
@@ -94,12 +142,12 @@ def plot_returns(rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
-def plot_bytes(rows: list[dict[str, Any]], out: Path) -> None:
+def plot_bytes(rows: list[Row], out: Path) -> None:
     plt = _pyplot()
-    t = np.array([r["sim_time_s"] for r in rows])
+    t = np.array([r.sim_time_s for r in rows])
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    sent = np.array([r["gossip/bytes_sent"] for r in rows]) / 2**20
-    dense = np.array([r["gossip/dense_bytes"] for r in rows]) / 2**20
+    sent = np.array([r.figures["gossip/bytes_sent"] for r in rows]) / 2**20
+    dense = np.array([r.figures["gossip/dense_bytes"] for r in rows]) / 2**20
     ax.plot(t, sent, linewidth=2.2, label="sent (compressed deltas)")
     ax.plot(t, dense, linestyle="--", linewidth=1.5, label="dense fp32 equivalent")
     ax.set_xlabel("simulated time (s)")
@@ -128,7 +176,7 @@ LANDED_Z_M = 0.3
 _EVENT_RING = 0.025
 
 
-def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path) -> None:
+def plot_trajectories(trajectory: np.ndarray, layout: Document, out: Path) -> None:
     """Map of the run: zones (shaded, named), river, every drone's path (a dot at its start),
     cruise points, the events at their cruise points and the landing spots of drones that ended
     on the ground.
@@ -145,13 +193,14 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     traj = np.asarray(trajectory, dtype=float)  # (T, N, 3)
     cmap = plt.get_cmap("tab10")
     _draw_paths(ax, traj, cmap)
-    points = layout.get("cruise_points", [])
+    points = [as_doc(p) for p in _items(layout.get("cruise_points", []))]
     xy = np.array([[p["x"], p["y"]] for p in points]).reshape(-1, 2)  # (P, 2)
     if len(points):
         ax.scatter(
             xy[:, 0], xy[:, 1], marker="^", s=60, color="black", zorder=5, label="cruise points"
         )
-    events = [e for e in layout.get("events", []) if 0 <= int(e["point"]) < len(points)]
+    logged = [as_doc(e) for e in _items(layout.get("events", []))]
+    events = [_Event.from_json(e) for e in logged if 0 <= as_int(e["point"]) < len(points)]
     handles = _draw_events(ax, events, xy, traj.shape[0], layout, cmap) if events else []
     if traj.shape[0]:
         _draw_landed(ax, traj[-1])
@@ -161,23 +210,22 @@ def plot_trajectories(trajectory: np.ndarray, layout: dict[str, Any], out: Path)
     plt.close(fig)
 
 
-def _draw_zones(ax: Any, layout: dict[str, Any]) -> None:
+def _draw_zones(ax: Axes, layout: Document) -> None:
     """The zones of the map (shaded rectangles, named) and the river."""
     from matplotlib.patches import Rectangle  # lazy, as matplotlib itself (see _pyplot)
 
     colors = {"forest": "#cfe8c4", "city": "#e0e0e0", "river": "#cfe3f5", "industrial": "#f3e0c8"}
-    for zone in layout.get("zones", []):
-        x0, y0, x1, y1 = zone["rect"]
-        ax.add_patch(
-            Rectangle((x0, y0), x1 - x0, y1 - y0, color=colors.get(zone["name"], "#eeeeee"))
-        )
-        ax.text(x0 + 2, y1 - 6, zone["name"], fontsize=9, color="#555555")
+    for zone in map(as_doc, _items(layout.get("zones", []))):
+        x0, y0, x1, y1 = (as_number(v) for v in _items(zone["rect"]))
+        name = _text(zone["name"])
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color=colors.get(name, "#eeeeee")))
+        ax.text(x0 + 2, y1 - 6, name, fontsize=9, color="#555555")
     river = np.asarray(layout.get("river", []), dtype=float)
     if river.size:
         ax.plot(river[:, 0], river[:, 1], color="#3b7dd8", linewidth=4, alpha=0.6, label="river")
 
 
-def _draw_paths(ax: Any, traj: np.ndarray, cmap: Any) -> None:
+def _draw_paths(ax: Axes, traj: np.ndarray, cmap: Colormap) -> None:
     """Every drone's path (T, N, 3), one colour each, with a dot where it started."""
     for n in range(traj.shape[1]):
         c = cmap(n % 10)
@@ -186,31 +234,29 @@ def _draw_paths(ax: Any, traj: np.ndarray, cmap: Any) -> None:
 
 
 def _draw_events(
-    ax: Any,
-    events: list[dict[str, Any]],
+    ax: Axes,
+    events: list[_Event],
     xy: np.ndarray,
     ticks: int,
-    layout: dict[str, Any],
-    cmap: Any,
-) -> list[Any]:
+    layout: Document,
+    cmap: Colormap,
+) -> list[Artist]:
     """The events, one marker per kind on a ring around its cruise point (``xy`` (P, 2)), area
     by how long it lasted within the ``ticks`` recorded; returns the legend handles."""
     from matplotlib.lines import Line2D  # lazy, as matplotlib itself (see _pyplot)
 
-    handles: list[Any] = []
-    kinds = sorted({e["kind"] for e in events}, key=lambda k: (k not in _EVENT_STYLE, k))
+    handles: list[Artist] = []
+    kinds = sorted({e.kind for e in events}, key=lambda k: (k not in _EVENT_STYLE, k))
     last_tick = max(ticks - 1, 1)  # the trajectory has one row per tick
-    life = np.array(
-        [min(e["clear_tick"], last_tick) - e["appear_tick"] for e in events], dtype=float
-    )
+    life = np.array([min(e.clear_tick, last_tick) - e.appear_tick for e in events], dtype=float)
     size = 25 + 125 * np.clip(life, 1, None) / max(life.max(), 1.0)  # marker area, pt^2
     for j, kind in enumerate(kinds):
         spare = _SPARE_MARKERS[j % len(_SPARE_MARKERS)]
         marker, color = _EVENT_STYLE.get(kind, (spare, cmap((j + 3) % 10)))
-        mine = [i for i, e in enumerate(events) if e["kind"] == kind]
+        mine = [i for i, e in enumerate(events) if e.kind == kind]
         angle = 2 * np.pi * j / len(kinds) + np.pi / 4
-        at = xy[[int(events[i]["point"]) for i in mine]]  # (E, 2)
-        ring = _EVENT_RING * float(layout.get("area_m", 160.0))
+        at = xy[[events[i].point for i in mine]]  # (E, 2)
+        ring = _EVENT_RING * float(as_number(layout.get("area_m", 160.0)))
         at = at + ring * np.array([np.cos(angle), np.sin(angle)])
         ax.scatter(
             at[:, 0],
@@ -229,7 +275,7 @@ def _draw_events(
     return handles
 
 
-def _draw_landed(ax: Any, end: np.ndarray) -> None:
+def _draw_landed(ax: Axes, end: np.ndarray) -> None:
     """A cross, named, where a drone ended on the ground (last positions ``end`` (N, 3))."""
     down = np.flatnonzero(end[:, 2] < LANDED_Z_M)
     if down.size:
@@ -245,14 +291,19 @@ def _draw_landed(ax: Any, end: np.ndarray) -> None:
         )
         for d in down.tolist():
             ax.annotate(
-                f"drone_{d}", end[d, :2], textcoords="offset points", xytext=(5, 5), fontsize=7
+                f"drone_{d}",
+                (end[d, 0], end[d, 1]),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=7,
             )
 
 
-def _frame_map(ax: Any, layout: dict[str, Any], handles: list[Any], n_events: int) -> None:
+def _frame_map(ax: Axes, layout: Document, handles: list[Artist], n_events: int) -> None:
     """The map's extent, axes, legend (what was drawn, then ``handles``) and title."""
-    area = layout.get("area_m")
-    if area:
+    side = layout.get("area_m")
+    if side:
+        area = as_number(side)
         lo = -area / 2 if layout.get("origin") == "centre" else 0.0
         ax.set_xlim(lo, lo + area)
         ax.set_ylim(lo, lo + area)
@@ -267,21 +318,21 @@ def _frame_map(ax: Any, layout: dict[str, Any], handles: list[Any], n_events: in
     ax.set_title(title)
 
 
-def plot_spread(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> bool:
+def plot_spread(rows: list[Row], summary: Document, out: Path) -> bool:
     """Knowledge spread: for every event kind, the fraction of agents that recognise it (probe
     accuracy on that kind >= 0.5) over time, with the time of its first label anywhere. False
     (nothing drawn) for a run without those figures."""
-    keys = sorted({k for r in rows for k in r if k.startswith("learn/recognised/")})
+    keys = sorted({k for r in rows for k in r.figures if k.startswith("learn/recognised/")})
     if not keys:
         return False
     plt = _pyplot()
-    m = summary.get("metrics", {})
-    t = np.array([r["sim_time_s"] for r in rows])
+    m = as_doc(summary.get("metrics", {}))
+    t = np.array([r.sim_time_s for r in rows])
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10")
     for j, key in enumerate(keys):
         kind = key.rsplit("/", 1)[1]
-        frac = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        frac = np.array([r.figures.get(key, np.nan) for r in rows], dtype=float)
         spread = m.get(f"learn/spread_s/{kind}")
         label = kind.replace("_", " ")
         label += f" (90% after {spread:.0f} s)" if spread is not None else " (90% not reached)"
@@ -302,13 +353,13 @@ def plot_spread(rows: list[dict[str, Any]], summary: dict[str, Any], out: Path) 
     return True
 
 
-def plot_graph(graph: dict[str, Any], out: Path) -> None:
+def plot_graph(graph: Document, out: Path) -> None:
     """The gossip graph (graph.json: nodes, edges, shard of each node), drawn with networkx."""
     plt = _pyplot()
     g = nx.Graph()
-    g.add_nodes_from(range(int(graph["nodes"])))
-    g.add_edges_from((int(a), int(b)) for a, b in graph["edges"])
-    shard = graph.get("shard_of", [0] * g.number_of_nodes())
+    g.add_nodes_from(range(as_int(graph["nodes"])))
+    g.add_edges_from((as_int(a), as_int(b)) for a, b in map(_items, _items(graph["edges"])))
+    shard = [as_int(s) for s in _items(graph.get("shard_of", [0] * g.number_of_nodes()))]
     pos = (
         nx.circular_layout(g)
         if graph.get("kind") in ("ring", "complete", "star")
@@ -337,8 +388,8 @@ def plot_graph(graph: dict[str, Any], out: Path) -> None:
 def write_html(run_dir: Path, images: list[Path]) -> Path:
     """report.html: the summary table and every plot, self-contained (images inlined)."""
     summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    m = summary.get("metrics", {})
+    summary = _read_doc(summary_file) if summary_file.exists() else {}
+    m = as_doc(summary.get("metrics", {}))
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in sorted(m.items())
     )
@@ -348,7 +399,7 @@ def write_html(run_dir: Path, images: list[Path]) -> Path:
         for p in images
         if p.exists()
     )
-    run = summary.get("run", {})
+    run = as_doc(summary.get("run", {}))
     title = html.escape(
         f"{summary.get('scenario', run_dir.name)}: {summary.get('agents', '?')} agents, "
         f"{summary.get('topology', '?')} ({summary.get('mode', '?')})"
@@ -369,7 +420,7 @@ td:last-child{{text-align:right;font-family:monospace}}img{{max-width:100%}}</st
     return out
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: JSON) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "n/a" if v is None else str(v)
@@ -379,7 +430,7 @@ def write_plots(run_dir: Path) -> list[Path]:
     """(Re)draw every plot of a run directory; returns the files written."""
     run_dir = Path(run_dir)
     rows = read_rows(run_dir)
-    if any("rl/team_return" in r for r in rows):  # a world with rewards
+    if any("rl/team_return" in r.figures for r in rows):  # a world with rewards
         written = [run_dir / "team_return.png", run_dir / "bytes.png"]
         plot_returns(rows, written[0])
     else:
@@ -389,15 +440,15 @@ def write_plots(run_dir: Path) -> list[Path]:
     traj_file, layout_file = run_dir / "trajectory.npy", run_dir / "layout.json"
     if traj_file.exists() and layout_file.exists():
         out = run_dir / "trajectories.png"
-        plot_trajectories(np.load(traj_file), json.loads(layout_file.read_text()), out)
+        plot_trajectories(np.load(traj_file), _read_doc(layout_file), out)
         written.append(out)
     summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    summary = _read_doc(summary_file) if summary_file.exists() else {}
     if plot_spread(rows, summary, run_dir / "knowledge_spread.png"):
         written.append(run_dir / "knowledge_spread.png")
     graph_file = run_dir / "graph.json"
     if graph_file.exists():
-        plot_graph(json.loads(graph_file.read_text()), run_dir / "graph.png")
+        plot_graph(_read_doc(graph_file), run_dir / "graph.png")
         written.append(run_dir / "graph.png")
     written.append(write_html(run_dir, written))
     return written
