@@ -28,14 +28,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Literal, TypeGuard
 
 import numpy as np
 from pydantic import Field
 
 from swarm._config import Section
+from swarm.records import JSON, Document, as_doc
+
+if TYPE_CHECKING:  # the worlds are built lazily, through envs.make_world (pybullet)
+    from envs.drone_patrol.config import DronePatrolConfig
+    from envs.drone_patrol.world import DronePatrolWorld
+    from envs.pz_config import PettingZooConfig
 
 FORMAT = "yan-swarm-sensor/1"
 
@@ -94,7 +101,7 @@ class SimulatedSensor:
 
     def __init__(
         self,
-        world_cfg: Any,
+        world_cfg: DronePatrolConfig | PettingZooConfig,
         n_agents: int,
         index: int,
         seed: int,
@@ -111,7 +118,7 @@ class SimulatedSensor:
             )
         from envs.drone_patrol.config import EVENT_CLASSES
 
-        self.world = make_world(world_cfg, n_agents, seed)
+        self.world: DronePatrolWorld = make_world(world_cfg, n_agents, seed)
         self.index = index
         self.classes = list(EVENT_CLASSES)
         self.input = self.world.input_config()
@@ -168,7 +175,7 @@ class StreamSensor:
         if first is None:
             raise SensorError(f"{name}: empty; expected a header line {{'format': {FORMAT!r}}}")
         try:
-            header = json.loads(first)
+            header: JSON = json.loads(first)
         except json.JSONDecodeError as exc:
             raise SensorError(f"{name}:1: the header is not JSON: {exc.msg}") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -176,7 +183,7 @@ class StreamSensor:
         inputs, classes = header.get("input"), header.get("classes")
         if not isinstance(inputs, dict) or not isinstance(classes, list) or len(classes) < 2:
             raise SensorError(f"{name}:1: the header needs 'input' (object) and 'classes' (list)")
-        self.input: dict[str, Any] = inputs
+        self.input: Document = inputs
         self.classes = [str(c) for c in classes]
         from agents.population import flat_dim, input_config
 
@@ -196,12 +203,12 @@ class StreamSensor:
                 break
         self.bad_lines = 0  # those were counted (and reported) by the run that read them
 
-    def _probe(self, probe: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    def _probe(self, probe: JSON) -> tuple[np.ndarray, np.ndarray] | None:
         if probe is None:
             return None
         try:
-            x = np.asarray(probe["windows"], np.float32)
-            y = np.asarray(probe["labels"], np.int64)
+            x = np.asarray(as_doc(probe)["windows"], np.float32)
+            y = np.asarray(as_doc(probe)["labels"], np.int64)
         except (KeyError, TypeError, ValueError) as exc:
             raise SensorError(f"{self.name}:1: header 'probe' is malformed: {exc}") from None
         if x.ndim != 3 or x.shape[2] != self.dim or y.shape != (x.shape[0],):
@@ -233,9 +240,12 @@ class StreamSensor:
             if line is None:
                 return None
             try:
-                rec = json.loads(line)
+                rec: JSON = json.loads(line)
             except json.JSONDecodeError as exc:
                 self._reject(f"not JSON ({exc.msg})")
+                continue
+            if not isinstance(rec, dict):
+                self._reject("not a JSON object")
                 continue
             reading = self._check(rec)
             if reading is None:
@@ -244,11 +254,8 @@ class StreamSensor:
             true = rec.get("class")
             return reading, true if isinstance(true, int) else None
 
-    def _check(self, rec: Any) -> Reading | None:
-        if not isinstance(rec, dict):
-            self._reject("not a JSON object")
-            return None
-        tick: Any = rec.get("t")
+    def _check(self, rec: Document) -> Reading | None:
+        tick = rec.get("t")
         obs = rec.get("obs")
         if not _is_int(tick) or tick < 0:
             self._reject("'t' must be a non-negative integer tick")
@@ -298,18 +305,18 @@ class StreamSensor:
             self.stream.close()
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: JSON) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: JSON) -> bool:
     return isinstance(v, float) or _is_int(v)
 
 
 def open_sensor(
     cfg: SensorConfig,
     *,
-    world_cfg: Any,
+    world_cfg: DronePatrolConfig | PettingZooConfig,
     n_agents: int,
     index: int,
     seed: int,
@@ -339,7 +346,7 @@ def open_sensor(
     return StreamSensor(stream, str(path), cfg, skip=skip)
 
 
-def _header(inputs: Any, classes: list[str], probe: tuple[np.ndarray, np.ndarray]) -> str:
+def _header(inputs: Document, classes: list[str], probe: tuple[np.ndarray, np.ndarray]) -> str:
     """The first line of a recording: the input layout, the class names and the probe set."""
     x, y = probe
     header = {"format": FORMAT, "input": inputs, "classes": classes,
@@ -349,14 +356,14 @@ def _header(inputs: Any, classes: list[str], probe: tuple[np.ndarray, np.ndarray
 
 def _line(tick: int, obs: np.ndarray, true: int, labels: np.ndarray) -> str:
     """One reading of a recording; `class` is its true class (what hide_kinds reads)."""
-    line: dict[str, Any] = {"t": tick, "obs": obs.tolist(), "class": true}
+    line: Document = {"t": tick, "obs": obs.tolist(), "class": true}
     if len(labels):
         line["labels"] = labels.tolist()
     return json.dumps(line) + "\n"
 
 
 def record_world(
-    world_cfg: Any,
+    world_cfg: DronePatrolConfig | PettingZooConfig,
     n_agents: int,
     seed: int,
     agents: list[int],
@@ -365,7 +372,7 @@ def record_world(
     *,
     window: int,
     probe_per_class: int,
-    progress: Any = None,
+    progress: Callable[[int], object] | None = None,
 ) -> list[Path]:
     """Fly the scenario's drone patrol world for `ticks` and write the sensor stream of each of
     `agents` to out_dir/agent-<i>.jsonl (the format `sensor.kind: file` reads), with the probe
@@ -379,7 +386,7 @@ def record_world(
     bad = [a for a in agents if not 0 <= a < n_agents]
     if bad:
         raise SensorError(f"agents {bad} are not in 0..{n_agents - 1}")
-    world = make_world(world_cfg, n_agents, seed)
+    world: DronePatrolWorld = make_world(world_cfg, n_agents, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         probe = world.probe_set(probe_per_class, window, seed + 1_000_003)
