@@ -15,7 +15,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -26,6 +26,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from agents.config import LearnConfig, ModelConfig, RLConfig
 from envs.drone_patrol.config import DronePatrolConfig
@@ -44,7 +45,8 @@ WORLDS: dict[str, type[Section]] = {
 }
 
 
-def _world_kind(value: Any) -> str | None:
+def _world_kind(value: object) -> str | None:
+    """The world kind of a raw world section (a mapping) or of a built one."""
     if isinstance(value, dict):
         kind = value.get("kind", "drone_patrol")
         return kind if kind in WORLDS else None
@@ -62,7 +64,11 @@ WorldConfig = Annotated[
 ]
 
 
-def _per_shard(value: Any) -> Any:
+_V = TypeVar("_V")
+
+
+def _per_shard(value: _V) -> _V:
+    """`value` itself if it is a valid agents.per_shard, which pydantic then validates."""
     if value == "auto" or (
         isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100_000
     ):
@@ -329,7 +335,8 @@ class ScenarioError(Exception):
 # YAML with line numbers
 
 
-def _compose(text: str, path: Path) -> tuple[Any, yaml.Node | None]:
+def _compose(text: str, path: Path) -> tuple[object, yaml.Node | None]:
+    """The YAML's data (any YAML value: a mapping, once checked) and its node tree."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)
@@ -364,7 +371,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
 
 def _fields_at(model: type[Section], loc: tuple[int | str, ...]) -> list[str]:
     """Field names of the section that holds the last key of `loc` (for 'did you mean')."""
-    current: Any = model
+    current: object = model  # a section class, or some other annotation
     parts = list(loc[:-1])
     while parts:
         part = parts.pop(0)
@@ -379,7 +386,7 @@ def _fields_at(model: type[Section], loc: tuple[int | str, ...]) -> list[str]:
     return list(fields) if fields else []
 
 
-def _describe(err: dict[str, Any], model: type[Section] | None = None) -> str:
+def _describe(err: ErrorDetails, model: type[Section] | None = None) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
         known = _fields_at(model or Scenario, loc)
@@ -431,7 +438,7 @@ def parse_yaml_model(text: str, model: type[_M], path: Path | str, what: str) ->
         found = []
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
-            text = _describe(dict(err), model)
+            text = _describe(err, model)
             named = _KEY_PREFIX.match(text) if not loc else None
             if (
                 named and re.split(r"[.\[]", named.group(1))[0] in model.model_fields
