@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+
+from swarm.records import Document
 
 
 @dataclass
@@ -66,7 +67,7 @@ def account(
     receivers: Iterable[Mapping[str, int]],
     *,
     closed: bool = True,
-) -> dict[str, Any]:
+) -> Document:
     """The run's message accounting from every sender's ledger and every receiver's counters.
 
     closed: every sender and receiver of the run is counted (no devices); only then do the
@@ -80,21 +81,23 @@ def account(
         got["delivered"] += int(counters.get("deltas_delivered", 0))
         got["refused"] += int(counters.get("deltas_refused", 0))
         got["accepted"] += int(counters.get("deltas_accepted", 0))
-    out: dict[str, Any] = total.state()
+    counts = total.state()
     # the run is over: what a delay fault still holds is lost with it
-    out["dropped"] += out.pop("held")
-    out["dropped_held_at_end"] = total.held
-    out["received"] = {
-        "delivered": got["delivered"],
-        "accepted": got["accepted"],
-        "duplicates": got["delivered"] - got["accepted"],
-        "refused": got["refused"],
-    }
-    balance = out["sent"] - (out["delivered"] + out["rejected"] + out["dropped"])
-    out["unaccounted"] = balance
+    counts["dropped"] += counts.pop("held")
+    balance = counts["sent"] - (counts["delivered"] + counts["rejected"] + counts["dropped"])
     checks = [balance == 0]
     if closed:
         checks += [total.delivered == got["delivered"], total.rejected == got["refused"]]
-    out["closed"] = closed
-    out["holds"] = all(checks)
-    return out
+    return {
+        **counts,
+        "dropped_held_at_end": total.held,
+        "received": {
+            "delivered": got["delivered"],
+            "accepted": got["accepted"],
+            "duplicates": got["delivered"] - got["accepted"],
+            "refused": got["refused"],
+        },
+        "unaccounted": balance,
+        "closed": closed,
+        "holds": all(checks),
+    }

@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 from envs import make_world
 from protocols.delta import layout_fingerprint
@@ -40,7 +39,7 @@ def model_layout(sc: Scenario) -> tuple[int, str]:
     return population.num_params, layout_fingerprint(population.specs)
 
 
-def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dict[str, Any]:
+def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dict[str, int]:
     """Run the service until SIGTERM / SIGINT; returns its figures."""
     # lazy: the simulator's modules (the driver's helpers, the actor roles), only when serving
     from swarm.runner import read_key
