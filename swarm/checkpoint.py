@@ -18,10 +18,13 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from swarm.records import JSON
 
 FORMAT = "yan-swarm-checkpoint/1"
 _META = "__meta__"
@@ -40,8 +43,12 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save(path: Path | str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
-    """Write `arrays` and `meta` (JSON-able) to `path` atomically; returns the file size."""
+def save(path: Path | str, arrays: dict[str, np.ndarray], meta: Mapping[str, object]) -> int:
+    """Write `arrays` and `meta` to `path` atomically; returns the file size.
+
+    `meta` must be JSON-able (json.dumps raises TypeError otherwise); its values are typed
+    `object` because the learners describe their own scalars that way
+    (agents.learner.learner_state)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for key, a in arrays.items():
@@ -65,7 +72,10 @@ def save(path: Path | str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) 
 
 
 def load(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a checkpoint written by `save`; raises CheckpointError (FileNotFoundError if absent)."""
+    """Read a checkpoint written by `save`; raises CheckpointError (FileNotFoundError if absent).
+
+    The metadata is a JSON object (swarm.records.Document); its values are still handed out
+    untyped because swarm/shard.py reads its fields without narrowing them."""
     path = Path(path)
     data = path.read_bytes()
     try:
@@ -77,7 +87,7 @@ def load(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
         raise CheckpointError(f"{path} has no metadata: not a yan-swarm checkpoint")
     try:
-        meta = json.loads(raw.tobytes().decode())
+        meta: JSON = json.loads(raw.tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: metadata is not JSON: {exc}") from None
     if not isinstance(meta, dict):
