@@ -56,8 +56,8 @@ def ring_of_nodes(sc: Scenario, x: np.ndarray, layout: str) -> list[ChocoGossip]
 def gossip_round(
     nodes: list[ChocoGossip], x: np.ndarray, examples: np.ndarray, round_: int
 ) -> None:
-    """share, then merge (_Exchange.share and .merge): every node sends its drone's knowledge
-    delta to its neighbours' nodes, then takes one consensus step on its model."""
+    """share, then merge (swarm/exchange.py: Gossip.share and .merge): every node sends its
+    drone's knowledge delta to its neighbours' nodes, then takes one consensus step."""
     for i, node in enumerate(nodes):  # share: what drone i learned since its last delta
         for delta in node.make_deltas(x[i : i + 1], round_, examples[i : i + 1]):
             for name in node.destinations(i):  # the nodes of i's neighbours

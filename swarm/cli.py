@@ -12,18 +12,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from protocols.tls import TlsError
+from swarm.certs import make_certs
+from swarm.compare import MODES
+from swarm.compare import compare as run_compare
+from swarm.coordinator_service import main as serve
+from swarm.node import main as node_main
 from swarm.records import Document, Figure, as_doc, as_number, figures_of
+from swarm.report import write_plots
 from swarm.resume import read_latest
 from swarm.runner import RunError, Runner, new_run_dir
 from swarm.scenario import Scenario, ScenarioError, load_scenario
+from swarm.sensors import SensorError, record_world
 from swarm.tasks import task_named
 
 app = typer.Typer(
@@ -36,7 +50,8 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _load(path: Path, **overrides: Any) -> Scenario:
+def _load(path: Path, **overrides: int | None) -> Scenario:
+    """A scenario file, with the top-level numbers a command overrides (ticks, seed)."""
     scenario = load_scenario(path)
     changes = {k: v for k, v in overrides.items() if v is not None}
     if changes:
@@ -44,16 +59,8 @@ def _load(path: Path, **overrides: Any) -> Scenario:
     return scenario
 
 
-def _progress_bar(enabled: bool) -> Any:
+def _progress_bar(enabled: bool) -> Progress:
     """A tick progress bar with elapsed time and ETA, on stderr (rich.progress.Progress)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -226,10 +233,6 @@ def compare(
 ) -> None:
     """Run one scenario as isolated learners, decentralized gossip, coordinator and a
     centralized learner (same seeds); write one table and one set of plots."""
-    from swarm.compare import MODES
-    from swarm.compare import compare as run_compare
-    from swarm.runner import new_run_dir
-
     sc = _load(scenario, ticks=ticks)
     chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
     unknown = [m for m in chosen if m not in MODES]
@@ -271,7 +274,6 @@ def compare(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<run-id>).")) -> None:
     """Redraw the plots of a finished run from its metrics.jsonl."""
-    from swarm.report import write_plots
 
     if not (run_dir / "metrics.jsonl").exists():
         raise typer.BadParameter(f"{run_dir} has no metrics.jsonl", param_hint="RUN_DIR")
@@ -294,7 +296,6 @@ def certs(
     days: int = typer.Option(365, "--days", help="Validity of the certificates."),
 ) -> None:
     """Make a small CA and one certificate + key per node, for TLS / mutual TLS."""
-    from swarm.certs import make_certs
 
     for path in make_certs(out_dir, nodes, days=days):
         out.print(f"wrote {path}")
@@ -307,7 +308,6 @@ def node(
     ticks: int | None = typer.Option(None, "--ticks", help="Readings to process."),
 ) -> None:
     """Run one agent as a device node (the same program as `swarm-node`; no Ray)."""
-    from swarm.node import main as node_main
 
     argv = ["--config", str(config)] + (["--status"] if status else [])
     node_main(argv + (["--ticks", str(ticks)] if ticks else []))
@@ -320,7 +320,6 @@ def coordinator(
     advertise: str | None = typer.Option(None, "--advertise", help="HOST:PORT nodes dial."),
 ) -> None:
     """Serve the coordinator for device nodes (`coordinator:` in their node.yaml); no Ray."""
-    from swarm.coordinator_service import main as serve
 
     serve(scenario, listen, advertise)
 
@@ -333,7 +332,6 @@ def record(
     out_dir: Path = typer.Option(Path("recordings"), "--out", help="Output directory."),
 ) -> None:
     """Record drones' sensor streams (JSON lines) for `swarm-node` file or stdin sensors."""
-    from swarm.sensors import SensorError, record_world
 
     sc = load_scenario(scenario)
     n = ticks or sc.ticks

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from swarm.records import Figure, Row, as_doc, as_number, figures_of
+from swarm.report import _pyplot
+from swarm.runner import Runner, start_ray, stop_ray
 from swarm.scenario import Scenario
 from swarm.tasks import task_named
 
@@ -89,7 +91,6 @@ def compare(
     on_tick: Callable[[int], None] = lambda tick: None,
 ) -> CompareResult:
     """Run every mode for every seed; write the table and plots into out_dir."""
-    from swarm.runner import Runner, start_ray, stop_ray
 
     seeds = seeds or [sc.seed]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +195,6 @@ def write_results(result: CompareResult, sc: Scenario) -> str:
 
 
 def _plot(by_mode: dict[str, list[ModeRun]], label: str, out: Path) -> None:
-    from swarm.report import _pyplot
 
     plt = _pyplot()
     colors = {"isolated": "tab:red", "decentralized": "tab:blue", "coordinator": "tab:green",

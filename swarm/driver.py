@@ -28,11 +28,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from swarm import checkpoint
 from swarm.exchange import Counts
-from swarm.records import Document, Receipt, Restored, Row, Step, WorldInfo
+from swarm.records import Document, Probe, Receipt, Restored, Row, Step, WorldInfo
 from swarm.resume import Marker, commit, tick_dir
 from swarm.runner import RunError, read_key
 from swarm.shard import AgentShard, CoordinatorHost, ShardSpec, WorldHost
-from swarm.tasks import Probe, task_named
+from swarm.tasks import task_named
 from swarm.telemetry import metrics_endpoint
 
 if TYPE_CHECKING:

@@ -26,22 +26,13 @@ from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 import numpy as np
 
+from protocols import peering
 from protocols.coordinator import FederatedClient
 from protocols.delta import Delta, layout_fingerprint
 from protocols.errors import Stale
 from protocols.faults import FaultPlan, corrupt_delta
 from protocols.gossip import ChocoGossip, agent_index, agent_name
 from protocols.outbox import Outboxes, PeerStats
-from protocols.peering import (
-    Codec,
-    Contacts,
-    CoordinatorLink,
-    Directory,
-    Introducer,
-    Introductions,
-    Snapshots,
-    make_outboxes,
-)
 from protocols.topology import build_graph, graph_from_edges, metropolis_weights
 from protocols.transport import GossipServicer, Peers, TrafficCounters, messages_in, start_server
 from swarm.accounting import Ledger
@@ -131,6 +122,8 @@ class Exchange:
     message_faults: ClassVar[bool] = False
     #: whether devices (scenario external_peers) can join it
     takes_devices: ClassVar[bool] = False
+    #: whether each shard serves gRPC for it (then it needs the hosts to listen on and advertise)
+    serves: ClassVar[bool] = False
 
     endpoint = ""  # host:port of this shard's gRPC server ('' when it serves none)
 
@@ -324,7 +317,7 @@ class Networked(Exchange):
         self.peers = Peers(self.max_bytes, self.counters, tls=sc.gossip.tls, node=w.node)
         self.endpoints: list[str] = []
         self.coordinator = ""
-        self.codec = Codec(w.node, w.key, self.max_bytes, self.num_params, self.layout)
+        self.codec = peering.Codec(w.node, w.key, self.max_bytes, self.num_params, self.layout)
         self.book = Book(len(w.agents), self.num_params)
         self.faults = Faults(plan, self.book, sc)
 
@@ -403,7 +396,7 @@ class Coordinated(Networked):
 
     def connect(self, endpoints: list[str], coordinator: str) -> None:
         super().connect(endpoints, coordinator)
-        self.link = CoordinatorLink(self.peers, coordinator, self.codec)
+        self.link = peering.CoordinatorLink(self.peers, coordinator, self.codec)
 
     def share(self, round_: int, tick: int, examples: np.ndarray) -> int:
         if self.client.version < round_:  # restored from a checkpoint rounds ago
@@ -447,6 +440,7 @@ class Gossip(Networked):
     needs_graph = True
     message_faults = True
     takes_devices = True
+    serves = True
 
     def __init__(self, w: Wiring, plan: FaultPlan | None):
         super().__init__(w, plan)
@@ -462,9 +456,9 @@ class Gossip(Networked):
         # restarted from a checkpoint with a new epoch (its peers refuse deltas until then).
         self.announce = False
         # membership False: Ray supervises shards; they answer pings but do not probe
-        self.intros = Introductions(w.node, w.key, membership=False)
+        self.intros = peering.Introductions(w.node, w.key, membership=False)
         self.outboxes: Outboxes | None = None
-        self.introducer: Introducer | None = None
+        self.introducer: peering.Introducer | None = None
         servicer = GossipServicer(
             w.node, self.codec.decoder(), self.algo.receive, self.counters, introduce=self._answer
         )
@@ -517,12 +511,14 @@ class Gossip(Networked):
         self.device_targets = {a: agents for a, agents in local.items() if agents}
         if not self.device_targets:
             return
-        directory = Directory(
+        directory = peering.Directory(
             {a: [agent_index(n)] for n, a in self.external.items() if a in self.device_targets}
         )
-        snapshots = Snapshots(self.algo, self.codec, directory.agents_at)
-        self.outboxes = make_outboxes(self.peers, self.codec, snapshots, timeout_s=DEVICE_TIMEOUT_S)
-        contacts = Contacts(
+        snapshots = peering.Snapshots(self.algo, self.codec, directory.agents_at)
+        self.outboxes = peering.make_outboxes(
+            self.peers, self.codec, snapshots, timeout_s=DEVICE_TIMEOUT_S
+        )
+        contacts = peering.Contacts(
             self.algo,
             self.outboxes,
             directory,
@@ -530,7 +526,7 @@ class Gossip(Networked):
             rounds_done=lambda: self.book.rounds,
         )
         contacts.leave_out_until_contact()
-        self.introducer = Introducer(
+        self.introducer = peering.Introducer(
             self.peers,
             self.intros,
             contacts,

@@ -93,6 +93,7 @@ class Step:
 
 
 NO_LABELS = np.zeros((0, 3), np.int64)
+Probe: TypeAlias = tuple[np.ndarray, np.ndarray]  # (windows, labels) of the held-out probe set
 
 
 @dataclass

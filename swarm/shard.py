@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import ray
@@ -28,16 +28,22 @@ from protocols.transport import CoordinatorServicer, TrafficCounters, start_serv
 from swarm import checkpoint
 from swarm.addresses import is_loopback
 from swarm.exchange import RPC_TIMEOUT_S, Counts, Exchange, Wiring, exchange_for, make_exchange
-from swarm.records import Receipt, Restored, ShardMeasure, Step, WorldInfo
+from swarm.records import Document, Probe, Receipt, Restored, ShardMeasure, Step, WorldInfo
 from swarm.resume import read_latest, tick_dir
 from swarm.scenario import Scenario
-from swarm.tasks import Probe, task_named, task_of_world
+from swarm.tasks import task_named, task_of_world
 from swarm.telemetry import Telemetry, shard_figures
+
+if TYPE_CHECKING:
+    import torch
+
+    from envs.drone_patrol.world import DronePatrolWorld
+    from envs.pz_world import ParallelEnvWorld
 
 __all__ = ["AgentShard", "CoordinatorHost", "ShardSpec", "Step", "WorldHost"]
 
 
-def torch_from(array: np.ndarray) -> Any:
+def torch_from(array: np.ndarray) -> torch.Tensor:
     import torch  # the driver imports this module too, and must not load torch
 
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -50,7 +56,7 @@ class WorldHost:
     scenario) does not kill the actor: `info` raises the reason as a ValueError, which the
     Runner turns into a clean error."""
 
-    def __init__(self, scenario: dict[str, Any]):
+    def __init__(self, scenario: Document):
         sc = Scenario.model_validate(scenario)
         self.trajectory: list[np.ndarray] = []
         self.first_label: dict[int, int] = {}  # class -> tick its first label arrived
@@ -58,7 +64,7 @@ class WorldHost:
         # resumed run rebuilds it exactly by replaying them (`replay`).
         self.decisions: list[np.ndarray] = []
         self.error = ""
-        self.world: Any = None
+        self.world: DronePatrolWorld | ParallelEnvWorld
         try:
             self.world = make_world(sc.world, sc.agents.count, sc.seed)
         except ValueError as exc:
@@ -71,7 +77,9 @@ class WorldHost:
         return self.task.describe(self.world)
 
     def probe(self, per_class: int, window: int, seed: int) -> Probe:
-        return self.world.probe_set(per_class, window, seed)  # type: ignore[no-any-return]
+        """The held-out probe set of a world whose task measures on one (Task.needs_probe)."""
+        world = cast("DronePatrolWorld", self.world)  # the world kinds that label
+        return world.probe_set(per_class, window, seed)
 
     def reset(self) -> Step:
         obs = self.world.reset()
@@ -114,7 +122,7 @@ class WorldHost:
         """Where the agents are now (N, 3), e.g. for a proximity graph ((N, 0) if unknown)."""
         return self.world.positions().copy()  # type: ignore[no-any-return]
 
-    def trajectories(self) -> tuple[np.ndarray, dict[str, Any]]:
+    def trajectories(self) -> tuple[np.ndarray, Document]:
         """Positions at every tick (T+1, N, 3) and the map, with the events that happened."""
         layout = dict(self.world.layout())
         if hasattr(self.world, "event_log"):
@@ -130,7 +138,7 @@ class WorldHost:
 class ShardSpec:
     """What an AgentShard is built from."""
 
-    scenario: dict[str, Any]  # the validated scenario, as JSON
+    scenario: Document  # the validated scenario, as JSON
     index: int  # shard-<index>
     agents: list[int]  # the global indices of the agents it hosts
     info: WorldInfo
@@ -199,7 +207,7 @@ class AgentShard:
 
     def _wiring(self, spec: ShardSpec) -> Wiring:
         population = self.learning.population
-        serves = exchange_for(self.sc.gossip.topology).needs_graph  # a gossip server
+        serves = exchange_for(self.sc.gossip.topology).serves
         listen, advertise = _hosts(self.sc, spec.host) if serves else (spec.host, spec.host)
         return Wiring(
             sc=self.sc,
@@ -262,7 +270,7 @@ class AgentShard:
         """Send this round's knowledge deltas after `tick` ticks; returns the deltas made."""
         return self.exchange.share(round_, tick, self.learning.take_example_counts())
 
-    def merge(self, round_: int, *barrier: Any) -> int:
+    def merge(self, round_: int, *barrier: int) -> int:
         """Apply what arrived (after the barrier in sync mode); returns deltas applied."""
         return self.exchange.merge(round_)
 
@@ -363,7 +371,7 @@ class CoordinatorHost:
 
     def __init__(
         self,
-        scenario: dict[str, Any],
+        scenario: Document,
         num_params: int,
         layout: str,
         key: bytes,
@@ -408,7 +416,7 @@ class CoordinatorHost:
     def traffic(self) -> dict[str, int]:
         return self.counters.snapshot()
 
-    def counts(self, *after: Any) -> dict[str, int]:
+    def counts(self, *after: int) -> dict[str, int]:
         """The counters, once the refs `after` (a round's merges) are done: for a checkpoint."""
         return self.counters.snapshot()
 

@@ -21,18 +21,16 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 import numpy as np
 
-from swarm.records import NO_LABELS, Document, Figure, Row, ShardMeasure, Step, WorldInfo, as_doc
+from envs.drone_patrol.config import EVENT_CLASSES
+from swarm.records import NO_LABELS, Document, Figure, Row, ShardMeasure, Step, WorldInfo
 
 if TYPE_CHECKING:
     # the learners load torch: the driver (which only reads rows) must not
-    from agents.actor_critic import OnlineActorCritic, PolicyPopulation
-    from agents.learner import OnlineLearner
-    from agents.population import Population
     from envs.drone_patrol.world import DronePatrolWorld, StepResult
     from envs.pz_world import ParallelEnvWorld, RLStepResult
+    from swarm.learning import Learning
     from swarm.scenario import Scenario  # which validates against the tasks
 
-    Learner = OnlineLearner | OnlineActorCritic
 
 #: An agent "recognises" an event kind when its probe accuracy on that kind reaches this.
 RECOGNISED = 0.5
@@ -40,7 +38,6 @@ RECOGNISED = 0.5
 #: recognise it.
 SPREAD_SHARE = 0.9
 
-Probe = tuple[np.ndarray, np.ndarray]  # (windows, labels) of the held-out probe set
 TableRow = tuple[str, str]
 
 
@@ -61,61 +58,6 @@ class World(Protocol):
 
     obs_dim: int
     agent_ids: list[str]
-
-
-class Learning(ABC):
-    """A shard's learners for one task: act on a tick, and report what they know."""
-
-    #: learners saved in a checkpoint, by name
-    learners: dict[str, Learner]
-
-    @property
-    @abstractmethod
-    def population(self) -> Population | PolicyPopulation:
-        """The live models: what the exchange shares."""
-
-    @abstractmethod
-    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
-        """This tick's decisions of agents lo..hi-1 (classifications or actions)."""
-
-    @abstractmethod
-    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
-        """Fill in the task's fields of this shard's measurement."""
-
-    @abstractmethod
-    def steps(self) -> int:
-        """Learning steps taken so far (the live figure learn/steps)."""
-
-    def loss(self) -> np.ndarray | None:
-        """The agents' losses at their last learning step (None when not tracked)."""
-        return None
-
-    def probe_acc(self, probe: Probe | None) -> np.ndarray:
-        """Balanced probe accuracy per agent now (empty without a probe set)."""
-        return np.zeros(0)
-
-    def take_example_counts(self) -> np.ndarray:
-        """Examples each agent learned from since the last call (weights for aggregation)."""
-        return self.learners["learner"].take_example_counts()
-
-    def state(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-        """(arrays, scalars) of every learner, names prefixed ("learner.", "shadow.")."""
-        from agents.learner import learner_state  # torch: in the shard's process only
-
-        arrays: dict[str, np.ndarray] = {}
-        scalars: dict[str, object] = {}
-        for name, learner in self.learners.items():
-            part, values = learner_state(learner)  # type: ignore[arg-type]  # both kinds
-            arrays.update({f"{name}.{k}": v for k, v in part.items()})
-            scalars[name] = values
-        return arrays, scalars
-
-    def load_state(self, arrays: dict[str, np.ndarray], scalars: Document) -> None:
-        from agents.learner import load_learner_state  # torch: in the shard's process only
-
-        for name, learner in self.learners.items():
-            part = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + ".")}
-            load_learner_state(learner, part, dict(as_doc(scalars[name])))  # type: ignore[arg-type]
 
 
 class Task(ABC):
@@ -185,68 +127,6 @@ class Task(ABC):
 # -- classification ---------------------------------------------------------------------------
 
 
-class ClassifyLearning(Learning):
-    """Each agent classifies what it senses; labels arrive late and for a fraction of reports.
-    An isolated twin of each agent learns on the same stream and never shares (the baseline)."""
-
-    def __init__(self, learner: OnlineLearner, shadow: OnlineLearner | None, learn_every: int):
-        self.learner, self.shadow = learner, shadow
-        self.learners: dict[str, Learner] = {"learner": learner}
-        if shadow is not None:
-            self.learners["shadow"] = shadow
-        self.learn_every = learn_every
-        self._loss: np.ndarray | None = None
-
-    @property
-    def population(self) -> Population:
-        return self.learner.population
-
-    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
-        labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
-        labels[:, 0] -= lo
-        obs = step.obs[lo:hi]
-        learn = step.tick > 0 and step.tick % self.learn_every == 0
-        out = None
-        for learner in (self.learner, self.shadow):
-            if learner is None:
-                continue
-            learner.add_labels(labels)
-            if learn:
-                stats = learner.learn_step()
-                if learner is self.learner:  # kept for the live metrics (learn/loss)
-                    self._loss = stats["loss"]
-            preds = learner.act(step.tick, obs)
-            out = preds if out is None else out
-        assert out is not None
-        return out
-
-    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
-        from agents.learner import balanced_accuracy  # torch: in the shard's process only
-
-        assert probe is not None
-        windows, labels = probe
-        per_class = self.learner.evaluate(windows, labels)
-        into.probe_acc = balanced_accuracy(per_class).tolist()
-        into.per_class = np.nan_to_num(per_class, nan=-1.0).tolist()
-        into.probe_acc_isolated = into.probe_acc
-        if self.shadow is not None:
-            iso = balanced_accuracy(self.shadow.evaluate(windows, labels)).tolist()
-            into.probe_acc_isolated = iso
-
-    def steps(self) -> int:
-        return int(self.learner.learn_steps)
-
-    def loss(self) -> np.ndarray | None:
-        return self._loss
-
-    def probe_acc(self, probe: Probe | None) -> np.ndarray:
-        from agents.learner import balanced_accuracy  # torch: in the shard's process only
-
-        if probe is None:
-            return np.zeros(0)
-        return np.asarray(balanced_accuracy(self.learner.evaluate(*probe)), np.float64)
-
-
 class Classification(Task):
     name = "classify"
     headline = ("learn/probe_acc", "probe accuracy")
@@ -257,8 +137,6 @@ class Classification(Task):
 
     @staticmethod
     def describe(world: World) -> WorldInfo:
-        from envs.drone_patrol.config import EVENT_CLASSES  # the classification world's kinds
-
         world = cast("DronePatrolWorld", world)  # the world kinds that label (WORLD_TASKS)
         inputs: Document = {"vector_dim": world.obs_dim}
         if hasattr(world, "input_config"):  # a world whose sensors deliver more than a vector
@@ -288,6 +166,7 @@ class Classification(Task):
         sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
     ) -> Learning:
         from agents.learner import OnlineLearner  # torch: in the shard's process only
+        from swarm.learning import ClassifyLearning
 
         def build() -> OnlineLearner:
             return OnlineLearner(
@@ -415,34 +294,6 @@ def continual_figures(
 # -- reinforcement learning -------------------------------------------------------------------
 
 
-class ControlLearning(Learning):
-    """Each agent acts on its observations and learns from the rewards (online actor-critic).
-
-    Acting changes what an agent experiences, so an isolated twin cannot live on the same
-    stream: compare against a run with gossip.topology: isolated instead."""
-
-    def __init__(self, learner: OnlineActorCritic):
-        self.learner = learner
-        self.learners = {"learner": learner}
-
-    @property
-    def population(self) -> PolicyPopulation:
-        return self.learner.population
-
-    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
-        part = [
-            None if a is None else a[lo:hi]
-            for a in (step.rewards, step.done, step.alive, step.truncated, step.final_obs)
-        ]
-        return self.learner.act(step.obs[lo:hi], *part)
-
-    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
-        into.rl = dict(self.learner.stats)
-
-    def steps(self) -> int:
-        return int(self.learner.updates)
-
-
 class Reinforcement(Task):
     name = "rl"
     headline = ("rl/team_return_last", "team return (last quarter)")
@@ -483,6 +334,7 @@ class Reinforcement(Task):
         sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
     ) -> Learning:
         from agents.actor_critic import OnlineActorCritic  # torch: in the shard's process only
+        from swarm.learning import ControlLearning
 
         learner = OnlineActorCritic(
             sc.model, sc.learning, sc.rl, n_agents, info.obs_dim, info.n_actions, seed=sc.seed

@@ -131,7 +131,7 @@ class Telemetry:
     def _record(self, figure: str, tags: tuple[tuple[str, str], ...], value: float) -> None:
         gauge = self._gauges.get(figure)
         if gauge is None:
-            from ray.util.metrics import Gauge
+            from ray.util.metrics import Gauge  # lazy: importing swarm must not load Ray
 
             description = DESCRIPTIONS.get(figure, f"the run's {figure} (see metrics.jsonl)")
             keys = tuple(k for k, _ in tags)
@@ -247,7 +247,7 @@ def metrics_endpoint() -> str | None:
     `ray start --metrics-export-port` fixes one. The driver always runs on a node of its own
     machine, and the endpoint binds every interface (loopback only when the node's own address
     is a loopback one), so 127.0.0.1 reaches it; other machines use the node's address."""
-    import ray
+    import ray  # lazy: importing swarm must not load Ray
 
     node_id = ray.get_runtime_context().get_node_id()
     for node in ray.nodes():

@@ -1,0 +1,155 @@
+"""A shard's learners for each task: acting, learning and measuring, in the shard's process.
+
+swarm/tasks.py chooses one of these for a run (`Task.learning`); this module loads the
+learners (and so torch), which the driver, reading only rows, never imports.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from agents.actor_critic import OnlineActorCritic, PolicyPopulation
+from agents.learner import OnlineLearner, balanced_accuracy, learner_state, load_learner_state
+from agents.population import Population
+from swarm.records import Document, Probe, ShardMeasure, Step, as_doc
+
+Learner = OnlineLearner | OnlineActorCritic
+
+
+class Learning(ABC):
+    """A shard's learners for one task: act on a tick, and report what they know."""
+
+    #: learners saved in a checkpoint, by name
+    learners: dict[str, Learner]
+
+    @property
+    @abstractmethod
+    def population(self) -> Population | PolicyPopulation:
+        """The live models: what the exchange shares."""
+
+    @abstractmethod
+    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
+        """This tick's decisions of agents lo..hi-1 (classifications or actions)."""
+
+    @abstractmethod
+    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
+        """Fill in the task's fields of this shard's measurement."""
+
+    @abstractmethod
+    def steps(self) -> int:
+        """Learning steps taken so far (the live figure learn/steps)."""
+
+    def loss(self) -> np.ndarray | None:
+        """The agents' losses at their last learning step (None when not tracked)."""
+        return None
+
+    def probe_acc(self, probe: Probe | None) -> np.ndarray:
+        """Balanced probe accuracy per agent now (empty without a probe set)."""
+        return np.zeros(0)
+
+    def take_example_counts(self) -> np.ndarray:
+        """Examples each agent learned from since the last call (weights for aggregation)."""
+        return self.learners["learner"].take_example_counts()
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """(arrays, scalars) of every learner, names prefixed ("learner.", "shadow.")."""
+        arrays: dict[str, np.ndarray] = {}
+        scalars: dict[str, object] = {}
+        for name, learner in self.learners.items():
+            part, values = learner_state(learner)  # type: ignore[arg-type]  # both kinds
+            arrays.update({f"{name}.{k}": v for k, v in part.items()})
+            scalars[name] = values
+        return arrays, scalars
+
+    def load_state(self, arrays: dict[str, np.ndarray], scalars: Document) -> None:
+        for name, learner in self.learners.items():
+            part = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + ".")}
+            load_learner_state(learner, part, dict(as_doc(scalars[name])))  # type: ignore[arg-type]
+
+
+class ClassifyLearning(Learning):
+    """Each agent classifies what it senses; labels arrive late and for a fraction of reports.
+    An isolated twin of each agent learns on the same stream and never shares (the baseline)."""
+
+    def __init__(self, learner: OnlineLearner, shadow: OnlineLearner | None, learn_every: int):
+        self.learner, self.shadow = learner, shadow
+        self.learners: dict[str, Learner] = {"learner": learner}
+        if shadow is not None:
+            self.learners["shadow"] = shadow
+        self.learn_every = learn_every
+        self._loss: np.ndarray | None = None
+
+    @property
+    def population(self) -> Population:
+        return self.learner.population
+
+    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
+        labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
+        labels[:, 0] -= lo
+        obs = step.obs[lo:hi]
+        learn = step.tick > 0 and step.tick % self.learn_every == 0
+        out = None
+        for learner in (self.learner, self.shadow):
+            if learner is None:
+                continue
+            learner.add_labels(labels)
+            if learn:
+                stats = learner.learn_step()
+                if learner is self.learner:  # kept for the live metrics (learn/loss)
+                    self._loss = stats["loss"]
+            preds = learner.act(step.tick, obs)
+            out = preds if out is None else out
+        assert out is not None
+        return out
+
+    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
+        assert probe is not None
+        windows, labels = probe
+        per_class = self.learner.evaluate(windows, labels)
+        into.probe_acc = balanced_accuracy(per_class).tolist()
+        into.per_class = np.nan_to_num(per_class, nan=-1.0).tolist()
+        into.probe_acc_isolated = into.probe_acc
+        if self.shadow is not None:
+            iso = balanced_accuracy(self.shadow.evaluate(windows, labels)).tolist()
+            into.probe_acc_isolated = iso
+
+    def steps(self) -> int:
+        return int(self.learner.learn_steps)
+
+    def loss(self) -> np.ndarray | None:
+        return self._loss
+
+    def probe_acc(self, probe: Probe | None) -> np.ndarray:
+        if probe is None:
+            return np.zeros(0)
+        return np.asarray(balanced_accuracy(self.learner.evaluate(*probe)), np.float64)
+
+
+class ControlLearning(Learning):
+    """Each agent acts on its observations and learns from the rewards (online actor-critic).
+
+    Acting changes what an agent experiences, so an isolated twin cannot live on the same
+    stream: compare against a run with gossip.topology: isolated instead."""
+
+    def __init__(self, learner: OnlineActorCritic):
+        self.learner = learner
+        self.learners = {"learner": learner}
+
+    @property
+    def population(self) -> PolicyPopulation:
+        return self.learner.population
+
+    def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
+        part = [
+            None if a is None else a[lo:hi]
+            for a in (step.rewards, step.done, step.alive, step.truncated, step.final_obs)
+        ]
+        return self.learner.act(step.obs[lo:hi], *part)
+
+    def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
+        into.rl = dict(self.learner.stats)
+
+    def steps(self) -> int:
+        return int(self.learner.updates)
