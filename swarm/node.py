@@ -55,7 +55,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import numpy as np
 
@@ -95,6 +94,7 @@ from swarm.node_config import (
 )
 from swarm.node_status import ONLINE_WINDOW, show_status, status_of, write_status
 from swarm.proto.v1 import delta_pb2, gossip_pb2
+from swarm.records import JSON, Document, as_doc, as_int
 from swarm.scenario import ScenarioError
 from swarm.sensors import SensorError, open_sensor
 
@@ -147,7 +147,7 @@ def next_epoch(directory: Path) -> int:
     return epoch
 
 
-Checkpoint = tuple[dict[str, np.ndarray], dict[str, Any]]
+Checkpoint = tuple[dict[str, np.ndarray], Document]
 """(arrays, JSON metadata) of a saved node (swarm/checkpoint.py)."""
 
 
@@ -170,7 +170,7 @@ class Node:
         self._build_exchange()
         self.step = self.round = 0
         self.started = time.time()
-        self.resumed_from: dict[str, Any] | None = None
+        self.resumed_from: Document | None = None
         if saved is not None:
             self._restore(*saved)
         self._start_network()
@@ -202,7 +202,7 @@ class Node:
         from agents.learner import OnlineLearner  # lazy: torch (see __init__)
 
         cfg, sc = self.cfg, self.sc
-        skip = int(saved[1]["sensor_position"]) if saved else 0
+        skip = as_int(saved[1]["sensor_position"]) if saved else 0
         self.sensor = open_sensor(
             cfg.sensor,
             world_cfg=sc.world,
@@ -328,7 +328,7 @@ class Node:
         self._tick_of_step: dict[int, int] = {}
         self._predicted: dict[int, int] = {}  # step -> predicted class
         self._online: list[bool] = []
-        self.last_ckpt: dict[str, Any] | None = None
+        self.last_ckpt: Document | None = None
         self._last_ckpt_t = time.monotonic()
         self._last_status_t = 0.0
         self._skewed: dict[str, str] = {}  # peers whose clock is too far from ours, this pass
@@ -351,7 +351,7 @@ class Node:
             )
         return arrays, meta
 
-    def _restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    def _restore(self, arrays: dict[str, np.ndarray], meta: Document) -> None:
         from agents.learner import load_learner_state  # lazy: torch (see __init__)
 
         if meta["layout"] != self.layout:
@@ -363,44 +363,52 @@ class Node:
         def part(prefix: str) -> dict[str, np.ndarray]:
             return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        load_learner_state(self.learner, part("learner."), meta["learner"])
+        load_learner_state(self.learner, part("learner."), dict(as_doc(meta["learner"])))
         if self.shadow is not None and meta.get("shadow") is not None:
-            load_learner_state(self.shadow, part("shadow."), meta["shadow"])
-        gossip: dict[str, Any] = dict(part("gossip."))
-        gossip.update(meta["gossip"])
+            load_learner_state(self.shadow, part("shadow."), dict(as_doc(meta["shadow"])))
+        gossip: dict[str, np.ndarray | JSON] = {**part("gossip."), **as_doc(meta["gossip"])}
         self.gossip.load_state(gossip, epoch=self.epoch)  # a new incarnation: peers take
         # its snapshots instead of refusing deltas that no longer follow what they hold
         if self.federation is not None and "fed.version" in arrays:
             self.federation.load_state(part("fed."))
-        self.step, self.round = int(meta["step"]), int(meta["round"])
+        self.step, self.round = as_int(meta["step"]), as_int(meta["round"])
         self.resumed_from = {
             "checkpoint_step": self.step,
-            "checkpoint_epoch": int(meta["epoch"]),
+            "checkpoint_epoch": as_int(meta["epoch"]),
             "checkpoint_probe_acc": meta.get("probe_acc"),
             "checkpoint_saved_unix": meta["saved_unix"],
         }
 
-    def _checkpoint_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Every array to save, by prefixed name, and the scalars beside them."""
+    def _checkpoint_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+        """Every array to save, by prefixed name, and the scalars beside them (the learners'
+        as agents.learner.learner_state gives them, the gossip state's integers)."""
         from agents.learner import learner_state  # lazy: torch (see __init__)
 
         arrays, learner_scalars = learner_state(self.learner)
         out = {f"learner.{k}": v for k, v in arrays.items()}
-        scalars: dict[str, Any] = {"learner": learner_scalars, "shadow": None, "gossip": {}}
+        shadow_scalars: dict[str, object] | None = None
         if self.shadow is not None:
-            shadow_arrays, scalars["shadow"] = learner_state(self.shadow)
+            shadow_arrays, shadow_scalars = learner_state(self.shadow)
             out.update({f"shadow.{k}": v for k, v in shadow_arrays.items()})
+        gossip_scalars: dict[str, int] = {}
         for k, v in self.gossip.state().items():
             if isinstance(v, np.ndarray):
                 out[f"gossip.{k}"] = v
             else:
-                scalars["gossip"][k] = v
+                gossip_scalars[k] = v
         if self.federation is not None:
             out.update({f"fed.{k}": v for k, v in self.federation.state().items()})
+        scalars: dict[str, object] = {
+            "learner": learner_scalars,
+            "shadow": shadow_scalars,
+            "gossip": gossip_scalars,
+        }
         return out, scalars
 
-    def save_checkpoint(self) -> dict[str, Any]:
+    def save_checkpoint(self) -> Document:
         arrays, scalars = self._checkpoint_arrays()
+        probe_acc = self.local_accuracy().get("probe_acc")
+        saved_unix = time.time()
         meta = {
             "agent": self.index,
             "epoch": self.epoch,
@@ -408,16 +416,16 @@ class Node:
             "round": self.round,
             "sensor_position": self.sensor.position,
             "layout": self.layout,
-            "probe_acc": self.local_accuracy().get("probe_acc"),
-            "saved_unix": time.time(),
+            "probe_acc": probe_acc,
+            "saved_unix": saved_unix,
             **scalars,
         }
         size = checkpoint.save(self.ckpt_path, arrays, meta)
         self.last_ckpt = {
             "step": self.step,
             "round": self.round,
-            "probe_acc": meta["probe_acc"],
-            "saved_unix": meta["saved_unix"],
+            "probe_acc": probe_acc,
+            "saved_unix": saved_unix,
             "bytes": size,
         }
         self._last_ckpt_t = time.monotonic()
@@ -498,16 +506,16 @@ class Node:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def local_accuracy(self) -> dict[str, Any]:
+    def local_accuracy(self) -> Document:
         from agents.learner import balanced_accuracy  # lazy: torch (see __init__)
 
-        def recall(per_class: np.ndarray) -> dict[str, float | None]:
+        def recall(per_class: np.ndarray) -> Document:
             return {
                 k: (None if np.isnan(v) else round(float(v), 4))
                 for k, v in zip(self.classes, per_class[0], strict=True)
             }
 
-        out: dict[str, Any] = {}
+        out: Document = {}
         if self.sensor.probe_set is not None:
             per_class = self.learner.evaluate(*self.sensor.probe_set)
             out["probe_acc"] = round(float(balanced_accuracy(per_class)[0]), 6)
@@ -566,7 +574,7 @@ class Node:
         if self.membership is not None:
             self.membership.start()
 
-    def run(self, ticks: int | None) -> dict[str, Any]:
+    def run(self, ticks: int | None) -> Document:
         sc, cfg = self.sc, self.cfg
         limit = ticks or cfg.ticks or (sc.ticks if cfg.sensor.kind == "simulated" else None)
         self._start_exchange()
@@ -624,7 +632,7 @@ class Node:
 
     # -- status ------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Document:
         """What status.json holds (swarm/node_status.py)."""
         return status_of(self)
 
@@ -779,7 +787,7 @@ class Federation:
         self.client.error[:] = state["error"]
         self.client.version = int(state["version"])
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Document:
         return {
             "address": self.address,
             "version": self.client.version,
@@ -855,7 +863,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    start: dict[str, Any] = {"node": node.name, "listening": node.advertise, "epoch": node.epoch}
+    start: Document = {"node": node.name, "listening": node.advertise, "epoch": node.epoch}
     # the accuracy the node starts with: a fresh model's, or the resumed checkpoint's
     start["probe_acc"] = node.local_accuracy().get("probe_acc")
     if node.resumed_from is not None:

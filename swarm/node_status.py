@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from protocols.gossip import agent_name
 from protocols.membership_net import MembershipNode
@@ -21,6 +21,7 @@ from protocols.outbox import Outboxes
 from protocols.peering import Directory
 from protocols.transport import check_health
 from swarm.node_config import NodeConfig, resolve_tls, state_dir
+from swarm.records import JSON, Document, as_doc, as_number, json_of
 from swarm.scenario import ScenarioError, load_scenario
 
 if TYPE_CHECKING:  # swarm.node imports this module to write its status
@@ -37,7 +38,7 @@ HEALTH_TIMEOUT_S = 2.0
 
 def members_view(
     membership: MembershipNode | None, own: str, dead_at: dict[str, float]
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Document]:
     """node -> its SWIM state, incarnation and when it was declared dead (this node left out)."""
     if membership is None:
         return {}
@@ -56,12 +57,12 @@ def peers_view(
     directory: Directory,
     listed: Iterable[str],
     outboxes: Outboxes,
-    members: dict[str, dict[str, Any]],
-) -> list[dict[str, Any]]:
+    members: dict[str, Document],
+) -> list[Document]:
     """One entry per address this node knows, lists, or has a link to, in address order."""
     links = outboxes.stats()
     known, hosted = directory.nodes(), directory.hosted()
-    peers = []
+    peers: list[Document] = []
     for address in sorted(set(known) | set(listed) | set(links)):
         link = links.get(address)
         node = known.get(address)
@@ -69,7 +70,7 @@ def peers_view(
             {
                 "address": address,
                 "node": node,
-                "agents": sorted(hosted.get(address, [])),
+                "agents": json_of(sorted(hosted.get(address, []))),
                 "state": members.get(node, {}).get("state") if node else None,
                 "last_exchange_unix": link.last_ok if link else None,
                 "delivered": link.delivered if link else 0,
@@ -83,13 +84,13 @@ def peers_view(
     return peers
 
 
-def _learning_view(node: Node) -> dict[str, Any]:
+def _learning_view(node: Node) -> Document:
     return {
         "sensor": {
             "kind": node.cfg.sensor.kind,
             "position": node.sensor.position,
             "bad_lines": node.sensor.bad_lines,
-            "hide_kinds": node.cfg.sensor.hide_kinds,
+            "hide_kinds": list(node.cfg.sensor.hide_kinds),
         },
         **node.local_accuracy(),
         "labels_dropped": node.learner.labels_dropped,
@@ -100,7 +101,7 @@ def _learning_view(node: Node) -> dict[str, Any]:
     }
 
 
-def status_of(node: Node) -> dict[str, Any]:
+def status_of(node: Node) -> Document:
     """Everything status.json holds about `node`, now."""
     members = members_view(node.membership, node.name, node.dead_at)
     return {
@@ -112,10 +113,10 @@ def status_of(node: Node) -> dict[str, Any]:
         "started_unix": node.started,
         "step": node.step,
         "rounds": node.round,
-        "neighbours": node.neighbours,
+        "neighbours": list(node.neighbours),
         **_learning_view(node),
-        "peers": peers_view(node.directory, node.peer_list, node.outboxes, members),
-        "members": members,
+        "peers": list(peers_view(node.directory, node.peer_list, node.outboxes, members)),
+        "members": dict(members),
         "checkpoint": node.last_ckpt,
         "resumed_from": node.resumed_from,
         "error": node.error,
@@ -125,7 +126,7 @@ def status_of(node: Node) -> dict[str, Any]:
     }
 
 
-def write_status(status: dict[str, Any], directory: Path) -> None:
+def write_status(status: Document, directory: Path) -> None:
     """Replace `directory`/status.json atomically (a reader never sees half a file)."""
     tmp = directory / ".status.json.tmp"
     tmp.write_text(json.dumps(status, indent=1))
@@ -135,10 +136,23 @@ def write_status(status: dict[str, Any], directory: Path) -> None:
 # -- `--status` ------------------------------------------------------------------------------
 
 
-def _ago(t: float | None) -> str:
+def _ago(t: JSON) -> str:
+    """How long ago the wall time `t` (seconds, a status.json field; None: never) was."""
     if t is None:
         return "never"
-    return f"{max(0.0, time.time() - t):.1f} s ago"
+    return f"{max(0.0, time.time() - as_number(t)):.1f} s ago"
+
+
+def _str(value: JSON) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {value!r}")
+    return value
+
+
+def _list(value: JSON) -> list[JSON]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, found {value!r}")
+    return value
 
 
 def _health(address: str, cfg: NodeConfig, base: Path, name: str) -> str:
@@ -151,7 +165,7 @@ def _health(address: str, cfg: NodeConfig, base: Path, name: str) -> str:
     return check_health(address, tls, name, "swarm.v1.Gossip", HEALTH_TIMEOUT_S)
 
 
-def _print_view(st: dict[str, Any], health: str) -> None:
+def _print_view(st: Document, health: str) -> None:
     print(
         f"{st['node']} at {st['address']}  health: {health}  epoch {st['epoch']}  pid {st['pid']}"
     )
@@ -168,10 +182,11 @@ def _print_view(st: dict[str, Any], health: str) -> None:
     )
     ck = st.get("checkpoint")
     if ck:
+        ck = as_doc(ck)
         print(f"  checkpoint: step {ck['step']}, {_ago(ck['saved_unix'])}, probe {ck['probe_acc']}")
     print(f"  {'peer':<22} {'node':<10} {'agents':<8} {'state':<8} {'last exchange':<15} queued")
-    for p in st["peers"]:
-        agents = ",".join(map(str, p["agents"])) or "-"
+    for p in map(as_doc, _list(st["peers"])):
+        agents = ",".join(map(str, _list(p["agents"]))) or "-"
         print(
             f"  {p['address']:<22} {p['node'] or '?':<10} {agents:<8} {p['state'] or '-':<8} "
             f"{_ago(p['last_exchange_unix']):<15} {p['queued']}"
@@ -185,10 +200,10 @@ def show_status(cfg: NodeConfig, base: Path) -> int:
     name = agent_name(cfg.agent)
     path = state_dir(cfg, base) / "status.json"
     try:
-        st = json.loads(path.read_text())
+        st = as_doc(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError) as exc:
         print(f"{name}: no status at {path} ({exc}); has this node run?", file=sys.stderr)
         return 1
-    health = _health(st["address"], cfg, base, name)
+    health = _health(_str(st["address"]), cfg, base, name)
     _print_view(st, health)
     return 0 if health == "SERVING" else 3
