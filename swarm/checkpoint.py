@@ -20,11 +20,10 @@ import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from swarm.records import JSON
+from swarm.records import JSON, Document
 
 FORMAT = "yan-swarm-checkpoint/1"
 _META = "__meta__"
@@ -71,11 +70,11 @@ def save(path: Path | str, arrays: dict[str, np.ndarray], meta: Mapping[str, obj
     return path.stat().st_size
 
 
-def load(path: Path | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load(path: Path | str) -> tuple[dict[str, np.ndarray], Document]:
     """Read a checkpoint written by `save`; raises CheckpointError (FileNotFoundError if absent).
 
-    The metadata is a JSON object (swarm.records.Document); its values are still handed out
-    untyped because swarm/shard.py reads its fields without narrowing them."""
+    The metadata is a JSON object: narrow its values where they are read
+    (swarm.records.as_int, as_doc)."""
     path = Path(path)
     data = path.read_bytes()
     try:

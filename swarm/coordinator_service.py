@@ -22,6 +22,7 @@ from pathlib import Path
 from envs import make_world
 from protocols.delta import layout_fingerprint
 from swarm.addresses import is_loopback
+from swarm.exchange import exchange_for
 from swarm.node_config import DEV_KEY, NodeError
 from swarm.scenario import Scenario, ScenarioError, load_scenario
 
@@ -43,10 +44,10 @@ def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dic
     """Run the service until SIGTERM / SIGINT; returns its figures."""
     # lazy: the simulator's modules (the driver's helpers, the actor roles), only when serving
     from swarm.runner import read_key
-    from swarm.shard import CoordinatorHost
+    from swarm.shard import CoordinatorHost, CoordinatorSpec
 
     sc = load_scenario(scenario_path)
-    if sc.gossip.topology != "coordinator":
+    if not exchange_for(sc.gossip.topology).needs_coordinator:
         raise NodeError(
             f"{scenario_path}: gossip.topology is {sc.gossip.topology!r}, not coordinator"
         )
@@ -58,7 +59,9 @@ def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dic
         )
     num_params, layout = model_layout(sc)
     host, _, port = listen.rpartition(":")
-    service = CoordinatorHost(sc.model_dump(mode="json"), num_params, layout, key, host, int(port))
+    service = CoordinatorHost(
+        CoordinatorSpec(sc.model_dump(mode="json"), num_params, layout, key, host, int(port))
+    )
     address = advertise or service.endpoint
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -31,7 +31,7 @@ from swarm.exchange import Counts
 from swarm.records import Document, Probe, Receipt, Restored, Row, Step, WorldInfo
 from swarm.resume import Marker, commit, tick_dir
 from swarm.runner import RunError, read_key
-from swarm.shard import AgentShard, CoordinatorHost, ShardSpec, WorldHost
+from swarm.shard import AgentShard, CoordinatorHost, CoordinatorSpec, ShardSpec, WorldHost
 from swarm.tasks import task_named
 from swarm.telemetry import metrics_endpoint
 
@@ -209,12 +209,14 @@ class Driver:
     ) -> ActorHandle[CoordinatorHost]:
         num_params, layout = cast(tuple[int, str], ray.get(shard.model_info.remote()))
         coordinator = ray.remote(num_cpus=0)(CoordinatorHost).remote(  # type: ignore[attr-defined]
-            spec,
-            num_params,
-            layout,
-            key,
-            start_round=self.runner.marker["round"] if self.runner.marker else 0,
-            counts=self.runner.coordinator_counts(),
+            CoordinatorSpec(
+                spec,
+                num_params,
+                layout,
+                key,
+                start_round=self.runner.marker["round"] if self.runner.marker else 0,
+                counts=self.runner.coordinator_counts(),
+            )
         )
         self.coord_addr = str(ray.get(coordinator.address.remote()))
         return cast("ActorHandle[CoordinatorHost]", coordinator)

@@ -80,6 +80,7 @@ from protocols.transport import GossipServicer, Peers, TrafficCounters, start_se
 from swarm import checkpoint
 from swarm.addresses import host_of
 from swarm.checkpoint import CheckpointError
+from swarm.exchange import exchange_for
 from swarm.node_config import (
     DEV_KEY,
     NodeConfig,
@@ -269,7 +270,7 @@ class Node:
         cfg, sc = self.cfg, self.sc
         if not cfg.coordinator:
             return None
-        if sc.gossip.topology != "coordinator":
+        if not exchange_for(sc.gossip.topology).needs_coordinator:
             raise NodeError(
                 f"coordinator {cfg.coordinator}: the scenario's gossip.topology is "
                 f"{sc.gossip.topology!r}; set it to coordinator (the service checks it too)"
@@ -834,7 +835,8 @@ def _serve(node: Node, ticks: int | None) -> int:
     except NodeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         node.error = str(exc)
-        with contextlib.suppress(Exception):  # best effort: the error is printed already
+        # best effort: the error is printed already; a disk or checkpoint failure here too
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
             node.save_checkpoint()
             node.write_status()
         return 3

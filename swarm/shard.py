@@ -28,7 +28,17 @@ from protocols.transport import CoordinatorServicer, TrafficCounters, start_serv
 from swarm import checkpoint
 from swarm.addresses import is_loopback
 from swarm.exchange import RPC_TIMEOUT_S, Counts, Exchange, Wiring, exchange_for, make_exchange
-from swarm.records import Document, Probe, Receipt, Restored, ShardMeasure, Step, WorldInfo
+from swarm.records import (
+    Document,
+    Probe,
+    Receipt,
+    Restored,
+    ShardMeasure,
+    Step,
+    WorldInfo,
+    as_doc,
+    as_int,
+)
 from swarm.resume import read_latest, tick_dir
 from swarm.scenario import Scenario
 from swarm.tasks import task_named, task_of_world
@@ -40,7 +50,7 @@ if TYPE_CHECKING:
     from envs.drone_patrol.world import DronePatrolWorld
     from envs.pz_world import ParallelEnvWorld
 
-__all__ = ["AgentShard", "CoordinatorHost", "ShardSpec", "Step", "WorldHost"]
+__all__ = ["AgentShard", "CoordinatorHost", "CoordinatorSpec", "ShardSpec", "Step", "WorldHost"]
 
 
 def torch_from(array: np.ndarray) -> torch.Tensor:
@@ -324,10 +334,10 @@ class AgentShard:
         self.learning.load_state(arrays, meta)
         if "exchange" in meta:
             part = {k[9:]: v for k, v in arrays.items() if k.startswith("exchange.")}
-            self.exchange.load_state(part, meta["exchange"], new_epoch=new_epoch)
+            self.exchange.load_state(part, as_doc(meta["exchange"]), new_epoch=new_epoch)
         return Restored(
             agents=self.agents,
-            checkpoint_ticks=int(meta["ticks"]),
+            checkpoint_ticks=as_int(meta["ticks"]),
             probe_acc_checkpoint=arrays["probe_acc"].tolist(),
             probe_acc_restored=self.learning.probe_acc(self.probe).tolist(),
         )
@@ -366,20 +376,27 @@ class AgentShard:
         self.exchange.close()
 
 
+@dataclass
+class CoordinatorSpec:
+    """What a CoordinatorHost is built from."""
+
+    scenario: Document  # the validated scenario, as JSON
+    num_params: int  # of the agents' models
+    layout: str  # their layout fingerprint (protocols.delta.layout_fingerprint)
+    key: bytes  # the swarm's HMAC key
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port
+    start_round: int = 0  # a resumed run's coordinator opens at its checkpoint's round
+    counts: dict[str, int] | None = None  # its traffic counts up to that checkpoint
+
+
 class CoordinatorHost:
     """The coordinator service: collects each round's deltas over gRPC and aggregates them."""
 
-    def __init__(
-        self,
-        scenario: Document,
-        num_params: int,
-        layout: str,
-        key: bytes,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        start_round: int = 0,
-        counts: dict[str, int] | None = None,
-    ):
+    def __init__(self, spec: CoordinatorSpec):
+        scenario, key = spec.scenario, spec.key
+        num_params, layout, host, port = spec.num_params, spec.layout, spec.host, spec.port
+        start_round, counts = spec.start_round, spec.counts
         sc = Scenario.model_validate(scenario)
         self.state = CoordinatorState(
             agents=[agent_name(i) for i in range(sc.total_agents)],
