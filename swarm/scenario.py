@@ -32,7 +32,8 @@ from agents.config import LearnConfig, ModelConfig, RLConfig
 from envs.drone_patrol.config import DronePatrolConfig
 from envs.pz_config import PettingZooConfig
 from protocols.config import GossipConfig
-from protocols.faults import FaultsConfig
+from protocols.coordinator import quorum
+from protocols.faults import FaultPlan, FaultsConfig
 from swarm._config import Section
 from swarm.addresses import is_loopback
 from swarm.exchange import exchange_for
@@ -223,8 +224,6 @@ class Scenario(Section):
         return self
 
     def _check_coordinator(self) -> None:
-        from protocols.coordinator import quorum
-
         c = self.gossip.coordinator
         least = quorum(self.total_agents, c.min_completion)
         if (
@@ -277,8 +276,6 @@ class Scenario(Section):
         if f.byzantine.active and not sharing:
             raise ValueError("faults.byzantine: Byzantine agents lie in what they share")
         if f.byzantine.active or f.partitions:
-            from protocols.faults import FaultPlan
-
             FaultPlan(f, self.total_agents, self.seed)  # agents out of range, ...
 
     @property

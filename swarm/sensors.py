@@ -36,6 +36,8 @@ from typing import IO, TYPE_CHECKING, Literal, TypeGuard
 import numpy as np
 from pydantic import Field
 
+from envs import make_world
+from envs.drone_patrol.config import EVENT_CLASSES
 from swarm._config import Section
 from swarm.records import JSON, Document, as_doc
 
@@ -109,15 +111,11 @@ class SimulatedSensor:
         window: int,
         probe_per_class: int,
     ):
-        from envs import make_world
-
         if world_cfg.kind != "drone_patrol":
             raise SensorError(
                 f"sensor.kind simulated needs a drone_patrol world, not {world_cfg.kind!r}; "
                 "use a recorded file or stdin"
             )
-        from envs.drone_patrol.config import EVENT_CLASSES
-
         self.world: DronePatrolWorld = make_world(world_cfg, n_agents, seed)
         self.index = index
         self.classes = list(EVENT_CLASSES)
@@ -185,7 +183,7 @@ class StreamSensor:
             raise SensorError(f"{name}:1: the header needs 'input' (object) and 'classes' (list)")
         self.input: Document = inputs
         self.classes = [str(c) for c in classes]
-        from agents.population import flat_dim, input_config
+        from agents.population import flat_dim, input_config  # lazy: torch, for file sensors
 
         try:
             self.dim = flat_dim(input_config(self.input))
@@ -378,9 +376,6 @@ def record_world(
     `agents` to out_dir/agent-<i>.jsonl (the format `sensor.kind: file` reads), with the probe
     set in each header. Every drone reports its true class (a perfect observer), so the labels
     do not depend on any model; one pass of the physics serves every recorded drone."""
-    from envs import make_world
-    from envs.drone_patrol.config import EVENT_CLASSES
-
     if world_cfg.kind != "drone_patrol":
         raise SensorError(f"recording needs a drone_patrol world, not {world_cfg.kind!r}")
     bad = [a for a in agents if not 0 <= a < n_agents]

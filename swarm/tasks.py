@@ -166,7 +166,7 @@ class Classification(Task):
         sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
     ) -> Learning:
         from agents.learner import OnlineLearner  # torch: in the shard's process only
-        from swarm.learning import ClassifyLearning
+        from swarm.learning import ClassifyLearning  # the same: learning.py imports agents
 
         def build() -> OnlineLearner:
             return OnlineLearner(
@@ -334,7 +334,7 @@ class Reinforcement(Task):
         sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
     ) -> Learning:
         from agents.actor_critic import OnlineActorCritic  # torch: in the shard's process only
-        from swarm.learning import ControlLearning
+        from swarm.learning import ControlLearning  # the same: learning.py imports agents
 
         learner = OnlineActorCritic(
             sc.model, sc.learning, sc.rl, n_agents, info.obs_dim, info.n_actions, seed=sc.seed
