@@ -21,7 +21,7 @@ from protocols.outbox import Outboxes
 from protocols.peering import Directory
 from protocols.transport import check_health
 from swarm.node_config import NodeConfig, resolve_tls, state_dir
-from swarm.records import JSON, Document, as_doc, as_number, json_of
+from swarm.records import JSON, Document, as_doc, as_list, as_number, as_str, json_of
 from swarm.scenario import ScenarioError, load_scenario
 
 if TYPE_CHECKING:  # swarm.node imports this module to write its status
@@ -143,18 +143,6 @@ def _ago(t: JSON) -> str:
     return f"{max(0.0, time.time() - as_number(t)):.1f} s ago"
 
 
-def _str(value: JSON) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, found {value!r}")
-    return value
-
-
-def _list(value: JSON) -> list[JSON]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list, found {value!r}")
-    return value
-
-
 def _health(address: str, cfg: NodeConfig, base: Path, name: str) -> str:
     """A live health check of the node's Gossip service, with the node's own credentials."""
     tls = resolve_tls(cfg.tls, base)
@@ -185,8 +173,8 @@ def _print_view(st: Document, health: str) -> None:
         ck = as_doc(ck)
         print(f"  checkpoint: step {ck['step']}, {_ago(ck['saved_unix'])}, probe {ck['probe_acc']}")
     print(f"  {'peer':<22} {'node':<10} {'agents':<8} {'state':<8} {'last exchange':<15} queued")
-    for p in map(as_doc, _list(st["peers"])):
-        agents = ",".join(map(str, _list(p["agents"]))) or "-"
+    for p in map(as_doc, as_list(st["peers"])):
+        agents = ",".join(map(str, as_list(p["agents"]))) or "-"
         print(
             f"  {p['address']:<22} {p['node'] or '?':<10} {agents:<8} {p['state'] or '-':<8} "
             f"{_ago(p['last_exchange_unix']):<15} {p['queued']}"
@@ -204,6 +192,6 @@ def show_status(cfg: NodeConfig, base: Path) -> int:
     except (OSError, json.JSONDecodeError) as exc:
         print(f"{name}: no status at {path} ({exc}); has this node run?", file=sys.stderr)
         return 1
-    health = _health(_str(st["address"]), cfg, base, name)
+    health = _health(as_str(st["address"]), cfg, base, name)
     _print_view(st, health)
     return 0 if health == "SERVING" else 3

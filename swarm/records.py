@@ -200,19 +200,28 @@ class Row:
             tick=as_int(doc["tick"]),
             sim_time_s=as_number(doc["sim_time_s"]),
             figures=figures,
-            agents={k: [as_number(x) for x in _list(v)] for k, v in agents.items()},
+            agents={k: [as_number(x) for x in as_list(v)] for k, v in agents.items()},
         )
 
 
 def as_number(value: JSON) -> float:
+    """A number read from a JSON document; a TypeError names what was there instead."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, found {value!r}")
     return value
 
 
-def _list(value: JSON) -> list[JSON]:
+def as_list(value: JSON) -> list[JSON]:
+    """A list read from a JSON document; a TypeError names what was there instead."""
     if not isinstance(value, list):
         raise TypeError(f"expected a list, found {value!r}")
+    return value
+
+
+def as_str(value: JSON) -> str:
+    """A string read from a JSON document; a TypeError names what was there instead."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {value!r}")
     return value
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 import numpy as np
 
-from swarm.records import JSON, Document, Row, as_doc, as_int, as_number
+from swarm.records import JSON, Document, Row, as_doc, as_int, as_list, as_number, as_str
 
 if TYPE_CHECKING:  # matplotlib itself is imported lazily (see _pyplot)
     from matplotlib.artist import Artist
@@ -42,20 +42,6 @@ def _read_doc(path: Path) -> Document:
     return as_doc(json.loads(path.read_text()))
 
 
-def _items(value: JSON) -> list[JSON]:
-    """A list read from a JSON document; a TypeError names what was there instead."""
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list, found {value!r}")
-    return value
-
-
-def _text(value: JSON) -> str:
-    """A string read from a JSON document; a TypeError names what was there instead."""
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, found {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class _Event:
     """One event of layout.json's "events" (the world's ``event_log()``), as drawn."""
@@ -69,7 +55,7 @@ class _Event:
     def from_json(cls, doc: Document) -> _Event:
         return cls(
             point=as_int(doc["point"]),
-            kind=_text(doc["kind"]),
+            kind=as_str(doc["kind"]),
             appear_tick=as_int(doc["appear_tick"]),
             clear_tick=as_int(doc["clear_tick"]),
         )
@@ -193,13 +179,13 @@ def plot_trajectories(trajectory: np.ndarray, layout: Document, out: Path) -> No
     traj = np.asarray(trajectory, dtype=float)  # (T, N, 3)
     cmap = plt.get_cmap("tab10")
     _draw_paths(ax, traj, cmap)
-    points = [as_doc(p) for p in _items(layout.get("cruise_points", []))]
+    points = [as_doc(p) for p in as_list(layout.get("cruise_points", []))]
     xy = np.array([[p["x"], p["y"]] for p in points]).reshape(-1, 2)  # (P, 2)
     if len(points):
         ax.scatter(
             xy[:, 0], xy[:, 1], marker="^", s=60, color="black", zorder=5, label="cruise points"
         )
-    logged = [as_doc(e) for e in _items(layout.get("events", []))]
+    logged = [as_doc(e) for e in as_list(layout.get("events", []))]
     events = [_Event.from_json(e) for e in logged if 0 <= as_int(e["point"]) < len(points)]
     handles = _draw_events(ax, events, xy, traj.shape[0], layout, cmap) if events else []
     if traj.shape[0]:
@@ -215,9 +201,9 @@ def _draw_zones(ax: Axes, layout: Document) -> None:
     from matplotlib.patches import Rectangle  # lazy, as matplotlib itself (see _pyplot)
 
     colors = {"forest": "#cfe8c4", "city": "#e0e0e0", "river": "#cfe3f5", "industrial": "#f3e0c8"}
-    for zone in map(as_doc, _items(layout.get("zones", []))):
-        x0, y0, x1, y1 = (as_number(v) for v in _items(zone["rect"]))
-        name = _text(zone["name"])
+    for zone in map(as_doc, as_list(layout.get("zones", []))):
+        x0, y0, x1, y1 = (as_number(v) for v in as_list(zone["rect"]))
+        name = as_str(zone["name"])
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color=colors.get(name, "#eeeeee")))
         ax.text(x0 + 2, y1 - 6, name, fontsize=9, color="#555555")
     river = np.asarray(layout.get("river", []), dtype=float)
@@ -358,8 +344,8 @@ def plot_graph(graph: Document, out: Path) -> None:
     plt = _pyplot()
     g = nx.Graph()
     g.add_nodes_from(range(as_int(graph["nodes"])))
-    g.add_edges_from((as_int(a), as_int(b)) for a, b in map(_items, _items(graph["edges"])))
-    shard = [as_int(s) for s in _items(graph.get("shard_of", [0] * g.number_of_nodes()))]
+    g.add_edges_from((as_int(a), as_int(b)) for a, b in map(as_list, as_list(graph["edges"])))
+    shard = [as_int(s) for s in as_list(graph.get("shard_of", [0] * g.number_of_nodes()))]
     pos = (
         nx.circular_layout(g)
         if graph.get("kind") in ("ring", "complete", "star")
