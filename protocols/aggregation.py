@@ -154,6 +154,11 @@ def aggregate(cfg: CoordinatorConfig, deltas: Sequence[Delta], num_params: int) 
     if not deltas:
         raise ValueError("cannot aggregate an empty round")
     _, x, w = stack_deltas(deltas, num_params)
+    return aggregate_rows(cfg, x, w)
+
+
+def aggregate_rows(cfg: CoordinatorConfig, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The rule `cfg.aggregator` names over decoded deltas x (n, P) with example weights w."""
     if cfg.aggregator == "fedavg":
         return fedavg(x, w)
     if cfg.aggregator == "trimmed_mean":
@@ -171,6 +176,7 @@ def aggregate(cfg: CoordinatorConfig, deltas: Sequence[Delta], num_params: int) 
 
 __all__ = [
     "aggregate",
+    "aggregate_rows",
     "clip",
     "clipped_mean",
     "coordinate_median",

@@ -8,6 +8,14 @@ compressors converge; the coordinator path adds explicit error feedback.
 - topk:      the k = ceil(ratio * P) largest |entries| (omega = k / P), float32 values.
 - int8:      every entry, symmetric int8 with one scale = max|x| / 127 (rounded to nearest).
 - topk_int8: top-k, then int8 on the kept values.
+
+A coordinator's robust rules (median, trimmed mean, Krum) compare the agents' values
+coordinate by coordinate, so every agent must send the same coordinates: with each agent's own
+top-k, a coordinate is zero in almost every row and its median is zero, and the global model
+never moves. For those rules the sparse kinds keep their ratio and encoding but take the
+round's `shared_indices` (a random subset every agent draws from the round number, rand-k)
+instead of each agent's top-k; error feedback carries what was not sent to later rounds, as it
+does for top-k (Stich et al. 2018, sparsified SGD with memory).
 """
 
 from __future__ import annotations
@@ -66,8 +74,21 @@ def _topk(vec: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(idx).astype(np.uint32)
 
 
-def compress(vec: np.ndarray, cfg: CompressionConfig) -> Compressed:
-    """Compress a float32 vector as `cfg` says."""
+def shared_indices(num_params: int, ratio: float, round_: int) -> np.ndarray:
+    """The k = ceil(ratio * P) coordinates every agent sends in round `round_` under a robust
+    rule: a uniform random subset drawn from the round number alone, increasing (uint32)."""
+    k = max(1, math.ceil(ratio * num_params))
+    if k >= num_params:
+        return np.arange(num_params, dtype=np.uint32)
+    rng = np.random.default_rng([0x5EED, round_])
+    return np.sort(rng.choice(num_params, size=k, replace=False)).astype(np.uint32)
+
+
+def compress(
+    vec: np.ndarray, cfg: CompressionConfig, indices: np.ndarray | None = None
+) -> Compressed:
+    """Compress a float32 vector as `cfg` says; a sparse kind sends `indices` when given (the
+    round's `shared_indices`) instead of its own top-k."""
     vec = np.ascontiguousarray(vec, dtype=np.float32)
     n = vec.size
     if cfg.kind == "none":
@@ -75,7 +96,7 @@ def compress(vec: np.ndarray, cfg: CompressionConfig) -> Compressed:
     if cfg.kind == "int8":
         q, scale = _int8(vec)
         return Compressed(DENSE_INT8, n, q, scale=scale)
-    idx = _topk(vec, cfg.ratio)
+    idx = _topk(vec, cfg.ratio) if indices is None else indices
     if cfg.kind == "topk":
         return Compressed(SPARSE_F32, n, vec[idx].copy(), idx)
     q, scale = _int8(vec[idx])

@@ -64,6 +64,13 @@ class CoordinatorConfig(Section):
     min_completion: float = Field(0.5, gt=0, le=1)
     """... provided at least this fraction of the agents contributed."""
 
+    @property
+    def compares_coordinates(self) -> bool:
+        """Whether the rule compares the agents' values coordinate by coordinate (median,
+        trimmed mean, Krum's distances): then the agents send shared coordinates
+        (protocols.compression.shared_indices), not each its own top-k."""
+        return self.aggregator in ("trimmed_mean", "median", "krum", "multi_krum")
+
 
 class MembershipConfig(Section):
     """SWIM-style failure detection (defaults: hashicorp memberlist's LAN profile)."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from protocols import aggregation
-from protocols.compression import DENSE_F32, Compressed, compress
+from protocols.compression import DENSE_F32, Compressed, compress, shared_indices
 from protocols.config import CompressionConfig, CoordinatorConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
 from protocols.gossip import agent_name
@@ -55,11 +55,21 @@ class FederatedClient:
     """The agent side of coordinator rounds for the agents hosted by one node."""
 
     def __init__(
-        self, *, local: Sequence[int], x0: np.ndarray, compression: CompressionConfig, layout: str
+        self,
+        *,
+        local: Sequence[int],
+        x0: np.ndarray,
+        compression: CompressionConfig,
+        layout: str,
+        shared_coordinates: bool = False,
     ):
+        """shared_coordinates: every agent sends the round's `shared_indices` instead of its
+        own top-k (what the coordinator's coordinate-wise robust rules need; see
+        protocols.compression and CoordinatorConfig.compares_coordinates)."""
         self.local = list(local)
         self.layout = layout
         self.compression = compression
+        self.shared_coordinates = shared_coordinates
         self.global_model = np.array(x0, dtype=np.float32, copy=True)
         self.version = 0
         self.error = np.zeros((len(self.local), x0.size), dtype=np.float32)
@@ -68,9 +78,12 @@ class FederatedClient:
         self, x: np.ndarray, round_: int, examples: Sequence[int] | np.ndarray
     ) -> list[Delta]:
         out = []
+        shared = None
+        if self.shared_coordinates:
+            shared = shared_indices(self.global_model.size, self.compression.ratio, round_)
         for row, i in enumerate(self.local):
             v = x[row] - self.global_model + self.error[row]
-            payload = compress(v, self.compression)
+            payload = compress(v, self.compression, shared)
             q = payload.decode()
             self.error[row] = v - q
             out.append(

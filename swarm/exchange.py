@@ -391,7 +391,11 @@ class Coordinated(Networked):
         super().__init__(w, plan)
         sc = w.sc
         self.client = FederatedClient(
-            local=w.agents, x0=self.x0, compression=sc.gossip.compression, layout=self.layout
+            local=w.agents,
+            x0=self.x0,
+            compression=sc.gossip.compression,
+            layout=self.layout,
+            shared_coordinates=sc.gossip.coordinator.compares_coordinates,
         )
 
     def connect(self, endpoints: list[str], coordinator: str) -> None:

@@ -280,6 +280,7 @@ class Node:
             x0=self.x[0].copy(),
             compression=sc.gossip.compression,
             layout=self.layout,
+            shared_coordinates=sc.gossip.coordinator.compares_coordinates,
         )
         link = CoordinatorLink(self.peers, cfg.coordinator, self.codec)
         return Federation(link, client, sc.gossip.coordinator.round_timeout_s + PUSH_TIMEOUT_S)
