@@ -30,7 +30,7 @@ from swarm.records import Figure, Row, as_doc, as_number, figures_of
 from swarm.report import _pyplot
 from swarm.runner import Runner, start_ray, stop_ray
 from swarm.scenario import Scenario
-from swarm.tasks import task_named
+from swarm.tasks import Task, task_named
 
 MODES = ("isolated", "decentralized", "coordinator", "centralized")
 #: The issue's goals for decentralized gossip, checked in the table.
@@ -142,7 +142,6 @@ def write_results(result: CompareResult, sc: Scenario) -> str:
     runs_json = [dataclasses.asdict(r) for r in result.runs]
     (out / "compare.json").write_text(json.dumps(runs_json, indent=2, sort_keys=True))
     task = task_named(result.runs[0].task)
-    key, label = task.headline
     by_mode: dict[str, list[ModeRun]] = {}
     for r in result.runs:
         by_mode.setdefault(r.mode, []).append(r)
@@ -151,47 +150,82 @@ def write_results(result: CompareResult, sc: Scenario) -> str:
         f"# swarm compare: {sc.name}, {sc.agents.count} agents, {sc.ticks} ticks, "
         f"seeds {', '.join(map(str, seeds))}",
         "",
-        f"| mode | {label} | bytes sent (MiB) | x fewer than dense fp32 | task score | wall s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *_mode_table(by_mode, task.headline),
+        "",
+        "Spread: ± one standard deviation over the seeds.",
+        "",
+        *_verdicts(by_mode, task),
     ]
-    mean_of: dict[str, float] = {}
-    for mode, runs in by_mode.items():
-        vals = [r.figure(key) for r in runs]
-        finite = [v for v in vals if v is not None]
-        mean_of[mode] = float(np.mean(finite)) if finite else float("nan")
-        sent: list[Figure] = [(r.figure("gossip/bytes_sent") or 0) / 2**20 for r in runs]
-        ratio = [r.figure("gossip/compression_ratio") for r in runs]
-        score = [r.figure("task/score") for r in runs]
-        wall: list[Figure] = [r.wall_s for r in runs]
-        lines.append(
-            f"| {mode} | {_stats(vals)} | {_stats(sent)} | {_stats(ratio)} | {_stats(score)} "
-            f"| {_stats(wall)} |"
-        )
-    lines += ["", "Spread: ± one standard deviation over the seeds.", ""]
-    if {"decentralized", "centralized", "isolated"} <= set(mean_of):
-        dec, cen, iso = mean_of["decentralized"], mean_of["centralized"], mean_of["isolated"]
-        ratios = [r.figure("gossip/compression_ratio") for r in by_mode["decentralized"]]
-        fewer = float(np.mean([r for r in ratios if r])) if any(ratios) else float("nan")
-        if task.headline_is_a_share:
-            of = dec / cen if cen else float("nan")
-            goal = of >= GOAL_OF_CENTRALIZED
-            lines.append(
-                f"- decentralized reaches {100 * of:.1f}% of the centralized learner's final "
-                f"{label} (goal >= {100 * GOAL_OF_CENTRALIZED:.0f}%): "
-                f"**{'met' if goal else 'missed'}**"
-            )
-        lines.append(
-            f"- decentralized vs isolated: {dec - iso:+.3f} ({label}); "
-            f"**{'above' if dec > iso else 'not above'}**"
-        )
-        lines.append(
-            f"- decentralized sends {fewer:.1f}x fewer bytes than dense sharing (goal >= "
-            f"{GOAL_FEWER_BYTES:.0f}x): **{'met' if fewer >= GOAL_FEWER_BYTES else 'missed'}**"
-        )
     table = "\n".join(lines) + "\n"
     (out / "compare.md").write_text(table)
-    _plot(by_mode, label, out)
+    _plot(by_mode, task.headline[1], out)
     return table
+
+
+def _mean(runs: list[ModeRun], key: str) -> float:
+    finite = [v for v in (r.figure(key) for r in runs) if v is not None]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _mode_table(by_mode: dict[str, list[ModeRun]], headline: tuple[str, str]) -> list[str]:
+    """One row per mode: what the swarm knows (the headline), what it did (task score,
+    altitude-limit violations), what it sent, and how long it took."""
+    key, label = headline
+    lines = [
+        f"| mode | {label} | task score | altitude violations | bytes sent (MiB) "
+        "| x fewer than dense fp32 | wall s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for mode, runs in by_mode.items():
+        sent: list[Figure] = [(r.figure("gossip/bytes_sent") or 0) / 2**20 for r in runs]
+        wall: list[Figure] = [r.wall_s for r in runs]
+        cells = [
+            [r.figure(key) for r in runs],
+            [r.figure("task/score") for r in runs],
+            [r.figure("task/altitude_violations") for r in runs],
+            sent,
+            [r.figure("gossip/compression_ratio") for r in runs],
+            wall,
+        ]
+        lines.append(f"| {mode} | " + " | ".join(_stats(c) for c in cells) + " |")
+    return lines
+
+
+def _verdicts(by_mode: dict[str, list[ModeRun]], task: type[Task]) -> list[str]:
+    """The goals: decentralized against centralized and isolated, in what the swarm knows and
+    in what it did (the task score), and in bytes."""
+    if not {"decentralized", "centralized", "isolated"} <= set(by_mode):
+        return []
+    key, label = task.headline
+    dec, cen, iso = (_mean(by_mode[m], key) for m in ("decentralized", "centralized", "isolated"))
+    lines = []
+    if task.headline_is_a_share:
+        of = dec / cen if cen else float("nan")
+        goal = of >= GOAL_OF_CENTRALIZED
+        lines.append(
+            f"- decentralized reaches {100 * of:.1f}% of the centralized learner's final "
+            f"{label} (goal >= {100 * GOAL_OF_CENTRALIZED:.0f}%): "
+            f"**{'met' if goal else 'missed'}**"
+        )
+    lines.append(
+        f"- decentralized vs isolated: {dec - iso:+.3f} ({label}); "
+        f"**{'above' if dec > iso else 'not above'}**"
+    )
+    score = {m: _mean(by_mode[m], "task/score") for m in by_mode}
+    if not np.isnan(score["isolated"]):
+        for mode in (m for m in by_mode if m != "isolated"):
+            gain = score[mode] - score["isolated"]
+            won = "won" if gain > 0 else "did not win"
+            lines.append(
+                f"- {mode} vs isolated in the task: score {gain:+.3f}; sharing **{won}** the task"
+            )
+    ratios = [r.figure("gossip/compression_ratio") for r in by_mode["decentralized"]]
+    fewer = float(np.mean([r for r in ratios if r])) if any(ratios) else float("nan")
+    lines.append(
+        f"- decentralized sends {fewer:.1f}x fewer bytes than dense sharing (goal >= "
+        f"{GOAL_FEWER_BYTES:.0f}x): **{'met' if fewer >= GOAL_FEWER_BYTES else 'missed'}**"
+    )
+    return lines
 
 
 def _plot(by_mode: dict[str, list[ModeRun]], label: str, out: Path) -> None:

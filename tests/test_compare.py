@@ -47,3 +47,38 @@ def test_compare_runs_each_mode_and_writes_table_and_plots(ray_local, tmp_path: 
     assert "| isolated |" in table and "| centralized |" in table and " ± " in table
     for name in ("compare_curves.png", "compare_bytes.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_the_table_puts_what_the_swarm_did_beside_what_it_knows(tmp_path: Path) -> None:
+    """compare.md from given runs (no Ray): the task score and violations per mode, and a
+    verdict per sharing mode on whether sharing won the task."""
+    from swarm.compare import CompareResult, ModeRun, write_results
+
+    def run(mode: str, seed: int, acc: float, score: float, violations: float) -> ModeRun:
+        metrics = {
+            "learn/probe_acc": acc,
+            "task/score": score,
+            "task/altitude_violations": violations,
+            "gossip/bytes_sent": 2**20,
+            "gossip/dense_bytes": 2**25,
+            "gossip/compression_ratio": 32.0,
+        }
+        return ModeRun(mode, seed, "", "classify", metrics, 1.0, [(0.0, 0.1), (1.0, acc)])
+
+    runs = [
+        run("isolated", 1, 0.40, 0.70, 9),
+        run("isolated", 2, 0.42, 0.72, 11),
+        run("decentralized", 1, 0.80, 0.85, 3),
+        run("decentralized", 2, 0.82, 0.87, 1),
+        run("centralized", 1, 0.84, 0.68, 4),
+        run("centralized", 2, 0.86, 0.70, 4),
+    ]
+    table = write_results(CompareResult(tmp_path, runs), load_scenario(TINY))
+    header = next(line for line in table.splitlines() if line.startswith("| mode |"))
+    assert "task score" in header and "altitude violations" in header
+    assert "| decentralized | 0.810 ± 0.014 | 0.860 ± 0.014 | 2.000 ± 1.414 |" in table
+    assert (
+        "- decentralized vs isolated in the task: score +0.150; sharing **won** the task" in table
+    )
+    assert "- centralized vs isolated in the task: score -0.020; sharing **did not win**" in table
+    assert (tmp_path / "compare.md").read_text() == table
