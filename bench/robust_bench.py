@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python bench/robust_bench.py                  # 24 drones, 600 ticks, 3 seeds
     .venv/bin/python bench/robust_bench.py --seeds 1 --agents 12   # quicker
+    .venv/bin/python bench/robust_bench.py --quick          # every code path, ~5 min
     .venv/bin/python bench/robust_bench.py --write          # also rewrite its BENCHMARKS.md section
 
 scenarios/drone_patrol.yaml with `gossip.topology: coordinator` and the shipped compression
@@ -84,8 +85,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ticks", type=int, default=None)
     ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--quick", action="store_true", help="8 drones, 1 seed, 100 ticks")
     ap.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
     args = ap.parse_args()
+    if args.quick:
+        args.agents, args.seeds, args.ticks = 8, 1, 100
     base = load_scenario(REPO / "scenarios" / "drone_patrol.yaml")
     if args.ticks:
         base = base.model_copy(update={"ticks": args.ticks})
