@@ -116,10 +116,6 @@ class Traffic:
     def sent_per_agent(self, n_agents: int) -> list[int]:
         return self.bytes_sent if self.bytes_sent is not None else [0] * n_agents
 
-    def receiver_counts(self) -> dict[str, int]:
-        """What the accounting reads from a receiver (swarm.accounting.account)."""
-        return self.counters
-
 
 @dataclass
 class ShardMeasure:

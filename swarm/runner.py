@@ -437,7 +437,7 @@ class Runner:
     def _accounting(self) -> Document:
         """The run's message accounting (swarm/accounting.py), and each shard's part of it in
         its placement entry."""
-        receivers = [t.receiver_counts() for t in self.last_traffic]
+        receivers = [t.counters for t in self.last_traffic]  # what each shard received
         if self.coordinator_traffic:
             receivers.append(self.coordinator_traffic)
         accounting = account(

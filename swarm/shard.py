@@ -209,15 +209,15 @@ class AgentShard:
             pooled=kind.pooled,
             twins=kind.rounds and sc.baseline.isolated,
         )
-        self.exchange: Exchange = make_exchange(self._wiring(spec), self._fault_plan())
+        self.exchange: Exchange = make_exchange(self._wiring(spec, kind.serves), self._fault_plan())
         # Live figures as Ray metrics (swarm/telemetry.py), labelled with the run id (`run`,
         # the run directory's name; the scenario name when not given) and this shard.
         self.telemetry = Telemetry(spec.run or sc.name, shard=self.node)
         self.restored = self._restore_at_start(spec)
 
-    def _wiring(self, spec: ShardSpec) -> Wiring:
+    def _wiring(self, spec: ShardSpec, serves: bool) -> Wiring:
+        """serves: the exchange runs a gRPC server (it needs hosts to bind and advertise)."""
         population = self.learning.population
-        serves = exchange_for(self.sc.gossip.topology).serves
         listen, advertise = _hosts(self.sc, spec.host) if serves else (spec.host, spec.host)
         return Wiring(
             sc=self.sc,
