@@ -154,6 +154,7 @@ class OnlineLearner:
         """obs_dim: the width of a vector observation, or the InputConfig (or its dict, e.g. a
         world's `input_config()`) of an image + vector one; `self.obs_dim` is the flat width."""
         self.learn_cfg = learn_cfg
+        self.seed = seed
         self.population = Population(model_cfg, learn_cfg, n_agents, obs_dim, n_classes, seed)
         obs_dim = self.population.obs_dim
         self.n_agents, self.obs_dim, self.n_classes = n_agents, obs_dim, n_classes
@@ -203,6 +204,22 @@ class OnlineLearner:
         self._n += 1
         logits = self.population.step(obs)  # (K, n_classes)
         return logits.argmax(-1).numpy().astype(np.int64)
+
+    def renew(self, agents: list[int]) -> None:
+        """Fresh agents (new devices joining): the initial model, and nothing learned or
+        remembered (replay, EWC anchor, example counts)."""
+        if not agents:
+            return
+        self.population.renew(agents, self.seed)
+        self.replay.size[agents] = 0
+        self.replay.seen[agents] = 0
+        if self.recent is not None:
+            self.recent.count[agents] = 0
+            self.recent.fresh[agents] = 0
+        if self.ewc is not None:
+            self.ewc.fisher[agents] = 0.0
+            self.ewc.anchor[agents] = 0.0
+        self._new_examples[agents] = 0
 
     def _last_tick(self) -> int:
         return int(self._ticks[(self._n - 1) % self._ring])

@@ -196,6 +196,19 @@ class Population:
     def reset_state(self) -> None:
         self.state = init_state(self.model_cfg, self.n_agents, 1)
 
+    @torch.no_grad()
+    def renew(self, agents: list[int], seed: int) -> None:
+        """Give these agents a fresh model (a new device joining): their rows back to the
+        initial parameters of `seed` (what every agent started from), their optimizer state
+        and recurrent state forgotten (not with `pooled`: one model that everyone uses)."""
+        if not agents or self.pooled:  # one pooled model: a newcomer flies with it
+            return
+        self.flat[agents] = init_flat(self.model_cfg, self.inputs, self.n_classes, seed)
+        self.optimizer.reset(agents)
+        for slope, decay in self.state:  # zero state: an empty history
+            slope[agents] = 0.0
+            decay[agents] = 0.0
+
     def split_obs(self, x: Tensor) -> Obs:
         """Flat observations (..., obs_dim) -> the model's observation: `x` itself for a
         vector-only input, else {"image": (..., H, W, C), "vector": (..., vector_dim)} (views)."""

@@ -75,9 +75,10 @@ def main() -> None:
     torch.set_num_threads(1)  # as each shard does: one core, float sums in a fixed order
 
     # The scenario file holds every setting. Keep its world, with fewer drones and without its
-    # departure of drone_11 (who does not exist here), its model and its learning settings.
+    # departure and arrival of drones that do not exist here), its model and its learning
+    # settings.
     sc = load_scenario(SCENARIO)
-    world = make_world(sc.world.model_copy(update={"departures": []}), args.agents, sc.seed)
+    world = make_world(sc.world.model_copy(update={"departures": [], "arrivals": []}), args.agents, sc.seed)
     # The population: the Yan models stacked in one learner (an AgentShard hosts a few so).
     learner = OnlineLearner(
         sc.model, sc.learning, args.agents, world.input_config(), world.n_classes, seed=sc.seed

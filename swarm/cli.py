@@ -2,7 +2,7 @@
 
     swarm run scenarios/drone_patrol.yaml        # embedded Ray; --address joins a cluster
     swarm validate scenarios/drone_patrol.yaml   # check a file without running it
-    swarm report runs/<run-id>                   # redraw the plots of a finished run
+    swarm report runs/<run-id>                   # redraw the plots of a finished run, replay.gif
 
 A bad scenario file exits with status 2 and one paragraph naming file, key path and line.
 """
@@ -33,7 +33,7 @@ from swarm.compare import compare as run_compare
 from swarm.coordinator_service import main as serve
 from swarm.node import main as node_main
 from swarm.records import Document, Figure, as_doc, as_number, figures_of
-from swarm.report import write_plots
+from swarm.report import ReplayUnavailable, write_plots, write_replay
 from swarm.resume import read_latest
 from swarm.runner import RunError, Runner, new_run_dir
 from swarm.scenario import Scenario, ScenarioError, load_scenario
@@ -272,16 +272,53 @@ def compare(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<run-id>).")) -> None:
-    """Redraw the plots of a finished run from its metrics.jsonl."""
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<run-id>)."),
+    replay: bool = typer.Option(
+        True, "--replay/--no-replay", help="Also animate the run as replay.gif (a few seconds)."
+    ),
+    replay_step: int | None = typer.Option(
+        None, "--replay-step", min=1, help="Ticks between replay frames (default: ~120 frames)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Redraw the plots of a finished run from its metrics.jsonl, and its replay.gif."""
 
     if not (run_dir / "metrics.jsonl").exists():
         raise typer.BadParameter(f"{run_dir} has no metrics.jsonl", param_hint="RUN_DIR")
     for path in write_plots(run_dir):
         out.print(f"wrote {path}")
+    if replay:
+        _report_replay(run_dir, replay_step, progress)
     summary = run_dir / "summary.json"
     if summary.exists():
         print_summary(json.loads(summary.read_text()))
+
+
+def _report_replay(run_dir: Path, step: int | None, progress: bool) -> None:
+    """Write the run's replay.gif with a frame progress bar, or say why there is none."""
+    bar = Progress(
+        TextColumn("replay.gif"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+        transient=True,
+    )
+    task = bar.add_task("replay", total=None)
+
+    def on_frame(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    try:
+        with bar:
+            gif = write_replay(run_dir, step, on_frame)
+    except ReplayUnavailable as e:
+        out.print(f"no replay: {e}", markup=False, soft_wrap=True)
+        return
+    out.print(f"wrote {gif} ({bar.tasks[0].completed:.0f} frames)")
 
 
 @app.command()

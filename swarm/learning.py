@@ -73,8 +73,16 @@ class ClassifyLearning(Learning):
     """Each agent classifies what it senses; labels arrive late and for a fraction of reports.
     An isolated twin of each agent learns on the same stream and never shares (the baseline)."""
 
-    def __init__(self, learner: OnlineLearner, shadow: OnlineLearner | None, learn_every: int):
+    def __init__(
+        self,
+        learner: OnlineLearner,
+        shadow: OnlineLearner | None,
+        learn_every: int,
+        join_tick: list[int] | None = None,
+    ):
         self.learner, self.shadow = learner, shadow
+        #: (N,) the tick each agent of the swarm joins with a fresh model (0: from the start)
+        self.join_tick = np.asarray(join_tick or [], np.int64)
         self.learners: dict[str, Learner] = {"learner": learner}
         if shadow is not None:
             self.learners["shadow"] = shadow
@@ -90,10 +98,12 @@ class ClassifyLearning(Learning):
         labels[:, 0] -= lo
         obs = step.obs[lo:hi]
         learn = step.tick > 0 and step.tick % self.learn_every == 0
+        joining = np.flatnonzero(self.join_tick[lo:hi] == step.tick).tolist() if step.tick else []
         out = None
         for learner in (self.learner, self.shadow):
             if learner is None:
                 continue
+            learner.renew(joining)  # newcomers take off with a fresh model
             learner.add_labels(labels)
             if learn:
                 stats = learner.learn_step()

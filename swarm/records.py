@@ -70,6 +70,8 @@ class WorldInfo:
     n_classes: int = 0
     classes: list[str] = field(default_factory=list)
     n_actions: int = 0
+    # the tick at which each agent joins with a fresh model (0: there from the start)
+    join_tick: list[int] = field(default_factory=list)
 
     @property
     def model_inputs(self) -> int | Document:

@@ -148,6 +148,7 @@ class Classification(Task):
             inputs=inputs,
             n_classes=world.n_classes,
             classes=list(EVENT_CLASSES),
+            join_tick=world.join_ticks(),
         )
 
     @staticmethod
@@ -178,7 +179,7 @@ class Classification(Task):
         learner.population.pooled = pooled
         # The isolated baseline: same observations, same labels, same seed, never shares.
         shadow = build() if twins else None
-        return ClassifyLearning(learner, shadow, sc.learning.learn_every)
+        return ClassifyLearning(learner, shadow, sc.learning.learn_every, info.join_tick)
 
     @staticmethod
     def row(
@@ -203,6 +204,9 @@ class Classification(Task):
                 row[f"learn/recognised/{name}"] = float(np.mean(per_class[:, c] >= RECOGNISED))
         into.agents["learn/probe_acc"] = [round(float(a), 6) for a in acc]
         into.agents["learn/probe_acc_isolated"] = [round(float(a), 6) for a in iso]
+        # what each agent knows: the event kinds it recognises (the replay colours by it)
+        known = (per_class[:, 1:] >= RECOGNISED).sum(1)
+        into.agents["learn/kinds_recognised"] = [int(k) for k in known]
 
     @staticmethod
     def final(
@@ -214,6 +218,7 @@ class Classification(Task):
             - last.value("learn/probe_acc_isolated")
         }
         out.update(spread(rows, info.classes, first_labels, sc.world.tick_s))
+        out.update(newcomer_figures(rows, info.join_tick, sc))
         out.update(continual_figures(rows, info.classes, first_labels, sc))
         return out
 
@@ -260,6 +265,53 @@ def spread(
             if r.sim_time_s >= first and r.value(f"learn/recognised/{name}") >= SPREAD_SHARE
         ]
         out[f"learn/spread_s/{name}"] = reached[0] - first if reached else None
+    return out
+
+
+#: A newcomer has caught up once its probe accuracy reaches this share of the swarm's.
+CATCH_UP_SHARE = 0.9
+
+
+def catch_up_tick(rows: list[Row], key: str, join: list[int]) -> dict[int, int | None]:
+    """For each agent that joins later (join tick > 0): the first metrics row after its join
+    at which its `key` (a per-agent figure) reaches CATCH_UP_SHARE of the mean over the
+    agents there from the start; ticks after the join, None if it never does in the run."""
+    first = [i for i, t in enumerate(join) if t == 0]
+    out: dict[int, int | None] = {}
+    for j, t in enumerate(join):
+        if t == 0:
+            continue
+        out[j] = None
+        for r in rows:
+            acc = r.agents.get(key)
+            # a row at tick r.tick measures after the acts of ticks < r.tick; the newcomer's
+            # fresh model acts from tick t on
+            if r.tick <= t or not acc or not first:
+                continue
+            if acc[j] >= CATCH_UP_SHARE * float(np.mean([acc[i] for i in first])):
+                out[j] = r.tick - t
+                break
+    return out
+
+
+def newcomer_figures(rows: list[Row], join: list[int], sc: Scenario) -> dict[str, Figure]:
+    """How long the agents that join mid-run with a fresh model take to know what the swarm
+    knows: `learn/newcomer_catchup_s` (simulated s from the join to the first metrics row at
+    which each reaches CATCH_UP_SHARE of the swarm's mean probe accuracy; the slowest newcomer)
+    and `learn/newcomer_catchup_rounds` (the same in gossip rounds); `..._isolated` for their
+    isolated twins against the isolated twins. None: not within the run (or no newcomer)."""
+    out: dict[str, Figure] = {}
+    if not any(join):
+        return out
+    for key, suffix in (("learn/probe_acc", ""), ("learn/probe_acc_isolated", "_isolated")):
+        ticks = list(catch_up_tick(rows, key, join).values())
+        slowest = None if None in ticks else max(t for t in ticks if t is not None)
+        out[f"learn/newcomer_catchup_s{suffix}"] = (
+            None if slowest is None else slowest * sc.world.tick_s
+        )
+        out[f"learn/newcomer_catchup_rounds{suffix}"] = (
+            None if slowest is None else slowest / sc.gossip.interval
+        )
     return out
 
 

@@ -62,6 +62,17 @@ class Departure(Section):
     """Simulated time at which it leaves: it flies home and lands, and no longer patrols."""
 
 
+class Arrival(Section):
+    """A drone that joins the patrol mid-run, with a fresh model (a replacement, a new unit)."""
+
+    agent: int = Field(ge=0)
+    """Index of the drone (``drone_<agent>``)."""
+    at_s: float = Field(gt=0)
+    """Simulated time at which it takes off and joins its group's patrol. Until then it stands
+    on the ground at its start position: it patrols, observes, reports and learns nothing, and
+    the learners give it a fresh model when it joins."""
+
+
 class DronePatrolConfig(Section):
     """A PyBullet area with zones, a river, cruise points and events from the brief."""
 
@@ -101,6 +112,12 @@ class DronePatrolConfig(Section):
     re-balanced whenever a drone leaves."""
     departures: list[Departure] = Field(default_factory=list)
     """Drones that leave the patrol mid-run (the others take over their cruise points)."""
+    arrivals: list[Arrival] = Field(default_factory=list)
+    """Drones that join mid-run with a fresh model (the others make room for them)."""
+    rotation_s: float | None = Field(None, gt=0)
+    """Shift rotation (``patrol: zones``): every ``rotation_s`` simulated seconds each zone's
+    drones move on to the next zone (ZONES order), so every drone meets, in turn, kinds it may
+    never have had a label of. None: drones keep their zone."""
     feature_dim: int = Field(12, ge=2, le=1024)
     """Length of the event signature part of a feature observation."""
     feature_noise: float = Field(0.6, ge=0)
@@ -139,6 +156,33 @@ class DronePatrolConfig(Section):
                 f"patrol: zones and sensor: features (got patrol: {self.patrol}, sensor: "
                 f"{self.sensor})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rotation_by_zone(self) -> DronePatrolConfig:
+        if self.rotation_s is not None and (self.patrol != "zones" or self.physics_workers > 1):
+            # 'shared' has no zones to rotate through; the physics pool keeps a zone's drones
+            # in their own process, which a drone moving to another zone would leave
+            raise ValueError(
+                f"rotation_s moves drones from zone to zone: it needs patrol: zones and "
+                f"physics_workers: 1 (got patrol: {self.patrol}, physics_workers: "
+                f"{self.physics_workers})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _arrivals_before_departures(self) -> DronePatrolConfig:
+        joins: dict[int, float] = {}
+        for a in self.arrivals:
+            if a.agent in joins:
+                raise ValueError(f"arrivals: agent {a.agent} (drone_{a.agent}) arrives twice")
+            joins[a.agent] = a.at_s
+        for d in self.departures:
+            if d.agent in joins and d.at_s <= joins[d.agent]:
+                raise ValueError(
+                    f"departures: agent {d.agent} (drone_{d.agent}) departs at {d.at_s:g} s, "
+                    f"not after it arrives ({joins[d.agent]:g} s)"
+                )
         return self
 
     @model_validator(mode="after")

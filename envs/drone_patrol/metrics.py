@@ -65,6 +65,23 @@ for every point after every tick.
   does not count) within the last ``tour_s``; sampled over the run it is the coverage ratio over
   time. 1.0 without points.
 
+First encounters: a drone *first encounters* a kind when an event of that kind comes into its
+view (a patrolling drone, nearest point in sensing range) while the drone has never had a label of
+the kind; the encounter lasts while that event stays its view (one pass by one point) and is
+*recognised* if the drone reports the kind at least once meanwhile. What the drone can know then
+comes only from the other drones' knowledge (or from the kind's resemblance to what it was
+taught). An encounter counts for the swarm-known figures when the kind had been labelled
+somewhere in the swarm at least ``KNOWN_LEAD_S`` earlier: a kind nobody has been taught yet
+cannot be known by sharing, whatever the exchange.
+
+- ``task/first_encounters``, ``task/first_encounter_recall`` (recognised / encounters; 1.0
+  without any): swarm-known encounters; ``task/first_encounters_all``,
+  ``task/first_encounter_recall_all``: every first encounter (at the start no drone knows
+  anything, so these include the swarm's own first lessons).
+- ``task/first_sign_passages``, ``task/first_sign_violations``: each drone's first sign passage
+  while it has had no sign label and the sign was swarm-known (as above), and how many of those
+  were below the limit: whether a drone obeys the first sign it meets on the others' knowledge.
+
 Score: ``task/score = f1 * compliance`` in [0, 1]: 1 only for a swarm that detects every event
 in view without false alarms and obeys every sign it passes, 0 if it detects nothing or breaks
 every sign. A product rather than a mean, so that neither half can buy off the other.
@@ -77,6 +94,11 @@ import numpy as np
 from envs.drone_patrol.config import EVENT_CLASSES
 from envs.drone_patrol.events import EventRecord
 
+SIGN = EVENT_CLASSES.index("altitude_limit_sign")
+
+#: Lead of the swarm-known first encounters: the kind's first label anywhere at least this long
+#: before (s); one metrics interval and a few gossip rounds of the default patrol.
+KNOWN_LEAD_S = 30.0
 #: Deadline of ``task/miss_rate``: half the default event lifetime (60 s), so a report still
 #: leaves most of an event's life to act on it.
 DETECT_DEADLINE_S = 30.0
@@ -88,10 +110,11 @@ class PatrolMetrics:
         tick_s: float,
         point_zone: list[str] | None = None,
         tour_s: float = 0.0,
+        n_agents: int = 0,
     ):
         """``point_zone``: zone name of each cruise point (per-zone keys, point coverage);
         ``tour_s``: one drone's time for a tour of every point (normalised idleness,
-        coverage window)."""
+        coverage window); ``n_agents``: drones whose first encounters are followed."""
         self.tick_s = tick_s
         self.point_zone = list(point_zone or [])
         self.tour_s = tour_s
@@ -116,6 +139,16 @@ class PatrolMetrics:
         self.now_s = 0.0
         self.last_visit_s = np.zeros(n_points)  # (P,) with the t = 0 convention
         self.last_real_visit_s = np.full(n_points, -np.inf)  # (P,) real visits only
+        c = len(EVENT_CLASSES)
+        self.has_label = np.zeros((n_agents, c), dtype=bool)  # (N, C) a drone had a label of c
+        self.first_label_tick = np.full(c, np.iinfo(np.int64).max)  # (C,) first anywhere
+        self.enc_state = np.zeros((n_agents, c), dtype=np.int8)  # 0 none, 1 on, 2 over
+        self.enc_event = np.full((n_agents, c), -1, dtype=np.int64)  # (N, C) its event id
+        self.enc_hit = np.zeros((n_agents, c), dtype=bool)  # (N, C) recognised
+        self.enc_known = np.zeros((n_agents, c), dtype=bool)  # (N, C) the kind swarm-known
+        self.first_sign_seen = np.zeros(n_agents, dtype=bool)  # (N,) its first passage counted
+        self.first_sign_passages = 0
+        self.first_sign_violations = 0
 
     def _mask(self, x: np.ndarray) -> np.ndarray:
         return x if self.active is None else x[self.active]
@@ -125,7 +158,50 @@ class PatrolMetrics:
         for e in np.unique(ids[ids >= 0]):
             self.first_seen.setdefault(int(e), tick)
 
+    def labelled(self, tick: int, labels: np.ndarray) -> None:
+        """Labels (M, 3) rows (agent, tick of observation, class) delivered at ``tick``."""
+        if not labels.size or not self.has_label.size:
+            return
+        self.has_label[labels[:, 0], labels[:, 2]] = True
+        cls = np.unique(labels[:, 2])
+        self.first_label_tick[cls] = np.minimum(self.first_label_tick[cls], tick)
+
+    def _known(self, tick: int) -> np.ndarray:
+        """(C,) bool: each kind labelled somewhere at least KNOWN_LEAD_S before ``tick``."""
+        lead = int(np.ceil(KNOWN_LEAD_S / self.tick_s - 1e-9))
+        return self.first_label_tick <= tick - lead
+
+    def _encounters(self, tick: int, pred: np.ndarray, true: np.ndarray, eid: np.ndarray) -> None:
+        """Follow first encounters on one tick's full (N,) arrays."""
+        cur = eid if self.active is None else np.where(self.active, eid, -1)
+        on = self.enc_state == 1  # (N, C)
+        still = on & (self.enc_event == cur[:, None])
+        self.enc_state[on & ~still] = 2  # the event left the drone's view
+        self.enc_hit |= still & (pred[:, None] == np.arange(self.enc_state.shape[1])[None])
+        i = np.flatnonzero((cur >= 0) & (true > 0))
+        c = true[i]
+        new = (self.enc_state[i, c] == 0) & ~self.has_label[i, c]
+        i, c = i[new], c[new]
+        self.enc_state[i, c] = 1
+        self.enc_event[i, c] = cur[i]
+        self.enc_hit[i, c] = pred[i] == c
+        self.enc_known[i, c] = self._known(tick)[c]
+
+    def sign_passed(self, tick: int, drones: np.ndarray, below: np.ndarray) -> None:
+        """Sign passages of one tick in time order: the drones (M,) and whether each was below
+        the limit (M,); a drone's first one while it had no sign label counts."""
+        if not self.has_label.size or not self._known(tick)[SIGN]:
+            return
+        for i, low in zip(drones.tolist(), below.tolist(), strict=True):
+            if self.first_sign_seen[i] or self.has_label[i, SIGN]:
+                continue
+            self.first_sign_seen[i] = True
+            self.first_sign_passages += 1
+            self.first_sign_violations += int(low)
+
     def scored(self, tick: int, pred: np.ndarray, true: np.ndarray, event_ids: np.ndarray) -> None:
+        if self.has_label.size:
+            self._encounters(tick, pred, true, event_ids)
         pred, true, event_ids = self._mask(pred), self._mask(true), self._mask(event_ids)
         report = pred != 0
         hit = report & (pred == true)
@@ -230,6 +306,23 @@ class PatrolMetrics:
             "task/point_coverage": float(covered.mean()) if covered.size else 1.0,
             "task/score": float(f1 * compliance),
         }
+        out.update(self._first_encounter_figures())
         if self.point_zone:
             out.update(self._first_detect(log, now_tick))
         return out
+
+    def _first_encounter_figures(self) -> dict[str, float]:
+        began = self.enc_state > 0  # (N, C)
+        known = began & self.enc_known
+        return {
+            "task/first_encounters": float(known.sum()),
+            "task/first_encounter_recall": float((self.enc_hit & known).sum() / known.sum())
+            if known.any()
+            else 1.0,
+            "task/first_encounters_all": float(began.sum()),
+            "task/first_encounter_recall_all": float((self.enc_hit & began).sum() / began.sum())
+            if began.any()
+            else 1.0,
+            "task/first_sign_passages": float(self.first_sign_passages),
+            "task/first_sign_violations": float(self.first_sign_violations),
+        }

@@ -17,8 +17,9 @@ made is the coordination strategy (``cfg.patrol``):
 
 A drone's *group* is the drones on the same route (a zone's drones; one drone per segment).
 Drones of a group get distinct cruise altitudes spread over ``cruise_altitude_m +-
-ALT_HALF_BAND_M`` (narrowed so the band stays below the altitude limit and above 1 m), so drones
-that meet at a point are at different heights, and their own hover slots, ``SLOT_RADIUS_M`` from
+ALT_HALF_BAND_M`` (narrowed so the band stays below the altitude limit and above 1 m; over all drones with
+``rotation_s``, whose groups cross between zones), so drones that meet at a point are at
+different heights, and their own hover slots, ``SLOT_RADIUS_M`` from
 the point at angle ``2 pi j / m``: drones stacked at one point are apart horizontally too, so one
 climbing through another's altitude (a sign) misses. In 'shared' mode the altitudes and slots are
 spread over all drones (segment routes cross on the way between segments).
@@ -32,6 +33,17 @@ spread over all drones (segment routes cross on the way between segments).
   ``altitude_limit_m``; if it is some other point it is passing, it holds its horizontal
   position until above the limit. It descends to its cruise altitude once it is out of the
   point's sensing radius. A sign predicted with no point in view is ignored.
+
+Arrivals (``cfg.arrivals``): until its time the drone stands on the ground at its start position
+(``PARKED_Z_M``, target altitude ``LAND_Z_M``): it does not patrol or react to predictions. From
+the first tick at or after ``at_s`` it takes off and joins its group as departures leave it
+(``zones``: the group re-spreads; ``shared``: the tour is re-split).
+
+Rotation (``cfg.rotation_s``, ``zones`` only): at every multiple of ``rotation_s`` each group
+moves on to the next zone (ZONES order): drone ``i`` patrols zone ``(i + shift) % 4``. Each drone
+keeps its position in the route (zone routes have the same number of points), so a group stays
+spread, and heads for that point of its new zone at once; a sign climb in progress is finished
+first (the hold below applies).
 
 Departures (``cfg.departures``): from the first tick at or after ``at_s`` the drone no longer
 patrols or reacts to predictions; it flies at its cruise altitude to above its start position
@@ -71,6 +83,9 @@ MIN_ALTITUDE_M = 1.0
 #: Target altitude of a departed drone over its landing spot: the physics lands a drone whose
 #: target altitude is <= 0 (rotors stop at touchdown, not counted as a collision).
 LAND_Z_M = 0.0
+#: Start altitude of a drone that arrives later: standing on the ground (a Crazyflie's half
+#: height, physics.DRONE_HALF_EXTENTS), so the physics starts it landed.
+PARKED_Z_M = 0.015
 #: Tick of a drone that never departs.
 NEVER = np.iinfo(np.int64).max
 #: Cap on the boundary-balancing passes of ``split_tour`` (each pass strictly shortens some
@@ -261,13 +276,25 @@ class Patroller:
                 raise ValueError(f"departures: agent {d.agent} (drone_{d.agent}) departs twice")
             # Small epsilon as for events: 3.0 s / 0.5 s is tick 6, not 7.
             self.depart_tick[d.agent] = int(np.ceil(d.at_s / cfg.tick_s - 1e-9))
+        self.arrive_tick = np.zeros(n_agents, dtype=np.int64)  # (N,) 0: patrols from the start
+        for a in cfg.arrivals:
+            if a.agent >= n_agents:
+                raise ValueError(
+                    f"arrivals: agent {a.agent} (drone_{a.agent}) does not exist; "
+                    f"the world has {n_agents} drones (drone_0 .. drone_{n_agents - 1})"
+                )
+            self.arrive_tick[a.agent] = max(1, int(np.ceil(a.at_s / cfg.tick_s - 1e-9)))
+        #: Ticks between zone rotations (0: none).
+        self.rotate_every = (
+            max(1, int(np.ceil(cfg.rotation_s / cfg.tick_s - 1e-9))) if cfg.rotation_s else 0
+        )
         #: One short closed tour through every cruise point ('shared' routes; idleness norm).
         self.tour = tour_order(pmap.points)  # (P,)
         self.tour_m = cycle_length(pmap.points, self.tour)
         #: Time one drone needs for the whole tour at cruise speed, dwells included.
         self.tour_s = self.tour_m / cfg.speed_mps + pmap.n_points * DWELL_TICKS * cfg.tick_s
         if self.mode == "zones":
-            self.zone = np.arange(n_agents) % len(ZONES)  # (N,)
+            self.zone = np.arange(n_agents) % len(ZONES)  # (N,) the zone now (rotation moves it)
             self.rank = np.arange(n_agents) // len(ZONES)  # (N,) index of the drone in its zone
             self.zone_size = np.array([len(range(z, n_agents, len(ZONES))) for z in self.zone])
         else:  # altitudes and slots over all drones: segment routes cross between segments
@@ -282,13 +309,21 @@ class Patroller:
                 cfg.cruise_altitude_m - MIN_ALTITUDE_M,
             ),
         )
-        frac = np.where(self.zone_size > 1, self.rank / np.maximum(self.zone_size - 1, 1), 0.5)
+        # Rotating groups cross each other's paths between zones: their drones' altitudes are
+        # spread over the whole swarm, as in 'shared', so no two drones share one.
+        alt_rank, alt_size = (
+            (np.arange(n_agents), np.full(n_agents, n_agents))
+            if self.rotate_every
+            else (self.rank, self.zone_size)
+        )
+        frac = np.where(alt_size > 1, alt_rank / np.maximum(alt_size - 1, 1), 0.5)
         offset = (2 * frac - 1) * half_band  # (N,) in [-half_band, half_band]
         self.cruise_alt = cfg.cruise_altitude_m + offset  # (N,)
         self.climb_alt = cfg.altitude_limit_m + CLIMB_MARGIN_M + offset + half_band  # (N,)
         angle = 2 * np.pi * self.rank / self.zone_size
         radius = np.where(self.zone_size > 1, SLOT_RADIUS_M, 0.0)
         self.slot = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)  # (N, 2)
+        self.base_zone = self.zone.copy()  # (N,) the zone of the first shift
         self.reset()
 
     # ---- routes ---------------------------------------------------------------------------
@@ -305,6 +340,8 @@ class Patroller:
 
     def _initial_routes(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """Routes at the start, and each drone's rank in its group and the group's size."""
+        self.shift = 0
+        self.zone = self.base_zone.copy()
         if self.mode == "zones":
             routes = [self.pmap.zone_points(int(z)) for z in self.zone]
             return routes, self.rank, self.zone_size
@@ -329,7 +366,8 @@ class Patroller:
             u = (s - cum[k]) / max(cum[k + 1] - cum[k], 1e-9)
             start[i, :2] = tour[k] + u * leg[k] + self.slot[i]
             self.route_idx[i] = (k + 1) % per if per > 1 else 0
-        start[:, 2] = self.cruise_alt
+        self.arrived = self.arrive_tick <= 0  # (N,) in the air, or a later arrival not yet
+        start[:, 2] = np.where(self.arrived, self.cruise_alt, PARKED_Z_M)
         self.dwell_left = np.full(self.n, -1, dtype=np.int64)  # (N,) -1: travelling
         self.extra_dwell = np.zeros(self.n, dtype=np.int64)  # (N,) added to the next dwell
         self.climb_point = np.full(self.n, -1, dtype=np.int64)  # (N,) sign point or -1
@@ -337,24 +375,27 @@ class Patroller:
         self.home = start[:, :2].copy()  # (N, 2) where a departed drone lands
         self.departed = np.zeros(self.n, dtype=bool)  # (N,)
         self.landing = np.zeros(self.n, dtype=bool)  # (N,) departed and over its landing spot
+        if self.mode == "shared" and not self.arrived.all():
+            self._rebalance(start)  # the tour among the drones in the air
         return start
 
     @property
     def active(self) -> np.ndarray:
-        """(N,) bool: the drone patrols (has not departed)."""
-        return ~self.departed
+        """(N,) bool: the drone patrols (has arrived and not departed)."""
+        return self.arrived & ~self.departed
 
     def target_points(self) -> np.ndarray:
-        """Global index of each drone's current target cruise point (N,); -1 once departed."""
+        """Global index of each drone's current target cruise point (N,); -1 for a drone that
+        does not patrol (departed, or not arrived yet)."""
         tp = self._route_tab[np.arange(self.n), self.route_idx]
-        return np.where(self.departed, -1, tp)
+        return np.where(self.active, tp, -1)
 
     # ---- one tick -------------------------------------------------------------------------
 
     def act(self, predictions: np.ndarray, point_in_view: np.ndarray, pos: np.ndarray) -> None:
         """React to this tick's classifications: start a sign climb where one is reported."""
         start = (predictions == SIGN) & (point_in_view >= 0) & (self.climb_point != point_in_view)
-        start &= ~self.departed
+        start &= self.active
         self.climb_point[start] = point_in_view[start]
         # A drone passing a sign climbs over the sign's point itself: holding where it was seen
         # fails at cruise speed (8 m/s needs ~8 m to stop), so momentum could carry the drone
@@ -370,16 +411,17 @@ class Patroller:
         slot_xy = self.pmap.points[tp] + self.slot  # (N, 2)
         xy = np.where(hold[:, None], self.hold_xy, slot_xy)
         z = np.where(climbing, self.climb_alt, self.cruise_alt)
-        if self.departed.any():
-            xy = np.where(self.departed[:, None], self.home, xy)
-            z = np.where(self.landing, LAND_Z_M, z)
+        away = ~self.active
+        if away.any():  # departed: home to land; not arrived: stay down at home
+            xy = np.where(away[:, None], self.home, xy)
+            z = np.where(self.landing | ~self.arrived, LAND_Z_M, z)
         return np.concatenate([xy, z[:, None]], axis=1)
 
     def update(self, pos: np.ndarray) -> None:
         """After a tick of flight: arrivals, dwell countdown, next point, end of sign climbs."""
         tp = self._route_tab[np.arange(self.n), self.route_idx]
         d_target = np.hypot(*(pos[:, :2] - self.pmap.points[tp]).T)  # (N,)
-        arrived = (self.dwell_left < 0) & (d_target < VISIT_RADIUS_M) & ~self.departed
+        arrived = (self.dwell_left < 0) & (d_target < VISIT_RADIUS_M) & self.active
         dwelling = self.dwell_left > 0
         self.dwell_left[dwelling] -= 1
         self.dwell_left[arrived] = DWELL_TICKS + self.extra_dwell[arrived]
@@ -397,7 +439,46 @@ class Patroller:
         home_d = np.hypot(*(pos[:, :2] - self.home).T)  # (N,)
         self.landing |= self.departed & (home_d < VISIT_RADIUS_M)
 
-    # ---- departures -----------------------------------------------------------------------
+    # ---- departures, arrivals, rotation ---------------------------------------------------
+
+    def changes_due(self, tick: int, pos: np.ndarray) -> bool:
+        """Departures, arrivals and the zone rotation due by ``tick``; whether the set of
+        patrolling drones changed."""
+        changed = self.depart_due(tick, pos).size > 0
+        changed |= self.arrive_due(tick, pos).size > 0
+        self.rotate_due(tick)
+        return changed
+
+    def arrive_due(self, tick: int, pos: np.ndarray) -> np.ndarray:
+        """Let the drones due by ``tick`` take off and join; returns their indices."""
+        due = np.flatnonzero((self.arrive_tick <= tick) & ~self.arrived)
+        if not due.size:
+            return due
+        self.arrived[due] = True
+        self.dwell_left[due] = -1
+        if self.mode == "shared":
+            self._rebalance(pos)
+        else:
+            for z in np.unique(self.zone[due]):
+                self._respread(int(z), pos)
+        return due
+
+    def rotate_due(self, tick: int) -> bool:
+        """At a rotation tick every group moves on to the next zone; whether it did."""
+        if not self.rotate_every or tick == 0 or tick % self.rotate_every:
+            return False
+        self.shift = tick // self.rotate_every
+        self.zone = (self.base_zone + self.shift) % len(ZONES)
+        routes = [
+            r[:0] if self.departed[i] else self.pmap.zone_points(int(self.zone[i]))
+            for i, r in enumerate(self.routes)
+        ]
+        self._set_routes(routes)
+        self.route_idx %= self._route_len
+        moving = self.active & (self.dwell_left != 0)
+        self.dwell_left[moving] = -1  # off to the new zone now (a held climb still holds)
+        self.extra_dwell[:] = 0
+        return True
 
     def depart_due(self, tick: int, pos: np.ndarray) -> np.ndarray:
         """Let the drones due by ``tick`` leave and re-balance; returns their indices."""
@@ -419,7 +500,7 @@ class Patroller:
 
     def _rebalance(self, pos: np.ndarray) -> None:
         """'shared': split the tour among the remaining drones; each takes the nearest point."""
-        idx = np.flatnonzero(~self.departed)
+        idx = np.flatnonzero(self.active)
         if not idx.size:
             return
         pts = self.pmap.points
@@ -440,7 +521,7 @@ class Patroller:
 
     def _respread(self, zone: int, pos: np.ndarray) -> None:
         """'zones': make the remaining drones of ``zone`` wait so they end up evenly spaced."""
-        idx = np.flatnonzero((self.zone == zone) & ~self.departed)
+        idx = np.flatnonzero((self.zone == zone) & self.active)
         if idx.size < 2:
             return
         pts = self.pmap.points[self.pmap.zone_points(zone)]  # (per, 2) in tour order

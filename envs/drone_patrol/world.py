@@ -128,7 +128,9 @@ class DronePatrolWorld:
         self._attach_sensor()  # camera: add its ground tiles again (the reset cleared the scene)
         self.events.reset()
         zones = [ZONES[int(z)] for z in self.map.point_zone]
-        self.metrics = PatrolMetrics(self.cfg.tick_s, zones, self.patrol.tour_s)
+        self.metrics = PatrolMetrics(
+            self.cfg.tick_s, zones, self.patrol.tour_s, n_agents=self.n_agents
+        )
         self.patrol.depart_due(0, self.physics.pos)  # drones that never take off (at_s = 0)
         self.metrics.active = self.patrol.active
         self._heading = np.zeros(self.n_agents)  # (N,) radians, kept while hovering
@@ -161,14 +163,15 @@ class DronePatrolWorld:
 
         self.tick += 1
         self.patrol.update(self.physics.pos)
-        if self.patrol.depart_due(self.tick, self.physics.pos).size:
-            self.metrics.active = self.patrol.active  # departed drones' views no longer count
+        if self.patrol.changes_due(self.tick, self.physics.pos):
+            self.metrics.active = self.patrol.active  # only patrolling drones' views count
         self._sync_events(self.events.update(self.tick))
         obs = self._observe()
         due = self._pending.pop(self.tick, [])
         labels = np.concatenate(due) if due else np.zeros((0, 3), dtype=np.int64)
         # No operator confirms what a departed drone sees from its way home or the ground.
         labels = labels[self.patrol.depart_tick[labels[:, 0]] > labels[:, 1]]
+        self.metrics.labelled(self.tick, labels)
         return StepResult(obs=obs, labels=labels, tick=self.tick)
 
     # ---- pieces of a tick ---------------------------------------------------------------
@@ -223,6 +226,8 @@ class DronePatrolWorld:
         below = traj[:, drone, 2] < self.cfg.altitude_limit_m  # (K, M)
         self.metrics.sign_passages += int(passes.sum())
         self.metrics.violations += int((passes & below).sum())
+        k, m = np.nonzero(passes)  # in time order within the tick
+        self.metrics.sign_passed(self.tick, drone[m], below[k, m])
         self._over = np.zeros_like(self._over)  # (N, P) over at the last control step
         self._over[drone[over[-1]], point[over[-1]]] = True
         visited = np.zeros(self.map.n_points, dtype=bool)  # (P,)
@@ -292,7 +297,8 @@ class DronePatrolWorld:
     def _draw_labels(self, frac: np.ndarray) -> None:
         """Each drone's current observation gets its true class as a label with probability
         ``frac`` (N,); the label is delivered ``label_delay_ticks`` later."""
-        chosen = np.flatnonzero(self._label_rng.random(self.n_agents) < frac)
+        # a drone that does not patrol (parked, departed) reports nothing to confirm
+        chosen = np.flatnonzero((self._label_rng.random(self.n_agents) < frac) & self.patrol.active)
         if chosen.size:
             rows = np.stack(
                 [chosen, np.full(chosen.size, self.tick), self._true[chosen]], axis=1
@@ -375,6 +381,10 @@ class DronePatrolWorld:
         """Index (into ``layout()['cruise_points']``) of each drone's current target (N,); -1
         for a departed drone."""
         return self.patrol.target_points()
+
+    def join_ticks(self) -> list[int]:
+        """The tick at which each drone joins the patrol (``arrivals``; 0: from the start)."""
+        return [int(t) for t in self.patrol.arrive_tick]
 
     def patrolling(self) -> np.ndarray:
         """(N,) bool: the drone patrols (has not departed). Departed drones stay in every array
