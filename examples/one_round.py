@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # as each shard does: one core, float sums in a fixed order
 
-    # The scenario file holds every setting. Keep its world, with fewer drones and without its
+    # The scenario file holds every setting. Keep its world (with fewer drones, and without the
     # departure and arrival of drones that do not exist here), its model and its learning
     # settings.
     sc = load_scenario(SCENARIO)
