@@ -570,7 +570,7 @@ def drone_colours(
     NaN: not measured yet), hollow with a grey ring for a drone on the ground (``z`` (N,) m
     below LANDED_Z_M: not yet taken off, departed or parked)."""
     cmap, norm = knowledge.scale()
-    faces = np.array(cmap(norm(np.nan_to_num(known * 0, nan=0.0))), dtype=float).reshape(-1, 4)
+    faces = np.array(cmap(norm(np.nan_to_num(known, nan=0.0))), dtype=float).reshape(-1, 4)
     faces[np.isnan(known)] = _UNMEASURED
     edges = np.zeros_like(faces)
     edges[:, 3] = 1.0  # black
