@@ -10,6 +10,9 @@ team_return.png     (worlds with rewards) team return per episode and policy ent
 knowledge_spread.png  per event kind, the fraction of agents that recognise it over time
 graph.png           the gossip graph (graph.json), nodes coloured by shard
 report.html         all of the above and the final figures in one self-contained page
+replay.gif          (`swarm report` only, write_replay) the run animated: the map, the events
+                    alive at each tick and the drones coloured by the event kinds they
+                    recognise (probe accuracy on runs from before that figure)
 """
 
 from __future__ import annotations

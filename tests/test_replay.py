@@ -18,6 +18,7 @@ from swarm.report import (
     drone_colours,
     replay_step,
     replay_ticks,
+    write_plots,
     write_replay,
 )
 
@@ -169,3 +170,16 @@ def test_swarm_report_writes_the_replay_or_says_why_not(run_dir: Path, tmp_path:
     assert "no replay:" in result.output and not (tmp_path / "replay.gif").exists()
     result = CliRunner().invoke(app, ["report", str(run_dir), "--no-replay"])
     assert "replay" not in result.output
+
+
+def test_the_plots_a_run_writes_as_it_ends_leave_the_replay_out(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    # the Runner calls write_plots; the replay is `swarm report`'s, so a run's wall time keeps
+    for name in ("trajectory.npy", "layout.json", "scenario.yaml", "metrics.jsonl"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+
+    written = write_plots(tmp_path)
+
+    assert tmp_path / "trajectories.png" in written
+    assert not (tmp_path / "replay.gif").exists()
