@@ -78,7 +78,8 @@ def main() -> None:
     # departure and arrival of drones that do not exist here), its model and its learning
     # settings.
     sc = load_scenario(SCENARIO)
-    world = make_world(sc.world.model_copy(update={"departures": [], "arrivals": []}), args.agents, sc.seed)
+    alone = sc.world.model_copy(update={"departures": [], "arrivals": []})
+    world = make_world(alone, args.agents, sc.seed)
     # The population: the Yan models stacked in one learner (an AgentShard hosts a few so).
     learner = OnlineLearner(
         sc.model, sc.learning, args.agents, world.input_config(), world.n_classes, seed=sc.seed

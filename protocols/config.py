@@ -19,12 +19,14 @@ class GraphConfig(Section):
         "erdos_renyi",
         "small_world",
         "complete",
+        "exponential",
         "star",
         "file",
         "proximity",
     ] = "ring"
-    """Graph family. star: agent 0 is the hub; file: edges read from `path`; proximity: agents
-    within `radio_range_m` of each other, rebuilt as they move."""
+    """Graph family. exponential: agent i is joined to i + 2^k for every 2^k < n (degree about
+    2 log2 n, fast mixing at any size); star: agent 0 is the hub; file: edges read from `path`;
+    proximity: agents within `radio_range_m` of each other, rebuilt as they move."""
     degree: int = Field(4, ge=1)
     """Degree of random_regular; neighbours per node (k) of small_world."""
     p: float = Field(0.2, ge=0, le=1)

@@ -58,6 +58,8 @@ def build_graph(
         rows = _torus_rows(n)
         grid = nx.grid_2d_graph(rows, n // rows, periodic=rows > 2 and n // rows > 2)
         graph = nx.convert_node_labels_to_integers(grid, ordering="sorted")
+    elif cfg.kind == "exponential":
+        graph = exponential_graph(n)
     elif cfg.kind == "random_regular":
         graph = nx.random_regular_graph(cfg.degree, n, seed=seed)
     elif cfg.kind == "erdos_renyi":
@@ -67,6 +69,19 @@ def build_graph(
         graph = nx.connected_watts_strogatz_graph(n, max(k, 2), cfg.p, seed=seed)
     else:  # pragma: no cover - the schema admits only the kinds above
         raise ValueError(f"unknown graph kind {cfg.kind!r}")
+    return graph
+
+
+def exponential_graph(n: int) -> nx.Graph:
+    """Agent i is joined to i + 2^k (mod n) for every 2^k < n: degree about 2 log2(n), and a
+    spectral gap that shrinks only slowly with n (Ying et al. 2021, "Exponential Graph is
+    Provably Efficient for Decentralized Deep Training": rho 0.43 at 12 agents against the
+    ring's 0.91). Deterministic, no seed."""
+    graph = nx.empty_graph(n)
+    hop = 1
+    while hop < n:
+        graph.add_edges_from((i, (i + hop) % n) for i in range(n) if (i + hop) % n != i)
+        hop *= 2
     return graph
 
 

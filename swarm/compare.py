@@ -167,33 +167,61 @@ def _mean(runs: list[ModeRun], key: str) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+#: What the swarm did, beside what it knows: (metrics key, column) of the task table; a
+#: column no run has is left out (a world with rewards has none of these).
+TASK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("task/score", "task score"),
+    ("task/f1", "detection F1"),
+    ("task/first_encounter_recall", "first-encounter recall"),
+    ("task/first_encounter_recall_all", "first-encounter recall, all"),
+    ("task/altitude_violations", "altitude violations"),
+    ("task/first_sign_violations", "violations at a first sign"),
+    ("learn/newcomer_catchup_s", "newcomer catch-up (s)"),
+)
+#: The issue's goals for what the decentralized swarm does (issue 17).
+GOAL_TASK_OVER_ISOLATED = 0.15
+GOAL_FIRST_ENCOUNTER = 0.8
+GOAL_FIRST_ENCOUNTER_ISOLATED = 0.3
+
+
 def _mode_table(by_mode: dict[str, list[ModeRun]], headline: tuple[str, str]) -> list[str]:
-    """One row per mode: what the swarm knows (the headline), what it did (task score,
-    altitude-limit violations), what it sent, and how long it took."""
+    """One row per mode: what the swarm knows (the headline), what it sent, how long it took;
+    then one row per mode of what it did (TASK_COLUMNS)."""
     key, label = headline
     lines = [
-        f"| mode | {label} | task score | altitude violations | bytes sent (MiB) "
-        "| x fewer than dense fp32 | wall s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| mode | {label} | bytes sent (MiB) | x fewer than dense fp32 | wall s |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for mode, runs in by_mode.items():
         sent: list[Figure] = [(r.figure("gossip/bytes_sent") or 0) / 2**20 for r in runs]
         wall: list[Figure] = [r.wall_s for r in runs]
         cells = [
             [r.figure(key) for r in runs],
-            [r.figure("task/score") for r in runs],
-            [r.figure("task/altitude_violations") for r in runs],
             sent,
             [r.figure("gossip/compression_ratio") for r in runs],
             wall,
         ]
         lines.append(f"| {mode} | " + " | ".join(_stats(c) for c in cells) + " |")
+    every = [r for runs in by_mode.values() for r in runs]
+    columns = [(k, c) for k, c in TASK_COLUMNS if any(r.figure(k) is not None for r in every)]
+    if not columns:
+        return lines
+    lines += [
+        "",
+        "What the swarm did:",
+        "",
+        "| mode | " + " | ".join(c for _, c in columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    for mode, runs in by_mode.items():
+        stats = [_stats([r.figure(k) for r in runs]) for k, _ in columns]
+        lines.append(f"| {mode} | " + " | ".join(stats) + " |")
     return lines
 
 
 def _verdicts(by_mode: dict[str, list[ModeRun]], task: type[Task]) -> list[str]:
     """The goals: decentralized against centralized and isolated, in what the swarm knows and
-    in what it did (the task score), and in bytes."""
+    in what it did (the task score, first encounters), and in bytes."""
     if not {"decentralized", "centralized", "isolated"} <= set(by_mode):
         return []
     key, label = task.headline
@@ -211,20 +239,48 @@ def _verdicts(by_mode: dict[str, list[ModeRun]], task: type[Task]) -> list[str]:
         f"- decentralized vs isolated: {dec - iso:+.3f} ({label}); "
         f"**{'above' if dec > iso else 'not above'}**"
     )
-    score = {m: _mean(by_mode[m], "task/score") for m in by_mode}
-    if not np.isnan(score["isolated"]):
-        for mode in (m for m in by_mode if m != "isolated"):
-            gain = score[mode] - score["isolated"]
-            won = "won" if gain > 0 else "did not win"
-            lines.append(
-                f"- {mode} vs isolated in the task: score {gain:+.3f}; sharing **{won}** the task"
-            )
+    lines += _task_verdicts(by_mode)
     ratios = [r.figure("gossip/compression_ratio") for r in by_mode["decentralized"]]
     fewer = float(np.mean([r for r in ratios if r])) if any(ratios) else float("nan")
     lines.append(
         f"- decentralized sends {fewer:.1f}x fewer bytes than dense sharing (goal >= "
         f"{GOAL_FEWER_BYTES:.0f}x): **{'met' if fewer >= GOAL_FEWER_BYTES else 'missed'}**"
     )
+    return lines
+
+
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def _task_verdicts(by_mode: dict[str, list[ModeRun]]) -> list[str]:
+    """Whether sharing won the task, by how much, and what drones knew at first encounters."""
+    score = {m: _mean(by_mode[m], "task/score") for m in by_mode}
+    if np.isnan(score["isolated"]):
+        return []
+    lines = []
+    for mode in (m for m in by_mode if m != "isolated"):
+        gain = score[mode] - score["isolated"]
+        won = "won" if gain > 0 else "did not win"
+        lines.append(
+            f"- {mode} vs isolated in the task: score {gain:+.3f}; sharing **{won}** the task"
+        )
+    dec, cen, iso = score["decentralized"], score["centralized"], score["isolated"]
+    lines.append(
+        f"- decentralized task score {dec:.3f}: isolated + {dec - iso:.3f} (goal >= "
+        f"+{GOAL_TASK_OVER_ISOLATED}): {_met(dec - iso >= GOAL_TASK_OVER_ISOLATED)}; "
+        f"{100 * dec / cen:.1f}% of centralized (goal >= {100 * GOAL_OF_CENTRALIZED:.0f}%): "
+        f"{_met(dec >= GOAL_OF_CENTRALIZED * cen)}"
+    )
+    first = {m: _mean(by_mode[m], "task/first_encounter_recall") for m in by_mode}
+    if not np.isnan(first["decentralized"]):
+        d, i = first["decentralized"], first["isolated"]
+        lines.append(
+            f"- first-encounter recall: decentralized {d:.3f} (goal >= "
+            f"{GOAL_FIRST_ENCOUNTER}): {_met(d >= GOAL_FIRST_ENCOUNTER)}; isolated {i:.3f} "
+            f"(goal <= {GOAL_FIRST_ENCOUNTER_ISOLATED}): "
+            f"{_met(i <= GOAL_FIRST_ENCOUNTER_ISOLATED)}"
+        )
     return lines
 
 

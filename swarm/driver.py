@@ -1,10 +1,12 @@
 """The Runner's work on Ray: the actors of a run and the tick loop that drives them.
 
 The driver only schedules. Each tick it submits `shard.act(step)` for every shard and
-`world.step(*predictions)`, passing object refs so Ray chains the calls without the driver
-waiting; gossip rounds chain `share` -> `merge` the same way (in sync mode every `merge` takes
-all `share` results as arguments: that is the round barrier). The driver waits (`ray.wait`) only
-to bound the calls in flight and to show progress, and fetches metrics as records.
+`world.step(*predictions)` (with an isolated baseline whose twins fly their own world,
+`shard.act_twins(step, twin_step)` and both worlds' steps), passing object refs so Ray chains
+the calls without the driver waiting; gossip rounds chain `share` -> `merge` the same way (in
+sync mode every `merge` takes all `share` results as arguments: that is the round barrier). The
+driver waits (`ray.wait`) only to bound the calls in flight and to show progress, and fetches
+metrics as records.
 
 Kept apart from swarm/runner.py, which imports it when a run starts: importing swarm (the CLI,
 `swarm validate`) must not load Ray.
@@ -32,7 +34,7 @@ from swarm.records import Document, Probe, Receipt, Restored, Row, Step, WorldIn
 from swarm.resume import Marker, commit, tick_dir
 from swarm.runner import RunError, read_key
 from swarm.shard import AgentShard, CoordinatorHost, CoordinatorSpec, ShardSpec, WorldHost
-from swarm.tasks import task_named
+from swarm.tasks import task_named, task_of_world
 from swarm.telemetry import metrics_endpoint
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ class Actors:
     """The Ray actors of one run, closed together whatever happened."""
 
     world: ActorHandle[WorldHost]
+    twin: ActorHandle[WorldHost] | None = None  # the world the isolated twins fly
     shards: list[ActorHandle[AgentShard]] = field(default_factory=list)
     coordinator: ActorHandle[CoordinatorHost] | None = None
     group: PlacementGroup | None = None  # the shards' placement group
@@ -57,6 +60,8 @@ class Actors:
         if self.coordinator is not None:
             ray.get(self.coordinator.close.remote())
         ray.get(self.world.close.remote())
+        if self.twin is not None:
+            ray.get(self.twin.close.remote())
         if self.group is not None:
             remove_placement_group(self.group)
 
@@ -82,8 +87,17 @@ class Driver:
     def __init__(self, runner: Runner):
         self.runner = runner
         self.sc = runner.sc
-        world = ray.remote(num_cpus=0)(WorldHost).remote(self.sc.model_dump(mode="json"))
-        self.actors = Actors(world=cast("ActorHandle[WorldHost]", world))
+        spec = self.sc.model_dump(mode="json")
+        host = ray.remote(num_cpus=0)(WorldHost)
+        self.actors = Actors(world=cast("ActorHandle[WorldHost]", host.remote(spec)))
+        # The isolated baseline as a swarm of its own: the twins fly the same world (seed,
+        # events) on their own decisions, and learn from their own reports' labels.
+        if (
+            self.runner.exchange.rounds
+            and self.sc.baseline.isolated
+            and task_of_world(self.sc.world.kind).twin_world
+        ):
+            self.actors.twin = cast("ActorHandle[WorldHost]", host.remote(spec))
         self.endpoints: list[str] = []
         self.coord_addr = ""
 
@@ -221,15 +235,33 @@ class Driver:
         self.coord_addr = str(ray.get(coordinator.address.remote()))
         return cast("ActorHandle[CoordinatorHost]", coordinator)
 
-    def _start_world(self) -> ObjectRef[Step]:
+    def _start_world(self, world: ActorHandle[WorldHost], name: str = "world") -> ObjectRef[Step]:
         """The first Step: a fresh reset, or the world of a resumed run rebuilt by replaying
-        the decisions recorded up to its checkpoint."""
+        the decisions recorded up to its checkpoint (`<name>.npz`)."""
         marker = self.runner.marker
         if marker is None:
-            return self.actors.world.reset.remote()
+            return world.reset.remote()
         where = tick_dir(self.runner.ckpt_root, marker["ticks"])
-        arrays, _ = checkpoint.load(where / "world.npz")
-        return self.actors.world.replay.remote(arrays["decisions"])
+        if not (where / f"{name}.npz").exists():
+            raise RunError(
+                f"cannot resume: {where} holds no {name}.npz (a checkpoint of a run without "
+                "the isolated twins' world: resume with the scenario it was written with)"
+            )
+        arrays, _ = checkpoint.load(where / f"{name}.npz")
+        return world.replay.remote(arrays["decisions"])
+
+    def _act(
+        self, step: ObjectRef[Step], twin_step: ObjectRef[Step] | None
+    ) -> tuple[ObjectRef[Step], ObjectRef[Step] | None]:
+        """One tick: every shard acts, the world (and the twins' world) steps on it."""
+        world, twin, shards = self.actors.world, self.actors.twin, self.actors.shards
+        if twin is None or twin_step is None:
+            return world.step.remote(*[s.act.remote(step) for s in shards]), None
+        pairs = [s.act_twins.options(num_returns=2).remote(step, twin_step) for s in shards]
+        return (
+            world.step.remote(*[p[0] for p in pairs]),
+            twin.step.remote(*[p[1] for p in pairs]),
+        )
 
     # -- the tick loop ---------------------------------------------------------------------------
 
@@ -238,7 +270,10 @@ class Driver:
         with their decisions; rounds, metrics rows and checkpoints at their intervals."""
         sc = self.sc
         world, shards = self.actors.world, self.actors.shards
-        step = self._start_world()
+        step = self._start_world(world)
+        twin_step = (
+            None if self.actors.twin is None else self._start_world(self.actors.twin, "twin")
+        )
         kills: dict[int, list[int]] = {}
         for k in sc.faults.kill:
             kills.setdefault(k.at_tick, []).append(k.shard)
@@ -249,8 +284,7 @@ class Driver:
         self._t_ticks, self._start_tick = time.perf_counter(), start  # the real-time factor
         for tick in range(start, sc.ticks):
             done = tick + 1  # ticks completed once this one is
-            predictions = [s.act.remote(step) for s in shards]
-            step = world.step.remote(*predictions)
+            step, twin_step = self._act(step, twin_step)
             if self.runner.exchange.rounds and done % sc.gossip.interval == 0:
                 sent = [s.share.remote(round_, done) for s in shards]
                 barrier = sent if sc.gossip.mode == "sync" else []
@@ -272,7 +306,7 @@ class Driver:
                 self._commit(pending, rows, block=True)
                 for index in kills[done]:
                     self._kill(shards, index, done)
-        ray.get(pending.ticks + pending.exchanges)
+        ray.get(pending.ticks + pending.exchanges + ([twin_step] if twin_step else []))
         self._commit(pending, rows, block=True)
         self.runner.on_tick(sc.ticks - 1)
         return rows
@@ -285,7 +319,9 @@ class Driver:
         pending: Pending,
     ) -> None:
         if done % self.sc.metrics.interval == 0 or done == self.sc.ticks:
-            refs = [world.measure.remote(), *[s.measure.remote(done) for s in shards]]
+            worlds = [world] if self.actors.twin is None else [world, self.actors.twin]
+            refs: list[ObjectRef] = [w.measure.remote() for w in worlds]
+            refs += [s.measure.remote(done) for s in shards]
             pending.rows.append((done, refs))
 
     def _submit_checkpoint(
@@ -303,6 +339,8 @@ class Driver:
         where.mkdir(parents=True, exist_ok=True)
         receipts = [s.checkpoint.remote(done, str(where)) for s in shards]
         receipts.append(world.checkpoint.remote(done, str(where)))
+        if self.actors.twin is not None:
+            receipts.append(self.actors.twin.checkpoint.remote(done, str(where), "twin"))
         if self.actors.coordinator is not None:  # its counts once this round's merges ran
             receipts.append(
                 self.actors.coordinator.counts.remote(*pending.exchanges[-len(shards) :])
@@ -315,6 +353,9 @@ class Driver:
         while pending.rows and (last or len(pending.rows) > 1):
             at, refs = pending.rows.pop(0)
             world_m, *shard_m = ray.get(refs)
+            if self.actors.twin is not None:  # the twins' world measured second
+                twin_m, *shard_m = shard_m
+                world_m.update({f"{k}_isolated": v for k, v in twin_m.items()})
             ran = (at - self._start_tick) * self.sc.world.tick_s  # simulated s since the start
             rtf = ran / max(time.perf_counter() - self._t_ticks, 1e-9)
             self.runner.add_row(rows, at, world_m, shard_m, info, real_time_factor=rtf)
@@ -332,7 +373,7 @@ class Driver:
                 return
             done = ray.get(refs)
             pending.checkpoints.pop(0)
-            # the shards' receipts, then the world's and the coordinator's counts
+            # the shards' receipts, then the worlds' and the coordinator's counts
             receipts: list[Receipt] = done[: len(self.runner.placement)]
             if self.actors.coordinator is not None:  # its counts came last
                 path = tick_dir(self.runner.ckpt_root, ticks) / "coordinator.json"

@@ -33,6 +33,11 @@ class Learning(ABC):
     def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
         """This tick's decisions of agents lo..hi-1 (classifications or actions)."""
 
+    def act_twins(self, step: Step, twin: Step, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decisions of the agents on `step` and of their isolated twins on `twin`, for a
+        task whose twins fly a world of their own (Task.twin_world)."""
+        raise NotImplementedError(f"{type(self).__name__} has no isolated twins")
+
     @abstractmethod
     def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
         """Fill in the task's fields of this shard's measurement."""
@@ -94,25 +99,35 @@ class ClassifyLearning(Learning):
         return self.learner.population
 
     def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
+        out = self._act(self.learner, step, lo, hi, keep_loss=True)
+        if self.shadow is not None:  # the twin learns on the same stream
+            self._act(self.shadow, step, lo, hi)
+        return out
+
+    def act_twins(self, step: Step, twin: Step, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """The sharing agents act on `step`, their isolated twins on `twin` (the twin world
+        the twins fly themselves); both decisions, for their own worlds."""
+        assert self.shadow is not None, "act_twins needs the isolated twins (baseline.isolated)"
+        return (
+            self._act(self.learner, step, lo, hi, keep_loss=True),
+            self._act(self.shadow, twin, lo, hi),
+        )
+
+    def _act(
+        self, learner: OnlineLearner, step: Step, lo: int, hi: int, *, keep_loss: bool = False
+    ) -> np.ndarray:
+        """One learner's tick: newcomers renewed, the labels that arrived, a learning step
+        every learn_every ticks, and the decisions of agents lo..hi-1."""
         labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
         labels[:, 0] -= lo
-        obs = step.obs[lo:hi]
-        learn = step.tick > 0 and step.tick % self.learn_every == 0
-        joining = np.flatnonzero(self.join_tick[lo:hi] == step.tick).tolist() if step.tick else []
-        out = None
-        for learner in (self.learner, self.shadow):
-            if learner is None:
-                continue
-            learner.renew(joining)  # newcomers take off with a fresh model
-            learner.add_labels(labels)
-            if learn:
-                stats = learner.learn_step()
-                if learner is self.learner:  # kept for the live metrics (learn/loss)
-                    self._loss = stats["loss"]
-            preds = learner.act(step.tick, obs)
-            out = preds if out is None else out
-        assert out is not None
-        return out
+        if step.tick:  # newcomers take off with a fresh model
+            learner.renew(np.flatnonzero(self.join_tick[lo:hi] == step.tick).tolist())
+        learner.add_labels(labels)
+        if step.tick > 0 and step.tick % self.learn_every == 0:
+            stats = learner.learn_step()
+            if keep_loss:  # kept for the live metrics (learn/loss)
+                self._loss = stats["loss"]
+        return learner.act(step.tick, step.obs[lo:hi])
 
     def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
         assert probe is not None

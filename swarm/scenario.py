@@ -100,8 +100,11 @@ class BaselineConfig(Section):
     """The comparison that shows what sharing bought."""
 
     isolated: bool = True
-    """Train an isolated shadow copy of every agent on exactly the same observations and labels,
-    never sharing, and report its probe accuracy next to the sharing agents'."""
+    """Fly an isolated twin of the swarm beside it: every agent's twin learns alone, never
+    sharing, in a twin world of its own (the same seed and events, flown on the twins' own
+    decisions, labelled from the twins' own reports), and the run reports the twins' probe
+    accuracy and task figures (`<figure>_isolated`) next to the sharing swarm's. Worlds with
+    rewards have no twins: compare with a run of gossip.topology: isolated instead."""
 
 
 class RayConfig(Section):

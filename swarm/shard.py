@@ -112,13 +112,14 @@ class WorldHost:
             step = self.step(chosen)
         return step
 
-    def checkpoint(self, ticks: int, directory: str) -> None:
-        """Save what rebuilds the world after `ticks` ticks (its decisions) in `directory`."""
+    def checkpoint(self, ticks: int, directory: str, name: str = "world") -> None:
+        """Save what rebuilds the world after `ticks` ticks (its decisions) in `directory`,
+        as `<name>.npz`."""
         if len(self.decisions) != ticks:
             raise RuntimeError(f"world checkpoint at tick {ticks} after {len(self.decisions)}")
         decisions = np.stack(self.decisions) if self.decisions else np.zeros((0, 0), np.int64)
         checkpoint.save(
-            os.path.join(directory, "world.npz"), {"decisions": decisions}, {"ticks": ticks}
+            os.path.join(directory, f"{name}.npz"), {"decisions": decisions}, {"ticks": ticks}
         )
 
     def first_labels(self) -> dict[int, int]:
@@ -275,6 +276,11 @@ class AgentShard:
         """Take this tick's labels (or rewards) and observations; return each local agent's
         classification (or action)."""
         return self.learning.act(step, self.first, self.first + len(self.agents))
+
+    def act_twins(self, step: Step, twin: Step) -> tuple[np.ndarray, np.ndarray]:
+        """The local agents' decisions on `step` and their isolated twins' on `twin` (the
+        twin world they fly, Task.twin_world); called with num_returns=2."""
+        return self.learning.act_twins(step, twin, self.first, self.first + len(self.agents))
 
     def share(self, round_: int, tick: int = 0) -> int:
         """Send this round's knowledge deltas after `tick` ticks; returns the deltas made."""

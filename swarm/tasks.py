@@ -75,6 +75,10 @@ class Task(ABC):
     needs_probe: ClassVar[bool] = False
     #: whether its learners can be checkpointed (and so resumed, or restored after a kill)
     checkpoints: ClassVar[bool] = False
+    #: whether the isolated baseline (baseline.isolated) flies a twin world of its own: the
+    #: same world (seed, events), driven by the isolated twins' decisions, so the baseline's
+    #: task figures are what an isolated swarm does (keys `<figure>_isolated`)
+    twin_world: ClassVar[bool] = False
 
     # -- the world's side --------------------------------------------------------------------
 
@@ -134,6 +138,7 @@ class Classification(Task):
     needs_probe = True
     checkpoints = True
     headline_is_a_share = True
+    twin_world = True
 
     @staticmethod
     def describe(world: World) -> WorldInfo:
@@ -150,6 +155,27 @@ class Classification(Task):
             classes=list(EVENT_CLASSES),
             join_tick=world.join_ticks(),
         )
+
+    @staticmethod
+    def _twin_lines(m: dict[str, Figure]) -> list[TableRow]:
+        """What the swarm did against what its isolated twins did in their own world."""
+        lines: list[TableRow] = []
+        twin = m.get("task/score_isolated")
+        if twin is not None:
+            gain = (m.get("task/score") or 0.0) - twin
+            lines.append(("task score, isolated twins", f"{twin:.3f}"))
+            lines.append(("task gain from sharing", f"{gain:+.3f}"))
+        if m.get("task/first_encounters"):
+            iso = m.get("task/first_encounter_recall_isolated")
+            lines.append(
+                (
+                    "first-encounter recall (kinds never taught)",
+                    f"{_pct(m.get('task/first_encounter_recall'))} of "
+                    f"{m['task/first_encounters']:.0f}"
+                    + ("" if iso is None else f" · isolated twins {_pct(iso)}"),
+                )
+            )
+        return lines
 
     @staticmethod
     def first_step(world: World, obs: np.ndarray) -> Step:
@@ -227,6 +253,7 @@ class Classification(Task):
         m = metrics
         lines = [
             ("task score", f"{m.get('task/score', float('nan')):.3f}"),
+            *Classification._twin_lines(m),
             ("detection F1", f"{m.get('task/f1', float('nan')):.3f}"),
             (
                 "altitude-limit violations",
@@ -239,13 +266,25 @@ class Classification(Task):
         ]
         if isolated_baseline:
             lines.append(("probe accuracy, isolated", _pct(m["learn/probe_acc_isolated"])))
-            lines.append(("gain from sharing", _points(m["learn/sharing_gain"])))
+            lines.append(("probe gain from sharing", _points(m["learn/sharing_gain"])))
         else:
             lines.append(("probe accuracy, isolated", "not measured (baseline.isolated)"))
+        if "learn/newcomer_catchup_s" in m:
+            lines.append(("newcomer reaches 90% of the swarm's accuracy", _catch_up(m)))
         if m.get("learn/acc") is not None:
             bwt = _points(m.get("learn/bwt") or 0.0)
             lines.append(("event kinds: final accuracy / BWT", f"{_pct(m['learn/acc'])} / {bwt}"))
         return lines
+
+
+def _catch_up(m: dict[str, Figure]) -> str:
+    def one(suffix: str) -> str:
+        s = m.get(f"learn/newcomer_catchup_s{suffix}")
+        r = m.get(f"learn/newcomer_catchup_rounds{suffix}")
+        return "not within the run" if s is None or r is None else f"{s:.0f} s ({r:.0f} rounds)"
+
+    twin = "learn/newcomer_catchup_s_isolated" in m
+    return one("") + (f" · isolated twin: {one('_isolated')}" if twin else "")
 
 
 def spread(

@@ -74,9 +74,13 @@ def test_the_table_puts_what_the_swarm_did_beside_what_it_knows(tmp_path: Path) 
         run("centralized", 2, 0.86, 0.70, 4),
     ]
     table = write_results(CompareResult(tmp_path, runs), load_scenario(TINY))
-    header = next(line for line in table.splitlines() if line.startswith("| mode |"))
-    assert "task score" in header and "altitude violations" in header
-    assert "| decentralized | 0.810 ± 0.014 | 0.860 ± 0.014 | 2.000 ± 1.414 |" in table
+    knows, did = [line for line in table.splitlines() if line.startswith("| mode |")]
+    assert "probe accuracy" in knows
+    assert "task score" in did and "altitude violations" in did
+    assert "| decentralized | 0.810 ± 0.014 | 1.000 ± 0.000 | 32.000 ± 0.000 |" in table
+    assert "| decentralized | 0.860 ± 0.014 | 2.000 ± 1.414 |" in table  # what it did
+    # the goals of what the swarm did: +0.15 over isolated, 95% of centralized
+    assert "isolated + 0.150 (goal >= +0.15): **met**; 124.6% of centralized" in table
     assert (
         "- decentralized vs isolated in the task: score +0.150; sharing **won** the task" in table
     )

@@ -35,7 +35,8 @@ def _every_kind(tmp_path: Path) -> list[tuple[GraphConfig, np.ndarray | None]]:
     edges = "".join(f"{i} {(i + 1) % n}\n" for i in range(n)) + "0 8\n"  # ring plus a chord
     # A 4 x 4 grid 10 m apart: with a 15 m range each drone hears its grid neighbours.
     grid = np.array([(10.0 * (i % 4), 10.0 * (i // 4)) for i in range(n)])  # (16, 2)
-    kinds = ["ring", "torus", "random_regular", "erdos_renyi", "small_world", "complete", "star"]
+    kinds = ["ring", "torus", "random_regular", "erdos_renyi", "small_world", "complete", "star",
+             "exponential"]  # fmt: skip
     cases: list[tuple[GraphConfig, np.ndarray | None]] = [
         (GraphConfig(kind=k, p=0.3), None) for k in kinds
     ]
@@ -55,6 +56,20 @@ def test_every_kind_builds_with_symmetric_doubly_stochastic_weights(tmp_path: Pa
         assert (w >= 0).all(), cfg.kind
         assert np.allclose(w.sum(0), 1) and np.allclose(w.sum(1), 1), cfg.kind
         assert nx.is_connected(graph) and spectral_rho(w) < 1, cfg.kind
+
+
+@pytest.mark.parametrize("n", [2, 5, 12, 16, 100])
+def test_exponential_joins_each_agent_to_those_a_power_of_two_away(n: int) -> None:
+    graph = build_graph(GraphConfig(kind="exponential"), n, seed=0)
+    hops = {1 << k for k in range(n.bit_length()) if 1 << k < n}
+    want = {frozenset((i, (i + h) % n)) for i in range(n) for h in hops if (i + h) % n != i}
+    assert {frozenset(e) for e in graph.edges} == want
+    # degree at most 2 log2(n): an agent talks to few others, whatever the swarm's size
+    assert max(d for _, d in graph.degree()) <= 2 * math.ceil(math.log2(n))
+    # and it mixes faster than the ring (the reason to offer it)
+    ring = build_graph(GraphConfig(kind="ring"), n, seed=0)
+    if n > 4:
+        assert spectral_rho(metropolis_weights(graph)) < spectral_rho(metropolis_weights(ring))
 
 
 def test_star_hub_is_agent_zero_and_rho_is_one_minus_one_over_n() -> None:

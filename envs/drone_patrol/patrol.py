@@ -17,9 +17,9 @@ made is the coordination strategy (``cfg.patrol``):
 
 A drone's *group* is the drones on the same route (a zone's drones; one drone per segment).
 Drones of a group get distinct cruise altitudes spread over ``cruise_altitude_m +-
-ALT_HALF_BAND_M`` (narrowed so the band stays below the altitude limit and above 1 m; over all drones with
-``rotation_s``, whose groups cross between zones), so drones that meet at a point are at
-different heights, and their own hover slots, ``SLOT_RADIUS_M`` from
+ALT_HALF_BAND_M`` (narrowed so the band stays below the altitude limit and above 1 m; over
+all drones with ``rotation_s``, whose groups cross between zones), so drones that meet at a
+point are at different heights, and their own hover slots, ``SLOT_RADIUS_M`` from
 the point at angle ``2 pi j / m``: drones stacked at one point are apart horizontally too, so one
 climbing through another's altitude (a sign) misses. In 'shared' mode the altitudes and slots are
 spread over all drones (segment routes cross on the way between segments).
