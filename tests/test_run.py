@@ -262,3 +262,60 @@ def test_a_run_that_diverges_says_so(ray_local, tmp_path: Path) -> None:
     ]
     rows = [json.loads(line) for line in (runner.run_dir / "metrics.jsonl").open()]
     assert next(r["tick"] for r in rows if not np.isfinite(r["learn/consensus_distance"])) == tick
+
+
+def test_isolated_twins_fly_their_own_world_and_a_resume_rebuilds_both(
+    ray_local, tmp_path: Path
+) -> None:
+    """baseline.isolated: the twins fly the same world on their own decisions (their own
+    reports, climbs, task figures); both worlds are checkpointed and rebuilt on a resume."""
+    import yaml
+
+    from envs.drone_patrol.world import DronePatrolWorld
+    from swarm import checkpoint
+    from swarm.resume import tick_dir
+
+    sc = _variant(
+        world={
+            "cruise_points_per_zone": 1,
+            "area_m": 80,
+            "rotation_s": 5.0,
+            "arrivals": [{"agent": 3, "at_s": 6.0}],
+            "labels": "reports",
+        },
+        checkpoint={"every_ticks": 20},
+    )
+    whole = _run(sc, tmp_path / "whole")
+    m = whole.summary["metrics"]
+    for key in ("task/score", "task/first_encounters_all", "task/f1"):
+        assert key in m and f"{key}_isolated" in m
+    at = tick_dir(whole.run_dir / "checkpoints", 20)
+    flown, _ = checkpoint.load(at / "world.npz")
+    twins, _ = checkpoint.load(at / "twin.npz")
+    assert flown["decisions"].shape == twins["decisions"].shape == (20, 4)
+    # each world is the scenario's world stepped with its own swarm's decisions: replayed,
+    # the twins' reproduces the `_isolated` task figures of the row at tick 20
+    row = next(json.loads(line) for line in (whole.run_dir / "metrics.jsonl").open()
+               if json.loads(line)["tick"] == 20)  # fmt: skip
+    for decisions, suffix in ((flown, ""), (twins, "_isolated")):
+        world = DronePatrolWorld(sc.world, sc.agents.count, sc.seed)
+        world.reset()
+        for chosen in decisions["decisions"]:
+            world.step(chosen)
+        replayed = world.task_metrics()
+        world.close()
+        for key in ("task/f1", "task/score", "task/false_positives", "task/first_encounters_all"):
+            assert row[key + suffix] == pytest.approx(replayed[key], abs=1e-12), key
+
+    def interrupt(tick: int) -> None:
+        if tick >= 28:
+            raise KeyboardInterrupt
+
+    cut = new_run_dir(tmp_path / "cut", sc)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(sc, cut, on_tick=interrupt).run()
+    saved = yaml.safe_load((cut / "scenario.yaml").read_text())
+    resumed = Runner(Scenario.model_validate(saved), cut, resume=True).run()
+    assert resumed.summary["run"]["resumed_from_tick"] == 20
+    assert resumed.summary["metrics"] == whole.summary["metrics"]
+    assert (cut / "metrics.jsonl").read_text() == (whole.run_dir / "metrics.jsonl").read_text()
