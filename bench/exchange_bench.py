@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: bench/ is on sys.path, the repo root is not
 
 import model_bench  # noqa: E402  (one helper, one place)
-from model_bench import best_time, fmt_bytes, machine  # noqa: E402
+from model_bench import best_time, fmt_bytes, machine, zones_kept  # noqa: E402
 
 from protocols import wire  # noqa: E402
 from protocols.compression import compress  # noqa: E402
@@ -728,7 +728,7 @@ def main() -> None:
     args = ap.parse_args()
     s = QUICK if args.quick else FULL
     info = machine() | {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    base = load_scenario(SCENARIO)
+    base = zones_kept(load_scenario(SCENARIO))
     # The scenario's CHOCO step, 1 (plain gossip's), and a smaller one that can agree with a
     # 10% top-k (Koloskova et al. 2019 need gamma well below 1 for aggressive compressors).
     gammas = tuple(dict.fromkeys((base.gossip.gamma, 1.0, SMALL_GAMMA)))

@@ -130,6 +130,19 @@ QUICK = Settings(
 _T0 = time.perf_counter()
 
 
+def zones_kept(sc: Scenario) -> Scenario:
+    """The drone patrol as the benches that load scenarios/drone_patrol.yaml measured it before
+    the scenario re-tasked its drones (issue 17): every drone keeps its zone, nobody joins
+    mid-run, drone_11 leaves at 200 s. What they measure (compression, faults, aggregation) is
+    not re-tasking, and their published figures stay reproducible."""
+    from envs.drone_patrol.config import Departure
+
+    world = sc.world.model_copy(
+        update={"rotation_s": None, "arrivals": [], "departures": [Departure(agent=11, at_s=200)]}
+    )
+    return sc.model_copy(update={"world": world})
+
+
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 

@@ -49,7 +49,7 @@ def variant(base: Scenario, agents: int, seed: int, rule: str | None, liars: flo
     data["baseline"]["isolated"] = False
     data["checkpoint"]["every_ticks"] = 0
     data["ray"]["dashboard"] = False
-    data["world"]["departures"] = []
+    data["world"].update(departures=[], rotation_s=None, arrivals=[])  # zones kept
     g = data["gossip"]
     g["topology"] = "isolated" if rule is None else "coordinator"
     if rule is not None:

@@ -70,7 +70,7 @@ sys.path.insert(0, str(REPO))  # run as a script: bench/ is on sys.path, the rep
 
 import model_bench  # noqa: E402  (one helper, one place)
 import procs  # noqa: E402  (the /proc readers scale_bench.py uses too)
-from model_bench import machine  # noqa: E402
+from model_bench import machine, zones_kept  # noqa: E402
 from procs import Memory  # noqa: E402
 
 from swarm.scenario import Scenario, load_scenario  # noqa: E402
@@ -1081,7 +1081,7 @@ def main() -> None:
         "--report-from", type=Path, help="no runs: report (and plot) a --dump file again"
     )
     args = ap.parse_args()
-    base = load_scenario(SCENARIO)
+    base = zones_kept(load_scenario(SCENARIO))
     if args.report_from:
         data = json.loads(args.report_from.read_text())
         args.minutes, args.no_compare = data["args"]["minutes"], data["args"]["no_compare"]

@@ -8,7 +8,7 @@ Modes (each a full run through the Runner, on one Ray instance):
 - ``centralized``: the upper bound, one model trained on every agent's data (all agents in one
   shard, their gradients averaged every step; no network).
 
-Each run keeps the scenario's every other setting; the isolated shadow baseline inside a run is
+Each run keeps the scenario's every other setting; the isolated twins inside a run are
 switched off (the isolated mode is the baseline). The headline figure is the final probe
 accuracy for a classification world, the team return of the last quarter for a world with
 rewards. Results: ``compare.json`` (every run's final figures), ``compare.md`` (the table:
@@ -127,13 +127,15 @@ def _curve(rows: list[Row], task: str) -> list[tuple[float, float]]:
     return [(r.sim_time_s, r.value(key)) for r in rows if r.get(key) is not None]
 
 
-def _stats(values: list[Figure]) -> str:
+def _stats(values: list[Figure], missing: str = "n/a") -> str:
+    """Mean ± standard deviation over the runs that have the figure; `missing` for a run
+    without it (e.g. a newcomer that never caught up) is named with their count."""
     v = np.asarray([x for x in values if x is not None], dtype=float)
+    gone = len(values) - v.size
     if not v.size:
-        return "n/a"
-    if v.size == 1:
-        return f"{v[0]:.3f}"
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+        return missing
+    text = f"{v[0]:.3f}" if v.size == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+    return text + (f" ({gone} of {len(values)}: {missing})" if gone else "")
 
 
 def write_results(result: CompareResult, sc: Scenario) -> str:
@@ -169,14 +171,15 @@ def _mean(runs: list[ModeRun], key: str) -> float:
 
 #: What the swarm did, beside what it knows: (metrics key, column) of the task table; a
 #: column no run has is left out (a world with rewards has none of these).
-TASK_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("task/score", "task score"),
-    ("task/f1", "detection F1"),
-    ("task/first_encounter_recall", "first-encounter recall"),
-    ("task/first_encounter_recall_all", "first-encounter recall, all"),
-    ("task/altitude_violations", "altitude violations"),
-    ("task/first_sign_violations", "violations at a first sign"),
-    ("learn/newcomer_catchup_s", "newcomer catch-up (s)"),
+#: A run without the figure shows the third field (n/a but for the newcomer: it never did).
+TASK_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("task/score", "task score", "n/a"),
+    ("task/f1", "detection F1", "n/a"),
+    ("task/first_encounter_recall", "first-encounter recall", "n/a"),
+    ("task/first_encounter_recall_all", "first-encounter recall, all", "n/a"),
+    ("task/altitude_violations", "altitude violations", "n/a"),
+    ("task/first_sign_violations", "violations at a first sign", "n/a"),
+    ("learn/newcomer_catchup_s", "newcomer catch-up (s)", "never"),
 )
 #: The issue's goals for what the decentralized swarm does (issue 17).
 GOAL_TASK_OVER_ISOLATED = 0.15
@@ -203,18 +206,18 @@ def _mode_table(by_mode: dict[str, list[ModeRun]], headline: tuple[str, str]) ->
         ]
         lines.append(f"| {mode} | " + " | ".join(_stats(c) for c in cells) + " |")
     every = [r for runs in by_mode.values() for r in runs]
-    columns = [(k, c) for k, c in TASK_COLUMNS if any(r.figure(k) is not None for r in every)]
+    columns = [col for col in TASK_COLUMNS if any(r.figure(col[0]) is not None for r in every)]
     if not columns:
         return lines
     lines += [
         "",
         "What the swarm did:",
         "",
-        "| mode | " + " | ".join(c for _, c in columns) + " |",
+        "| mode | " + " | ".join(c for _, c, _ in columns) + " |",
         "| --- |" + " ---: |" * len(columns),
     ]
     for mode, runs in by_mode.items():
-        stats = [_stats([r.figure(k) for r in runs]) for k, _ in columns]
+        stats = [_stats([r.figure(k) for r in runs], missing) for k, _, missing in columns]
         lines.append(f"| {mode} | " + " | ".join(stats) + " |")
     return lines
 

@@ -86,3 +86,11 @@ def test_the_table_puts_what_the_swarm_did_beside_what_it_knows(tmp_path: Path) 
     )
     assert "- centralized vs isolated in the task: score -0.020; sharing **did not win**" in table
     assert (tmp_path / "compare.md").read_text() == table
+
+
+def test_a_figure_some_runs_lack_is_summarised_with_their_count() -> None:
+    from swarm.compare import _stats
+
+    assert _stats([0.5, None, None], "never") == "0.500 (2 of 3: never)"
+    assert _stats([None, None], "never") == "never"
+    assert _stats([1.0, 3.0]) == "2.000 ± 1.414"
