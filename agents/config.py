@@ -92,6 +92,12 @@ class LearnConfig(Section):
     recent experience (0 = off): unlabelled experience teaches too."""
     ssl_batch: int = Field(8, ge=1, le=4096)
     """Unlabelled windows per agent per learning step when ssl_weight > 0."""
+    absent_class_scale: float = Field(1.0, ge=0.0, le=1.0)
+    """Restricted softmax (FedRS, Li & Zhan, KDD 2021): in an agent's own training steps the
+    logits of the classes it has never had a label of are multiplied by this. 1 is the plain
+    softmax, which teaches an agent that has only met fire that nothing is ever a sign, and so
+    unlearns, step after step, what its peers' deltas taught it; below 1 its local steps leave
+    the kinds it was never taught to the others (0: no learning signal to them at all)."""
     trainable: Literal["all", "head", "last_block", "random"] = "all"
     """Which parameters online learning may change: all; the head and every norm gain; the
     last block, final norm and head; or a fixed random `trainable_fraction` of them."""

@@ -188,6 +188,8 @@ class OnlineLearner:
         self.learn_steps = 0
         """learn_step calls so far (the EWC consolidation clock)."""
         self._new_examples = np.zeros(n_agents, np.int64)
+        self.taught = np.zeros((n_agents, n_classes), bool)
+        """(K, n_classes): the classes each agent has had a label of (restricted softmax)."""
         self.labels_dropped = 0
         """Labels whose tick had left the history (or was never observed), since creation."""
 
@@ -220,6 +222,7 @@ class OnlineLearner:
             self.ewc.fisher[agents] = 0.0
             self.ewc.anchor[agents] = 0.0
         self._new_examples[agents] = 0
+        self.taught[agents] = False
 
     def _last_tick(self) -> int:
         return int(self._ticks[(self._n - 1) % self._ring])
@@ -245,6 +248,7 @@ class OnlineLearner:
         if not found.any():
             return
         agents, classes = agents[found], classes[found]
+        self.taught[agents, classes] = True
         end = lo + pos[found]  # (M',) observation index of each labelled tick
         idx = end[:, None] + np.arange(-W + 1, 1)  # (M', W) the window, oldest first
         windows = self._obs[agents[:, None], idx % self._ring]  # (M', W, obs_dim)
@@ -280,6 +284,7 @@ class OnlineLearner:
             out = self.population.train_step(
                 x, y, mask, penalty=penalty, grad_mask=self.grad_mask,
                 unlabeled=unlabeled, ssl_weight=cfg.ssl_weight,
+                taught=self.taught, absent_scale=cfg.absent_class_scale,
             ).numpy()  # fmt: skip
             loss = np.where(trained, out, np.nan).astype(np.float32)
         consolidated = np.zeros(K, bool)
@@ -360,6 +365,7 @@ def learner_state(learner: OnlineLearner) -> tuple[dict[str, np.ndarray], dict[s
     arrays["obs"] = learner._obs.copy()
     arrays["ticks"] = learner._ticks.copy()
     arrays["new_examples"] = learner._new_examples.copy()
+    arrays["taught"] = learner.taught.copy()
     arrays["replay.items"] = learner.replay.items.copy()
     arrays["replay.size"] = learner.replay.size.copy()
     arrays["replay.seen"] = learner.replay.seen.copy()
@@ -401,6 +407,10 @@ def load_learner_state(
     put(learner._obs, "obs")
     put(learner._ticks, "ticks")
     put(learner._new_examples, "new_examples")
+    if "taught" in arrays:  # older checkpoints: what the replay holds is what was taught
+        put(learner.taught, "taught")
+    else:
+        learner.taught[...] = learner.replay.size > 0
     put(learner.replay.items, "replay.items")
     put(learner.replay.size, "replay.size")
     put(learner.replay.seen, "replay.seen")

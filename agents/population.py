@@ -251,6 +251,8 @@ class Population:
         grad_mask: Tensor | None = None,
         unlabeled: np.ndarray | Tensor | None = None,
         ssl_weight: float = 0.0,
+        taught: np.ndarray | Tensor | None = None,
+        absent_scale: float = 1.0,
     ) -> Tensor:
         """One optimizer step per agent on its own batch; returns each agent's loss (K,).
 
@@ -268,6 +270,11 @@ class Population:
         next-step head, agents/yan/io.py), so unlabelled experience teaches too, and every agent
         takes a step.
 
+        taught: (K, n_classes) bool, the classes each agent has had labels of; with
+        absent_scale < 1 the logits of its other classes are multiplied by absent_scale in its
+        cross-entropy (restricted softmax, FedRS). Pooled: one model taught by everyone, so the
+        classes any agent was taught.
+
         Selective FFN (ffn_groups > 1): the router picks groups under noise annealed over each
         agent's own step count, the load-balance loss of every token of the batch (masked rows
         included) is added to the loss, and `select_stats` is refreshed.
@@ -281,11 +288,17 @@ class Population:
         active = w.sum(1) > 0  # (K,)
         if u is not None:
             active = torch.ones_like(active)
+        scale = None  # (K, 1, n_classes) logit scale of the restricted softmax
+        if taught is not None and absent_scale < 1.0:
+            t = torch.as_tensor(taught, dtype=torch.bool)
+            if self.pooled:
+                t = t.any(0, keepdim=True).expand_as(t)
+            scale = torch.where(t, 1.0, absent_scale).unsqueeze(1)
         if self.model_cfg.ffn_groups > 1 or penalty is not None:
             # the router's noise and records, and the EWC penalty, read all K rows: one pass
-            loss, grad = self._loss_grad(self.flat, x, y, w, u, ssl_weight, penalty)
+            loss, grad = self._loss_grad(self.flat, x, y, w, u, ssl_weight, penalty, scale)
         else:
-            loss, grad = self._loss_grad_in_groups(x, y, w, u, ssl_weight)
+            loss, grad = self._loss_grad_in_groups(x, y, w, u, ssl_weight, scale)
         if grad_mask is not None:
             grad = grad * grad_mask.to(grad.dtype)
         if self.pooled:
@@ -294,14 +307,20 @@ class Population:
         return loss.detach()
 
     def _loss_grad_in_groups(
-        self, x: Tensor, y: Tensor, w: Tensor, u: Tensor | None, ssl_weight: float
+        self,
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+        u: Tensor | None,
+        ssl_weight: float,
+        scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """`_loss_grad` of all K rows, computed in groups of agents (AGENT_CHUNK_TOKENS); a
         group's rows are a leaf of their own. Same arguments and results, no penalty."""
         tokens = x.shape[1] * x.shape[2] + (0 if u is None else u.shape[1] * u.shape[2])
         spans = agent_spans(self.n_agents, tokens)
         if len(spans) == 1:
-            return self._loss_grad(self.flat, x, y, w, u, ssl_weight, None)
+            return self._loss_grad(self.flat, x, y, w, u, ssl_weight, None, scale)
         if self._grad is None:
             # kept between steps: a fresh (K, P) buffer of this size is a fresh mmap, and
             # filling it page by page costs more than the copies themselves
@@ -311,8 +330,9 @@ class Population:
         for lo, hi in spans:
             rows = self.flat.detach()[lo:hi].requires_grad_()
             part = None if u is None else u[lo:hi]
+            s = None if scale is None else scale[lo:hi]
             loss_k, grad[lo:hi] = self._loss_grad(
-                rows, x[lo:hi], y[lo:hi], w[lo:hi], part, ssl_weight, None
+                rows, x[lo:hi], y[lo:hi], w[lo:hi], part, ssl_weight, None, s
             )
             losses.append(loss_k)
         return torch.cat(losses), grad
@@ -326,10 +346,12 @@ class Population:
         u: Tensor | None,
         ssl_weight: float,
         penalty: Callable[[Tensor], Tensor] | None,
+        scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """train_step's per-agent loss (k,), detached, and its gradient (k, P) for the rows
         `flat` (k, P): self.flat, or a leaf holding a copy of some of its rows, with their
-        x (k, B, T, obs_dim), y (k, B), w (k, B) float mask and unlabeled windows u or None."""
+        x (k, B, T, obs_dim), y (k, B), w (k, B) float mask, unlabeled windows u or None, and
+        the restricted softmax's logit scale (k, 1, n_classes) or None."""
         params = views(flat, self.specs)
         cfg = self.model_cfg
         routing = None
@@ -340,6 +362,8 @@ class Population:
             )
         obs = _model_input(self.split_obs(x))
         logits = forward_last(cfg, params, obs, routing)  # (k, B, n_classes)
+        if scale is not None:
+            logits = logits * scale
         ce = F.cross_entropy(
             logits.reshape(-1, self.n_classes), y.reshape(-1), reduction="none"
         ).view(y.shape)  # (k, B)
