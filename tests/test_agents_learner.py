@@ -388,3 +388,50 @@ def test_pooled_population_is_one_model_trained_on_everyones_data():
         rel = 2 * chain_bound(model_stages(cfg, backward=True), model_terms(cfg, 2 * B * T), U64)
         assert_close_rel(ref.grad[0], ref_union.grad[0], rel, "pooled vs union gradient")
     assert not torch.allclose(rows[0], Population(cfg, learn, 1, OBS, 3, seed=0).flat[0])
+
+
+def _head_rows(learner: OnlineLearner) -> torch.Tensor:
+    from agents.yan.params import views
+
+    head = views(learner.population.flat.detach(), learner.population.specs).head.cls
+    assert head is not None
+    return head.w.clone()  # (K, n_classes, D)
+
+
+def test_restricted_softmax_leaves_the_classes_an_agent_was_never_taught_alone():
+    # Prepare: 2 agents; agent 0 is taught classes 0 and 1, agent 1 classes 0 and 2
+    def learner(scale: float) -> OnlineLearner:
+        cfg = LearnConfig(batch=8, window=4, replay=40, absent_class_scale=scale)
+        return OnlineLearner(ModelConfig(d_model=16, channels=2, layers=1), cfg, 2, 6, 5, seed=1)
+
+    rng = np.random.default_rng(0)
+    runs = {}
+    for scale in (0.0, 1.0):
+        ln = learner(scale)
+        for t in range(6):
+            ln.act(t, rng.normal(size=(2, 6)).astype(np.float32))
+        ln.add_labels(np.array([[0, 2, 0], [0, 3, 1], [1, 2, 0], [1, 4, 2]]))
+        before = _head_rows(ln)
+        ln.learn_step()
+        runs[scale] = (before, _head_rows(ln), ln.taught.copy())
+    before, after, taught = runs[0.0]
+    assert taught.tolist() == [[1, 1, 0, 0, 0], [1, 0, 1, 0, 0]]
+    # Assert: with scale 0 the head rows of the untaught classes do not move (no gradient:
+    # Adam's first step moves only where the gradient is nonzero), the taught ones do
+    for k in range(2):
+        for c in range(5):
+            moved = not torch.equal(before[k, c], after[k, c])
+            assert moved == bool(taught[k, c]), (k, c)
+    # ... while the plain softmax pushes every class's row
+    before, after, _ = runs[1.0]
+    assert not torch.equal(before[0, 3], after[0, 3])
+
+
+def test_a_renewed_agent_forgets_what_it_was_taught():
+    cfg = LearnConfig(batch=8, window=4, replay=40)
+    ln = OnlineLearner(ModelConfig(d_model=16, channels=2, layers=1), cfg, 2, 6, 5, seed=1)
+    for t in range(4):
+        ln.act(t, np.zeros((2, 6), np.float32))
+    ln.add_labels(np.array([[0, 2, 3], [1, 2, 4]]))
+    ln.renew([1])
+    assert ln.taught[0, 3] and not ln.taught[1].any()
