@@ -181,3 +181,27 @@ def test_a_newcomer_gets_the_initial_model_and_forgets_what_it_learned() -> None
     learner.population.pooled = True  # one pooled model: a newcomer flies with it
     learner.renew([0])
     assert torch.equal(learner.population.flat.detach()[0], start[0] + 0.5)
+
+
+def test_the_run_table_puts_what_the_isolated_twins_did_beside_the_swarm() -> None:
+    from swarm.tasks import Classification
+
+    m = {
+        "task/score": 0.78, "task/score_isolated": 0.58, "task/first_encounters": 35.0,
+        "task/first_encounter_recall": 0.943, "task/first_encounter_recall_isolated": 0.057,
+        "learn/probe_acc": 0.876, "learn/probe_acc_isolated": 0.783, "learn/sharing_gain": 0.093,
+        "learn/newcomer_catchup_s": 40.0, "learn/newcomer_catchup_rounds": 16.0,
+        "learn/newcomer_catchup_s_isolated": None, "learn/newcomer_catchup_rounds_isolated": None,
+    }  # fmt: skip
+    lines = dict(Classification.table(m, isolated_baseline=True))
+    assert lines["task score, isolated twins"] == "0.580"
+    assert lines["task gain from sharing"] == "+0.200"
+    assert lines["first-encounter recall (kinds never taught)"] == (
+        "94.3% of 35 · isolated twins 5.7%"
+    )
+    assert lines["newcomer reaches 90% of the swarm's accuracy"] == (
+        "40 s (16 rounds) · isolated twin: not within the run"
+    )
+    # a run without twins (baseline.isolated: false) shows only the swarm's own figures
+    alone = dict(Classification.table({"task/score": 0.7, "learn/probe_acc": 0.8}, False))
+    assert "task gain from sharing" not in alone and "task score" in alone
