@@ -46,7 +46,14 @@ BYZANTINE = 0.2
 TRIM = 0.25
 
 
-def variant(base: Scenario, agents: int, seed: int, rule: str | None, liars: float) -> Scenario:
+def variant(
+    base: Scenario,
+    agents: int,
+    seed: int,
+    rule: str | None,
+    liars: float,
+    gossip_b: int = GOSSIP_B,
+) -> Scenario:
     """The patrol as one cell of the table: `rule` None means isolated learners."""
     data = base.model_dump(mode="json")
     data["seed"] = seed
@@ -61,7 +68,7 @@ def variant(base: Scenario, agents: int, seed: int, rule: str | None, liars: flo
     if rule is not None and rule.startswith("gossip:"):
         g["topology"] = "decentralized"
         g["graph"] = {"kind": "exponential"}
-        g["robust"] = {"kind": rule.split(":")[1], "byzantine": GOSSIP_B}
+        g["robust"] = {"kind": rule.split(":")[1], "byzantine": gossip_b}
     elif rule is not None:
         # Each rule is set for the liars it is meant to withstand, with or without them (an
         # operator sets it for the fraction it expects): Krum's f, and a trim that cuts more
@@ -95,6 +102,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ticks", type=int, default=None)
     ap.add_argument("--rules", default=",".join(RULES), help=f"also: {','.join(GOSSIP_RULES)}")
+    ap.add_argument("--gossip-b", type=int, default=GOSSIP_B, help="b of the gossip:* rules")
     ap.add_argument("--quick", action="store_true", help="8 drones, 1 seed, 100 ticks")
     ap.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
     args = ap.parse_args()
@@ -113,7 +121,12 @@ def main() -> None:
             for n, (rule, liars) in enumerate(cells):
                 for seed in seeds:
                     sc = variant(
-                        base, args.agents, seed, None if rule == "isolated" else rule, liars
+                        base,
+                        args.agents,
+                        seed,
+                        None if rule == "isolated" else rule,
+                        liars,
+                        args.gossip_b,
                     )
                     acc, wall = honest_accuracy(sc, Path(tmp))
                     results.setdefault((rule, liars), []).append(acc)
@@ -139,6 +152,7 @@ def report(args, base: Scenario, seeds: list[int], rules: list[str], results: di
         + (f" --agents {args.agents}" if args.agents != 24 else "")
         + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
         + (f" --rules {args.rules}" if args.rules != ",".join(RULES) else "")
+        + (f" --gossip-b {args.gossip_b}" if args.gossip_b != GOSSIP_B else "")
         + " --write"
     )
     lines = [
@@ -155,7 +169,7 @@ def report(args, base: Scenario, seeds: list[int], rules: list[str], results: di
         "values on the same coordinates, so under them the agents send the round's shared "
         "random coordinates (protocols/compression.py `shared_indices`) instead of each its own "
         "top-k; fedavg keeps top-k. The gossip:* rules are decentralized instead, on the "
-        f"exponential graph, each robust consensus step set for b = {GOSSIP_B} Byzantine "
+        f"exponential graph, each robust consensus step set for b = {args.gossip_b} Byzantine "
         "neighbours; it works on the public copies CHOCO rebuilds from the compressed deltas.",
         "",
         "| rule | no faults | 20% liars | change (points) |",
