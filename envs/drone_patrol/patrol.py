@@ -456,11 +456,7 @@ class Patroller:
             return due
         self.arrived[due] = True
         self.dwell_left[due] = -1
-        if self.mode == "shared":
-            self._rebalance(pos)
-        else:
-            for z in np.unique(self.zone[due]):
-                self._respread(int(z), pos)
+        self._regroup(due, pos)
         return due
 
     def rotate_due(self, tick: int) -> bool:
@@ -489,14 +485,19 @@ class Patroller:
         self.climb_point[due] = -1
         self.dwell_left[due] = -1
         self.extra_dwell[due] = 0
-        if self.mode == "shared":
-            self._rebalance(pos)
-        else:
-            for z in np.unique(self.zone[due]):
-                self._respread(int(z), pos)
+        self._regroup(due, pos)
         self.route_idx[self.departed] = 0
         self._set_routes([r[:0] if self.departed[i] else r for i, r in enumerate(self.routes)])
         return due
+
+    def _regroup(self, changed: np.ndarray, pos: np.ndarray) -> None:
+        """After drones ``changed`` left or joined: 'shared' re-splits the tour, 'zones'
+        re-spreads the groups they were in."""
+        if self.mode == "shared":
+            self._rebalance(pos)
+        else:
+            for z in np.unique(self.zone[changed]):
+                self._respread(int(z), pos)
 
     def _rebalance(self, pos: np.ndarray) -> None:
         """'shared': split the tour among the remaining drones; each takes the nearest point."""
