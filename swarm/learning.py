@@ -76,7 +76,8 @@ class Learning(ABC):
 
 class ClassifyLearning(Learning):
     """Each agent classifies what it senses; labels arrive late and for a fraction of reports.
-    An isolated twin of each agent learns on the same stream and never shares (the baseline)."""
+    An isolated twin of each agent (the baseline) never shares: in a run it flies a twin world
+    of its own (`act_twins`); called alone (`act`) it learns on the agents' stream."""
 
     def __init__(
         self,
