@@ -110,6 +110,17 @@ class RobustConfig(Section):
     clip_tau: float | None = Field(None, gt=0)
     """clip: a fixed radius for every agent instead of the adaptive one."""
 
+    def neighbours_needed(self) -> int:
+        """The fewest neighbours every agent must have for this step (0: no condition):
+        clip ranks b + 1 distances (unless its radius is fixed); trimmed_mean with 2b + 1
+        neighbours averages at least two of the own and neighbours' values after cutting b at
+        each end."""
+        if self.kind == "trimmed_mean":
+            return 2 * self.byzantine + 1
+        if self.kind == "clip" and self.clip_tau is None:
+            return self.byzantine + 1
+        return 0
+
 
 class GossipConfig(Section):
     """Who shares knowledge with whom, how often and how."""

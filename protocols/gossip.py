@@ -336,12 +336,7 @@ class ChocoGossip:
     # -- robust consensus ----------------------------------------------------------------------
 
     def _check_degrees(self, robust: RobustConfig) -> None:
-        b = robust.byzantine
-        # clip ranks b + 1 distances; trimmed_mean with 2b + 1 neighbours averages at least
-        # two of the own and neighbours' values after cutting b at each end.
-        need = 2 * b + 1 if robust.kind == "trimmed_mean" else b + 1
-        if robust.kind == "clip" and robust.clip_tau is not None:
-            return  # a fixed radius needs no ranking of the neighbours
+        b, need = robust.byzantine, robust.neighbours_needed()
         for i, nbrs in zip(self.local, self.neighbours, strict=True):
             if len(nbrs) < need:
                 raise ValueError(

@@ -201,6 +201,7 @@ class Scenario(Section):
                 )
         self._check_faults()
         self._check_coordinator()
+        self._check_robust_degrees()
         n = self.total_agents
         if self.gossip.graph.kind == "random_regular" and (
             self.gossip.graph.degree >= n or (self.gossip.graph.degree * n) % 2
@@ -225,6 +226,33 @@ class Scenario(Section):
                 "has them"
             )
         return self
+
+    def _check_robust_degrees(self) -> None:
+        """A robust consensus step ranks or trims the neighbours' copies, so every agent needs
+        enough neighbours: checked on the graph the run will build (a proximity graph, made
+        from the drones' start positions, is checked when the run starts)."""
+        need = self.gossip.robust.neighbours_needed()
+        graph = self.gossip.graph
+        if (
+            not need
+            or graph.kind == "proximity"
+            or not exchange_for(self.gossip.topology).needs_graph
+        ):
+            return
+        if graph.kind == "random_regular" and (graph.degree * self.total_agents) % 2:
+            return  # refused below, with its own reason
+        # networkx only when a robust step asks: `swarm validate` stays quick otherwise
+        from protocols.topology import build_graph
+
+        built = build_graph(graph, self.total_agents, self.seed)
+        least = min((int(d) for _, d in built.degree()), default=0)
+        if least < need:
+            raise ValueError(
+                f"gossip.robust: {self.gossip.robust.kind} with byzantine = "
+                f"{self.gossip.robust.byzantine} needs every agent to have >= {need} "
+                f"neighbours; the {graph.kind} graph of {self.total_agents} agents gives some "
+                f"only {least} (use a denser graph or a smaller byzantine)"
+            )
 
     def _check_coordinator(self) -> None:
         c = self.gossip.coordinator

@@ -74,6 +74,13 @@ def test_resolved_scenario_round_trips() -> None:
             "faults.byzantine",
             "out of range",
         ),
+        # a robust consensus step on a graph too sparse for it (a ring: 2 neighbours each)
+        (
+            "name: t\ngossip:\n  robust: {kind: trimmed_mean, byzantine: 1}\n",
+            3,
+            "gossip.robust",
+            "needs every agent to have >= 3 neighbours; the ring graph",
+        ),
     ],
 )
 def test_errors_name_key_path_and_line(text: str, line: int, path: str, words: str) -> None:
@@ -144,3 +151,15 @@ def test_relative_paths_resolve_against_the_scenario_file(tmp_path: Path) -> Non
     sc = load_scenario(scenario)
     assert sc.gossip.graph.path == str(tmp_path / "sub" / "edges.txt")
     assert sc.gossip.tls.cert_dir == str(tmp_path / "sub" / "certs")
+
+
+def test_a_robust_step_on_a_graph_dense_enough_validates() -> None:
+    # 12 agents on the exponential graph have 6 neighbours each: trimmed_mean b = 2 needs 5
+    text = (
+        "name: t\ngossip:\n  graph: {kind: exponential}\n"
+        "  robust: {kind: trimmed_mean, byzantine: 2}\n"
+    )
+    assert parse_scenario(text, "ok.yaml").gossip.robust.neighbours_needed() == 5
+    # a fixed clip radius ranks nobody: any graph will do
+    ring = "name: t\ngossip:\n  robust: {kind: clip, byzantine: 4, clip_tau: 1.0}\n"
+    assert parse_scenario(ring, "ok.yaml").gossip.robust.neighbours_needed() == 0
