@@ -12,7 +12,8 @@ Each run keeps the scenario's every other setting; the isolated twins inside a r
 switched off (the isolated mode is the baseline). The headline figure is the final probe
 accuracy for a classification world, the team return of the last quarter for a world with
 rewards. Results: ``compare.json`` (every run's final figures), ``compare.md`` (the table:
-mean and spread per mode over the seeds, and the goals), ``compare_curves.png`` (the headline
+mean and spread per mode over the seeds, and the goals), ``compare_task.png`` (the task score
+over time, where the world scores one), ``compare_curves.png`` (the headline
 figure over time, mean and min-max band per mode) and ``compare_bytes.png``.
 """
 
@@ -63,6 +64,8 @@ class ModeRun:
     metrics: dict[str, Figure]  # summary.json's final figures
     wall_s: float
     curve: list[tuple[float, float]]  # (simulated s, the headline's row figure)
+    #: (simulated s, task/score) where the world scores a task (what the swarm did, so far)
+    task_curve: list[tuple[float, float]] = field(default_factory=list)
 
     def figure(self, key: str) -> Figure:
         return self.metrics.get(key)
@@ -105,6 +108,7 @@ def compare(
             run_dir.mkdir(parents=True, exist_ok=True)
             run = Runner(msc, run_dir, address=address, on_tick=on_tick).run()
             task = str(run.summary["task"])
+            rows = [Row.from_json(r) for r in run.rows]
             result.runs.append(
                 ModeRun(
                     mode=mode,
@@ -113,7 +117,8 @@ def compare(
                     task=task,
                     metrics=figures_of(as_doc(run.summary["metrics"])),
                     wall_s=as_number(as_doc(run.summary["run"])["wall_s"]),
-                    curve=_curve([Row.from_json(r) for r in run.rows], task),
+                    curve=_curve(rows, task),
+                    task_curve=_series(rows, "task/score"),
                 )
             )
     finally:
@@ -123,7 +128,10 @@ def compare(
 
 
 def _curve(rows: list[Row], task: str) -> list[tuple[float, float]]:
-    key = task_named(task).curve
+    return _series(rows, task_named(task).curve)
+
+
+def _series(rows: list[Row], key: str) -> list[tuple[float, float]]:
     return [(r.sim_time_s, r.value(key)) for r in rows if r.get(key) is not None]
 
 
@@ -287,30 +295,45 @@ def _task_verdicts(by_mode: dict[str, list[ModeRun]]) -> list[str]:
     return lines
 
 
-def _plot(by_mode: dict[str, list[ModeRun]], label: str, out: Path) -> None:
+COLORS = {"isolated": "tab:red", "decentralized": "tab:blue", "coordinator": "tab:green",
+          "centralized": "black"}  # fmt: skip
 
+
+def _plot_curves(
+    by_mode: dict[str, list[ModeRun]],
+    curve_of: Callable[[ModeRun], list[tuple[float, float]]],
+    label: str,
+    path: Path,
+) -> None:
+    """One figure over simulated time per mode: the mean over seeds, and a min-max band."""
     plt = _pyplot()
-    colors = {"isolated": "tab:red", "decentralized": "tab:blue", "coordinator": "tab:green",
-              "centralized": "black"}  # fmt: skip
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for mode, runs in by_mode.items():
-        curves = [np.asarray(r.curve, dtype=float) for r in runs if r.curve]
+        curves = [np.asarray(curve_of(r), dtype=float) for r in runs if curve_of(r)]
         if not curves:
             continue
         n = min(len(c) for c in curves)
         t = curves[0][:n, 0]
         v = np.stack([c[:n, 1] for c in curves])  # (seeds, n)
-        ax.plot(t, v.mean(0), color=colors.get(mode), linewidth=2, label=f"{mode} (mean)")
+        ax.plot(t, v.mean(0), color=COLORS.get(mode), linewidth=2, label=f"{mode} (mean)")
         if len(curves) > 1:
-            ax.fill_between(t, v.min(0), v.max(0), color=colors.get(mode), alpha=0.15)
+            ax.fill_between(t, v.min(0), v.max(0), color=COLORS.get(mode), alpha=0.15)
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(f"{label} by way of sharing (band: min-max over seeds)")
     fig.tight_layout()
-    fig.savefig(out / "compare_curves.png")
+    fig.savefig(path)
     plt.close(fig)
+
+
+def _plot(by_mode: dict[str, list[ModeRun]], label: str, out: Path) -> None:
+    plt = _pyplot()
+    _plot_curves(by_mode, lambda r: r.curve, label, out / "compare_curves.png")
+    if any(r.task_curve for runs in by_mode.values() for r in runs):
+        # what the swarm did, as it went: the score counts every decision from the start
+        _plot_curves(by_mode, lambda r: r.task_curve, "task score", out / "compare_task.png")
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     names = list(by_mode)

@@ -63,7 +63,8 @@ def test_the_table_puts_what_the_swarm_did_beside_what_it_knows(tmp_path: Path) 
             "gossip/dense_bytes": 2**25,
             "gossip/compression_ratio": 32.0,
         }
-        return ModeRun(mode, seed, "", "classify", metrics, 1.0, [(0.0, 0.1), (1.0, acc)])
+        curve = [(0.0, 0.1), (1.0, acc)]
+        return ModeRun(mode, seed, "", "classify", metrics, 1.0, curve, [(0.0, 0.0), (1.0, score)])
 
     runs = [
         run("isolated", 1, 0.40, 0.70, 9),
@@ -86,6 +87,8 @@ def test_the_table_puts_what_the_swarm_did_beside_what_it_knows(tmp_path: Path) 
     )
     assert "- centralized vs isolated in the task: score -0.020; sharing **did not win**" in table
     assert (tmp_path / "compare.md").read_text() == table
+    # and what it did as it went: the task score over time, a picture
+    assert (tmp_path / "compare_task.png").stat().st_size > 10_000
 
 
 def test_a_figure_some_runs_lack_is_summarised_with_their_count() -> None:
