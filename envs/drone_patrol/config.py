@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from swarm._config import Section
@@ -17,6 +18,13 @@ EVENT_CLASSES: tuple[str, ...] = (
     "altitude_limit_sign",
 )
 ZONES: tuple[str, ...] = ("forest", "city", "river", "industrial")
+
+
+def first_tick(t_s: float, tick_s: float) -> int:
+    """The first tick at or after the simulated time ``t_s``: what every scheduled thing of the
+    world (events, departures, arrivals, rotations, leads) rounds to. A small epsilon keeps
+    float division honest: 3.0 s / 0.5 s is tick 6, not 7."""
+    return int(np.ceil(t_s / tick_s - 1e-9))
 
 
 class EventKindConfig(Section):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig
+from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig, first_tick
 from envs.drone_patrol.layout import PatrolMap
 
 #: Onset of a (point, kind) pair that never occurs.
@@ -52,19 +52,17 @@ class EventField:
                     f"events.{k}: zone(s) {sorted(both)} are in both 'zones' and 'later_zones'"
                 )
 
-        def first_tick(t_s: float) -> int:
-            # Small epsilon: 3.0 s / 0.5 s is tick 6, not 7.
-            return int(np.ceil(t_s / cfg.tick_s - 1e-9))
-
         zone_names = [ZONES[int(z)] for z in pmap.point_zone]
         self.onset = np.full((pmap.n_points, len(names)), NEVER, dtype=np.int64)  # (P, K)
         for j, k in enumerate(names):
             ev = cfg.events[k]
             for pt, zn in enumerate(zone_names):
                 if zn in ev.zones:
-                    self.onset[pt, j] = first_tick(ev.appears_after_s)
+                    self.onset[pt, j] = first_tick(ev.appears_after_s, cfg.tick_s)
                 elif zn in ev.later_zones:
-                    self.onset[pt, j] = first_tick(max(ev.appears_after_s, ev.later_zones[zn]))
+                    self.onset[pt, j] = first_tick(
+                        max(ev.appears_after_s, ev.later_zones[zn]), cfg.tick_s
+                    )
         #: (P, K) the kind can ever occur at the point.
         self.allowed = self.onset < NEVER
         self.n_points = pmap.n_points

@@ -91,7 +91,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.drone_patrol.config import EVENT_CLASSES
+from envs.drone_patrol.config import EVENT_CLASSES, first_tick
 from envs.drone_patrol.events import EventRecord
 
 SIGN = EVENT_CLASSES.index("altitude_limit_sign")
@@ -168,7 +168,7 @@ class PatrolMetrics:
 
     def _known(self, tick: int) -> np.ndarray:
         """(C,) bool: each kind labelled somewhere at least KNOWN_LEAD_S before ``tick``."""
-        lead = int(np.ceil(KNOWN_LEAD_S / self.tick_s - 1e-9))
+        lead = first_tick(KNOWN_LEAD_S, self.tick_s)
         return self.first_label_tick <= tick - lead
 
     def _encounters(self, tick: int, pred: np.ndarray, true: np.ndarray, eid: np.ndarray) -> None:

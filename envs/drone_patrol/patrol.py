@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig
+from envs.drone_patrol.config import EVENT_CLASSES, ZONES, DronePatrolConfig, first_tick
 from envs.drone_patrol.layout import PatrolMap
 
 #: "Over the point" (horizontal metres): arrival, visits (idleness) and sign passages all use it.
@@ -274,8 +274,7 @@ class Patroller:
                 )
             if self.depart_tick[d.agent] != NEVER:
                 raise ValueError(f"departures: agent {d.agent} (drone_{d.agent}) departs twice")
-            # Small epsilon as for events: 3.0 s / 0.5 s is tick 6, not 7.
-            self.depart_tick[d.agent] = int(np.ceil(d.at_s / cfg.tick_s - 1e-9))
+            self.depart_tick[d.agent] = first_tick(d.at_s, cfg.tick_s)
         self.arrive_tick = np.zeros(n_agents, dtype=np.int64)  # (N,) 0: patrols from the start
         for a in cfg.arrivals:
             if a.agent >= n_agents:
@@ -283,11 +282,9 @@ class Patroller:
                     f"arrivals: agent {a.agent} (drone_{a.agent}) does not exist; "
                     f"the world has {n_agents} drones (drone_0 .. drone_{n_agents - 1})"
                 )
-            self.arrive_tick[a.agent] = max(1, int(np.ceil(a.at_s / cfg.tick_s - 1e-9)))
+            self.arrive_tick[a.agent] = max(1, first_tick(a.at_s, cfg.tick_s))
         #: Ticks between zone rotations (0: none).
-        self.rotate_every = (
-            max(1, int(np.ceil(cfg.rotation_s / cfg.tick_s - 1e-9))) if cfg.rotation_s else 0
-        )
+        self.rotate_every = max(1, first_tick(cfg.rotation_s, cfg.tick_s)) if cfg.rotation_s else 0
         #: One short closed tour through every cruise point ('shared' routes; idleness norm).
         self.tour = tour_order(pmap.points)  # (P,)
         self.tour_m = cycle_length(pmap.points, self.tour)
