@@ -92,11 +92,7 @@ class Driver:
         self.actors = Actors(world=cast("ActorHandle[WorldHost]", host.remote(spec)))
         # The isolated baseline as a swarm of its own: the twins fly the same world (seed,
         # events) on their own decisions, and learn from their own reports' labels.
-        if (
-            self.runner.exchange.rounds
-            and self.sc.baseline.isolated
-            and task_of_world(self.sc.world.kind).twin_world
-        ):
+        if self.sc.isolated_twins and task_of_world(self.sc.world.kind).twin_world:
             self.actors.twin = cast("ActorHandle[WorldHost]", host.remote(spec))
         self.endpoints: list[str] = []
         self.coord_addr = ""

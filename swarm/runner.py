@@ -413,7 +413,7 @@ class Runner:
             seed=sc.seed,
             accounting=self._accounting(),
             faults=faults,
-            isolated_baseline=bool(sc.baseline.isolated and self.exchange.rounds),
+            isolated_baseline=sc.isolated_twins,
             placement=self.placement,
             agents=sc.agents.count,
             shards=sc.n_shards,

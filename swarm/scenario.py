@@ -332,6 +332,12 @@ class Scenario(Section):
         return self.model_copy(update={"agents": self.agents.model_copy(update={"per_shard": per})})
 
     @property
+    def isolated_twins(self) -> bool:
+        """Whether every agent has an isolated twin (the baseline): asked for, and meaningful
+        only where the agents share (isolated and centralized runs are their own baseline)."""
+        return self.baseline.isolated and exchange_for(self.gossip.topology).rounds
+
+    @property
     def total_agents(self) -> int:
         """Agents in the gossip graph: the simulated ones plus the external devices."""
         return self.agents.count + len(self.external_peers)

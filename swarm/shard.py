@@ -208,7 +208,7 @@ class AgentShard:
             len(self.agents),
             spec.info,
             pooled=kind.pooled,
-            twins=kind.rounds and sc.baseline.isolated,
+            twins=sc.isolated_twins,
         )
         self.exchange: Exchange = make_exchange(self._wiring(spec, kind.serves), self._fault_plan())
         # Live figures as Ray metrics (swarm/telemetry.py), labelled with the run id (`run`,
