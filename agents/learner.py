@@ -192,6 +192,43 @@ class OnlineLearner:
         """(K, n_classes): the classes each agent has had a label of (restricted softmax)."""
         self.labels_dropped = 0
         """Labels whose tick had left the history (or was never observed), since creation."""
+        self.labelled: list[tuple[np.ndarray, ...]] | None = None
+        """The labelled windows not yet taken by `take_labelled` (kept only once
+        `keep_labelled` was called: the agents relay them as sightings)."""
+
+    def keep_labelled(self) -> None:
+        """From now on keep every labelled window for `take_labelled`."""
+        if self.labelled is None:
+            self.labelled = []
+
+    def take_labelled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The windows labelled since the last call: rows (M,), ticks (M,), classes (M,) and
+        windows (M, window, obs_dim) float32."""
+        parts = self.labelled or []
+        if self.labelled is not None:
+            self.labelled = []
+        if not parts:
+            W = self.learn_cfg.window
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty, np.zeros((0, W, self.obs_dim), np.float32)
+        rows, ticks, classes, windows = (np.concatenate(p) for p in zip(*parts, strict=True))
+        return rows, ticks, classes, windows
+
+    def add_sightings(self, rows: np.ndarray, classes: np.ndarray, windows: np.ndarray) -> None:
+        """Labelled windows other agents saw (protocols/sightings.py): into the replay of
+        agents `rows` as if they had been labelled here."""
+        rows, classes = np.asarray(rows, np.int64), np.asarray(classes, np.int64)
+        if not rows.size:
+            return
+        windows = np.asarray(windows, np.float32)
+        if windows.shape != (rows.size, self.learn_cfg.window, self.obs_dim):
+            raise ValueError(f"sightings have shape {windows.shape}, expected "
+                             f"{(rows.size, self.learn_cfg.window, self.obs_dim)}")  # fmt: skip
+        self.taught[rows, classes] = True
+        if self.recent is not None:
+            self.recent.add(rows, classes, windows)
+        else:
+            self.replay.add(rows, classes, windows)
 
     def act(self, tick: int, obs: np.ndarray) -> np.ndarray:
         """Record obs (K, obs_dim) at `tick`, run one recurrent step, return classes (K,) int64."""
@@ -253,6 +290,8 @@ class OnlineLearner:
         idx = end[:, None] + np.arange(-W + 1, 1)  # (M', W) the window, oldest first
         windows = self._obs[agents[:, None], idx % self._ring]  # (M', W, obs_dim)
         windows[idx < 0] = 0.0  # zero-padded before the first observation
+        if self.labelled is not None:
+            self.labelled.append((agents, ticks[found], classes, windows.copy()))
         if self.recent is not None:
             self.recent.add(agents, classes, windows)
         else:

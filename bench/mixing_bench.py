@@ -40,24 +40,42 @@ SECTION = (
     "(`bench/mixing_bench.py`)"
 )
 DENSE = {"kind": "none", "ratio": 1.0}
+NONE = {"per_round": 0}
 INT8 = {"kind": "int8", "ratio": 1.0}
 #: name -> (what it is, the gossip settings it changes)
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
-    "shipped": ("ring, gamma 0.3, topk_int8 0.08, every 5 ticks (the scenario)", {}),
-    "exponential": ("exponential graph, otherwise shipped", {"graph": {"kind": "exponential"}}),
-    "every-2": ("a round every 2 ticks, otherwise shipped", {"interval": 2}),
-    "exponential-gamma-0.5": (
-        "exponential graph, gamma 0.5, otherwise shipped",
-        {"graph": {"kind": "exponential"}, "gamma": 0.5},
+    "shipped": (
+        "ring, gamma 0.3, topk_int8 0.08, every 5 ticks, 4 sightings per round (the scenario)",
+        {},
     ),
-    "ring-int8": ("ring, gamma 1, int8", {"gamma": 1.0, "compression": INT8}),
+    "weights-only": ("as shipped without sightings: only the weights", {"sightings": NONE}),
+    "sightings-1": ("as shipped, 1 sighting per round", {"sightings": {"per_round": 1}}),
+    "sightings-2": ("as shipped, 2 sightings per round", {"sightings": {"per_round": 2}}),
+    "sightings-8": ("as shipped, 8 sightings per round", {"sightings": {"per_round": 8}}),
+    # weights only, as measured before sightings (issue 17): how close mixing alone comes
+    "exponential": (
+        "exponential graph, weights only, otherwise shipped",
+        {"graph": {"kind": "exponential"}, "sightings": NONE},
+    ),
+    "every-2": (
+        "a round every 2 ticks, weights only, otherwise shipped",
+        {"interval": 2, "sightings": NONE},
+    ),
+    "exponential-gamma-0.5": (
+        "exponential graph, gamma 0.5, weights only, otherwise shipped",
+        {"graph": {"kind": "exponential"}, "gamma": 0.5, "sightings": NONE},
+    ),
+    "ring-int8": (
+        "ring, gamma 1, int8, weights only",
+        {"gamma": 1.0, "compression": INT8, "sightings": NONE},
+    ),
     "exponential-int8": (
-        "exponential graph, gamma 1, int8",
-        {"graph": {"kind": "exponential"}, "gamma": 1.0, "compression": INT8},
+        "exponential graph, gamma 1, int8, weights only",
+        {"graph": {"kind": "exponential"}, "gamma": 1.0, "compression": INT8, "sightings": NONE},
     ),
     "complete-dense": (
-        "complete graph, gamma 1, dense fp32: exact averaging every round",
-        {"graph": {"kind": "complete"}, "gamma": 1.0, "compression": DENSE},
+        "complete graph, gamma 1, dense fp32, weights only: exact averaging every round",
+        {"graph": {"kind": "complete"}, "gamma": 1.0, "compression": DENSE, "sightings": NONE},
     ),
 }
 KEYS = (
@@ -78,6 +96,7 @@ def variant(base: Scenario, seed: int, gossip: dict[str, object] | None) -> Scen
     data["ray"]["dashboard"] = False
     if gossip is None:
         data["gossip"]["topology"] = "centralized"
+        data["gossip"]["sightings"]["per_round"] = 0
         data["agents"]["per_shard"] = base.agents.count
     else:
         data["gossip"].update(topology="decentralized", **gossip)

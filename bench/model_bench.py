@@ -133,14 +133,17 @@ _T0 = time.perf_counter()
 def zones_kept(sc: Scenario) -> Scenario:
     """The drone patrol as the benches that load scenarios/drone_patrol.yaml measured it before
     the scenario re-tasked its drones (issue 17): every drone keeps its zone, nobody joins
-    mid-run, drone_11 leaves at 200 s. What they measure (compression, faults, aggregation) is
-    not re-tasking, and their published figures stay reproducible."""
+    mid-run, drone_11 leaves at 200 s, and only weights are shared (no sightings). What they
+    measure (compression, faults, aggregation) is not re-tasking, and their published figures
+    stay reproducible."""
     from envs.drone_patrol.config import Departure
+    from protocols.config import SightingsConfig
 
     world = sc.world.model_copy(
         update={"rotation_s": None, "arrivals": [], "departures": [Departure(agent=11, at_s=200)]}
     )
-    return sc.model_copy(update={"world": world})
+    gossip = sc.gossip.model_copy(update={"sightings": SightingsConfig()})
+    return sc.model_copy(update={"world": world, "gossip": gossip})
 
 
 def log(msg: str) -> None:

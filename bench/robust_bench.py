@@ -64,6 +64,7 @@ def variant(
     data["ray"]["dashboard"] = False
     data["world"].update(departures=[], rotation_s=None, arrivals=[])  # zones kept
     g = data["gossip"]
+    g["sightings"]["per_round"] = 0  # labels no robust rule screens (swarm validate refuses)
     g["topology"] = "isolated" if rule is None else "coordinator"
     if rule is not None and rule.startswith("gossip:"):
         g["topology"] = "decentralized"

@@ -122,6 +122,19 @@ class RobustConfig(Section):
         return 0
 
 
+class SightingsConfig(Section):
+    """Labelled observations relayed between neighbours beside the weights
+    (protocols/sightings.py)."""
+
+    per_round: int = Field(0, ge=0, le=64)
+    """Sightings each agent sends its neighbours per round (its own newest labels and those it
+    received, one class at a time); 0: none, only the weights are shared."""
+    hops: int = Field(8, ge=1, le=64)
+    """How many hops a sighting travels from the agent that saw it."""
+    max_age_ticks: int = Field(240, ge=1)
+    """A sighting older than this (ticks since it was seen) is neither taken nor passed on."""
+
+
 class GossipConfig(Section):
     """Who shares knowledge with whom, how often and how."""
 
@@ -147,6 +160,9 @@ class GossipConfig(Section):
     """Delta compression."""
     robust: RobustConfig = RobustConfig()
     """Byzantine-robust consensus step of decentralized gossip; none = plain CHOCO."""
+    sightings: SightingsConfig = SightingsConfig()
+    """Labelled observations each agent relays to its neighbours (decentralized gossip of a
+    classification world); off by default."""
     max_message_mb: float = Field(4.0, gt=0, le=1024)
     """gRPC message size limit, both directions; larger deltas are sent in chunks."""
     coordinator: CoordinatorConfig = CoordinatorConfig()

@@ -76,8 +76,10 @@ class Codec:
     def sign(self, deltas: Iterable[Delta]) -> list[Message]:
         return [wire.to_proto(d, self.key) for d in deltas]
 
-    def pack(self, round_: int, msgs: list[Message]) -> list[delta_pb2.DeltaBatch]:
-        return wire.pack(self.node, round_, msgs, self.max_bytes, self.key)
+    def pack(
+        self, round_: int, msgs: list[Message], sightings: Sequence[delta_pb2.Sighting] = ()
+    ) -> list[delta_pb2.DeltaBatch]:
+        return wire.pack(self.node, round_, msgs, self.max_bytes, self.key, sightings=sightings)
 
     def decode(self, msg: Message) -> Delta:
         """Check and decode one whole message (an aggregate); raises DeltaRejected."""

@@ -31,7 +31,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -86,6 +86,13 @@ Decode = Callable[[delta_pb2.KnowledgeDelta], Delta | None]
 """Checks and decodes one message; None when it is a chunk of a delta still incomplete."""
 Sink = Callable[[Sequence[Delta]], int]
 
+_Checked = TypeVar("_Checked")
+Sight = tuple[Callable[[list[delta_pb2.Sighting]], _Checked], Callable[[_Checked], int]]
+"""(check, take) for the sightings of a batch: `check` verifies every one (e.g. with
+`wire.sighting_from_proto`; raises DeltaRejected, all or none) and returns their decoded form,
+before any delta is applied; `take` stores that form once the delta sink has accepted the batch
+and returns how many it took."""
+
 
 class TrafficCounters:
     """Thread-safe counts of what crossed this node's gRPC edge."""
@@ -97,6 +104,7 @@ class TrafficCounters:
         self.messages_received = 0
         self.messages_sent = 0
         self.deltas_accepted = 0
+        self.sightings_accepted = 0
         self.rejected: Counter[str] = Counter()
         # Messages (swarm/accounting.py) in batches taken / refused whole.
         self.deltas_delivered = 0
@@ -116,6 +124,10 @@ class TrafficCounters:
         with self._lock:
             self.deltas_accepted += n
 
+    def accepted_sightings(self, n: int) -> None:
+        with self._lock:
+            self.sightings_accepted += n
+
     def reject(self, reason: Rejection, n: int) -> None:
         with self._lock:
             self.rejected[reason.value] += n
@@ -133,6 +145,7 @@ class TrafficCounters:
             self.messages_received = int(state.get("messages_received", 0))
             self.messages_sent = int(state.get("messages_sent", 0))
             self.deltas_accepted = int(state.get("deltas_accepted", 0))
+            self.sightings_accepted = int(state.get("sightings_accepted", 0))
             self.deltas_delivered = int(state.get("deltas_delivered", 0))
             self.deltas_refused = int(state.get("deltas_refused", 0))
             self.rejected = Counter(
@@ -151,6 +164,7 @@ class TrafficCounters:
                 "messages_received": self.messages_received,
                 "messages_sent": self.messages_sent,
                 "deltas_accepted": self.deltas_accepted,
+                "sightings_accepted": self.sightings_accepted,
                 "deltas_rejected": sum(self.rejected.values()),
                 "deltas_delivered": self.deltas_delivered,
                 "deltas_refused": self.deltas_refused,
@@ -165,21 +179,40 @@ def messages_in(batch: delta_pb2.DeltaBatch) -> int:
     return sum(1 for d in batch.deltas if d.chunk_count <= 1 or d.chunk_index == d.chunk_count - 1)
 
 
+def _check_sightings(batch: delta_pb2.DeltaBatch, sight: Sight[Any] | None) -> Any:
+    """What `check` makes of the sightings of `batch` (None when it has none); raises
+    DeltaRejected."""
+    if not batch.sightings:
+        return None
+    if sight is None:
+        raise DeltaRejected(Rejection.MALFORMED, "this node takes no sightings")
+    check, _ = sight
+    return check(list(batch.sightings))
+
+
 def _ingest(
     batch: delta_pb2.DeltaBatch,
     context: grpc.ServicerContext,
     decode: Decode,
     sink: Sink,
     counters: TrafficCounters,
+    sight: Sight[Any] | None = None,
 ) -> int:
+    """Hand a batch's deltas to `sink` and its sightings to `sight`, all or nothing: every
+    sighting is checked before any delta is decoded, and taken only after the sink accepted.
+    A refusal counts each message of the batch (deltas and sightings) under its reason."""
     try:
+        sightings = _check_sightings(batch, sight)
         n = sink([d for d in map(decode, batch.deltas) if d is not None])
     except DeltaRejected as exc:
-        counters.reject(exc.reason, max(1, len(batch.deltas)))
+        counters.reject(exc.reason, max(1, len(batch.deltas) + len(batch.sightings)))
         counters.outcome(refused=messages_in(batch))
         refuse(context, exc.reason, str(exc))
     counters.accepted(n)
     counters.outcome(delivered=messages_in(batch))
+    if sight is not None and batch.sightings:
+        _, take = sight
+        counters.accepted_sightings(take(sightings))
     return n
 
 
@@ -197,7 +230,9 @@ of it, and returns this node's own signed Introduction."""
 
 
 class GossipServicer(gossip_pb2_grpc.GossipServicer):
-    """Receives deltas for the agents of one node, answers liveness probes and introductions."""
+    """Receives deltas (and, with `sight`, sightings) for the agents of one node, answers
+    liveness probes and introductions. Without `sight` a batch carrying sightings is refused
+    MALFORMED whole."""
 
     def __init__(
         self,
@@ -207,14 +242,17 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         counters: TrafficCounters,
         membership: MembershipHandler | None = None,
         introduce: Introduce | None = None,
+        *,
+        sight: Sight[Any] | None = None,
     ):
         self.node, self.decode, self.sink, self.counters = node, decode, sink, counters
         self.membership = membership
         self.introduce = introduce
+        self.sight = sight
 
     def PushDeltas(self, request, context):  # noqa: N802 - gRPC method name
         return gossip_pb2.PushReply(
-            accepted=_ingest(request, context, self.decode, self.sink, self.counters)
+            accepted=_ingest(request, context, self.decode, self.sink, self.counters, self.sight)
         )
 
     def Ping(self, request, context):  # noqa: N802

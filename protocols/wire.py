@@ -1,4 +1,5 @@
-"""Serialization of deltas: `to_proto` / `from_proto` pairs, signatures, and all input checks.
+"""Serialization of deltas and sightings: `to_proto` / `from_proto` pairs, signatures, and all
+input checks.
 
 This is the only module that turns network bytes into arrays. It never unpickles: values are
 raw little-endian bytes decoded with `numpy.frombuffer` after every length, range and finiteness
@@ -13,7 +14,7 @@ import hmac
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,6 +29,8 @@ from protocols.compression import (
     encode_index_varint,
 )
 from protocols.delta import Delta, DeltaRejected, Rejection
+from protocols.gossip import agent_index, agent_name
+from protocols.sightings import MAX_VALUE, Sighting
 from swarm.proto.v1 import delta_pb2, gossip_pb2
 
 _VALUE_DTYPE: dict[int, np.dtype[Any]] = {
@@ -41,7 +44,7 @@ _INDEX_DTYPE = np.dtype("<u4")
 _NORM_RTOL = 1e-3
 
 
-_Signed = TypeVar("_Signed", delta_pb2.KnowledgeDelta, gossip_pb2.Introduction)
+_Signed = TypeVar("_Signed", delta_pb2.KnowledgeDelta, gossip_pb2.Introduction, delta_pb2.Sighting)
 
 
 def _sign(msg: _Signed, key: bytes) -> None:
@@ -341,9 +344,12 @@ def pack(
     msgs: list[delta_pb2.KnowledgeDelta],
     max_bytes: int,
     key: bytes,
+    *,
+    sightings: Sequence[delta_pb2.Sighting] = (),
 ) -> list[delta_pb2.DeltaBatch]:
     """DeltaBatches under max_bytes each, holding `msgs` in order (split into chunks where one
-    alone is too large): what a node sends another in one round."""
+    alone is too large) and then `sightings` in order: what a node sends another in one round.
+    A sighting is never split; one too large for a batch on its own raises ValueError."""
     budget = max_bytes - _BATCH_SLACK
     batches: list[delta_pb2.DeltaBatch] = []
     current = delta_pb2.DeltaBatch(sender_node=sender_node, round=round_)
@@ -354,12 +360,96 @@ def pack(
                 batches.append(current)
                 current = delta_pb2.DeltaBatch(sender_node=sender_node, round=round_)
             current.deltas.append(part)
-    if current.deltas or not batches:
+    for sighting in sightings:
+        size = sighting.ByteSize() + _VARINT_BYTES + 1
+        if size > budget:
+            raise ValueError(f"max_bytes {max_bytes} cannot hold even one sighting ({size} bytes)")
+        if (current.deltas or current.sightings) and current.ByteSize() + size > budget:
+            batches.append(current)
+            current = delta_pb2.DeltaBatch(sender_node=sender_node, round=round_)
+        current.sightings.append(sighting)
+    if current.deltas or current.sightings or not batches:
         batches.append(current)
     return batches
 
 
 _BATCH_SLACK = 256  # the batch's own fields
+
+
+# ---------------------------------------------------------------------------------------------
+# Sightings: labelled observation windows relayed beside the deltas (protocols/sightings.py).
+
+#: Values travel as float16: a window is sensor readings of O(1) (MAX_VALUE bounds them far
+#: below float16's 65504), and half the bytes of float32 is what a device pays per sighting.
+_SIGHTING_DTYPE = np.dtype("<f2")
+
+
+def sign_sighting(msg: delta_pb2.Sighting, key: bytes) -> None:
+    """Fill `msg.signature` with HMAC-SHA256(key, msg without signature), as `sign` does."""
+    _sign(msg, key)
+
+
+def sighting_to_proto(sender: int, s: Sighting, key: bytes) -> delta_pb2.Sighting:
+    """A signed wire message for sighting `s`, sent on by agent `sender`."""
+    if s.window.ndim != 2:
+        raise ValueError(f"a sighting's window is (W, D), not {s.window.shape}")
+    rows, cols = s.window.shape
+    msg = delta_pb2.Sighting(
+        sender=agent_name(sender),
+        origin=agent_name(s.origin),
+        tick=s.tick,
+        cls=s.cls,
+        hops=s.hops,
+        rows=rows,
+        cols=cols,
+        values=s.window.astype(_SIGHTING_DTYPE).tobytes(),
+    )
+    sign_sighting(msg, key)
+    return msg
+
+
+def sighting_from_proto(
+    msg: delta_pb2.Sighting,
+    *,
+    key: bytes,
+    n_classes: int,
+    window: tuple[int, int],
+    max_hops: int,
+) -> tuple[int, Sighting]:
+    """Check a received sighting completely and decode it: (sender index, sighting with a
+    float32 window). Raises DeltaRejected.
+
+    Checks, in order: signature (nothing else is trusted before it), agent names, hops and
+    class (MALFORMED), shape and byte length (WRONG_SHAPE), and finiteness and range of the
+    decoded values (NON_FINITE: |v| <= MAX_VALUE).
+    """
+    if not _signature_ok(msg, key):
+        raise DeltaRejected(
+            Rejection.BAD_SIGNATURE, f"sighting from {msg.sender[:80]!r} does not verify"
+        )
+    try:
+        sender, origin = agent_index(msg.sender), agent_index(msg.origin)
+    except ValueError:
+        raise DeltaRejected(
+            Rejection.MALFORMED,
+            f"sender {msg.sender[:80]!r} or origin {msg.origin[:80]!r} is not an agent name",
+        ) from None
+    if not 0 < msg.hops <= max_hops:
+        # hops counts the hop just made, so it is at least 1
+        raise DeltaRejected(Rejection.MALFORMED, f"hops {msg.hops} is not in 1..{max_hops}")
+    if msg.cls >= n_classes:
+        raise DeltaRejected(Rejection.MALFORMED, f"class {msg.cls} of {n_classes}")
+    shape = (int(msg.rows), int(msg.cols))
+    if shape != tuple(window):
+        raise DeltaRejected(Rejection.WRONG_SHAPE, f"window {shape}, this swarm uses {window}")
+    if len(msg.values) != shape[0] * shape[1] * _SIGHTING_DTYPE.itemsize:
+        raise DeltaRejected(Rejection.WRONG_SHAPE, f"{len(msg.values)} value bytes for {shape}")
+    values = np.frombuffer(msg.values, dtype=_SIGHTING_DTYPE).astype(np.float32).reshape(shape)
+    if not np.all(np.isfinite(values)):
+        raise DeltaRejected(Rejection.NON_FINITE, "values contain NaN or infinity")
+    if np.any(np.abs(values) > MAX_VALUE):
+        raise DeltaRejected(Rejection.NON_FINITE, f"a value exceeds {MAX_VALUE:g} in magnitude")
+    return sender, Sighting(origin, int(msg.tick), int(msg.cls), int(msg.hops), values)
 
 
 # ---------------------------------------------------------------------------------------------

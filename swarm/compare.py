@@ -47,6 +47,8 @@ def mode_scenario(sc: Scenario, mode: str, seed: int) -> Scenario:
     data["seed"] = seed
     data["name"] = f"{sc.name}-{mode}-s{seed}"
     data["gossip"]["topology"] = mode
+    if mode != "decentralized":  # sightings travel between gossip neighbours only
+        data["gossip"]["sightings"]["per_round"] = 0
     data["baseline"]["isolated"] = False
     if mode == "centralized":
         data["agents"]["per_shard"] = sc.agents.count

@@ -26,19 +26,20 @@ from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 import numpy as np
 
-from protocols import peering
+from protocols import peering, wire
 from protocols.coordinator import FederatedClient
-from protocols.delta import Delta, layout_fingerprint
-from protocols.errors import Stale
+from protocols.delta import Delta, DeltaRejected, Rejection, layout_fingerprint
+from protocols.errors import Refused, Stale
 from protocols.faults import FaultPlan, corrupt_delta
 from protocols.gossip import ChocoGossip, agent_index, agent_name
 from protocols.outbox import Outboxes, PeerStats
+from protocols.sightings import Sighting, SightingRelay
 from protocols.topology import build_graph, graph_from_edges, metropolis_weights
 from protocols.transport import GossipServicer, Peers, TrafficCounters, messages_in, start_server
 from swarm.accounting import Ledger
 from swarm.proto.v1 import delta_pb2
 from swarm.proto.v1.gossip_pb2 import Introduction
-from swarm.records import JSON, Document, Traffic, as_doc, as_int, json_of
+from swarm.records import JSON, Document, Labelled, Traffic, as_doc, as_int, json_of
 
 if TYPE_CHECKING:
     from agents.yan.params import Spec
@@ -104,6 +105,8 @@ class Wiring:
     listen: str = "127.0.0.1"  # the host its gRPC server binds
     advertise: str = "127.0.0.1"  # the host the others dial
     edges: list[tuple[int, int]] | None = None  # the gossip graph (None: build it)
+    n_classes: int = 0  # classes a sighting may have (0: the task learns from no labels)
+    window: tuple[int, int] = (0, 0)  # a sighting's observation window (window, obs_dim)
 
 
 class Exchange:
@@ -136,6 +139,19 @@ class Exchange:
     def share(self, round_: int, tick: int, examples: np.ndarray) -> int:
         """Send this round's knowledge (after `tick` ticks); returns the deltas made."""
         raise NotImplementedError(f"{type(self).__name__} holds no rounds")
+
+    def relays_sightings(self) -> bool:
+        """Whether the agents relay sightings (labelled windows) through this exchange."""
+        return False
+
+    def own_sightings(self, tick: int, labelled: Labelled) -> None:
+        """The local agents' new labelled windows, to relay from this round on."""
+        raise NotImplementedError(f"{type(self).__name__} relays no sightings")
+
+    def take_sightings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sightings that arrived this round and were new to their agents: rows, classes,
+        windows (for the learners' replay)."""
+        raise NotImplementedError(f"{type(self).__name__} relays no sightings")
 
     def merge(self, round_: int) -> int:
         """Apply what arrived; returns the deltas (or aggregates) applied."""
@@ -463,8 +479,14 @@ class Gossip(Networked):
         self.intros = peering.Introductions(w.node, w.key, membership=False)
         self.outboxes: Outboxes | None = None
         self.introducer: peering.Introducer | None = None
+        self.relay = self._relay(w)
         servicer = GossipServicer(
-            w.node, self.codec.decoder(), self.algo.receive, self.counters, introduce=self._answer
+            w.node,
+            self.codec.decoder(),
+            self.algo.receive,
+            self.counters,
+            introduce=self._answer,
+            sight=None if self.relay is None else (self._check_sightings, self._take_sightings),
         )
         self.server, port = start_server(
             w.listen,
@@ -499,6 +521,90 @@ class Gossip(Networked):
             # epochs of these agents, and resynchronises instead of mixing the two runs.
             epoch=int(time.time() * 1000),
         )
+
+    # -- sightings (gossip.sightings) -----------------------------------------------------------
+
+    def _relay(self, w: Wiring) -> SightingRelay | None:
+        """The local agents' sightings relay, when the scenario asks for one and the task
+        learns from labels."""
+        cfg = w.sc.gossip.sightings
+        if not cfg.per_round or not w.n_classes:
+            return None
+        return SightingRelay(
+            local=w.agents,
+            neighbours={
+                i: [j for j, _ in nbrs]
+                for i, nbrs in zip(w.agents, self.algo.neighbours, strict=True)
+            },
+            n_classes=w.n_classes,
+            window=w.window,
+            per_round=cfg.per_round,
+            hops=cfg.hops,
+            max_age_ticks=cfg.max_age_ticks,
+        )
+
+    def relays_sightings(self) -> bool:
+        return self.relay is not None
+
+    def own_sightings(self, tick: int, labelled: Labelled) -> None:
+        assert self.relay is not None
+        self.relay.renew(labelled.renewed)
+        self.relay.own(tick, labelled.rows, labelled.ticks, labelled.classes, labelled.windows)
+
+    def take_sightings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        assert self.relay is not None
+        return self.relay.settle()
+
+    def _check_sightings(self, msgs: list[delta_pb2.Sighting]) -> list[tuple[int, Sighting]]:
+        """Every sighting of a pushed batch checked (all or none; raises DeltaRejected)."""
+        assert self.relay is not None
+        cfg = self.w.sc.gossip.sightings
+        out = []
+        for msg in msgs:
+            sender, s = wire.sighting_from_proto(
+                msg, key=self.key, n_classes=self.relay.n_classes, window=self.relay.window,
+                max_hops=cfg.hops,
+            )  # fmt: skip
+            if not any(sender in nbrs for nbrs in self.relay.neighbours.values()):
+                raise DeltaRejected(
+                    Rejection.UNKNOWN_SENDER, f"{msg.sender!r} neighbours no agent of this node"
+                )
+            out.append((sender, s))
+        return out
+
+    def _take_sightings(self, checked: list[tuple[int, Sighting]]) -> int:
+        assert self.relay is not None
+        for sender, s in checked:
+            self.relay.receive(sender, [s])
+        return len(checked)
+
+    def _relay_round(self, round_: int, tick: int) -> dict[str, list[delta_pb2.Sighting]]:
+        """This round's sightings: signed per sender for the nodes hosting its neighbours,
+        handed in process to its local neighbours, and counted as the devices would send
+        them (one copy per neighbour)."""
+        out: dict[str, list[delta_pb2.Sighting]] = {}
+        if self.relay is None:
+            return out
+        for i, picked in self.relay.outgoing(round_, tick).items():
+            msgs = [wire.sighting_to_proto(i, s, self.key) for s in picked]
+            fanout = self.algo.logical_recipients(i)
+            self.book.logical_bytes[self.relay.row[i]] += fanout * sum(m.ByteSize() for m in msgs)
+            self.relay.sent += fanout * len(msgs)
+            self.relay.receive(i, picked)  # the neighbours this node hosts
+            for node in self.algo.destinations(i):
+                out.setdefault(node, []).extend(msgs)
+        return out
+
+    def _push_sightings(self, address: str, msgs: list[delta_pb2.Sighting], round_: int) -> None:
+        """Sightings go in batches of their own: a receiver that refuses a round's deltas
+        (Stale, answered with snapshots) still takes them, and one that refuses a sighting
+        keeps the deltas. A refused or lost batch is counted, not retried."""
+        for batch in self.codec.pack(round_, [], sightings=msgs):
+            try:
+                self.peers.push(address, batch, RPC_TIMEOUT_S)
+            except Refused:
+                assert self.relay is not None
+                self.relay.lost += len(batch.sightings)
 
     # -- devices (scenario external_peers) -----------------------------------------------------
 
@@ -571,6 +677,9 @@ class Gossip(Networked):
                 by_node.setdefault(node, []).append((i, msg))
         for node in self.faults.due(round_):  # held back, due now: even with nothing else
             by_node.setdefault(node, [])
+        sightings = self._relay_round(round_, tick)
+        for node, msgs in sorted(sightings.items()):
+            self._push_sightings(self.endpoints[int(node.split("-")[1])], msgs, round_)
         for node, items in sorted(by_node.items()):
             if node in self.external:  # devices: through outboxes, outside the ledger
                 assert self.outboxes is not None
@@ -618,6 +727,8 @@ class Gossip(Networked):
 
     def traffic(self) -> Traffic:
         out = super().traffic()
+        if self.relay is not None:
+            out.counters.update(self.relay.counts())
         if self.outboxes is not None:
             stats = self.outboxes.stats()
             out.devices = {
@@ -630,6 +741,8 @@ class Gossip(Networked):
     def protocol_state(self) -> tuple[dict[str, np.ndarray], Document]:
         arrays: dict[str, np.ndarray] = {}
         scalars: Document = {}
+        if self.relay is not None:
+            arrays.update({f"sightings.{k}": v for k, v in self.relay.state().items()})
         for k, v in self.algo.state().items():
             if isinstance(v, np.ndarray):
                 arrays[f"gossip.{k}"] = v
@@ -648,6 +761,10 @@ class Gossip(Networked):
         epoch = max(saved + 1, int(time.time() * 1000)) if new_epoch else None
         self.algo.load_state(state, epoch=epoch)
         self.announce = new_epoch
+        if self.relay is not None and "sightings.counts" in arrays:
+            self.relay.load_state(
+                {k[10:]: v for k, v in arrays.items() if k.startswith("sightings.")}
+            )
 
     def close(self) -> None:
         if self.introducer is not None:

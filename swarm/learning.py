@@ -13,7 +13,7 @@ import numpy as np
 from agents.actor_critic import OnlineActorCritic, PolicyPopulation
 from agents.learner import OnlineLearner, balanced_accuracy, learner_state, load_learner_state
 from agents.population import Population
-from swarm.records import Document, Probe, ShardMeasure, Step, as_doc
+from swarm.records import Document, Labelled, Probe, ShardMeasure, Step, as_doc
 
 Learner = OnlineLearner | OnlineActorCritic
 
@@ -58,6 +58,19 @@ class Learning(ABC):
         """Examples each agent learned from since the last call (weights for aggregation)."""
         return self.learners["learner"].take_example_counts()
 
+    def keep_labelled(self) -> None:
+        """From now on keep the sharing agents' labelled windows for `take_labelled`."""
+        raise NotImplementedError(f"{type(self).__name__} learns from no labels to relay")
+
+    def take_labelled(self) -> Labelled:
+        """What the sharing agents had labelled since the last call, to relay as sightings
+        (protocols/sightings.py): only a task whose agents learn from labels has any."""
+        raise NotImplementedError(f"{type(self).__name__} learns from no labels to relay")
+
+    def add_sightings(self, rows: np.ndarray, classes: np.ndarray, windows: np.ndarray) -> None:
+        """Labelled windows the sharing agents (rows) received from others."""
+        raise NotImplementedError(f"{type(self).__name__} learns from no labels to relay")
+
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, object]]:
         """(arrays, scalars) of every learner, names prefixed ("learner.", "shadow.")."""
         arrays: dict[str, np.ndarray] = {}
@@ -94,6 +107,7 @@ class ClassifyLearning(Learning):
             self.learners["shadow"] = shadow
         self.learn_every = learn_every
         self._loss: np.ndarray | None = None
+        self._renewed: list[int] = []  # sharing agents (rows) renewed since take_labelled
 
     @property
     def population(self) -> Population:
@@ -122,7 +136,10 @@ class ClassifyLearning(Learning):
         labels = step.labels[(step.labels[:, 0] >= lo) & (step.labels[:, 0] < hi)].copy()
         labels[:, 0] -= lo
         if step.tick:  # newcomers take off with a fresh model
-            learner.renew(np.flatnonzero(self.join_tick[lo:hi] == step.tick).tolist())
+            fresh = np.flatnonzero(self.join_tick[lo:hi] == step.tick).tolist()
+            learner.renew(fresh)
+            if learner is self.learner:
+                self._renewed += fresh
         learner.add_labels(labels)
         if step.tick > 0 and step.tick % self.learn_every == 0:
             stats = learner.learn_step()
@@ -143,6 +160,16 @@ class ClassifyLearning(Learning):
 
     def steps(self) -> int:
         return int(self.learner.learn_steps)
+
+    def keep_labelled(self) -> None:
+        self.learner.keep_labelled()
+
+    def take_labelled(self) -> Labelled:
+        renewed, self._renewed = self._renewed, []
+        return Labelled(renewed, *self.learner.take_labelled())
+
+    def add_sightings(self, rows: np.ndarray, classes: np.ndarray, windows: np.ndarray) -> None:
+        self.learner.add_sightings(rows, classes, windows)
 
     def loss(self) -> np.ndarray | None:
         return self._loss

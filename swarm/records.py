@@ -120,6 +120,18 @@ class Traffic:
 
 
 @dataclass
+class Labelled:
+    """The sharing agents' labelled windows since the last take (rows into the shard's
+    agents), and the agents renewed (new devices) in that time."""
+
+    renewed: list[int]
+    rows: np.ndarray  # (M,) int64
+    ticks: np.ndarray  # (M,) int64
+    classes: np.ndarray  # (M,) int64
+    windows: np.ndarray  # (M, window, obs_dim) float32
+
+
+@dataclass
 class ShardMeasure:
     """One shard's part of a metrics row."""
 

@@ -376,6 +376,11 @@ class Runner:
                 "gossip/rounds": max((t.rounds for t in traffic), default=0),
             }
         )
+        if any("sightings_sent" in t.counters for t in traffic):  # gossip.sightings
+            for k in ("sent", "taken", "duplicates", "lost"):
+                row.figures[f"gossip/sightings_{k}"] = sum(
+                    t.counter(f"sightings_{k}") for t in traffic
+                )
         ledger: Counter[str] = Counter()
         for t in traffic:
             ledger.update({k: int(v) for k, v in t.ledger.items()})

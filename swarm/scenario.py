@@ -202,6 +202,7 @@ class Scenario(Section):
         self._check_faults()
         self._check_coordinator()
         self._check_robust_degrees()
+        self._check_sightings()
         n = self.total_agents
         if self.gossip.graph.kind == "random_regular" and (
             self.gossip.graph.degree >= n or (self.gossip.graph.degree * n) % 2
@@ -253,6 +254,32 @@ class Scenario(Section):
                 f"neighbours; the {graph.kind} graph of {self.total_agents} agents gives some "
                 f"only {least} (use a denser graph or a smaller byzantine)"
             )
+
+    def _check_sightings(self) -> None:
+        """Sightings travel peer to peer beside the deltas, carrying labels: every combination
+        they cannot serve honestly is refused here, with the reason."""
+        if not self.gossip.sightings.per_round:
+            return
+        why = ""
+        if self.gossip.topology != "decentralized":
+            why = (
+                f"they travel between gossip neighbours; gossip.topology {self.gossip.topology} "
+                "has none"
+            )
+        elif not task_of_world(self.world.kind).labelled:
+            why = f"the {self.world.kind} world labels nothing its agents could relay"
+        elif self.gossip.robust.kind != "none" or self.faults.byzantine.active:
+            why = (
+                "a sighting carries a label that no robust rule screens: a lying agent's would "
+                "go straight into its neighbours' replay (set per_round 0 under "
+                "gossip.robust or faults.byzantine)"
+            )
+        elif self.faults.messages.active or self.faults.partitions:
+            why = "message faults and partitions act on deltas only; sightings would pass them"
+        elif self.external_peers:
+            why = "swarm-node devices (external_peers) do not relay sightings yet"
+        if why:
+            raise ValueError(f"gossip.sightings: {why}")
 
     def _check_coordinator(self) -> None:
         c = self.gossip.coordinator

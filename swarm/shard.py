@@ -211,6 +211,9 @@ class AgentShard:
             twins=sc.isolated_twins,
         )
         self.exchange: Exchange = make_exchange(self._wiring(spec, kind.serves), self._fault_plan())
+        self.relays = self.exchange.relays_sightings()
+        if self.relays:  # every labelled window from the first tick on is a sighting to relay
+            self.learning.keep_labelled()
         # Live figures as Ray metrics (swarm/telemetry.py), labelled with the run id (`run`,
         # the run directory's name; the scenario name when not given) and this shard.
         self.telemetry = Telemetry(spec.run or sc.name, shard=self.node)
@@ -230,6 +233,8 @@ class AgentShard:
             listen=listen,
             advertise=advertise,
             edges=spec.edges,
+            n_classes=getattr(population, "n_classes", 0),
+            window=(self.sc.learning.window, population.obs_dim),
         )
 
     def _fault_plan(self) -> FaultPlan | None:
@@ -283,12 +288,19 @@ class AgentShard:
         return self.learning.act_twins(step, twin, self.first, self.first + len(self.agents))
 
     def share(self, round_: int, tick: int = 0) -> int:
-        """Send this round's knowledge deltas after `tick` ticks; returns the deltas made."""
+        """Send this round's knowledge deltas (and sightings) after `tick` ticks; returns the
+        deltas made."""
+        if self.relays:
+            self.exchange.own_sightings(tick, self.learning.take_labelled())
         return self.exchange.share(round_, tick, self.learning.take_example_counts())
 
     def merge(self, round_: int, *barrier: int) -> int:
-        """Apply what arrived (after the barrier in sync mode); returns deltas applied."""
-        return self.exchange.merge(round_)
+        """Apply what arrived (after the barrier in sync mode); returns deltas applied.
+        Sightings that arrived go to the learners' replay."""
+        merged = self.exchange.merge(round_)
+        if self.relays:
+            self.learning.add_sightings(*self.exchange.take_sightings())
+        return merged
 
     # -- measuring ---------------------------------------------------------------------------
 

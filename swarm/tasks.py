@@ -79,6 +79,9 @@ class Task(ABC):
     #: same world (seed, events), driven by the isolated twins' decisions, so the baseline's
     #: task figures are what an isolated swarm does (keys `<figure>_isolated`)
     twin_world: ClassVar[bool] = False
+    #: whether its agents learn from labelled windows they can relay as sightings
+    #: (gossip.sightings, protocols/sightings.py)
+    labelled: ClassVar[bool] = False
 
     # -- the world's side --------------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class Classification(Task):
     checkpoints = True
     headline_is_a_share = True
     twin_world = True
+    labelled = True
 
     @staticmethod
     def describe(world: World) -> WorldInfo:

@@ -89,6 +89,7 @@ VARIANTS = {
         "gossip__coordinator": {"aggregator": "median"},
     },
     "isolated": {"gossip__topology": "isolated"},
+    "sightings": {"gossip__sightings": {"per_round": 2}},
     # drones within radio range of each other, the shards speaking mutual TLS with
     # certificates the runner made for this run (one run checks both: ~4 s a run)
     "proximity-mtls": {
@@ -108,6 +109,11 @@ def test_other_topologies_run(ray_local, tmp_path: Path, variant: str) -> None:
         return
     assert m["gossip/bytes_sent"] > 0
     assert m["gossip/deltas_rejected"] == 0
+    if variant == "sightings":  # labelled windows relayed beside the deltas, and counted
+        assert m["gossip/sightings_sent"] >= m["gossip/sightings_taken"] > 0
+        plain = _run(_variant(), tmp_path).summary["metrics"]
+        assert m["gossip/bytes_sent"] > plain["gossip/bytes_sent"]
+        assert "gossip/sightings_sent" not in plain
     if variant.startswith("coordinator"):
         assert m["learn/consensus_distance"] == pytest.approx(0, abs=1e-6)  # one global model
     elif variant == "proximity-mtls":  # 4 drones within 200 m of each other: a complete graph
@@ -284,9 +290,11 @@ def test_isolated_twins_fly_their_own_world_and_a_resume_rebuilds_both(
             "labels": "reports",
         },
         checkpoint={"every_ticks": 20},
+        gossip__sightings={"per_round": 2},  # the relays' outboxes are checkpointed too
     )
     whole = _run(sc, tmp_path / "whole")
     m = whole.summary["metrics"]
+    assert m["gossip/sightings_taken"] > 0
     for key in ("task/score", "task/first_encounters_all", "task/f1"):
         assert key in m and f"{key}_isolated" in m
     at = tick_dir(whole.run_dir / "checkpoints", 20)

@@ -81,6 +81,26 @@ def test_resolved_scenario_round_trips() -> None:
             "gossip.robust",
             "needs every agent to have >= 3 neighbours; the ring graph",
         ),
+        # sightings where they cannot be served honestly (protocols/sightings.py)
+        (
+            "name: t\ngossip:\n  topology: coordinator\n  sightings: {per_round: 2}\n",
+            4,
+            "gossip.sightings",
+            "gossip.topology coordinator has none",
+        ),
+        (
+            "name: t\ngossip:\n  graph: {kind: complete}\n  robust: {kind: clip}\n"
+            "  sightings: {per_round: 2}\n",
+            5,
+            "gossip.sightings",
+            "no robust rule screens",
+        ),
+        (
+            "name: t\ngossip:\n  sightings: {per_round: 2}\nfaults:\n  messages: {drop: 0.2}\n",
+            3,
+            "gossip.sightings",
+            "sightings would pass them",
+        ),
     ],
 )
 def test_errors_name_key_path_and_line(text: str, line: int, path: str, words: str) -> None:

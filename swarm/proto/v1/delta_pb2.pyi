@@ -80,11 +80,35 @@ class ParamShape(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeltaBatch(_message.Message):
-    __slots__ = ("sender_node", "round", "deltas")
+    __slots__ = ("sender_node", "round", "deltas", "sightings")
     SENDER_NODE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     DELTAS_FIELD_NUMBER: _ClassVar[int]
+    SIGHTINGS_FIELD_NUMBER: _ClassVar[int]
     sender_node: str
     round: int
     deltas: _containers.RepeatedCompositeFieldContainer[KnowledgeDelta]
-    def __init__(self, sender_node: _Optional[str] = ..., round: _Optional[int] = ..., deltas: _Optional[_Iterable[_Union[KnowledgeDelta, _Mapping]]] = ...) -> None: ...
+    sightings: _containers.RepeatedCompositeFieldContainer[Sighting]
+    def __init__(self, sender_node: _Optional[str] = ..., round: _Optional[int] = ..., deltas: _Optional[_Iterable[_Union[KnowledgeDelta, _Mapping]]] = ..., sightings: _Optional[_Iterable[_Union[Sighting, _Mapping]]] = ...) -> None: ...
+
+class Sighting(_message.Message):
+    __slots__ = ("sender", "origin", "tick", "cls", "hops", "rows", "cols", "values", "signature")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    TICK_FIELD_NUMBER: _ClassVar[int]
+    CLS_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    origin: str
+    tick: int
+    cls: int
+    hops: int
+    rows: int
+    cols: int
+    values: bytes
+    signature: bytes
+    def __init__(self, sender: _Optional[str] = ..., origin: _Optional[str] = ..., tick: _Optional[int] = ..., cls: _Optional[int] = ..., hops: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., values: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
