@@ -40,13 +40,20 @@ MAX_VALUE = 1.0e3
 @dataclass(frozen=True)
 class Sighting:
     """One labelled observation window: agent `origin` saw `window` (W, D) float32 ending at
-    `tick`, of class `cls`; `hops` is how many times it has been passed on (0 at the origin)."""
+    `tick`, of class `cls`; `hops` is how many times it has been passed on (0 at the origin).
+    `via`: the agent this copy came from (-1: its holder saw it itself); a holder passes it on
+    to every neighbour but that one and the origin, which have it already."""
 
     origin: int
     tick: int
     cls: int
     hops: int
     window: np.ndarray
+    via: int = -1
+
+    def recipients(self, neighbours: Sequence[int]) -> list[int]:
+        """The neighbours of its holder that this copy goes to (not back where it came from)."""
+        return [j for j in neighbours if j != self.via and j != self.origin]
 
     @property
     def id(self) -> tuple[int, int]:
@@ -137,7 +144,8 @@ class SightingRelay:
     def outgoing(self, round_: int, tick: int) -> dict[int, list[Sighting]]:
         """What each local agent sends all its neighbours this round (taken from its outbox):
         up to per_round sightings, one class at a time starting at class round_ mod C, newest
-        first within a class; hops already counts the hop they are about to make."""
+        first within a class; hops already counts the hop they are about to make, and via is
+        still the agent the sender got each from (its neighbours but that one take it)."""
         self.now = max(self.now, int(tick))
         self._forget()
         out: dict[int, list[Sighting]] = {}
@@ -149,7 +157,9 @@ class SightingRelay:
                 for c in order:
                     if boxes[c] and len(picked) < self.per_round:
                         s = boxes[c].pop(0)
-                        picked.append(Sighting(s.origin, s.tick, s.cls, s.hops + 1, s.window))
+                        picked.append(
+                            Sighting(s.origin, s.tick, s.cls, s.hops + 1, s.window, s.via)
+                        )
             if picked:
                 out[i] = picked
         return out
@@ -169,11 +179,12 @@ class SightingRelay:
             pending, self._pending = self._pending, []
         pending.sort(key=lambda p: (p[0], p[1].origin, p[1].tick, p[1].hops))
         taken: list[tuple[int, Sighting]] = []
-        for sender, s in pending:
+        for sender, sent in pending:
+            s = Sighting(sent.origin, sent.tick, sent.cls, sent.hops, sent.window, via=sender)
             for i in self.local:
-                if sender not in self.neighbours[i]:
-                    continue
-                if s.origin != i and self._hold(i, s):
+                if sender not in self.neighbours[i] or i in (sent.via, sent.origin):
+                    continue  # not sent to i: i is not a neighbour, or has it already
+                if self._hold(i, s):
                     taken.append((i, s))
                 else:
                     self.duplicates += 1
@@ -210,8 +221,8 @@ class SightingRelay:
         seen = [(r, o, t) for r, i in enumerate(self.local) for (o, t) in self.seen[i]]
         return {
             "outbox_meta": np.array(
-                [(r, s.origin, s.tick, s.cls, s.hops) for r, s in held], np.int64
-            ).reshape(-1, 5),
+                [(r, s.origin, s.tick, s.cls, s.hops, s.via) for r, s in held], np.int64
+            ).reshape(-1, 6),
             "outbox_windows": (
                 np.stack([s.window for _, s in held]) if held else np.zeros((0, W, D), np.float32)
             ),
@@ -229,8 +240,8 @@ class SightingRelay:
         for r, o, t in np.asarray(state["seen"], np.int64).tolist():
             self.seen[self.local[r]][(o, t)] = t
         meta = np.asarray(state["outbox_meta"], np.int64).tolist()
-        for (r, o, t, c, h), w in zip(meta, state["outbox_windows"], strict=True):
-            self.outbox[self.local[r]][c].append(Sighting(o, t, c, h, np.asarray(w, np.float32)))
+        for (r, o, t, c, h, v), w in zip(meta, state["outbox_windows"], strict=True):
+            self.outbox[self.local[r]][c].append(Sighting(o, t, c, h, np.asarray(w, np.float32), v))
         for i in self.local:
             for box in self.outbox[i]:
                 box.sort(key=lambda x: (-x.tick, x.origin))

@@ -581,15 +581,17 @@ class Gossip(Networked):
     def _relay_round(self, round_: int, tick: int) -> dict[str, list[delta_pb2.Sighting]]:
         """This round's sightings: signed per sender for the nodes hosting its neighbours,
         handed in process to its local neighbours, and counted as the devices would send
-        them (one copy per neighbour)."""
+        them (one copy per neighbour that does not have it yet: not the one it came from)."""
         out: dict[str, list[delta_pb2.Sighting]] = {}
         if self.relay is None:
             return out
         for i, picked in self.relay.outgoing(round_, tick).items():
             msgs = [wire.sighting_to_proto(i, s, self.key) for s in picked]
-            fanout = self.algo.logical_recipients(i)
-            self.book.logical_bytes[self.relay.row[i]] += fanout * sum(m.ByteSize() for m in msgs)
-            self.relay.sent += fanout * len(msgs)
+            nbrs = self.relay.neighbours[i]
+            for s, m in zip(picked, msgs, strict=True):
+                fanout = len(s.recipients(nbrs))  # not back to where it came from
+                self.book.logical_bytes[self.relay.row[i]] += fanout * m.ByteSize()
+                self.relay.sent += fanout
             self.relay.receive(i, picked)  # the neighbours this node hosts
             for node in self.algo.destinations(i):
                 out.setdefault(node, []).extend(msgs)

@@ -147,3 +147,14 @@ def test_a_renewed_agent_forgets_what_it_held() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="per_round"):
         relays(3, [[0, 1, 2]], per_round=0)
+
+
+def test_a_sighting_is_not_sent_back_where_it_came_from() -> None:
+    nodes = relays(8, [[0, 1, 2, 3], [4, 5, 6, 7]])
+    see(nodes[0], 0, tick=1, cls=1)
+    for k in range(6):
+        round_(nodes, k, tick=2 + k)
+    assert holders(nodes, (0, 1)) == set(range(8))
+    # the two fronts meet at agent 4, which gets it from both sides (one duplicate) and passes
+    # it on to agent 5, which has it (the other); nobody got back what it had sent
+    assert sum(r.taken for r in nodes) == 7 and sum(r.duplicates for r in nodes) == 2

@@ -47,9 +47,9 @@ def _decode(msg: delta_pb2.Sighting) -> tuple[int, Sighting]:
     )
 
 
-def _f16(values: list[float]) -> bytes:
-    """WINDOW's worth of float16 bytes: `values` first, then zeros."""
-    out = np.zeros(WINDOW[0] * WINDOW[1], "<f2")
+def _i8(values: list[int]) -> bytes:
+    """WINDOW's worth of int8 bytes: `values` first, then zeros."""
+    out = np.zeros(WINDOW[0] * WINDOW[1], "i1")
     out[: len(values)] = values
     return out.tobytes()
 
@@ -57,21 +57,36 @@ def _f16(values: list[float]) -> bytes:
 # -- the to_proto / from_proto pair ----------------------------------------------------------
 
 
-def test_a_sighting_comes_back_as_sent_up_to_float16_rounding() -> None:
-    s = _sighting()
+def test_a_sighting_comes_back_as_sent_up_to_int8_rounding() -> None:
+    s = Sighting(3, 17, 2, 1, _window(), via=5)
     msg = wire.sighting_to_proto(7, s, KEY)
     sender, back = _decode(msg)
-    assert (sender, msg.sender, msg.origin) == (7, "agent-7", "agent-3")
-    assert (back.origin, back.tick, back.cls, back.hops) == (3, 17, 2, 1)
+    assert (sender, msg.sender, msg.origin, msg.via) == (7, "agent-7", "agent-3", "agent-5")
+    assert (back.origin, back.tick, back.cls, back.hops, back.via) == (3, 17, 2, 1, 5)
     assert back.window.dtype == np.float32 and back.window.shape == WINDOW
-    assert np.array_equal(back.window, s.window.astype(np.float16).astype(np.float32))
-    assert len(msg.values) == WINDOW[0] * WINDOW[1] * 2  # float16 on the wire
+    # int8 times one scale, the window's largest magnitude / 127: each value within half a step
+    step = np.abs(s.window).max() / 127
+    assert msg.scale == pytest.approx(step, rel=1e-6)
+    assert np.abs(back.window - s.window).max() <= step / 2 * (1 + 1e-5)
+    assert np.abs(back.window).max() == pytest.approx(np.abs(s.window).max(), rel=1e-6)
+    assert len(msg.values) == WINDOW[0] * WINDOW[1]  # one byte a value on the wire
+    # passed on again, a decoded window encodes to the same bytes (no drift hop by hop)
+    again = wire.sighting_to_proto(3, back, KEY)
+    assert (again.values, again.scale) == (msg.values, msg.scale)
 
 
-def test_a_value_of_exactly_max_value_is_accepted() -> None:
-    window = np.full(WINDOW, -MAX_VALUE, np.float32)  # 1000 is exact in float16
+def test_the_origin_sends_no_via_and_an_all_zero_window_survives() -> None:
+    zeros = np.zeros(WINDOW, np.float32)
+    msg = wire.sighting_to_proto(1, Sighting(1, 0, 0, 1, zeros), KEY)
+    assert msg.via == "" and msg.scale == 0
+    _, back = _decode(msg)
+    assert back.via == -1 and np.array_equal(back.window, zeros)
+
+
+def test_a_window_of_max_value_is_accepted() -> None:
+    window = np.full(WINDOW, -MAX_VALUE * 127 / 128, np.float32)
     _, back = _decode(wire.sighting_to_proto(1, Sighting(1, 0, 0, 1, window), KEY))
-    assert np.array_equal(back.window, window)
+    np.testing.assert_allclose(back.window, window, rtol=1e-6)
 
 
 def _resigned(**fields: object) -> Callable[[], delta_pb2.Sighting]:
@@ -109,16 +124,18 @@ BAD: dict[str, tuple[Callable[[], delta_pb2.Sighting], Rejection]] = {
     "tampered_value": (_tampered, Rejection.BAD_SIGNATURE),
     "sender_not_an_agent": (_resigned(sender="node-1"), Rejection.MALFORMED),
     "origin_not_an_agent": (_resigned(origin="agent-03"), Rejection.MALFORMED),
+    "via_not_an_agent": (_resigned(via="shard-0"), Rejection.MALFORMED),
     "hops_0": (_resigned(hops=0), Rejection.MALFORMED),
     "hops_over_max": (_resigned(hops=MAX_HOPS + 1), Rejection.MALFORMED),
     "class_out_of_range": (_resigned(cls=N_CLASSES), Rejection.MALFORMED),
     # (3, 4) holds as many values as (4, 3): only the shape check can refuse it
     "rows_cols_swapped": (_resigned(rows=WINDOW[1], cols=WINDOW[0]), Rejection.WRONG_SHAPE),
-    "truncated_values": (_resigned(values=_f16([])[:-2]), Rejection.WRONG_SHAPE),
-    "odd_byte_count": (_resigned(values=_f16([]) + b"\x00"), Rejection.WRONG_SHAPE),
-    "nan": (_resigned(values=_f16([0.5, np.nan])), Rejection.NON_FINITE),
-    "infinity": (_resigned(values=_f16([-np.inf])), Rejection.NON_FINITE),
-    "value_1e4": (_resigned(values=_f16([1e4])), Rejection.NON_FINITE),
+    "truncated_values": (_resigned(values=_i8([])[:-1]), Rejection.WRONG_SHAPE),
+    "extra_byte": (_resigned(values=_i8([]) + b"\x00"), Rejection.WRONG_SHAPE),
+    "nan_scale": (_resigned(scale=float("nan")), Rejection.NON_FINITE),
+    "infinite_scale": (_resigned(scale=float("-inf")), Rejection.NON_FINITE),
+    "negative_scale": (_resigned(scale=-0.5), Rejection.NON_FINITE),
+    "scale_beyond_max_value": (_resigned(scale=MAX_VALUE / 127), Rejection.NON_FINITE),
 }
 
 
@@ -131,7 +148,7 @@ def test_a_bad_sighting_is_refused_for_its_reason(kind: str) -> None:
 
 
 def test_the_signature_is_checked_before_anything_else() -> None:
-    msg = _resigned(sender="?", hops=0, cls=99, rows=1, values=_f16([np.nan]))()
+    msg = _resigned(sender="?", hops=0, cls=99, rows=1, scale=float("nan"))()
     msg.tick += 1  # after signing
     with pytest.raises(DeltaRejected) as info:
         _decode(msg)
@@ -268,7 +285,7 @@ def _refused(stub, batch: delta_pb2.DeltaBatch, reason: Rejection) -> None:
     assert (REJECTION_KEY, reason.name) in tuple(info.value.trailing_metadata())
 
 
-@pytest.mark.parametrize("kind", ["hops_0", "wrong_key", "nan"])
+@pytest.mark.parametrize("kind", ["hops_0", "wrong_key", "nan_scale"])
 def test_a_bad_sighting_refuses_the_whole_batch_and_nothing_is_applied(kind: str) -> None:
     make, reason = BAD[kind]
     good = wire.sighting_to_proto(1, _sighting(), KEY)

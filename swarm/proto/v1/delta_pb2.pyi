@@ -92,7 +92,7 @@ class DeltaBatch(_message.Message):
     def __init__(self, sender_node: _Optional[str] = ..., round: _Optional[int] = ..., deltas: _Optional[_Iterable[_Union[KnowledgeDelta, _Mapping]]] = ..., sightings: _Optional[_Iterable[_Union[Sighting, _Mapping]]] = ...) -> None: ...
 
 class Sighting(_message.Message):
-    __slots__ = ("sender", "origin", "tick", "cls", "hops", "rows", "cols", "values", "signature")
+    __slots__ = ("sender", "origin", "tick", "cls", "hops", "rows", "cols", "values", "signature", "scale", "via")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     TICK_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,8 @@ class Sighting(_message.Message):
     COLS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     sender: str
     origin: str
     tick: int
@@ -111,4 +113,6 @@ class Sighting(_message.Message):
     cols: int
     values: bytes
     signature: bytes
-    def __init__(self, sender: _Optional[str] = ..., origin: _Optional[str] = ..., tick: _Optional[int] = ..., cls: _Optional[int] = ..., hops: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., values: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    scale: float
+    via: str
+    def __init__(self, sender: _Optional[str] = ..., origin: _Optional[str] = ..., tick: _Optional[int] = ..., cls: _Optional[int] = ..., hops: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., values: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., scale: _Optional[float] = ..., via: _Optional[str] = ...) -> None: ...
