@@ -45,10 +45,13 @@ BYZANTINE_TICKS = 120
 def _patrol(ticks: int, **sections: Any) -> dict[str, Any]:
     """The shipped drone patrol (12 drones, 3 shards), shorter, without the isolated twins,
     and without checkpoints unless `sections` asks (the shipped file saves every 100 ticks).
-    Its drones keep their zones, as when the figures in this file's comments were measured:
-    these tests are about faults, not re-tasking (tests/test_retasking.py)."""
+    Its drones keep their zones and share only weights, as when the figures in this file's
+    comments were measured: these tests are about faults, not re-tasking
+    (tests/test_retasking.py) or sightings (which swarm validate refuses under message faults
+    and liars)."""
     data = load_scenario(PATROL).model_dump(mode="json")
     data.update(ticks=ticks, ray={"dashboard": False, "num_cpus": 2})
+    data["gossip"]["sightings"]["per_round"] = 0
     data["world"].update(rotation_s=None, arrivals=[], departures=[{"agent": 11, "at_s": 200.0}])
     data["baseline"]["isolated"] = False
     data["checkpoint"] = {"every_ticks": 0}
