@@ -14,6 +14,10 @@ where it uses them, example weights w (n,) to one aggregate delta (P,):
     clipped_mean    sum_i w_i clip(x_i, tau) / sum_i w_i, clip(z, tau) = min(1, tau/||z||) z
                     (the clip of ClippedGossip, He et al. 2022)
 
+With `bucket` s > 1, trimmed_mean and median run over the means of random buckets of s deltas
+(Karimireddy, He, Jaggi 2022, "Byzantine-robust learning on heterogeneous datasets via
+bucketing"), drawn per round from a fixed seed.
+
 The coordinate-wise rules (trimmed_mean, median) and krum ignore the example weights: a
 Byzantine agent could claim any number of examples, so a robust rule must not trust them.
 
@@ -154,11 +158,29 @@ def aggregate(cfg: CoordinatorConfig, deltas: Sequence[Delta], num_params: int) 
     if not deltas:
         raise ValueError("cannot aggregate an empty round")
     _, x, w = stack_deltas(deltas, num_params)
-    return aggregate_rows(cfg, x, w)
+    return aggregate_rows(cfg, x, w, round_=min(d.round for d in deltas))
 
 
-def aggregate_rows(cfg: CoordinatorConfig, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The rule `cfg.aggregator` names over decoded deltas x (n, P) with example weights w."""
+#: Seeds the bucket permutation together with the round: every coordinator draws the same.
+BUCKET_SEED = 0x6275636B
+
+
+def bucketed(x: np.ndarray, s: int, round_: int) -> np.ndarray:
+    """Means of the rows of x (n, P) in ceil(n / s) buckets of s (the last may hold fewer),
+    after a permutation drawn from the round: (ceil(n / s), P) float64."""
+    stack = _as_stack(x)
+    n = stack.shape[0]
+    order = np.random.default_rng([BUCKET_SEED, int(round_)]).permutation(n)
+    return np.stack([stack[order[i : i + s]].mean(axis=0) for i in range(0, n, s)])
+
+
+def aggregate_rows(
+    cfg: CoordinatorConfig, x: np.ndarray, w: np.ndarray, *, round_: int = 0
+) -> np.ndarray:
+    """The rule `cfg.aggregator` names over decoded deltas x (n, P) with example weights w
+    (round_: draws the buckets of `cfg.bucket`)."""
+    if cfg.bucket > 1 and cfg.aggregator in ("trimmed_mean", "median"):
+        x = bucketed(x, cfg.bucket, round_)
     if cfg.aggregator == "fedavg":
         return fedavg(x, w)
     if cfg.aggregator == "trimmed_mean":
@@ -175,7 +197,9 @@ def aggregate_rows(cfg: CoordinatorConfig, x: np.ndarray, w: np.ndarray) -> np.n
 
 
 __all__ = [
+    "BUCKET_SEED",
     "aggregate",
+    "bucketed",
     "aggregate_rows",
     "clip",
     "clipped_mean",

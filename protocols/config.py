@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from swarm._config import Section
 
@@ -61,10 +61,25 @@ class CoordinatorConfig(Section):
     """krum, multi_krum: f, the number of Byzantine agents tolerated (needs n >= 2f + 3)."""
     clip_norm: float = Field(1.0, gt=0)
     """clipped_mean: each delta is scaled down to at most this L2 norm."""
+    bucket: int = Field(1, ge=1, le=64)
+    """trimmed_mean, median: average the deltas in random buckets of this many before the rule
+    (Karimireddy, He, Jaggi 2022: the agents' data differ, and a coordinate-wise rule over
+    heterogeneous deltas is biased towards whichever side liars sit on; means of s deltas are
+    s times less spread). s liars' worth of buckets may be spoiled: trim at least s times the
+    liars' fraction. 1: no buckets."""
     round_timeout_s: float = Field(30.0, gt=0)
     """A round closes this long after its first delta even if some agents are missing ..."""
     min_completion: float = Field(0.5, gt=0, le=1)
     """... provided at least this fraction of the agents contributed."""
+
+    @model_validator(mode="after")
+    def _bucket_rule(self) -> CoordinatorConfig:
+        if self.bucket > 1 and self.aggregator not in ("trimmed_mean", "median"):
+            raise ValueError(
+                f"bucket: buckets are for trimmed_mean and median; {self.aggregator} would "
+                "ignore them"
+            )
+        return self
 
     @property
     def compares_coordinates(self) -> bool:

@@ -99,3 +99,21 @@ def test_the_robust_rules_ask_for_shared_coordinates_and_the_means_do_not() -> N
         assert CoordinatorConfig(aggregator=rule).compares_coordinates
     for rule in ("fedavg", "clipped_mean"):
         assert not CoordinatorConfig(aggregator=rule).compares_coordinates
+
+
+def test_buckets_average_random_groups_drawn_from_the_round() -> None:
+    from protocols.config import CoordinatorConfig
+
+    x = np.random.default_rng(0).normal(size=(7, 5))
+    b = aggregation.bucketed(x, 2, round_=3)
+    assert b.shape == (4, 5)  # 3 buckets of 2 and one of 1
+    # the buckets are a partition: their sizes weight back to the overall mean
+    np.testing.assert_allclose((b[:3].sum(0) * 2 + b[3]) / 7, x.mean(0), atol=1e-12)
+    np.testing.assert_array_equal(b, aggregation.bucketed(x, 2, round_=3))  # same round, same
+    assert not np.array_equal(b, aggregation.bucketed(x, 2, round_=4))
+    cfg = CoordinatorConfig(aggregator="median", bucket=2)
+    np.testing.assert_allclose(
+        aggregation.aggregate_rows(cfg, x, np.ones(7), round_=3), np.median(b, axis=0), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="buckets are for trimmed_mean and median"):
+        CoordinatorConfig(aggregator="fedavg", bucket=2)
