@@ -98,6 +98,10 @@ class LearnConfig(Section):
     softmax, which teaches an agent that has only met fire that nothing is ever a sign, and so
     unlearns, step after step, what its peers' deltas taught it; below 1 its local steps leave
     the kinds it was never taught to the others (0: no learning signal to them at all)."""
+    report_confidence: float = Field(0.0, ge=0.0, lt=1.0)
+    """An agent answers a class other than 0 (the background: 'nothing there') only when its
+    softmax gives that class at least this probability; below it answers 0. 0: plain argmax.
+    A detector's operating point: false alarms fall, and so, a little, do detections."""
     trainable: Literal["all", "head", "last_block", "random"] = "all"
     """Which parameters online learning may change: all; the head and every norm gain; the
     last block, final norm and head; or a fixed random `trainable_fraction` of them."""

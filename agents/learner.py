@@ -242,7 +242,12 @@ class OnlineLearner:
         self._ticks[slot] = tick
         self._n += 1
         logits = self.population.step(obs)  # (K, n_classes)
-        return logits.argmax(-1).numpy().astype(np.int64)
+        chosen = logits.argmax(-1).numpy().astype(np.int64)
+        floor = self.learn_cfg.report_confidence
+        if floor > 0:  # below the operating point a detector says 'nothing there' (class 0)
+            sure = logits.softmax(-1).max(-1).values.numpy() >= floor
+            chosen = np.where(sure, chosen, 0)
+        return chosen
 
     def renew(self, agents: list[int]) -> None:
         """Fresh agents (new devices joining): the initial model, and nothing learned or

@@ -212,6 +212,11 @@ class Row:
     accepted: int
     rejected: int
     collisions: float
+    task_score: float = 0.0
+    f1: float = 0.0
+    precision: float = 0.0
+    compliance: float = 0.0
+    sightings: int = 0  # sightings taken (new to their agent)
 
     @property
     def agent_steps(self) -> float:
@@ -260,6 +265,11 @@ def run_one(base: dict[str, Any], n: int, s: Settings, tmp: Path) -> Row:
         accepted=int(m["gossip/deltas_accepted"]),
         rejected=int(m["gossip/deltas_rejected"]),
         collisions=float(m["task/collisions"]),
+        task_score=float(m["task/score"]),
+        f1=float(m["task/f1"]),
+        precision=float(m["task/precision"]),
+        compliance=float(m["task/altitude_compliance"]),
+        sightings=int(m.get("gossip/sightings_taken") or 0),
     )
     log(
         f"{n:5d} agents, {row.shards} shards: {row.rtf:.2f}x real time, "
@@ -505,6 +515,22 @@ def report(
             f"{fmt_mem(rss)} / {fmt_mem(uss)} / {fmt_mem(pss)} | {fmt_mem(pss / r.n)} | "
             f"{r.cpu_world:.2f}, {r.cpu_shards:.2f} | {r.probe_first:.3f} -> "
             f"{r.probe_last:.3f} | {fmt_bytes(r.bytes_sent)}, {r.rounds} | {r.collisions:.0f} |"
+        )
+    out += [
+        "",
+        "What the swarm did (cumulative over the run; envs/drone_patrol/metrics.py): task score "
+        "= detection F1 x altitude compliance; bytes per agent per simulated second, deltas and "
+        "sightings, one copy per neighbour:",
+        "",
+        "| agents | probe accuracy | task score | detection F1 | precision | altitude "
+        "compliance | sightings taken | bytes per agent per simulated s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        per_s = r.bytes_sent / r.n / (r.ticks / 2)
+        out.append(
+            f"| {r.n:,} | {r.probe_last:.3f} | {r.task_score:.3f} | {r.f1:.3f} | "
+            f"{r.precision:.3f} | {r.compliance:.3f} | {r.sightings:,} | {fmt_bytes(per_s)} |"
         )
     by_n = {r.n: r for r in rows}
     if 100 in by_n and 1000 in by_n:

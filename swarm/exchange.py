@@ -560,7 +560,14 @@ class Gossip(Networked):
         assert self.relay is not None
         cfg = self.w.sc.gossip.sightings
         out = []
+        per_sender: dict[str, int] = {}
         for msg in msgs:
+            per_sender[msg.sender] = per_sender.get(msg.sender, 0) + 1
+            if per_sender[msg.sender] > cfg.per_round:  # an honest agent sends no more a round
+                raise DeltaRejected(
+                    Rejection.MALFORMED,
+                    f"more than per_round = {cfg.per_round} sightings from {msg.sender[:80]!r}",
+                )
             sender, s = wire.sighting_from_proto(
                 msg, key=self.key, n_classes=self.relay.n_classes, window=self.relay.window,
                 max_hops=cfg.hops,

@@ -33,6 +33,19 @@ def _tick_obs(K: int, tick: int) -> np.ndarray:
     return np.full((K, OBS), tick + 1, np.float32)
 
 
+def test_report_confidence_answers_background_below_the_operating_point() -> None:
+    import torch
+
+    learner = _learner(K=3, n_classes=3, report_confidence=0.6)
+    # softmax rows: class 2 at 0.84, class 1 at ~0.42 (argmax, below 0.6), class 0 on top
+    logits = torch.log(torch.tensor([[0.08, 0.08, 0.84], [0.29, 0.42, 0.29], [0.5, 0.3, 0.2]]))
+    learner.population.step = lambda obs: logits  # type: ignore[method-assign]
+    assert learner.act(0, _tick_obs(3, 0)).tolist() == [2, 0, 0]
+    plain = _learner(K=3, n_classes=3)
+    plain.population.step = lambda obs: logits  # type: ignore[method-assign]
+    assert plain.act(0, _tick_obs(3, 0)).tolist() == [2, 1, 0]
+
+
 # ---- history and late labels ----------------------------------------------------------------
 
 

@@ -63,6 +63,47 @@ def test_delta_crosses_grpc_between_processes_and_moves_receiver(ray_local) -> N
     ray.get([s.close.remote() for s in shards])
 
 
+def test_a_shard_takes_sightings_from_a_neighbour_and_refuses_a_flood(ray_local) -> None:
+    """Sightings pushed to a shard over gRPC: up to per_round from one sender in a batch are
+    taken (and counted); more, or one signed with another key, refuse the batch."""
+    import grpc
+
+    from protocols import wire
+    from protocols.sightings import Sighting
+    from swarm.proto.v1 import delta_pb2, gossip_pb2_grpc
+
+    ray = ray_local
+    sc = _variant(agents__count=2, agents__per_shard=1, gossip__sightings={"per_round": 2})
+    spec, key = sc.model_dump(mode="json"), b"t" * 32
+    probe = (np.zeros((1, 8, 16), np.float32), np.zeros(1, np.int64))
+    cls = ray.remote(num_cpus=0)(AgentShard)
+    info = WorldInfo(task="classify", obs_dim=16, agent_ids=["0", "1"], n_classes=5)
+    shard = cls.remote(ShardSpec(spec, 1, [1], info, key), probe)
+    endpoint = ray.get(shard.endpoint.remote())
+
+    def push(n: int, signing_key: bytes = key) -> None:
+        window = np.ones((sc.learning.window, 16), np.float32)
+        made = [Sighting(0, t, 1, 1, window) for t in range(n)]
+        batch = delta_pb2.DeltaBatch(sender_node="shard-0", round=0)
+        batch.sightings.extend(wire.sighting_to_proto(0, s, signing_key) for s in made)
+        with grpc.insecure_channel(endpoint) as channel:
+            gossip_pb2_grpc.GossipStub(channel).PushDeltas(batch, timeout=10)
+
+    push(2)
+    for n, signing_key in ((3, key), (1, b"x" * 32)):
+        with pytest.raises(grpc.RpcError) as info_:
+            push(n, signing_key)
+        assert info_.value.code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+    traffic = ray.get(shard.measure.remote(0)).traffic
+    assert traffic.counter("sightings_accepted") == 2
+    assert traffic.counter("rejected_malformed") == 3
+    assert traffic.counter("rejected_bad_signature") == 1
+    ray.get(shard.close.remote())
+
+
 def _run(sc: Scenario, tmp_path: Path):
     return Runner(sc, new_run_dir(tmp_path, sc)).run()
 
