@@ -56,6 +56,7 @@ def variant(
     liars: float,
     gossip_b: int = GOSSIP_B,
     bucket: int = 1,
+    nnm: bool = False,
 ) -> Scenario:
     """The patrol as one cell of the table: `rule` None means isolated learners."""
     data = base.model_dump(mode="json")
@@ -77,13 +78,14 @@ def variant(
         # Each rule is set for the liars it is meant to withstand, with or without them (an
         # operator sets it for the fraction it expects): Krum's f, and a trim that cuts more
         # than the liars from each end (0.25 of 24 cuts 6 > 5 liars; the default 0.2 cuts 4)
-        f = round(BYZANTINE * agents) if rule in ("krum", "multi_krum") else 0
+        f = round(BYZANTINE * agents) if rule in ("krum", "multi_krum") or nnm else 0
         g["coordinator"] = {
             "aggregator": rule,
             "byzantine": f,
             "trim_fraction": TRIM if bucket == 1 else BUCKET_TRIM,
             "min_completion": 1.0,
             "bucket": bucket,
+            "nnm": nnm,
         }
     if liars:
         data["faults"] = {"byzantine": {"fraction": liars, "attack": "sign_flip", "scale": 10}}
@@ -109,6 +111,7 @@ def main() -> None:
     ap.add_argument("--rules", default=",".join(RULES), help=f"also: {','.join(GOSSIP_RULES)}")
     ap.add_argument("--gossip-b", type=int, default=GOSSIP_B, help="b of the gossip:* rules")
     ap.add_argument("--bucket", type=int, default=1, help="coordinator.bucket of every rule")
+    ap.add_argument("--nnm", action="store_true", help="coordinator.nnm (f = 20%% of agents)")
     ap.add_argument("--skip-isolated", action="store_true", help="no isolated reference cell")
     ap.add_argument("--quick", action="store_true", help="8 drones, 1 seed, 100 ticks")
     ap.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
@@ -136,6 +139,7 @@ def main() -> None:
                         liars,
                         args.gossip_b,
                         args.bucket,
+                        args.nnm,
                     )
                     acc, wall = honest_accuracy(sc, Path(tmp))
                     results.setdefault((rule, liars), []).append(acc)
@@ -162,6 +166,9 @@ def report(args, base: Scenario, seeds: list[int], rules: list[str], results: di
         + (f" --seeds {args.seeds}" if args.seeds != 3 else "")
         + (f" --rules {args.rules}" if args.rules != ",".join(RULES) else "")
         + (f" --gossip-b {args.gossip_b}" if args.gossip_b != GOSSIP_B else "")
+        + (f" --bucket {args.bucket}" if args.bucket != 1 else "")
+        + (" --nnm" if args.nnm else "")
+        + (" --skip-isolated" if args.skip_isolated else "")
         + " --write"
     )
     lines = [

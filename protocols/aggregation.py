@@ -16,7 +16,8 @@ where it uses them, example weights w (n,) to one aggregate delta (P,):
 
 With `bucket` s > 1, trimmed_mean and median run over the means of random buckets of s deltas
 (Karimireddy, He, Jaggi 2022, "Byzantine-robust learning on heterogeneous datasets via
-bucketing"), drawn per round from a fixed seed.
+bucketing"), drawn per round from a fixed seed; with `nnm`, over each delta's nearest-neighbour
+mean (Allouah et al. 2023, "Fixing by mixing": the mean of the n - f deltas nearest to it).
 
 The coordinate-wise rules (trimmed_mean, median) and krum ignore the example weights: a
 Byzantine agent could claim any number of examples, so a robust rule must not trust them.
@@ -174,6 +175,21 @@ def bucketed(x: np.ndarray, s: int, round_: int) -> np.ndarray:
     return np.stack([stack[order[i : i + s]].mean(axis=0) for i in range(0, n, s)])
 
 
+def nearest_neighbour_mixing(x: np.ndarray, f: int) -> np.ndarray:
+    """Each row of x (n, P) replaced by the mean of its n - f nearest rows (itself included;
+    Allouah et al. 2023): (n, P) float64. Ties go to the earlier row."""
+    stack = _as_stack(x)
+    n = stack.shape[0]
+    if not 0 <= f < n:
+        raise ValueError(f"nnm: f must be in [0, {n}), got {f}")
+    d2 = np.empty((n, n), dtype=np.float64)  # row by row, as krum_scores (memory, precision)
+    for i in range(n):
+        diff = stack - stack[i]
+        d2[i] = np.einsum("jp,jp->j", diff, diff)
+    nearest = np.argsort(d2, axis=1, kind="stable")[:, : n - f]  # (n, n - f)
+    return np.stack([stack[idx].mean(axis=0) for idx in nearest])
+
+
 def aggregate_rows(
     cfg: CoordinatorConfig, x: np.ndarray, w: np.ndarray, *, round_: int = 0
 ) -> np.ndarray:
@@ -181,6 +197,8 @@ def aggregate_rows(
     (round_: draws the buckets of `cfg.bucket`)."""
     if cfg.bucket > 1 and cfg.aggregator in ("trimmed_mean", "median"):
         x = bucketed(x, cfg.bucket, round_)
+    if cfg.nnm and cfg.aggregator in ("trimmed_mean", "median"):
+        x = nearest_neighbour_mixing(x, cfg.byzantine)
     if cfg.aggregator == "fedavg":
         return fedavg(x, w)
     if cfg.aggregator == "trimmed_mean":
@@ -207,6 +225,7 @@ __all__ = [
     "fedavg",
     "krum",
     "krum_scores",
+    "nearest_neighbour_mixing",
     "stack_deltas",
     "trim_count",
     "trimmed_mean",

@@ -67,6 +67,12 @@ class CoordinatorConfig(Section):
     heterogeneous deltas is biased towards whichever side liars sit on; means of s deltas are
     s times less spread). s liars' worth of buckets may be spoiled: trim at least s times the
     liars' fraction. 1: no buckets."""
+    nnm: bool = False
+    """trimmed_mean, median: nearest-neighbour mixing first (Allouah et al. 2023, "Fixing by
+    mixing"): each delta is replaced by the mean of the n - f deltas nearest to it (itself
+    included, f = `byzantine`), so the rule compares means over mostly honest agents, not
+    heterogeneous single deltas; a liar's own row becomes mostly honest too. Needs
+    byzantine >= 1."""
     round_timeout_s: float = Field(30.0, gt=0)
     """A round closes this long after its first delta even if some agents are missing ..."""
     min_completion: float = Field(0.5, gt=0, le=1)
@@ -74,10 +80,23 @@ class CoordinatorConfig(Section):
 
     @model_validator(mode="after")
     def _bucket_rule(self) -> CoordinatorConfig:
-        if self.bucket > 1 and self.aggregator not in ("trimmed_mean", "median"):
+        coordinate_wise = self.aggregator in ("trimmed_mean", "median")
+        if self.bucket > 1 and not coordinate_wise:
             raise ValueError(
                 f"bucket: buckets are for trimmed_mean and median; {self.aggregator} would "
                 "ignore them"
+            )
+        if self.nnm and not coordinate_wise:
+            raise ValueError(
+                f"nnm: nearest-neighbour mixing is for trimmed_mean and median; "
+                f"{self.aggregator} would ignore it"
+            )
+        if self.nnm and self.bucket > 1:
+            raise ValueError("nnm: mix by nearest neighbours or by buckets, not both")
+        if self.nnm and self.byzantine < 1:
+            raise ValueError(
+                "nnm: set byzantine (f >= 1), the liars to mix around; with f = 0 every "
+                "delta becomes the plain mean and the rule resists nothing"
             )
         return self
 

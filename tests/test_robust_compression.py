@@ -117,3 +117,23 @@ def test_buckets_average_random_groups_drawn_from_the_round() -> None:
     )
     with pytest.raises(ValueError, match="buckets are for trimmed_mean and median"):
         CoordinatorConfig(aggregator="fedavg", bucket=2)
+
+
+def test_nearest_neighbour_mixing_averages_each_row_with_its_nearest() -> None:
+    from protocols.config import CoordinatorConfig
+
+    honest = np.array([[1.0, 0.0], [1.2, 0.1], [0.8, -0.1], [1.0, 0.2]])
+    liar = np.array([[-10.0, 0.0]])
+    x = np.concatenate([honest, liar])
+    mixed = aggregation.nearest_neighbour_mixing(x, f=1)
+    # every honest row's 4 nearest are the 4 honest rows: their mean
+    np.testing.assert_allclose(mixed[:4], np.tile(honest.mean(0), (4, 1)), atol=1e-12)
+    # the liar's 4 nearest: itself and the 3 honest rows closest to it (x = 0.8, 1.0, 1.0)
+    np.testing.assert_allclose(mixed[4], (liar[0] + honest[[2, 0, 3]].sum(0)) / 4, atol=1e-12)
+    cfg = CoordinatorConfig(aggregator="median", nnm=True, byzantine=1)
+    got = aggregation.aggregate_rows(cfg, x, np.ones(5))
+    np.testing.assert_allclose(got, honest.mean(0), atol=1e-6)  # 4 of 5 mixed rows agree
+    with pytest.raises(ValueError, match="set byzantine"):
+        CoordinatorConfig(aggregator="median", nnm=True)
+    with pytest.raises(ValueError, match="not both"):
+        CoordinatorConfig(aggregator="median", nnm=True, byzantine=1, bucket=2)
