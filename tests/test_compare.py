@@ -20,6 +20,13 @@ def test_mode_scenarios_differ_only_in_how_they_share() -> None:
         assert (m.gossip.topology, m.seed, m.baseline.isolated) == (mode, 11, False)
         assert m.world == sc.world and m.model == sc.model and m.learning == sc.learning
     assert mode_scenario(sc, "centralized", 0).n_shards == 1
+    # sightings travel between gossip neighbours: the other modes run without them (validate
+    # would refuse them there), the decentralized one keeps the scenario's
+    data = sc.model_dump(mode="json")
+    data["gossip"]["sightings"] = {"per_round": 3}
+    relaying = Scenario.model_validate(data)
+    per_round = {m: mode_scenario(relaying, m, 0).gossip.sightings.per_round for m in MODES}
+    assert per_round == {m: 3 if m == "decentralized" else 0 for m in MODES}
     with pytest.raises(ValueError, match="unknown mode"):
         mode_scenario(sc, "telepathy", 0)
     data = sc.model_dump(mode="json")
