@@ -210,6 +210,11 @@ class Book:
         self.logical_bytes[row] += fanout * msg.ByteSize()
         self.dense_bytes[row] += fanout * self.dense
 
+    def sent_beside(self, row: int, msg: delta_pb2.Sighting, fanout: int) -> None:
+        """Agent `row` sent `msg`, no delta (a sighting), to `fanout` neighbours: its bytes
+        count, and it has no dense fp32 equivalent."""
+        self.logical_bytes[row] += fanout * msg.ByteSize()
+
     def counts(self) -> BookCounts:
         return {
             "ledger": self.ledger.state(),
@@ -597,7 +602,7 @@ class Gossip(Networked):
             nbrs = self.relay.neighbours[i]
             for s, m in zip(picked, msgs, strict=True):
                 fanout = len(s.recipients(nbrs))  # not back to where it came from
-                self.book.logical_bytes[self.relay.row[i]] += fanout * m.ByteSize()
+                self.book.sent_beside(self.relay.row[i], m, fanout)
                 self.relay.sent += fanout
             self.relay.receive(i, picked)  # the neighbours this node hosts
             for node in self.algo.destinations(i):
