@@ -16,8 +16,9 @@ where it uses them, example weights w (n,) to one aggregate delta (P,):
 
 With `bucket` s > 1, trimmed_mean and median run over the means of random buckets of s deltas
 (Karimireddy, He, Jaggi 2022, "Byzantine-robust learning on heterogeneous datasets via
-bucketing"), drawn per round from a fixed seed; with `nnm`, over each delta's nearest-neighbour
-mean (Allouah et al. 2023, "Fixing by mixing": the mean of the n - f deltas nearest to it).
+bucketing"), drawn per round from a fixed seed; with `nnm`, trimmed_mean, median, krum and
+multi_krum run over each delta's nearest-neighbour mean (Allouah et al. 2023, "Fixing by
+mixing": the mean of the n - f deltas nearest to it).
 
 The coordinate-wise rules (trimmed_mean, median) and krum ignore the example weights: a
 Byzantine agent could claim any number of examples, so a robust rule must not trust them.
@@ -197,7 +198,7 @@ def aggregate_rows(
     (round_: draws the buckets of `cfg.bucket`)."""
     if cfg.bucket > 1 and cfg.aggregator in ("trimmed_mean", "median"):
         x = bucketed(x, cfg.bucket, round_)
-    if cfg.nnm and cfg.aggregator in ("trimmed_mean", "median"):
+    if cfg.nnm and cfg.aggregator in ("trimmed_mean", "median", "krum", "multi_krum"):
         x = nearest_neighbour_mixing(x, cfg.byzantine)
     if cfg.aggregator == "fedavg":
         return fedavg(x, w)

@@ -68,11 +68,11 @@ class CoordinatorConfig(Section):
     s times less spread). s liars' worth of buckets may be spoiled: trim at least s times the
     liars' fraction. 1: no buckets."""
     nnm: bool = False
-    """trimmed_mean, median: nearest-neighbour mixing first (Allouah et al. 2023, "Fixing by
-    mixing"): each delta is replaced by the mean of the n - f deltas nearest to it (itself
-    included, f = `byzantine`), so the rule compares means over mostly honest agents, not
-    heterogeneous single deltas; a liar's own row becomes mostly honest too. Needs
-    byzantine >= 1."""
+    """trimmed_mean, median, krum, multi_krum: nearest-neighbour mixing first (Allouah et al.
+    2023, "Fixing by mixing"): each delta is replaced by the mean of the n - f deltas nearest
+    to it (itself included, f = `byzantine`), so the rule compares means over mostly honest
+    agents, not heterogeneous single deltas; a liar's own row becomes mostly honest too.
+    Needs byzantine >= 1."""
     round_timeout_s: float = Field(30.0, gt=0)
     """A round closes this long after its first delta even if some agents are missing ..."""
     min_completion: float = Field(0.5, gt=0, le=1)
@@ -86,10 +86,10 @@ class CoordinatorConfig(Section):
                 f"bucket: buckets are for trimmed_mean and median; {self.aggregator} would "
                 "ignore them"
             )
-        if self.nnm and not coordinate_wise:
+        if self.nnm and not (coordinate_wise or self.aggregator in ("krum", "multi_krum")):
             raise ValueError(
-                f"nnm: nearest-neighbour mixing is for trimmed_mean and median; "
-                f"{self.aggregator} would ignore it"
+                f"nnm: nearest-neighbour mixing is for trimmed_mean, median, krum and "
+                f"multi_krum; {self.aggregator} would ignore it"
             )
         if self.nnm and self.bucket > 1:
             raise ValueError("nnm: mix by nearest neighbours or by buckets, not both")

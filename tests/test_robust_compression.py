@@ -133,7 +133,13 @@ def test_nearest_neighbour_mixing_averages_each_row_with_its_nearest() -> None:
     cfg = CoordinatorConfig(aggregator="median", nnm=True, byzantine=1)
     got = aggregation.aggregate_rows(cfg, x, np.ones(5))
     np.testing.assert_allclose(got, honest.mean(0), atol=1e-6)  # 4 of 5 mixed rows agree
+    krum = CoordinatorConfig(aggregator="krum", nnm=True, byzantine=1)
+    np.testing.assert_allclose(
+        aggregation.aggregate_rows(krum, x, np.ones(5)), honest.mean(0), atol=1e-6
+    )  # Krum picks one of the 4 identical mixed honest rows
     with pytest.raises(ValueError, match="set byzantine"):
         CoordinatorConfig(aggregator="median", nnm=True)
+    with pytest.raises(ValueError, match="fedavg would ignore it"):
+        CoordinatorConfig(aggregator="fedavg", nnm=True, byzantine=1)
     with pytest.raises(ValueError, match="not both"):
         CoordinatorConfig(aggregator="median", nnm=True, byzantine=1, bucket=2)
