@@ -225,10 +225,15 @@ class OnlineLearner:
             raise ValueError(f"sightings have shape {windows.shape}, expected "
                              f"{(rows.size, self.learn_cfg.window, self.obs_dim)}")  # fmt: skip
         self.taught[rows, classes] = True
+        self._remember(rows, classes, windows)
+
+    def _remember(self, agents: np.ndarray, classes: np.ndarray, windows: np.ndarray) -> None:
+        """Labelled windows into the agents' memory: the replay, or (replay_mode "none") the
+        newest-windows buffer."""
         if self.recent is not None:
-            self.recent.add(rows, classes, windows)
+            self.recent.add(agents, classes, windows)
         else:
-            self.replay.add(rows, classes, windows)
+            self.replay.add(agents, classes, windows)
 
     def act(self, tick: int, obs: np.ndarray) -> np.ndarray:
         """Record obs (K, obs_dim) at `tick`, run one recurrent step, return classes (K,) int64."""
@@ -297,10 +302,7 @@ class OnlineLearner:
         windows[idx < 0] = 0.0  # zero-padded before the first observation
         if self.labelled is not None:
             self.labelled.append((agents, ticks[found], classes, windows.copy()))
-        if self.recent is not None:
-            self.recent.add(agents, classes, windows)
-        else:
-            self.replay.add(agents, classes, windows)
+        self._remember(agents, classes, windows)
         self._new_examples += np.bincount(agents, minlength=self.n_agents)
 
     def learn_step(self) -> dict[str, np.ndarray]:

@@ -90,6 +90,19 @@ def coordinate_median(x: np.ndarray) -> np.ndarray:
     return np.median(_as_stack(x), axis=0).astype(np.float32)
 
 
+def _squared_distances(stack: np.ndarray) -> np.ndarray:
+    """(n, n) squared Euclidean distances between the rows of stack (n, P) float64.
+
+    Row by row, O(n P) memory: an (n, n, P) difference tensor would not fit for real models,
+    and |a|^2 + |b|^2 - 2ab loses the small distances Krum ranks by to cancellation."""
+    n = stack.shape[0]
+    d2 = np.empty((n, n), dtype=np.float64)
+    for i in range(n):
+        diff = stack - stack[i]  # (n, P)
+        d2[i] = np.einsum("jp,jp->j", diff, diff)
+    return d2
+
+
 def krum_scores(x: np.ndarray, f: int) -> np.ndarray:
     """score_i = sum of squared distances from row i to its n - f - 2 nearest other rows."""
     stack = _as_stack(x)
@@ -101,12 +114,7 @@ def krum_scores(x: np.ndarray, f: int) -> np.ndarray:
             f"krum needs n >= 2f + 3 deltas (Blanchard et al. 2017): n = {n}, f = {f} "
             f"needs at least {2 * f + 3}"
         )
-    # Row by row, O(n P) memory: an (n, n, P) difference tensor would not fit for real models,
-    # and |a|^2 + |b|^2 - 2ab loses the small distances Krum ranks by to cancellation.
-    d2 = np.empty((n, n), dtype=np.float64)  # (n, n) squared distances
-    for i in range(n):
-        diff = stack - stack[i]  # (n, P)
-        d2[i] = np.einsum("jp,jp->j", diff, diff)
+    d2 = _squared_distances(stack)
     np.fill_diagonal(d2, np.inf)  # a row is not its own neighbour
     nearest = np.sort(d2, axis=1)[:, : n - f - 2]  # (n, n - f - 2)
     return nearest.sum(axis=1)
@@ -183,11 +191,7 @@ def nearest_neighbour_mixing(x: np.ndarray, f: int) -> np.ndarray:
     n = stack.shape[0]
     if not 0 <= f < n:
         raise ValueError(f"nnm: f must be in [0, {n}), got {f}")
-    d2 = np.empty((n, n), dtype=np.float64)  # row by row, as krum_scores (memory, precision)
-    for i in range(n):
-        diff = stack - stack[i]
-        d2[i] = np.einsum("jp,jp->j", diff, diff)
-    nearest = np.argsort(d2, axis=1, kind="stable")[:, : n - f]  # (n, n - f)
+    nearest = np.argsort(_squared_distances(stack), axis=1, kind="stable")[:, : n - f]  # (n, n - f)
     return np.stack([stack[idx].mean(axis=0) for idx in nearest])
 
 

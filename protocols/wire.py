@@ -427,8 +427,8 @@ def sighting_from_proto(
     float32 window). Raises DeltaRejected.
 
     Checks, in order: signature (nothing else is trusted before it), agent names, hops and
-    class (MALFORMED), shape and byte length (WRONG_SHAPE), and finiteness and range of the
-    decoded values (NON_FINITE: |v| <= MAX_VALUE).
+    class (MALFORMED), shape and byte length (WRONG_SHAPE), and the scale (NON_FINITE: finite,
+    >= 0, and small enough that every int8 value times it stays within +-MAX_VALUE).
     """
     if not _signature_ok(msg, key):
         raise DeltaRejected(

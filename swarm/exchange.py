@@ -508,6 +508,10 @@ class Gossip(Networked):
         """The node hosting agent j: a shard, or the device running it."""
         return f"shard-{j // self.w.sc.per_shard}" if j < self.w.sc.agents.count else agent_name(j)
 
+    def _address(self, node: str) -> str:
+        """Where shard `node` ("shard-<i>") serves."""
+        return self.endpoints[int(node.split("-")[1])]
+
     def _algorithm(self, w: Wiring) -> ChocoGossip:
         sc = w.sc
         n = sc.total_agents
@@ -693,7 +697,7 @@ class Gossip(Networked):
             by_node.setdefault(node, [])
         sightings = self._relay_round(round_, tick)
         for node, msgs in sorted(sightings.items()):
-            self._push_sightings(self.endpoints[int(node.split("-")[1])], msgs, round_)
+            self._push_sightings(self._address(node), msgs, round_)
         for node, items in sorted(by_node.items()):
             if node in self.external:  # devices: through outboxes, outside the ledger
                 assert self.outboxes is not None
@@ -709,7 +713,7 @@ class Gossip(Networked):
         A refusal (Stale: the receiver's copy of a sender is not where these messages start,
         after a lost message or a restart on either side) is answered with snapshots of those
         senders' public copies, which go through the faults too."""
-        address = self.endpoints[int(node.split("-")[1])]
+        address = self._address(node)
         batch = self.faults.release(node, round_)
         batch += self.faults.through(node, items, round_, tick, 0)
         attempt = 0
