@@ -8,8 +8,9 @@ Usage:
 
 Runs scenarios/swarm_scale.yaml at each agent count on ONE embedded Ray, started here once and
 reused by every run (as pz_bench.py). Only the count and what must scale with it change: the
-area (10 m of side per agent, at least the default 160 m) and the cruise points per zone
-(count / 16, from 3 to 64); the shards come from `agents.per_shard: auto`, resolved by the
+layout that keeps each drone's beat as in the default world (envs/drone_patrol/config.py
+`scaled_layout`: the area grows with sqrt(count), a cruise point per drone, routes of ~3 points
+flown by ~3 drones); the shards come from `agents.per_shard: auto`, resolved by the
 Runner with the cluster's CPUs. Per count it reports the shards, agent-steps/s (agents x ticks
 / (wall - setup)), the real-time factor (the summary's `run.real_time_factor`, which also
 excludes setup), the memory of the AgentShard and WorldHost processes (and the world's physics
@@ -54,6 +55,7 @@ import procs  # noqa: E402  (the /proc readers soak_bench.py uses too)
 from model_bench import fmt_bytes, machine  # noqa: E402
 from procs import Memory  # noqa: E402
 
+from envs.drone_patrol.config import scaled_layout  # noqa: E402
 from swarm.scenario import Scenario, auto_per_shard, load_scenario  # noqa: E402
 
 BENCHMARKS_MD = model_bench.BENCHMARKS_MD
@@ -92,11 +94,11 @@ HOLD_TICKS = 20
 
 
 def scaled(base: dict[str, Any], n: int, ticks: int) -> dict[str, Any]:
-    """The scenario at `n` agents: the count, the area and the cruise points; nothing else."""
+    """The scenario at `n` agents: the count and the layout that keeps each drone's beat
+    (``scaled_layout``: area, cruise points and routes per zone); nothing else."""
     data = json.loads(json.dumps(base))
     data["agents"]["count"] = n
-    data["world"]["area_m"] = float(max(160, 10 * n))
-    data["world"]["cruise_points_per_zone"] = min(64, max(3, n // 16))
+    data["world"].update(scaled_layout(n))
     data["ticks"] = ticks
     return data
 
@@ -197,6 +199,7 @@ class Row:
     ticks: int
     area_m: float
     points: int
+    routes: int
     wall_s: float
     setup_s: float
     rtf: float
@@ -250,6 +253,7 @@ def run_one(base: dict[str, Any], n: int, s: Settings, tmp: Path) -> Row:
         ticks=s.ticks,
         area_m=sc.world.area_m,
         points=sc.world.cruise_points_per_zone,
+        routes=sc.world.routes_per_zone,
         wall_s=float(run["wall_s"]),
         setup_s=float(run["setup_s"]),
         rtf=float(run["real_time_factor"]),
@@ -409,7 +413,14 @@ def learning_check(k: int, repeats: int) -> LearnRow:
 #: (section, key, default when absent) of the settings a big swarm may change, in the order
 #: the report names them.
 #: Settings that scale with the count (reported above the table) or only name the run.
-SCALED = {"name", "ticks", "agents.count", "world.area_m", "world.cruise_points_per_zone"}
+SCALED = {
+    "name",
+    "ticks",
+    "agents.count",
+    "world.area_m",
+    "world.cruise_points_per_zone",
+    "world.routes_per_zone",
+}
 
 
 def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -432,7 +443,7 @@ def differences(base: dict[str, Any]) -> str:
         for key in sorted(a.keys() | b.keys(), key=lambda k: (k.split(".")[0], k))
         if key not in SCALED and a.get(key) != b.get(key)
     ]
-    return ", ".join(out) + "; area and cruise points scaled with the count (above)"
+    return ", ".join(out) + "; area, cruise points and routes scaled with the count (above)"
 
 
 def fmt_mem(b: float) -> str:
@@ -470,8 +481,10 @@ def report(
         f"graph, every {gs['interval']} ticks, {gs['compression']['kind']} "
         f"{gs['compression']['ratio']}), probe of {5 * mt['probe_per_class']} windows per agent "
         f"every {mt['interval']} ticks, no isolated baseline. Per count only the count, the "
-        "area (10 m per agent, at least 160 m) and the cruise points per zone (count / 16, "
-        "3 to 64) change; shards from `agents.per_shard: auto`. Each run: "
+        "layout change (`scaled_layout`, envs/drone_patrol/config.py: area 160 m x "
+        "sqrt(count / 12), a cruise point per drone, routes of ~3 points flown by ~3 drones, "
+        "so each drone's beat is the default world's); shards from `agents.per_shard: auto`. "
+        "Each run: "
         f"{s.ticks} ticks ({s.ticks // 2} simulated s), through `swarm.runner.Runner`.",
         "",
         f"Settings that differ from `scenarios/drone_patrol.yaml` (the reasons are in the "
@@ -502,7 +515,7 @@ def report(
         "",
         "### Agents",
         "",
-        "| agents | shards | area, points / zone | wall s | setup s | agent-steps/s | "
+        "| agents | shards | area, points / routes per zone | wall s | setup s | agent-steps/s | "
         "x real time | memory peak RSS / USS / PSS | per agent (PSS) | CPU s / sim s: world, "
         "shards | probe first -> last | bytes sent, rounds | collisions |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | --- | ---: |",
@@ -510,7 +523,8 @@ def report(
     for r in rows:
         rss, uss, pss = r.mem_total.rss, r.mem_total.uss, r.mem_total.pss
         out.append(
-            f"| {r.n:,} | {r.shards} x {r.per_shard} | {r.area_m:,.0f} m, {r.points} | "
+            f"| {r.n:,} | {r.shards} x {r.per_shard} | "
+            f"{r.area_m:,.0f} m, {r.points} / {r.routes} | "
             f"{r.wall_s:.1f} | {r.setup_s:.1f} | {r.agent_steps:,.0f} | **{r.rtf:.2f}x** | "
             f"{fmt_mem(rss)} / {fmt_mem(uss)} / {fmt_mem(pss)} | {fmt_mem(pss / r.n)} | "
             f"{r.cpu_world:.2f}, {r.cpu_shards:.2f} | {r.probe_first:.3f} -> "

@@ -186,6 +186,80 @@ def test_zones_departure_respreads_the_remaining_drones_of_the_zone():
     assert np.array_equal(patrol.segments()[8], pmap.zone_points(0))  # routes stay
 
 
+def test_routes_per_zone_cut_each_zone_into_local_routes_with_groups_spread_over_them():
+    # Prepare: 40 drones (10 per zone), 12 points and 4 routes per zone.
+    cfg, pmap = _map(seed=5, cruise_points_per_zone=12, routes_per_zone=4)
+    one_cfg, _ = _map(seed=5, cruise_points_per_zone=12)
+    # Execute
+    patrol = Patroller(cfg, pmap, 40)
+    patrol.reset()
+    whole = Patroller(one_cfg, pmap, 40)
+    # Assert: each zone's routes partition its points, one route per point set ...
+    for z in range(len(ZONES)):
+        routes = patrol.zone_routes[z]
+        assert len(routes) == 4
+        assert sorted(np.concatenate(routes).tolist()) == pmap.zone_points(z).tolist()
+        # ... and, cut from a short tour, each route is shorter than the zone's whole tour
+        longest = max(cycle_length(pmap.points, r) for r in routes)
+        assert longest < cycle_length(pmap.points, pmap.zone_points(z)) / 2
+    # The zone's j-th drone flies route j % 4: groups of 3, 3, 2, 2, with their own ranks
+    segs = patrol.segments()
+    for i in range(40):
+        z, j = i % 4, i // 4
+        assert np.array_equal(segs[i], patrol.zone_routes[z][j % 4])
+        assert patrol.rank[i] == j // 4
+    assert patrol.group_size[:16].tolist() == [3] * 8 + [2] * 8
+    # Drones of a group hover at their own slots, at their own altitudes
+    group = [i for i in range(40) if i % 4 == 0 and (i // 4) % 4 == 0]  # zone 0, route 0
+    assert len({tuple(np.round(patrol.slot[i], 6)) for i in group}) == len(group)
+    assert len(set(patrol.cruise_alt[group].round(6))) == len(group)
+    # One route (the default) is the map's zone tour, as before
+    assert np.array_equal(whole.segments()[0], pmap.zone_points(0))
+
+
+def test_a_departure_respreads_only_its_own_route():
+    # Prepare: 24 drones, 6 per zone on 2 routes of 3; drone_4 (forest, route 1) leaves.
+    cfg, pmap = _map(
+        seed=2, cruise_points_per_zone=6, routes_per_zone=2, departures=[{"agent": 4, "at_s": 0}]
+    )
+    patrol = Patroller(cfg, pmap, 24)
+    start = patrol.reset()
+    # Execute
+    patrol.depart_due(0, start)
+    # Assert: the other two of forest route 1 (drones 12 and 20) re-spread; forest route 0
+    # (drones 0, 8, 16) and the other zones keep going.
+    assert patrol.extra_dwell[[12, 20]].sum() > 0
+    others = [i for i in range(24) if i not in (4, 12, 20)]
+    assert patrol.extra_dwell[others].sum() == 0
+    assert len(patrol.segments()[4]) == 0
+
+
+def test_routes_per_zone_needs_zones_and_a_point_per_route():
+    with pytest.raises(ValueError, match="routes_per_zone: 2 cuts each zone's tour"):
+        DronePatrolConfig(routes_per_zone=2, cruise_points_per_zone=4, patrol="shared")
+    with pytest.raises(ValueError, match=r"routes_per_zone \(4\) must not exceed"):
+        DronePatrolConfig(routes_per_zone=4, cruise_points_per_zone=3)
+
+
+def test_the_scaled_layout_keeps_the_default_world_at_12_and_its_density_beyond():
+    from envs.drone_patrol.config import scaled_layout
+
+    default = DronePatrolConfig()
+    assert scaled_layout(12) == {
+        "area_m": default.area_m,
+        "cruise_points_per_zone": default.cruise_points_per_zone,
+        "routes_per_zone": default.routes_per_zone,
+    }
+    for n in (100, 1000, 4000):
+        lay = scaled_layout(n)
+        points = 4 * lay["cruise_points_per_zone"]
+        # area per point within 5% of the default's; ~3 points per route; a point per drone
+        assert abs(lay["area_m"] ** 2 / points - 160.0**2 / 12) < 0.05 * 160.0**2 / 12
+        assert 3 <= lay["cruise_points_per_zone"] / lay["routes_per_zone"] < 4
+        assert points == n
+        DronePatrolConfig(**lay)  # a valid world
+
+
 # ---- events that spread to a zone mid-run (pure numpy) -----------------------------------
 
 

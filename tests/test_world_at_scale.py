@@ -86,7 +86,29 @@ def test_sparse_visits_match_the_dense_test_every_tick(make_world) -> None:
         world.step(rng.integers(0, world.n_classes, world.n_agents))
         # Assert: the pairs kept equal the dense (N, P) disc test of the last position
         dense = world._over_points(world.physics.pos[None])[0] & world.patrol.active[:, None]
-        assert np.array_equal(world._over, dense)
+        assert np.array_equal(world._over_keys, np.flatnonzero(dense))
+
+
+def test_box_pairs_are_the_dense_box_test(make_world) -> None:
+    # Prepare: a scaled world (1,000 points), boxes of every size, some edges exactly on a
+    # point's coordinates (edges are included), some boxes empty or inverted.
+    world = make_world(8, seed=4, area_m=1460.0, cruise_points_per_zone=250, routes_per_zone=83)
+    pts = world.map.points
+    rng = np.random.default_rng(1)
+    lo = np.concatenate([rng.uniform(-800, 800, (400, 2)), pts[rng.integers(0, 1000, 50)]])
+    hi = lo + np.concatenate([rng.uniform(-5, 60, (400, 2)), np.zeros((50, 2))])
+    dense = (
+        (pts[None, :, 0] >= lo[:, None, 0])
+        & (pts[None, :, 0] <= hi[:, None, 0])
+        & (pts[None, :, 1] >= lo[:, None, 1])
+        & (pts[None, :, 1] <= hi[:, None, 1])
+    )  # (N, P)
+    # Execute
+    keys = world._box_pairs(lo, hi)
+    # Assert: the same pairs, drone by drone and point by point (np.nonzero's order)
+    assert np.array_equal(keys, np.flatnonzero(dense))
+    assert dense[:400].sum() > 100  # the random boxes hold points
+    assert dense[400:].sum() >= 50  # each degenerate box holds its own point
 
 
 def test_nearest_point_matches_the_dense_argmin(make_world) -> None:

@@ -27,6 +27,24 @@ def first_tick(t_s: float, tick_s: float) -> int:
     return int(np.ceil(t_s / tick_s - 1e-9))
 
 
+#: The default world's beat: its area side, and drones (and cruise points) per zone route.
+BEAT_AREA_M, BEAT_DRONES, BEAT_ROUTE = 160.0, 12, 3
+
+
+def scaled_layout(n_agents: int) -> dict[str, float | int]:
+    """The world keys that keep each of ``n_agents`` drones' beat as in the default world (12
+    drones, 160 m, 3 points and 3 drones per zone): the area grows with sqrt(n) so the points
+    stay as dense, a zone gets one point per drone, and its drones fly routes of ~3 points in
+    groups of ~3. A drone then has an event in view as often as in the default world, however
+    many fly (bench/scale_bench.py, scenarios/swarm_scale.yaml)."""
+    per_zone = max(BEAT_ROUTE, n_agents // 4)
+    return {
+        "area_m": round(BEAT_AREA_M * max(1.0, n_agents / BEAT_DRONES) ** 0.5, 1),
+        "cruise_points_per_zone": per_zone,
+        "routes_per_zone": max(1, per_zone // BEAT_ROUTE),
+    }
+
+
 class EventKindConfig(Section):
     """Where and how often one kind of event appears at cruise points."""
 
@@ -88,8 +106,9 @@ class DronePatrolConfig(Section):
     """World type; the only built-in world for now."""
     area_m: float = Field(160.0, gt=10)
     """Side of the square patrol area, metres; the four zones are its quadrants."""
-    cruise_points_per_zone: int = Field(3, ge=1, le=64)
-    """Cruise points in each zone; a drone cycles through the points of its zone."""
+    cruise_points_per_zone: int = Field(3, ge=1, le=1024)
+    """Cruise points in each zone; a drone cycles through the points of its zone (of its route
+    in the zone, with ``routes_per_zone``)."""
     cruise_altitude_m: float = Field(6.0, gt=0)
     """Normal patrol altitude, below the 10 m that an altitude-limit sign demands."""
     altitude_limit_m: float = Field(10.0, gt=0)
@@ -118,6 +137,12 @@ class DronePatrolConfig(Section):
     """Patrol coordination: 'zones' = drone i patrols zone i % 4 (each meets only some event
     kinds); 'shared' = all cruise points are split among the drones along one tour and
     re-balanced whenever a drone leaves."""
+    routes_per_zone: int = Field(1, ge=1)
+    """``patrol: zones``: each zone's cruise points are cut into this many routes (contiguous
+    pieces of a short tour of the zone, envs/drone_patrol/patrol.py) and the zone's drones are
+    spread over them in turn. 1: every drone of a zone cycles all its points. A large swarm
+    keeps each drone's beat as small as the default's (3 drones on 3 points) with more routes,
+    where one route per zone would queue hundreds of drones on one tour."""
     departures: list[Departure] = Field(default_factory=list)
     """Drones that leave the patrol mid-run (the others take over their cruise points)."""
     arrivals: list[Arrival] = Field(default_factory=list)
@@ -175,6 +200,20 @@ class DronePatrolConfig(Section):
                 f"rotation_s moves drones from zone to zone: it needs patrol: zones and "
                 f"physics_workers: 1 (got patrol: {self.patrol}, physics_workers: "
                 f"{self.physics_workers})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _routes_in_zones(self) -> DronePatrolConfig:
+        if self.routes_per_zone > 1 and self.patrol != "zones":
+            raise ValueError(
+                f"routes_per_zone: {self.routes_per_zone} cuts each zone's tour: it needs "
+                f"patrol: zones (got patrol: {self.patrol})"
+            )
+        if self.routes_per_zone > self.cruise_points_per_zone:
+            raise ValueError(
+                f"routes_per_zone ({self.routes_per_zone}) must not exceed "
+                f"cruise_points_per_zone ({self.cruise_points_per_zone}): a route needs a point"
             )
         return self
 

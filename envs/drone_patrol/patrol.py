@@ -5,7 +5,11 @@ made is the coordination strategy (``cfg.patrol``):
 
 - ``zones``: drone ``i`` patrols zone ``i % 4`` (ZONES order), cycling through that zone's cruise
   points in tour order. The ``m`` drones of a zone start spread evenly along the closed tour
-  (drone ``j`` at arc fraction ``j / m``).
+  (drone ``j`` at arc fraction ``j / m``). With ``routes_per_zone`` R > 1 a zone's points are
+  cut into R routes (a short tour of the zone's points, ``tour_order``, split by ``split_tour``
+  below) and the zone's ``j``-th drone flies route ``j % R``: its group is the drones on that
+  route, spread along it as above. Each route is a cluster of neighbouring points, so a large
+  swarm's drones keep beats as small as the default's instead of queueing on one long tour.
 - ``shared``: all cruise points lie on one closed tour (nearest neighbour from point 0, then
   2-opt until no exchange shortens it: deterministic, and within a few percent of the shortest
   tour on such maps), cut into contiguous *segments*, one per drone, that minimise the longest
@@ -15,7 +19,8 @@ made is the coordination strategy (``cfg.patrol``):
   near-optimal for idleness (Chevaleyre 2004). With more drones than points, drones share
   one-point segments.
 
-A drone's *group* is the drones on the same route (a zone's drones; one drone per segment).
+A drone's *group* is the drones on the same route (a zone's drones, or one route's of a zone;
+one drone per segment).
 Drones of a group get distinct cruise altitudes spread over ``cruise_altitude_m +-
 ALT_HALF_BAND_M`` (narrowed so the band stays below the altitude limit and above 1 m; over
 all drones with ``rotation_s``, whose groups cross between zones), so drones that meet at a
@@ -292,12 +297,19 @@ class Patroller:
         self.tour_s = self.tour_m / cfg.speed_mps + pmap.n_points * DWELL_TICKS * cfg.tick_s
         if self.mode == "zones":
             self.zone = np.arange(n_agents) % len(ZONES)  # (N,) the zone now (rotation moves it)
-            self.rank = np.arange(n_agents) // len(ZONES)  # (N,) index of the drone in its zone
-            self.zone_size = np.array([len(range(z, n_agents, len(ZONES))) for z in self.zone])
+            in_zone = np.arange(n_agents) // len(ZONES)  # (N,) index of the drone in its zone
+            routes = cfg.routes_per_zone
+            self.route_of = in_zone % routes  # (N,) its route in the zone (any zone's)
+            self.rank = in_zone // routes  # (N,) index of the drone on its route
+            group = self.zone * routes + self.route_of
+            self.group_size = np.bincount(group, minlength=len(ZONES) * routes)[group]  # (N,)
+            #: Each zone's routes (global point indices in flying order), ``[zone][route]``.
+            self.zone_routes = [self._cut_zone(z, routes) for z in range(len(ZONES))]
         else:  # altitudes and slots over all drones: segment routes cross between segments
             self.zone = np.full(n_agents, -1)
+            self.route_of = np.zeros(n_agents, dtype=np.int64)
             self.rank = np.arange(n_agents)
-            self.zone_size = np.full(n_agents, n_agents)
+            self.group_size = np.full(n_agents, n_agents)
         half_band = max(
             0.0,
             min(
@@ -311,19 +323,29 @@ class Patroller:
         alt_rank, alt_size = (
             (np.arange(n_agents), np.full(n_agents, n_agents))
             if self.rotate_every
-            else (self.rank, self.zone_size)
+            else (self.rank, self.group_size)
         )
         frac = np.where(alt_size > 1, alt_rank / np.maximum(alt_size - 1, 1), 0.5)
         offset = (2 * frac - 1) * half_band  # (N,) in [-half_band, half_band]
         self.cruise_alt = cfg.cruise_altitude_m + offset  # (N,)
         self.climb_alt = cfg.altitude_limit_m + CLIMB_MARGIN_M + offset + half_band  # (N,)
-        angle = 2 * np.pi * self.rank / self.zone_size
-        radius = np.where(self.zone_size > 1, SLOT_RADIUS_M, 0.0)
+        angle = 2 * np.pi * self.rank / self.group_size
+        radius = np.where(self.group_size > 1, SLOT_RADIUS_M, 0.0)
         self.slot = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)  # (N, 2)
         self.base_zone = self.zone.copy()  # (N,) the zone of the first shift
         self.reset()
 
     # ---- routes ---------------------------------------------------------------------------
+
+    def _cut_zone(self, zone: int, routes: int) -> list[np.ndarray]:
+        """``zone``'s routes: its tour (the map's order) for one; else a short tour of its
+        points (``tour_order``) cut into ``routes`` contiguous pieces (``split_tour``), so each
+        route is a small cluster of neighbouring points."""
+        pts = self.pmap.zone_points(zone)
+        if routes == 1:
+            return [pts]
+        tour = pts[tour_order(self.pmap.points[pts])]
+        return split_tour(self.pmap.points, tour, routes)
 
     def _set_routes(self, routes: list[np.ndarray]) -> None:
         """Per-drone routes -> a padded table (N, L) and lengths (N,) (empty: no route)."""
@@ -340,8 +362,8 @@ class Patroller:
         self.shift = 0
         self.zone = self.base_zone.copy()
         if self.mode == "zones":
-            routes = [self.pmap.zone_points(int(z)) for z in self.zone]
-            return routes, self.rank, self.zone_size
+            routes = [self.zone_routes[z][q] for z, q in zip(self.zone, self.route_of, strict=True)]
+            return routes, self.rank, self.group_size
         segs = split_tour(self.pmap.points, self.tour, self.n)
         seg_of = np.arange(self.n) % len(segs)  # (N,) several per segment only if N > P
         size = np.bincount(seg_of, minlength=len(segs))[seg_of]
@@ -463,7 +485,7 @@ class Patroller:
         self.shift = tick // self.rotate_every
         self.zone = (self.base_zone + self.shift) % len(ZONES)
         routes = [
-            r[:0] if self.departed[i] else self.pmap.zone_points(int(self.zone[i]))
+            r[:0] if self.departed[i] else self.zone_routes[self.zone[i]][self.route_of[i]]
             for i, r in enumerate(self.routes)
         ]
         self._set_routes(routes)
@@ -489,12 +511,12 @@ class Patroller:
 
     def _regroup(self, changed: np.ndarray, pos: np.ndarray) -> None:
         """After drones ``changed`` left or joined: 'shared' re-splits the tour, 'zones'
-        re-spreads the groups they were in."""
+        re-spreads the groups (the drones of one route of a zone) they were in."""
         if self.mode == "shared":
             self._rebalance(pos)
         else:
-            for z in np.unique(self.zone[changed]):
-                self._respread(int(z), pos)
+            for z, q in sorted({(int(self.zone[i]), int(self.route_of[i])) for i in changed}):
+                self._respread(z, q, pos)
 
     def _rebalance(self, pos: np.ndarray) -> None:
         """'shared': split the tour among the remaining drones; each takes the nearest point."""
@@ -517,12 +539,13 @@ class Patroller:
             self.route_idx[i] = int(np.argmin(np.hypot(*(pts[seg] - pos[i, :2]).T)))
         self.dwell_left[idx] = -1
 
-    def _respread(self, zone: int, pos: np.ndarray) -> None:
-        """'zones': make the remaining drones of ``zone`` wait so they end up evenly spaced."""
-        idx = np.flatnonzero((self.zone == zone) & self.active)
+    def _respread(self, zone: int, route: int, pos: np.ndarray) -> None:
+        """'zones': make the remaining drones of ``zone``'s ``route`` wait so they end up
+        evenly spaced along it."""
+        idx = np.flatnonzero((self.zone == zone) & (self.route_of == route) & self.active)
         if idx.size < 2:
             return
-        pts = self.pmap.points[self.pmap.zone_points(zone)]  # (per, 2) in tour order
+        pts = self.pmap.points[self.zone_routes[zone][route]]  # (per, 2) in flying order
         leg = np.hypot(*(np.roll(pts, -1, axis=0) - pts).T)  # (per,)
         cum = np.concatenate([[0.0], np.cumsum(leg)])  # (per+1,)
         length = cum[-1]
