@@ -57,6 +57,7 @@ def variant(
     gossip_b: int = GOSSIP_B,
     bucket: int = 1,
     nnm: bool = False,
+    nnm_tau: float | None = None,
 ) -> Scenario:
     """The patrol as one cell of the table: `rule` None means isolated learners."""
     data = base.model_dump(mode="json")
@@ -86,6 +87,7 @@ def variant(
             "min_completion": 1.0,
             "bucket": bucket,
             "nnm": nnm,
+            "nnm_tau": nnm_tau,
         }
     if liars:
         data["faults"] = {"byzantine": {"fraction": liars, "attack": "sign_flip", "scale": 10}}
@@ -112,6 +114,7 @@ def main() -> None:
     ap.add_argument("--gossip-b", type=int, default=GOSSIP_B, help="b of the gossip:* rules")
     ap.add_argument("--bucket", type=int, default=1, help="coordinator.bucket of every rule")
     ap.add_argument("--nnm", action="store_true", help="coordinator.nnm (f = 20%% of agents)")
+    ap.add_argument("--nnm-tau", type=float, default=None, help="coordinator.nnm_tau (--nnm)")
     ap.add_argument("--skip-isolated", action="store_true", help="no isolated reference cell")
     ap.add_argument("--quick", action="store_true", help="8 drones, 1 seed, 100 ticks")
     ap.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
@@ -140,6 +143,7 @@ def main() -> None:
                         args.gossip_b,
                         args.bucket,
                         args.nnm,
+                        args.nnm_tau,
                     )
                     acc, wall = honest_accuracy(sc, Path(tmp))
                     results.setdefault((rule, liars), []).append(acc)
@@ -168,8 +172,9 @@ def report(args, base: Scenario, seeds: list[int], rules: list[str], results: di
         + (f" --gossip-b {args.gossip_b}" if args.gossip_b != GOSSIP_B else "")
         + (f" --bucket {args.bucket}" if args.bucket != 1 else "")
         + (" --nnm" if args.nnm else "")
+        + (f" --nnm-tau {args.nnm_tau:g}" if args.nnm_tau is not None else "")
         + (" --skip-isolated" if args.skip_isolated else "")
-        + " --write"
+        + (" --write" if args.write else "")
     )
     lines = [
         SECTION,

@@ -18,7 +18,8 @@ With `bucket` s > 1, trimmed_mean and median run over the means of random bucket
 (Karimireddy, He, Jaggi 2022, "Byzantine-robust learning on heterogeneous datasets via
 bucketing"), drawn per round from a fixed seed; with `nnm`, trimmed_mean, median, krum and
 multi_krum run over each delta's nearest-neighbour mean (Allouah et al. 2023, "Fixing by
-mixing": the mean of the n - f deltas nearest to it).
+mixing": the mean of the n - f deltas nearest to it); with `nnm_tau` f is the round's count
+of outliers (`outliers`, at most `byzantine`), so that without liars every row is the mean.
 
 The coordinate-wise rules (trimmed_mean, median) and krum ignore the example weights: a
 Byzantine agent could claim any number of examples, so a robust rule must not trust them.
@@ -195,6 +196,21 @@ def nearest_neighbour_mixing(x: np.ndarray, f: int) -> np.ndarray:
     return np.stack([stack[idx].mean(axis=0) for idx in nearest])
 
 
+def outliers(x: np.ndarray, f: int, tau: float) -> int:
+    """How many rows of x (n, P) lie farther from the coordinate-wise median than tau times
+    the median distance between two rows, at most f: the liars adaptive mixing leaves out
+    (``nnm_tau``). The scale is the rows' own spread, so honest rows that differ (a minority
+    zone's) are not outliers; it is the honest spread while fewer than ~29% of the rows lie
+    (then most pairs are honest)."""
+    stack = _as_stack(x)
+    n = stack.shape[0]
+    if n < 2:
+        return 0
+    d = np.sqrt(_squared_distances(stack)[np.triu_indices(n, k=1)])  # (n (n - 1) / 2,)
+    r = np.linalg.norm(stack - np.median(stack, axis=0), axis=1)  # (n,)
+    return min(f, int((r > tau * np.median(d)).sum()))
+
+
 def aggregate_rows(
     cfg: CoordinatorConfig, x: np.ndarray, w: np.ndarray, *, round_: int = 0
 ) -> np.ndarray:
@@ -203,7 +219,8 @@ def aggregate_rows(
     if cfg.bucket > 1 and cfg.aggregator in ("trimmed_mean", "median"):
         x = bucketed(x, cfg.bucket, round_)
     if cfg.nnm and cfg.aggregator in ("trimmed_mean", "median", "krum", "multi_krum"):
-        x = nearest_neighbour_mixing(x, cfg.byzantine)
+        f = cfg.byzantine if cfg.nnm_tau is None else outliers(x, cfg.byzantine, cfg.nnm_tau)
+        x = nearest_neighbour_mixing(x, f)
     if cfg.aggregator == "fedavg":
         return fedavg(x, w)
     if cfg.aggregator == "trimmed_mean":
@@ -231,6 +248,7 @@ __all__ = [
     "krum",
     "krum_scores",
     "nearest_neighbour_mixing",
+    "outliers",
     "stack_deltas",
     "trim_count",
     "trimmed_mean",

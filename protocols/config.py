@@ -73,6 +73,15 @@ class CoordinatorConfig(Section):
     to it (itself included, f = `byzantine`), so the rule compares means over mostly honest
     agents, not heterogeneous single deltas; a liar's own row becomes mostly honest too.
     Needs byzantine >= 1."""
+    nnm_tau: float | None = Field(None, gt=1)
+    """nnm: leave out of each mixing only the round's outliers, the deltas farther from the
+    coordinate-wise median than nnm_tau times the median distance between two deltas (at most
+    f of them), instead of always the f farthest. Without outliers nothing is left out and
+    every rule returns the plain mean: on a patrol whose zones teach different kinds the f
+    farthest deltas are honest drones of another zone, which fixed-f mixing under-weights.
+    The price: a liar within that distance is mixed in, its pull on the aggregate bounded by
+    (f / n) nnm_tau times the median distance; and with more than ~29% liars most pairs of
+    deltas involve one, so the scale is theirs. None: always f (Allouah et al. 2023)."""
     round_timeout_s: float = Field(30.0, gt=0)
     """A round closes this long after its first delta even if some agents are missing ..."""
     min_completion: float = Field(0.5, gt=0, le=1)
@@ -93,6 +102,10 @@ class CoordinatorConfig(Section):
             )
         if self.nnm and self.bucket > 1:
             raise ValueError("nnm: mix by nearest neighbours or by buckets, not both")
+        if self.nnm_tau is not None and not self.nnm:
+            raise ValueError(
+                "nnm_tau: it sets how nearest-neighbour mixing counts outliers; set nnm too"
+            )
         if self.nnm and self.byzantine < 1:
             raise ValueError(
                 "nnm: set byzantine (f >= 1), the liars to mix around; with f = 0 every "

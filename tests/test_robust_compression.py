@@ -143,3 +143,37 @@ def test_nearest_neighbour_mixing_averages_each_row_with_its_nearest() -> None:
         CoordinatorConfig(aggregator="fedavg", nnm=True, byzantine=1)
     with pytest.raises(ValueError, match="not both"):
         CoordinatorConfig(aggregator="median", nnm=True, byzantine=1, bucket=2)
+
+
+def test_adaptive_mixing_leaves_out_only_the_rounds_outliers() -> None:
+    # Prepare: two honest groups that learn different things (two zones), f = 2.
+    rng = np.random.default_rng(0)
+    a = np.array([1.0, 0.0, 0.0]) + 0.1 * rng.standard_normal((5, 3))
+    b = np.array([0.0, 1.0, 0.0]) + 0.1 * rng.standard_normal((3, 3))
+    honest = np.concatenate([a, b])
+    liars = -10 * honest[:2]  # sign-flipped, scaled
+    fixed = CoordinatorConfig(aggregator="median", nnm=True, byzantine=2)
+    for rule in ("median", "trimmed_mean", "krum", "multi_krum"):
+        adaptive = CoordinatorConfig(aggregator=rule, nnm=True, byzantine=2, nnm_tau=3.0)
+        # Execute / Assert: without liars nothing is an outlier and every rule returns the
+        # plain mean of the honest deltas (every mixed row is that mean) ...
+        assert aggregation.outliers(honest, 2, 3.0) == 0
+        got = aggregation.aggregate_rows(adaptive, honest, np.ones(8))
+        np.testing.assert_allclose(got, honest.mean(0), atol=1e-12)
+        # ... with them, the liars are the outliers, left out as fixed-f mixing does.
+        x = np.concatenate([honest, liars])
+        assert aggregation.outliers(x, 2, 3.0) == 2
+        np.testing.assert_allclose(
+            aggregation.aggregate_rows(adaptive, x, np.ones(10)),
+            aggregation.aggregate_rows(
+                fixed.model_copy(update={"aggregator": rule}), x, np.ones(10)
+            ),
+            atol=1e-12,
+        )
+    # Fixed f leaves out the 2 farthest even without liars: the minority group's pull shrinks.
+    biased = aggregation.aggregate_rows(fixed, honest, np.ones(8))
+    assert biased[1] < honest.mean(0)[1] - 0.05
+    # at most f outliers, however many rows are far
+    assert aggregation.outliers(np.concatenate([honest, liars, liars]), 2, 3.0) == 2
+    with pytest.raises(ValueError, match="set nnm too"):
+        CoordinatorConfig(aggregator="median", byzantine=2, nnm_tau=3.0)
