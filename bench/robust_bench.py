@@ -58,6 +58,7 @@ def variant(
     bucket: int = 1,
     nnm: bool = False,
     nnm_tau: float | None = None,
+    outlier_tau: float | None = None,
 ) -> Scenario:
     """The patrol as one cell of the table: `rule` None means isolated learners."""
     data = base.model_dump(mode="json")
@@ -75,6 +76,8 @@ def variant(
         g["topology"] = "decentralized"
         g["graph"] = {"kind": "exponential"}
         g["robust"] = {"kind": rule.split(":")[1], "byzantine": gossip_b}
+        if outlier_tau is not None and g["robust"]["kind"] == "trimmed_mean":
+            g["robust"]["outlier_tau"] = outlier_tau
     elif rule is not None:
         # Each rule is set for the liars it is meant to withstand, with or without them (an
         # operator sets it for the fraction it expects): Krum's f, and a trim that cuts more
@@ -115,6 +118,9 @@ def main() -> None:
     ap.add_argument("--bucket", type=int, default=1, help="coordinator.bucket of every rule")
     ap.add_argument("--nnm", action="store_true", help="coordinator.nnm (f = 20%% of agents)")
     ap.add_argument("--nnm-tau", type=float, default=None, help="coordinator.nnm_tau (--nnm)")
+    ap.add_argument(
+        "--outlier-tau", type=float, default=None, help="gossip.robust.outlier_tau (trimmed_mean)"
+    )
     ap.add_argument("--skip-isolated", action="store_true", help="no isolated reference cell")
     ap.add_argument("--quick", action="store_true", help="8 drones, 1 seed, 100 ticks")
     ap.add_argument("--write", action="store_true", help="rewrite this section of BENCHMARKS.md")
@@ -144,6 +150,7 @@ def main() -> None:
                         args.bucket,
                         args.nnm,
                         args.nnm_tau,
+                        args.outlier_tau,
                     )
                     acc, wall = honest_accuracy(sc, Path(tmp))
                     results.setdefault((rule, liars), []).append(acc)
@@ -173,6 +180,7 @@ def report(args, base: Scenario, seeds: list[int], rules: list[str], results: di
         + (f" --bucket {args.bucket}" if args.bucket != 1 else "")
         + (" --nnm" if args.nnm else "")
         + (f" --nnm-tau {args.nnm_tau:g}" if args.nnm_tau is not None else "")
+        + (f" --outlier-tau {args.outlier_tau:g}" if args.outlier_tau is not None else "")
         + (" --skip-isolated" if args.skip_isolated else "")
         + (" --write" if args.write else "")
     )

@@ -156,6 +156,21 @@ class RobustConfig(Section):
     trimmed_mean: b values cut from each end of every coordinate (needs degree >= 2b + 1)."""
     clip_tau: float | None = Field(None, gt=0)
     """clip: a fixed radius for every agent instead of the adaptive one."""
+    outlier_tau: float | None = Field(None, gt=1)
+    """trimmed_mean: cut from each end only as many values as the own and neighbours' copies
+    hold outliers, copies farther from their coordinate-wise median than outlier_tau times the
+    median distance between two of them (protocols/aggregation.py `outliers`, at most b),
+    instead of always b. Without outliers the step is towards the plain mean of the copies.
+    None: always b."""
+
+    @model_validator(mode="after")
+    def _outlier_tau_for_trimming(self) -> RobustConfig:
+        if self.outlier_tau is not None and self.kind != "trimmed_mean":
+            raise ValueError(
+                f"outlier_tau: it sets how many values trimmed_mean cuts; {self.kind} would "
+                "ignore it"
+            )
+        return self
 
     def neighbours_needed(self) -> int:
         """The fewest neighbours every agent must have for this step (0: no condition):
