@@ -43,6 +43,8 @@ GOSSIP_RULES = ("gossip:none", "gossip:clip", "gossip:trimmed_mean")
 #: b, the Byzantine neighbours a robust consensus step is set to tolerate (of ~9)
 GOSSIP_B = 3
 BYZANTINE = 0.2
+#: What each liar sends: -ATTACK_SCALE x its delta (sign_flip; --attack-scale).
+ATTACK_SCALE = 10.0
 TRIM = 0.25
 #: With buckets of 2, the 5 liars of 24 may spoil 5 of the 12 buckets: cut 5 (0.45 of 12)
 BUCKET_TRIM = 0.45
@@ -59,6 +61,7 @@ def variant(
     nnm: bool = False,
     nnm_tau: float | None = None,
     outlier_tau: float | None = None,
+    attack_scale: float = ATTACK_SCALE,
 ) -> Scenario:
     """The patrol as one cell of the table: `rule` None means isolated learners."""
     data = base.model_dump(mode="json")
@@ -93,7 +96,9 @@ def variant(
             "nnm_tau": nnm_tau,
         }
     if liars:
-        data["faults"] = {"byzantine": {"fraction": liars, "attack": "sign_flip", "scale": 10}}
+        data["faults"] = {
+            "byzantine": {"fraction": liars, "attack": "sign_flip", "scale": attack_scale}
+        }
     return Scenario.model_validate(data)
 
 
@@ -120,6 +125,9 @@ def main() -> None:
     ap.add_argument("--nnm-tau", type=float, default=None, help="coordinator.nnm_tau (--nnm)")
     ap.add_argument(
         "--outlier-tau", type=float, default=None, help="gossip.robust.outlier_tau (trimmed_mean)"
+    )
+    ap.add_argument(
+        "--attack-scale", type=float, default=ATTACK_SCALE, help="liars send -scale x their delta"
     )
     ap.add_argument("--skip-isolated", action="store_true", help="no isolated reference cell")
     ap.add_argument("--quick", action="store_true", help="8 drones, 1 seed, 100 ticks")
@@ -151,6 +159,7 @@ def main() -> None:
                         args.nnm,
                         args.nnm_tau,
                         args.outlier_tau,
+                        args.attack_scale,
                     )
                     acc, wall = honest_accuracy(sc, Path(tmp))
                     results.setdefault((rule, liars), []).append(acc)
@@ -181,6 +190,7 @@ def report(args, base: Scenario, seeds: list[int], rules: list[str], results: di
         + (" --nnm" if args.nnm else "")
         + (f" --nnm-tau {args.nnm_tau:g}" if args.nnm_tau is not None else "")
         + (f" --outlier-tau {args.outlier_tau:g}" if args.outlier_tau is not None else "")
+        + (f" --attack-scale {args.attack_scale:g}" if args.attack_scale != ATTACK_SCALE else "")
         + (" --skip-isolated" if args.skip_isolated else "")
         + (" --write" if args.write else "")
     )
@@ -191,7 +201,8 @@ def report(args, base: Scenario, seeds: list[int], rules: list[str], results: di
         f"scenarios/drone_patrol.yaml ({base.ticks} ticks), coordinator topology, the shipped "
         f"compression ({base.gossip.compression.kind} {base.gossip.compression.ratio}), seeds "
         f"{', '.join(map(str, seeds))}. Probe accuracy (%) of the honest agents at the end, mean "
-        "± sd over the seeds; liars: 20% of the agents send -10x their delta (sign_flip). "
+        f"± sd over the seeds; liars: 20% of the agents send -{args.attack_scale:g}x their "
+        "delta (sign_flip). "
         f"Each rule is set for 20% liars in both columns: trimmed_mean cuts {TRIM:g} from each "
         "end, krum and multi_krum tolerate f = 20% of the agents. "
         "The coordinate-wise rules (trimmed_mean, median) and Krum's distances need every agent's "

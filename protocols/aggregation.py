@@ -196,6 +196,15 @@ def nearest_neighbour_mixing(x: np.ndarray, f: int) -> np.ndarray:
     return np.stack([stack[idx].mean(axis=0) for idx in nearest])
 
 
+def _median_distances(stack: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each row's distance from the coordinate-wise median (n,), and the median distance
+    between two rows."""
+    n = stack.shape[0]
+    pairs = np.sqrt(_squared_distances(stack)[np.triu_indices(n, k=1)])  # (n (n - 1) / 2,)
+    r = np.linalg.norm(stack - np.median(stack, axis=0), axis=1)  # (n,)
+    return r, float(np.median(pairs)) if pairs.size else 0.0
+
+
 def outliers(x: np.ndarray, f: int, tau: float) -> int:
     """How many rows of x (n, P) lie farther from the coordinate-wise median than tau times
     the median distance between two rows, at most f: the liars adaptive mixing leaves out
@@ -203,12 +212,19 @@ def outliers(x: np.ndarray, f: int, tau: float) -> int:
     zone's) are not outliers; it is the honest spread while fewer than ~29% of the rows lie
     (then most pairs are honest)."""
     stack = _as_stack(x)
-    n = stack.shape[0]
-    if n < 2:
-        return 0
-    d = np.sqrt(_squared_distances(stack)[np.triu_indices(n, k=1)])  # (n (n - 1) / 2,)
-    r = np.linalg.norm(stack - np.median(stack, axis=0), axis=1)  # (n,)
-    return min(f, int((r > tau * np.median(d)).sum()))
+    r, spread = _median_distances(stack)
+    return min(f, int((r > tau * spread).sum())) if stack.shape[0] > 1 else 0
+
+
+def without_outliers(x: np.ndarray, f: int, tau: float) -> np.ndarray:
+    """The rows of x (n, P) in their order, less its `outliers` (the farthest from the
+    coordinate-wise median; ties: the later row goes)."""
+    stack = _as_stack(x)
+    k = outliers(stack, f, tau)
+    if not k:
+        return stack
+    r, _ = _median_distances(stack)
+    return stack[np.sort(np.argsort(r, kind="stable")[: stack.shape[0] - k])]
 
 
 def aggregate_rows(
@@ -249,6 +265,7 @@ __all__ = [
     "krum_scores",
     "nearest_neighbour_mixing",
     "outliers",
+    "without_outliers",
     "stack_deltas",
     "trim_count",
     "trimmed_mean",

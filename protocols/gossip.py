@@ -55,8 +55,10 @@ bound its pull; both see only the active neighbours, like the plain one:
   This ignores W (the plain step is gamma * (sum_j W_ij xhat_j - xhat_i), a W-weighted
   mean, incl. W_ii, in place of m_i). With at most b Byzantine neighbours every kept value
   lies within the honest values of that coordinate (Yin et al. 2018; aggregation.py's rule
-  with a count instead of a fraction). With `outlier_tau` it cuts only as many values as the
-  copies hold outliers (aggregation.outliers, at most b): without liars, the plain mean.
+  with a count instead of a fraction). With `outlier_tau` it cuts whole copies instead: those
+  farther from the coordinate-wise median than outlier_tau times the median distance between
+  two copies (aggregation.without_outliers, at most b, the farthest), and averages the rest;
+  without liars, the plain mean of the copies.
 
 With fewer active neighbours than the rule needs (set_active), b shrinks to what they allow.
 Only copies built from received deltas can lie: agents on the same node see each other's
@@ -71,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.aggregation import clip, outliers
+from protocols.aggregation import clip, without_outliers
 from protocols.compression import DENSE_F32, Compressed, compress
 from protocols.config import CompressionConfig, RobustConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
@@ -358,8 +360,8 @@ class ChocoGossip:
         if robust.kind == "trimmed_mean":
             b = min(robust.byzantine, (m - 1) // 2)  # keep >= 2 of the m + 1 values
             stack = np.vstack([own[None], copies])  # (m + 1, P)
-            if robust.outlier_tau is not None:  # only as many as there are outliers
-                b = outliers(stack, b, robust.outlier_tau)
+            if robust.outlier_tau is not None:  # the outlier copies cut whole, the rest averaged
+                return without_outliers(stack, b, robust.outlier_tau).mean(axis=0) - own
             values = np.sort(stack, axis=0)  # (m + 1, P)
             return values[b : m + 1 - b].mean(axis=0) - own
         diffs = copies - own  # (m, P)

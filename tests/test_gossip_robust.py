@@ -147,16 +147,17 @@ def test_trimmed_mean_step() -> None:
     assert np.allclose(x, 0.5 * np.array([0, 0, 0]))
 
 
-def test_trimmed_mean_with_outlier_tau_cuts_only_the_outliers() -> None:
+def test_trimmed_mean_with_outlier_tau_cuts_only_the_outlier_copies() -> None:
     # The same star: rows own 0, (1, 0, 0), (0, 2, 0), (0, 0, 3), (0, 0, 40). Distances to the
     # coordinate-wise median (0): 0, 1, 2, 3, 40; the median pairwise distance is
-    # (sqrt(10) + sqrt(13)) / 2 = 3.38, so at tau 3 only the 40 is an outlier: b = 1, as above.
+    # (sqrt(10) + sqrt(13)) / 2 = 3.38, so at tau 3 only the 40 is an outlier: that copy is cut
+    # whole and the other four averaged, (1, 2, 3) / 4.
     robust = RobustConfig(kind="trimmed_mean", byzantine=1, outlier_tau=3.0)
     node = _star_centre(robust)
     x = np.zeros((1, 3), np.float32)
     node.apply(x)
-    assert np.allclose(x, 0.5 * np.array([0, 0, 1]))
-    # Agent 4 inactive: no outlier (3 < 3 x 2.62), nothing cut: the plain mean of the 4 values.
+    assert np.allclose(x, 0.5 * np.array([1, 2, 3]) / 4)
+    # Agent 4 inactive: no outlier (3 < 3 x 2.62), nothing cut: the same four values.
     node = _star_centre(robust)
     node.set_active(4, False)
     x = np.zeros((1, 3), np.float32)

@@ -175,5 +175,11 @@ def test_adaptive_mixing_leaves_out_only_the_rounds_outliers() -> None:
     assert biased[1] < honest.mean(0)[1] - 0.05
     # at most f outliers, however many rows are far
     assert aggregation.outliers(np.concatenate([honest, liars, liars]), 2, 3.0) == 2
+    # without_outliers cuts the flagged rows whole and keeps the others in their order
+    x = np.concatenate([honest[:3], liars[:1], honest[3:], liars[1:]])
+    assert np.array_equal(aggregation.without_outliers(x, 2, 3.0), honest)
+    assert np.array_equal(aggregation.without_outliers(x, 1, 3.0)[:3], honest[:3])
+    assert aggregation.without_outliers(x, 1, 3.0).shape == (9, 3)  # only the farther liar cut
+    assert np.array_equal(aggregation.without_outliers(honest, 2, 3.0), honest)
     with pytest.raises(ValueError, match="set nnm too"):
         CoordinatorConfig(aggregator="median", byzantine=2, nnm_tau=3.0)
