@@ -75,16 +75,17 @@ def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None
 
     Returns (we started it, dashboard URL or None).
     """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:  # before Ray is imported: it reads RAY_AUTH_MODE when it loads its config
+        _token_auth_for_clients()
     import ray  # lazy: importing swarm (the CLI, `swarm validate`) must not load Ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return False, None
     # Actors import our packages by name; make sure workers find them where the driver does.
     root = str(Path(__file__).resolve().parents[1])
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}}
     if address:
-        _token_auth_for_clients()
         try:
             ctx = ray.init(address=address, runtime_env=env, log_to_driver=False)
         except (ConnectionError, RuntimeError) as exc:
@@ -143,7 +144,9 @@ class RunError(Exception):
 def _token_auth_for_clients() -> None:
     # Ray >= 2.59 enables token auth on clusters started with `ray start --head`, but a client
     # joining with ray.init(address=...) only sends the token when RAY_AUTH_MODE=token
-    # (ray-project/ray#64755 review: "Clients skip auto token auth"). Opt in when a token exists.
+    # (ray-project/ray#64755 review: "Clients skip auto token auth"). Opt in when a token exists,
+    # before Ray is first imported in this process: it reads the variable when it loads (set
+    # later, it was ignored and `swarm run --address` was refused: tests/test_cluster_join.py).
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     has_token = "RAY_AUTH_TOKEN" in os.environ or token_file.exists()
     if has_token and "RAY_AUTH_MODE" not in os.environ:
@@ -187,6 +190,8 @@ class Runner:
         self.telemetry = Telemetry("")  # the run's, once it starts
 
     def run(self) -> RunResult:
+        if self.address or os.environ.get("RAY_ADDRESS"):  # before the driver imports Ray
+            _token_auth_for_clients()
         from swarm.driver import Driver  # lazy: importing swarm (the CLI) must not load Ray
 
         t0 = time.perf_counter()
