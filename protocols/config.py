@@ -133,6 +133,12 @@ class MembershipConfig(Section):
     """Members asked to ping a silent member on our behalf."""
     suspicion_mult: float = Field(4.0, gt=0)
     """Suspect -> dead after suspicion_mult * max(1, log10 n) * probe_interval_s."""
+    max_members: int = Field(4096, ge=1)
+    """Members one table holds, ourselves left out: news of more strangers is dropped and
+    counted (a flood of made-up members cannot grow it without bound)."""
+    max_ping_req_in_flight: int = Field(4, ge=1)
+    """Indirect probes (PingReq) one node relays at once; more are refused RESOURCE_EXHAUSTED
+    and counted, so waiting on silent targets cannot hold the server's threads."""
 
 
 class TlsConfig(Section):

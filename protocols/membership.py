@@ -31,6 +31,15 @@ update per member (a newer one replaces the older) and each is piggy-backed on a
 memberlist's LAN default), fewest-sent first. A member that learns something new re-queues it,
 so news spreads like an epidemic in O(log n) periods, and the buffer drains once it has.
 
+Hostile news (issue 18). Messages are not yet signed, so anyone who can reach a node can send
+it updates. What holds them: an incarnation above the owner's `ceiling` (swarm-node: its
+wall clock in ms plus the allowed clock skew, as a node's first incarnation is its epoch;
+never above MAX_INCARNATION) is dropped, so a forged "DEAD at 2^64 - 1" can neither stick nor
+overflow the victim's refutation; strangers beyond `max_members` are dropped; both are counted
+in `refused`. A forged suspicion within those bounds is refuted by its victim as SWIM refutes
+any (a refutation one above the ceiling is taken once the receiver's clock has moved a
+millisecond).
+
 Suspicion timeout (memberlist's formula):  S(n) = suspicion_mult * max(1, log10 n) * T,
 with T = probe_interval_s and n the number of members in our table, ourselves included
 (memberlist counts dead members too until it reaps them; we never reap, see below).
@@ -70,6 +79,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -146,6 +156,19 @@ class _Queued:
     seq: int
 
 
+#: Largest incarnation taken from a message, unless the owner sets a lower `ceiling`: each
+#: refutation adds one, and a refutation (incarnation + 1) always fits the wire's uint64.
+MAX_INCARNATION = 2**62
+
+
+class ProbeRefused(Exception):
+    """A probe a node will not serve: the gRPC status name to answer with, and why."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
 class Membership:
     """One member's SWIM view of the group: member table, probe rotation, suspicion timers,
     and the dissemination buffer."""
@@ -162,6 +185,7 @@ class Membership:
         on_change: OnChange | None = None,
         retransmit_mult: int = RETRANSMIT_MULT,
         max_piggyback: int = MAX_PIGGYBACK,
+        ceiling: Callable[[], int] | None = None,
     ):
         self.node, self.address, self.cfg = self_node, self_address, cfg
         self._clock = clock
@@ -175,6 +199,13 @@ class Membership:
         self._next = 0
         self._queue: dict[str, _Queued] = {}  # node -> its latest update still to be sent
         self._seq = 0
+        #: The largest incarnation a message may carry now (swarm-node: its wall clock in ms
+        #: plus the allowed clock skew, since an incarnation starts as an epoch); at most
+        #: MAX_INCARNATION.
+        self._ceiling = ceiling or (lambda: MAX_INCARNATION)
+        #: News dropped, by reason: 'incarnation' (above the ceiling), 'table_full' (a stranger
+        #: while max_members are known).
+        self.refused: Counter[str] = Counter()
         self._enqueue(self._self_update())  # announce ourselves (memberlist does on start)
 
     # -- table ---------------------------------------------------------------------------
@@ -338,7 +369,16 @@ class Membership:
         if m is not None:
             self._apply(Update(node, m.address, State.ALIVE, incarnation))
 
+    def _credible(self, u: Update) -> bool:
+        """Whether an update's incarnation is one a real member could have (counted if not)."""
+        if u.incarnation > min(self._ceiling(), MAX_INCARNATION):
+            self.refused["incarnation"] += 1
+            return False
+        return True
+
     def _apply(self, u: Update) -> None:
+        if not self._credible(u):
+            return
         if u.node == self.node:
             # Refute (SWIM §4.2): anything about us at our incarnation or above that is not
             # our own ALIVE record means someone suspects us, buried us, or remembers a
@@ -352,6 +392,9 @@ class Membership:
         if cur is None:
             # Suspicions and deaths of strangers cannot be checked; memberlist ignores them.
             if u.state is State.ALIVE and u.address:
+                if len(self._members) >= self.cfg.max_members:
+                    self.refused["table_full"] += 1
+                    return
                 self._add(Member(u.node, u.address, u.state, u.incarnation, self._clock()))
             return
         if (u.incarnation, u.state) <= (cur.incarnation, cur.state):

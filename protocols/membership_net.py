@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,7 +33,15 @@ from typing import Any
 import grpc
 
 from protocols.config import MembershipConfig
-from protocols.membership import Member, Membership, OnChange, State, Update, period_s
+from protocols.membership import (
+    Member,
+    Membership,
+    OnChange,
+    ProbeRefused,
+    State,
+    Update,
+    period_s,
+)
 from swarm.proto.v1 import gossip_pb2, gossip_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,7 @@ class MembershipNode:
         incarnation: int = 0,
         on_change: OnChange | None = None,
         channel_factory: ChannelFactory | None = None,
+        ceiling: Callable[[], int] | None = None,
     ):
         self.node, self.address, self.cfg = node, address, cfg
         self._lock = threading.RLock()
@@ -92,6 +101,7 @@ class MembershipNode:
             time.monotonic,
             incarnation=incarnation,
             on_change=lambda m, prev: self._changes.append((m, prev)),
+            ceiling=ceiling,
         )
         options = channel_options(cfg)
         self._factory = channel_factory or (
@@ -102,6 +112,8 @@ class MembershipNode:
         self._channel_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._relaying = threading.BoundedSemaphore(cfg.max_ping_req_in_flight)
+        self._refused: Counter[str] = Counter()  # PingReq refusals, by reason
 
     # -- the member table (thread-safe reads) --------------------------------------------
 
@@ -172,13 +184,36 @@ class MembershipNode:
             node=self.node, incarnation=incarnation, updates=[to_proto(u) for u in updates]
         )
 
+    def refusals(self) -> dict[str, int]:
+        """What this node refused, by reason: membership news ('incarnation', 'table_full')
+        and indirect probes ('ping_req_unknown': a target that is not the member we know at
+        that address; 'ping_req_busy': max_ping_req_in_flight relays already waiting)."""
+        with self._state() as m:
+            return dict(m.refused + self._refused)
+
     def on_ping_req(self, request: gossip_pb2.PingReqRequest) -> gossip_pb2.PingReqReply:
+        """Relay a probe, only to a member we know at the address we know it by (never to an
+        address a caller names), and at most max_ping_req_in_flight at once; refusals raise
+        `ProbeRefused` for the servicer to answer with a gRPC status."""
         with self._state() as m:
             m.merge(from_proto(request.updates))
+            target = m.member(request.target_node)
+            if target is None or target.address != request.target_address:
+                self._refused["ping_req_unknown"] += 1
+                raise ProbeRefused(
+                    "FAILED_PRECONDITION",
+                    f"{request.target_node!r} at {request.target_address!r} is not a member "
+                    "known here at that address",
+                )
             ping = self._ping_request(m, request.target_node)
-        reply = self._ping(
-            request.target_address, request.target_node, ping, self.cfg.probe_timeout_s
-        )
+        if not self._relaying.acquire(blocking=False):
+            with self._lock:
+                self._refused["ping_req_busy"] += 1
+            raise ProbeRefused("RESOURCE_EXHAUSTED", "too many indirect probes at once")
+        try:
+            reply = self._ping(target.address, request.target_node, ping, self.cfg.probe_timeout_s)
+        finally:
+            self._relaying.release()
         with self._state() as m:
             if reply is not None:
                 m.on_ack(request.target_node, int(reply.incarnation), from_proto(reply.updates))

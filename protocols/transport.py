@@ -50,6 +50,7 @@ from protocols.errors import (
     TlsHandshakeFailed,
     Unreachable,
 )
+from protocols.membership import ProbeRefused
 from swarm.proto.v1 import (
     coordinator_pb2,
     coordinator_pb2_grpc,
@@ -263,7 +264,10 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
     def PingReq(self, request, context):  # noqa: N802
         if self.membership is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node runs no membership protocol")
-        return self.membership.on_ping_req(request)
+        try:
+            return self.membership.on_ping_req(request)
+        except ProbeRefused as exc:
+            context.abort(grpc.StatusCode[exc.status], exc.reason)
 
     def Introduce(self, request, context):  # noqa: N802
         if self.introduce is None:

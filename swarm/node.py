@@ -124,6 +124,10 @@ INTRODUCE_EVERY_S = 1.0
 REINTRODUCE_ALL_S = 10 * INTRODUCE_EVERY_S
 
 
+#: Refutations and same-millisecond restarts a peer's incarnation may add to its epoch.
+INCARNATION_ROOM = 2**20
+
+
 def next_epoch(directory: Path) -> int:
     """This start's epoch: the wall clock in ms, and more than any earlier start of this node,
     persisted (`directory`/epoch.json) before anything is sent. Peers then take this
@@ -310,7 +314,7 @@ class Node:
         self.membership = servicer.membership = MembershipNode(
             self.name, self.advertise, sc.gossip.membership, seed=sc.seed + self.index,
             incarnation=self.epoch, on_change=self._on_member_change,
-            channel_factory=self.peers.channel,
+            channel_factory=self.peers.channel, ceiling=self._incarnation_ceiling,
         )  # fmt: skip
         self.peer_list = self._peer_list()
         self.introducer = Introducer(
@@ -485,6 +489,13 @@ class Node:
 
     def _on_fatal(self, address: str, exc: Exception) -> None:
         self.fatal = f"cannot join the swarm at {address}: {exc}"
+
+    def _incarnation_ceiling(self) -> int:
+        """The largest incarnation a SWIM message may carry now: a peer's first is its epoch (its
+        wall clock in ms), so at most our clock plus the allowed skew, plus room for its
+        refutations (protocols/membership.py, "Hostile news")."""
+        skew_ms = self.cfg.max_clock_skew_s * 1000
+        return int(time.time() * 1000 + skew_ms) + INCARNATION_ROOM
 
     def _on_member_change(self, member: Member, previous: State | None) -> None:
         if member.state == State.DEAD:

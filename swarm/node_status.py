@@ -117,6 +117,8 @@ def status_of(node: Node) -> Document:
         **_learning_view(node),
         "peers": list(peers_view(node.directory, node.peer_list, node.outboxes, members)),
         "members": dict(members),
+        # membership news and indirect probes refused, by reason (protocols/membership_net.py)
+        "membership_refused": dict(node.membership.refusals() if node.membership else {}),
         "checkpoint": node.last_ckpt,
         "resumed_from": node.resumed_from,
         "error": node.error,

@@ -480,3 +480,152 @@ def test_four_grpc_nodes_drop_a_killed_member_and_take_it_back(cluster: Cluster)
         "d back in every survivor's alive_members",
     )
     print(f"\nkill -> DEAD: {dead}\nrestart -> ALIVE: {alive}")
+
+
+# -- hostile peers (issue 18): real gRPC on 127.0.0.1, no key needed ----------------------
+
+
+def _stub(address: str):
+    import grpc
+
+    from swarm.proto.v1 import gossip_pb2_grpc
+
+    return gossip_pb2_grpc.GossipStub(grpc.insecure_channel(address))
+
+
+def test_a_forged_death_at_the_largest_incarnation_neither_sticks_nor_breaks_the_victim(
+    cluster: Cluster,
+) -> None:
+    from swarm.proto.v1 import gossip_pb2
+
+    # Prepare: two members that know each other, running
+    for name in ("a", "b"):
+        cluster.launch(name)
+    cluster.nodes["a"].join("b", cluster.addresses["b"])
+    cluster.nodes["b"].join("a", cluster.addresses["a"])
+    for node in cluster.nodes.values():
+        node.start()
+    forged = gossip_pb2.MemberUpdate(
+        node="b", address=cluster.addresses["b"], state="DEAD", incarnation=2**64 - 1
+    )
+    # Execute: an outsider tells a (and b itself) that b died at incarnation 2^64 - 1
+    for target in ("a", "b"):
+        _stub(cluster.addresses[target]).Ping(
+            gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=[forged]),
+            timeout=2,
+        )
+    # Assert: both dropped it and counted it; b still answers pings, a still holds b alive
+    for name in ("a", "b"):
+        assert cluster.nodes[name].refusals().get("incarnation", 0) >= 1
+    reply = _stub(cluster.addresses["b"]).Ping(
+        gossip_pb2.PingRequest(sender_node="a", incarnation=0), timeout=2
+    )
+    assert reply.node == "b" and reply.incarnation < 2**62
+    time.sleep(5 * FAST.probe_interval_s)
+    assert cluster.nodes["a"].state("b") is State.ALIVE
+
+
+def test_a_flood_of_made_up_members_stops_at_max_members() -> None:
+    from swarm.proto.v1 import gossip_pb2
+
+    # Prepare: a node whose table holds at most 8 others
+    servicer = GossipServicer("a", lambda msg: None, lambda deltas: 0, TrafficCounters())
+    server, port = start_server("127.0.0.1", 0, gossip=servicer, max_message_bytes=2**20)
+    small = FAST.model_copy(update={"max_members": 8})
+    node = MembershipNode("a", f"127.0.0.1:{port}", small)
+    servicer.membership = node
+    try:
+        fakes = [
+            gossip_pb2.MemberUpdate(node=f"fake-{i}", address=f"10.0.0.1:{i + 1}", state="ALIVE")
+            for i in range(300)
+        ]
+        # Execute: 300 strangers announced ALIVE
+        _stub(f"127.0.0.1:{port}").Ping(
+            gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=fakes), timeout=5
+        )
+        # Assert: 8 taken, the rest dropped and counted
+        assert len(node.members()) == 8
+        assert node.refusals()["table_full"] == 292
+    finally:
+        server.stop(grace=None)
+
+
+def test_ping_req_relays_only_to_known_members_and_only_a_few_at_once(cluster: Cluster) -> None:
+    import grpc
+
+    from swarm.proto.v1 import gossip_pb2
+
+    # Prepare: a knows b; a silent port that nobody serves
+    for name in ("a", "b"):
+        cluster.launch(name)
+    cluster.nodes["a"].join("b", cluster.addresses["b"])
+    with socket_bound() as silent:
+        stub = _stub(cluster.addresses["a"])
+        # Execute / Assert: an address the caller names, not the member's: refused, counted
+        for target, address in (("b", silent), ("nobody", silent)):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.PingReq(
+                    gossip_pb2.PingReqRequest(
+                        sender_node="mallory", target_node=target, target_address=address
+                    ),
+                    timeout=2,
+                )
+            assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert cluster.nodes["a"].refusals()["ping_req_unknown"] == 2
+        # a known member at its own address is relayed
+        ok = stub.PingReq(
+            gossip_pb2.PingReqRequest(
+                sender_node="mallory", target_node="b", target_address=cluster.addresses["b"]
+            ),
+            timeout=2,
+        )
+        assert ok.reachable
+
+
+def test_ping_req_refuses_beyond_its_relays_in_flight() -> None:
+    import grpc
+
+    from swarm.proto.v1 import gossip_pb2
+
+    # Prepare: a knows a member "quiet" at an address that accepts connections but never
+    # answers (a bare listening socket), and relays one probe at a time
+    slow = FAST.model_copy(update={"max_ping_req_in_flight": 1, "probe_timeout_s": 1.0})
+    servicer = GossipServicer("a", lambda msg: None, lambda deltas: 0, TrafficCounters())
+    server, port = start_server("127.0.0.1", 0, gossip=servicer, max_message_bytes=2**20, workers=4)
+    node = MembershipNode("a", f"127.0.0.1:{port}", slow)
+    servicer.membership = node
+    try:
+        with socket_bound() as quiet:
+            node.join("quiet", quiet)
+            stub = _stub(f"127.0.0.1:{port}")
+            request = gossip_pb2.PingReqRequest(
+                sender_node="mallory", target_node="quiet", target_address=quiet
+            )
+            # Execute: 3 at once
+            calls = [stub.PingReq.future(request, timeout=5) for _ in range(3)]
+            codes = []
+            for call in calls:
+                try:
+                    codes.append("reachable" if call.result().reachable else "unreachable")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+        # Assert: one relayed (the quiet member never answers), the others refused at once
+        assert sorted(codes) == ["RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "unreachable"]
+        assert node.refusals()["ping_req_busy"] == 2
+    finally:
+        server.stop(grace=None)
+
+
+class socket_bound:  # noqa: N801 - used as a context manager like a function
+    """A TCP socket listening on 127.0.0.1 that never answers; its 'host:port'."""
+
+    def __enter__(self) -> str:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
