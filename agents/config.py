@@ -66,10 +66,12 @@ class LearnConfig(Section):
     """Labelled windows per agent per learning step, drawn from its replay memory."""
     window: int = Field(8, ge=1, le=1024)
     """Tokens of history the model reads per training example (the labelled tick is last)."""
-    replay: int = Field(512, ge=1)
-    """Reservoir replay capacity per agent, in labelled windows."""
-    history: int = Field(64, ge=1)
-    """Ticks of raw observations each agent keeps so late labels can still find their window."""
+    replay: int = Field(512, ge=1, le=100_000)
+    """Reservoir replay capacity per agent, in labelled windows (allocated up front: agents x
+    replay x window x features x 4 bytes, so the bound keeps a typo from asking for terabytes)."""
+    history: int = Field(64, ge=1, le=100_000)
+    """Ticks of raw observations each agent keeps so late labels can still find their window
+    (a ring of agents x (history + window - 1) x features, allocated up front)."""
     optimizer: Literal["adam", "sgd"] = "adam"
     """Per-agent optimizer (its state is stacked with the parameters)."""
     replay_mode: Literal["reservoir", "none"] = "reservoir"

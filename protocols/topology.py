@@ -122,13 +122,11 @@ def read_edge_list(path: str | Path, n: int) -> nx.Graph:
         where = f"{path}:{lineno}"
         fields = line.split()
         if len(fields) != 2:
-            raise ValueError(f"{where}: expected two agent indices 'i j', got {raw.strip()!r}")
+            raise ValueError(f"{where}: expected two agent indices 'i j', got {len(fields)} fields")
         try:
             i, j = int(fields[0]), int(fields[1])
         except ValueError:
-            raise ValueError(
-                f"{where}: agent indices must be integers, got {raw.strip()!r}"
-            ) from None
+            raise ValueError(f"{where}: agent indices must be integers") from None
         for k in (i, j):
             if not 0 <= k < n:
                 raise ValueError(f"{where}: agent index {k} out of range 0..{n - 1}")

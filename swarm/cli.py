@@ -36,7 +36,7 @@ from swarm.records import Document, Figure, as_doc, as_number, figures_of
 from swarm.report import ReplayUnavailable, write_plots, write_replay
 from swarm.resume import read_latest
 from swarm.runner import RunError, Runner, new_run_dir
-from swarm.scenario import Scenario, ScenarioError, load_scenario
+from swarm.scenario import MAX_SEED, Scenario, ScenarioError, load_scenario, override
 from swarm.sensors import SensorError, record_world
 from swarm.tasks import task_named
 
@@ -51,12 +51,10 @@ out = Console()
 
 
 def _load(path: Path, **overrides: int | None) -> Scenario:
-    """A scenario file, with the top-level numbers a command overrides (ticks, seed)."""
-    scenario = load_scenario(path)
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    if changes:
-        scenario = Scenario.model_validate({**scenario.model_dump(mode="json"), **changes})
-    return scenario
+    """A scenario file and the files it names, with the top-level numbers a command overrides
+    (--ticks, --seed) checked like the file's own."""
+    scenario = load_scenario(path, check_files=True)
+    return override(scenario, {k: v for k, v in overrides.items() if v is not None}, str(path))
 
 
 def _progress_bar(enabled: bool) -> Progress:
@@ -240,6 +238,10 @@ def compare(
         raise typer.BadParameter(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
     if seeds < 1:
         raise typer.BadParameter("--seeds must be >= 1")
+    if sc.seed + seeds - 1 > MAX_SEED:
+        raise typer.BadParameter(
+            f"--seeds {seeds} from seed {sc.seed} would go past the largest seed, {MAX_SEED}"
+        )
     out_dir = new_run_dir(runs, sc.model_copy(update={"name": f"compare-{sc.name}"}))
     n_runs = len(chosen) * seeds
     console.print(

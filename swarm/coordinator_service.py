@@ -46,7 +46,7 @@ def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dic
     from swarm.runner import read_key
     from swarm.shard import CoordinatorHost, CoordinatorSpec
 
-    sc = load_scenario(scenario_path)
+    sc = load_scenario(scenario_path, check_files=True)
     if not exchange_for(sc.gossip.topology).needs_coordinator:
         raise NodeError(
             f"{scenario_path}: gossip.topology is {sc.gossip.topology!r}, not coordinator"

@@ -14,7 +14,12 @@ from pydantic import Field
 from protocols.config import TlsConfig
 from swarm._config import Section
 from swarm.addresses import host_of, is_loopback
-from swarm.scenario import Scenario, ScenarioError, load_scenario, parse_yaml_model
+from swarm.scenario import (
+    Scenario,
+    load_scenario,
+    parse_yaml_model,
+    read_config_text,
+)
 from swarm.sensors import SensorConfig
 
 #: A development key for loopback-only swarms; refused anywhere else.
@@ -74,10 +79,7 @@ class NodeConfig(Section):
 
 def load_node_config(path: Path | str) -> NodeConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the node config: {exc.strerror}") from None
+    text = read_config_text(path, "node config")  # a regular file of sane size (/dev/zero: no)
     return parse_yaml_model(text, NodeConfig, path, "node config")
 
 
@@ -89,7 +91,7 @@ def _beside(base: Path, name: str) -> Path:
 def load_node_scenario(cfg: NodeConfig, base: Path) -> Scenario:
     """The scenario the config names; raises ScenarioError, or NodeError when the config's
     agent is not in the scenario's graph."""
-    sc = load_scenario(_beside(base, cfg.scenario))
+    sc = load_scenario(_beside(base, cfg.scenario), check_files=True)
     if cfg.agent >= sc.total_agents:
         raise NodeError(
             f"agent {cfg.agent}: the scenario's graph has agents 0..{sc.total_agents - 1}"

@@ -7,6 +7,11 @@ turns pydantic's errors into one readable paragraph per problem::
     scenarios/bad.yaml:4: agents.cout: unknown key (did you mean 'count'?)
 
 `ScenarioError` carries that text; the CLI prints it and exits 2 without a traceback.
+
+A scenario may come from someone else, so reading one is bounded: the file's size, how deep its
+YAML nests, how far its aliases expand and which modules `world.env` may name; duplicate keys
+are refused; and `load_scenario(..., check_files=True)` (`swarm validate`, `swarm run`) checks
+every file it names is a readable regular file of sane size, never echoing what is in one.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -38,6 +46,9 @@ from swarm._config import Section
 from swarm.addresses import is_loopback
 from swarm.exchange import exchange_for
 from swarm.tasks import task_of_world
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 #: World kinds by their `kind` value; a world section without `kind` is a drone patrol.
 WORLDS: dict[str, type[Section]] = {
@@ -144,12 +155,18 @@ class ExternalPeer(Section):
     """HOST:PORT where its gossip server listens."""
 
 
+#: Largest seed: torch's generators take seeds below 2**64 and the run adds to the seed
+#: (probe set: seed + 1_000_003, an agent's membership: seed + its index, `swarm compare`:
+#: seed + i), so 2**32 - 1, numpy's legacy seed range, keeps every derived seed in range.
+MAX_SEED = 2**32 - 1
+
+
 class Scenario(Section):
     """One runnable scenario: world, agents, their minds, and how they share knowledge."""
 
     name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$")
     """Short identifier; part of the run directory name."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seeds the world, the models and every sampler; same seed + sync gossip = same results."""
     ticks: int = Field(400, ge=1)
     """Length of the run in ticks."""
@@ -231,29 +248,40 @@ class Scenario(Section):
     def _check_robust_degrees(self) -> None:
         """A robust consensus step ranks or trims the neighbours' copies, so every agent needs
         enough neighbours: checked on the graph the run will build (a proximity graph, made
-        from the drones' start positions, is checked when the run starts)."""
-        need = self.gossip.robust.neighbours_needed()
+        from the drones' start positions, is checked when the run starts; a graph file with
+        the other files a scenario names, `load_scenario(..., check_files=True)`, since
+        validating the schema reads no file)."""
         graph = self.gossip.graph
-        if (
-            not need
-            or graph.kind == "proximity"
-            or not exchange_for(self.gossip.topology).needs_graph
-        ):
+        if not self.checks_degrees or graph.kind in ("proximity", "file"):
             return
         if graph.kind == "random_regular" and (graph.degree * self.total_agents) % 2:
             return  # refused below, with its own reason
         # networkx only when a robust step asks: `swarm validate` stays quick otherwise
         from protocols.topology import build_graph
 
-        built = build_graph(graph, self.total_agents, self.seed)
+        if problem := self.too_few_neighbours(build_graph(graph, self.total_agents, self.seed)):
+            raise ValueError(f"gossip.robust: {problem}")
+
+    @property
+    def checks_degrees(self) -> bool:
+        """Whether the gossip graph must give every agent a least number of neighbours."""
+        return bool(
+            self.gossip.robust.neighbours_needed()
+            and exchange_for(self.gossip.topology).needs_graph
+        )
+
+    def too_few_neighbours(self, built: nx.Graph) -> str | None:
+        """Why the robust step cannot run on `built` (None if it can)."""
+        need = self.gossip.robust.neighbours_needed()
         least = min((int(d) for _, d in built.degree()), default=0)
-        if least < need:
-            raise ValueError(
-                f"gossip.robust: {self.gossip.robust.kind} with byzantine = "
-                f"{self.gossip.robust.byzantine} needs every agent to have >= {need} "
-                f"neighbours; the {graph.kind} graph of {self.total_agents} agents gives some "
-                f"only {least} (use a denser graph or a smaller byzantine)"
-            )
+        if least >= need:
+            return None
+        return (
+            f"{self.gossip.robust.kind} with byzantine = {self.gossip.robust.byzantine} needs "
+            f"every agent to have >= {need} neighbours; the {self.gossip.graph.kind} graph of "
+            f"{self.total_agents} agents gives some only {least} (use a denser graph or a "
+            "smaller byzantine)"
+        )
 
     def _check_sightings(self) -> None:
         """Sightings travel peer to peer beside the deltas, carrying labels: every combination
@@ -393,19 +421,189 @@ class ScenarioError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
+# Bounds on what a file may make the loader do
+
+#: Largest scenario or node config read, in bytes: 50 times the largest shipped scenario
+#: (scenarios/swarm_scale.yaml, 4.7 KB). PyYAML parses in pure Python, ~100 KB/s of small
+#: values on a busy 2-core machine, so even a file at the cap loads in seconds.
+MAX_SCENARIO_BYTES = 256 * 1024
+#: Largest YAML document with every alias followed, in nodes plus characters of its scalars.
+#: A file without aliases spells out what it holds, about a node or a character a byte, so
+#: none that MAX_SCENARIO_BYTES lets through comes near this; an alias bomb does (nine anchors
+#: of nine aliases each, nine lines long, expand to 9**9 = 387 million values: ~1 GB and ten
+#: seconds of pydantic before this bound).
+MAX_YAML_SIZE = 2 * MAX_SCENARIO_BYTES
+#: Deepest nesting of YAML collections: the shipped scenarios nest 5 deep. PyYAML composes
+#: and constructs recursively and runs out of Python's stack (1,000 frames) some hundreds of
+#: levels down, with a RecursionError traceback.
+MAX_YAML_DEPTH = 64
+#: Largest gossip.key_file: a key is 32 bytes or more.
+MAX_KEY_BYTES = 64 * 1024
+#: Largest file in gossip.tls.cert_dir: `swarm certs` writes PEM certificates of ~0.7 KB and
+#: P-256 keys of ~0.2 KB; an RSA-4096 key is ~3.3 KB.
+MAX_PEM_BYTES = 64 * 1024
+#: Largest gossip.graph.path edge list: agents.count's cap (100,000) on the exponential graph
+#: (degree ~2 log2 n = 34) is ~1.7 million lines of up to 13 bytes, ~22 MB.
+MAX_GRAPH_BYTES = 64 * 2**20
+#: Packages whose modules `world.env` may name. Validating a scenario imports the module's
+#: parent packages (importlib.util.find_spec) and a run calls the callable with world.kwargs, so
+#: an arbitrary `world.env` would run arbitrary code from a scenario file. More packages (a
+#: PettingZoo env of one's own) are allowed by naming them, comma-separated, in the
+#: environment variable ENV_PACKAGES_VAR of whoever validates and runs.
+ENV_PACKAGES = ("pettingzoo", "mpe2", "envs")  # envs: this project's own (drone_patrol_v0)
+ENV_PACKAGES_VAR = "SWARM_ENV_PACKAGES"
+
+
+def _file_problem(path: Path, limit: int) -> str | None:
+    """Why `path` is not a file to read (None if it is one): it must be a non-empty regular
+    file (not a directory, device, FIFO or socket; /proc's files say they are empty) of at
+    most `limit` bytes. Says nothing of what the file holds."""
+    try:
+        info = path.stat()  # follows links: a link to /dev/zero is a device
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    if info.st_size > limit:
+        return f"is {info.st_size:,} bytes, more than the {limit:,} allowed"
+    if info.st_size == 0:
+        return "is empty"
+    if not os.access(path, os.R_OK):
+        return "cannot be read: permission denied"
+    return None
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a file `_file_problem` passed; OSError if it grew past `limit` since."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(0, f"more than {limit:,} bytes")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
 # YAML with line numbers
+
+
+@dataclass
+class _Open:
+    """A YAML collection being parsed (`_screen`)."""
+
+    anchor: str | None
+    size: int = 1
+    """Nodes plus scalar characters within it so far, itself included, aliases followed."""
+    depth: int = 1
+    """Levels of collections within it so far, itself included, aliases followed."""
+
+
+def _screen(text: str, path: Path) -> None:
+    """Refuse a document nested deeper than MAX_YAML_DEPTH, or larger than MAX_YAML_SIZE with
+    its aliases followed, before any of it is built: one pass over the parser's events (an
+    iterative state machine), sizing each anchor once."""
+    anchored: dict[str, tuple[int, int]] = {}  # anchor -> (size, depth) of its node
+    stack: list[_Open] = []
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append(_Open(event.anchor))
+            total += 1
+            reach = len(stack)
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1 + len(event.value)
+            if event.anchor:
+                anchored[event.anchor] = (size, 0)
+            total += size
+            if stack:
+                stack[-1].size += size
+            reach = len(stack)
+        elif isinstance(event, yaml.AliasEvent):
+            # an unknown anchor is left to the composer, which names it
+            size, depth = anchored.get(event.anchor or "", (1, 0))
+            total += size
+            if stack:
+                stack[-1].size += size
+                stack[-1].depth = max(stack[-1].depth, depth + 1)
+            reach = len(stack) + depth
+        elif isinstance(event, yaml.CollectionEndEvent):
+            done = stack.pop()
+            if done.anchor:
+                anchored[done.anchor] = (done.size, done.depth)
+            if stack:
+                stack[-1].size += done.size
+                stack[-1].depth = max(stack[-1].depth, done.depth + 1)
+            continue
+        else:
+            continue  # stream and document marks
+        line = event.start_mark.line + 1 if event.start_mark else 1
+        if reach > MAX_YAML_DEPTH:
+            raise ScenarioError(
+                f"{path}:{line}: YAML nested deeper than {MAX_YAML_DEPTH} levels (the most "
+                "a scenario may nest)"
+            )
+        if total > MAX_YAML_SIZE:
+            raise ScenarioError(
+                f"{path}:{line}: YAML that grows past {MAX_YAML_SIZE:,} nodes and characters "
+                "with its aliases followed (the most a scenario may hold); write the values "
+                "out instead of repeating aliases"
+            )
+
+
+def _refuse_duplicate_keys(root: yaml.Node, path: Path) -> None:
+    """A key given twice in one mapping is an error (YAML would silently keep the last)."""
+    seen: set[int] = set()  # nodes an alias reaches again are checked once
+    todo: list[tuple[yaml.Node, tuple[int | str, ...]]] = [(root, ())]
+    found: list[tuple[int, str]] = []
+    while todo:
+        node, loc = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    todo += [(key, loc), (value, loc)]
+                    continue
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    found.append(
+                        (
+                            line,
+                            f"{path}:{line}: {_dotted((*loc, key.value))}: duplicate key "
+                            f"(first given on line {first[key.tag, key.value]})",
+                        )
+                    )
+                else:
+                    first[key.tag, key.value] = line
+                todo.append((value, (*loc, key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            todo += [(item, (*loc, i)) for i, item in enumerate(node.value)]
+    if found:
+        raise ScenarioError(min(found)[1])
 
 
 def _compose(text: str, path: Path) -> tuple[object, yaml.Node | None]:
     """The YAML's data (any YAML value: a mapping, once checked) and its node tree."""
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        _screen(text, path)
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _refuse_duplicate_keys(node, path)
+        data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ScenarioError(f"{where}: not valid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     return data, node
 
 
@@ -476,14 +674,52 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("[")))
 
 
-def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
-    """Validate scenario YAML text; raises ScenarioError with file:line: key.path: problem."""
-    return parse_yaml_model(text, Scenario, path, "scenario")
-
-
 _M = TypeVar("_M", bound=Section)
 #: "faults.kill: ..." at the start of a whole-scenario check's message: the key it is about.
 _KEY_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_]+|\[\d+\])*):")
+#: One problem: the key path it is about (empty: the whole file) and what is wrong.
+_Problem = tuple[tuple[int | str, ...], str]
+
+
+def _problems(exc: ValidationError, model: type[Section]) -> list[_Problem]:
+    """Pydantic's errors as (key path, problem); a check across sections that names the key it
+    is about in its message ("faults.kill: ...") is put on that key."""
+    found = []
+    for err in exc.errors():
+        loc = _clean_loc(tuple(err["loc"]))
+        text = _describe(err, model)
+        named = _KEY_PREFIX.match(text) if not loc else None
+        if named and re.split(r"[.\[]", named.group(1))[0] in model.model_fields:
+            loc = tuple(
+                int(part) if part.isdigit() else part
+                for part in re.split(r"\.|\[|\]\.?", named.group(1))
+                if part
+            )
+            text = text[named.end() :].lstrip()
+        found.append((loc, text.removeprefix(f"{_dotted(loc)}: ") if loc else text))
+    return found
+
+
+def _report(path: Path, root: yaml.Node | None, what: str, problems: list[_Problem]) -> str:
+    """`file: N problems in the <what>:` and one `file:line: key.path: problem` line each, in
+    file order."""
+    found = []
+    for loc, text in problems:
+        line = _line_of(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        found.append((line or 0, f"{where}: {_dotted(loc) or '(top level)'}: {text}"))
+    lines = [text for _, text in sorted(found, key=lambda item: item[0])]
+    n = len(lines)
+    return f"{path}: {n} problem{'s' if n > 1 else ''} in the {what}:\n  " + "\n  ".join(lines)
+
+
+def _validate(data: object, root: yaml.Node | None, model: type[_M], path: Path, what: str) -> _M:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path}:1: a {what} must be a YAML mapping of keys to values")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_report(path, root, what, _problems(exc, model))) from None
 
 
 def parse_yaml_model(text: str, model: type[_M], path: Path | str, what: str) -> _M:
@@ -491,54 +727,175 @@ def parse_yaml_model(text: str, model: type[_M], path: Path | str, what: str) ->
     ScenarioError with one `file:line: key.path: problem` line per problem."""
     path = Path(path)
     data, root = _compose(text, path)
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path}:1: a {what} must be a YAML mapping of keys to values")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        found = []
-        for err in exc.errors():
-            loc = _clean_loc(tuple(err["loc"]))
-            text = _describe(err, model)
-            named = _KEY_PREFIX.match(text) if not loc else None
-            if (
-                named and re.split(r"[.\[]", named.group(1))[0] in model.model_fields
-            ):  # a check across sections names the key it is about: point at its line
-                loc = tuple(
-                    int(part) if part.isdigit() else part
-                    for part in re.split(r"\.|\[|\]\.?", named.group(1))
-                    if part
-                )
-                text = text[named.end() :].lstrip()
-            text = text.removeprefix(f"{_dotted(loc)}: ") if loc else text
-            line = _line_of(root, loc)
-            where = f"{path}:{line}" if line else str(path)
-            found.append((line or 0, f"{where}: {_dotted(loc) or '(top level)'}: {text}"))
-        lines = [text for _, text in sorted(found, key=lambda item: item[0])]
-        n = len(lines)
-        head = f"{path}: {n} problem{'s' if n > 1 else ''} in the {what}:\n  "
-        raise ScenarioError(head + "\n  ".join(lines)) from None
+    return _validate(data, root, model, path, what)
 
 
-def load_scenario(path: Path | str) -> Scenario:
-    """Read and validate a scenario file. Relative file paths inside it (a graph's edge list,
-    a certificate directory) are resolved against the scenario's own directory."""
+def _env_problem(env: str) -> str | None:
+    """Why a pettingzoo world's `env` may not be imported (None if it may): see ENV_PACKAGES."""
+    module, sep, attr = env.partition(":")
+    allowed = list(ENV_PACKAGES) + [
+        name.strip() for name in os.environ.get(ENV_PACKAGES_VAR, "").split(",") if name.strip()
+    ]
+    if module.split(".")[0] not in allowed:
+        return (
+            f"module {module!r} is not in a package of PettingZoo envs ({', '.join(allowed)}); "
+            f"validating would import it and a run would call it, so name its package in the "
+            f"environment variable {ENV_PACKAGES_VAR} (comma-separated) to allow it"
+        )
+    if sep and attr and (attr.startswith("_") or not attr.isidentifier()):
+        return f"the callable after ':' must be a public name, got {attr!r}"
+    return None
+
+
+def _scenario(data: object, root: yaml.Node | None, path: Path) -> Scenario:
+    """Validate a scenario's YAML data: its world.env first, which validation would import."""
+    world = data.get("world") if isinstance(data, dict) else None
+    if isinstance(world, dict) and world.get("kind") == "pettingzoo":
+        env = world.get("env")
+        if isinstance(env, str) and (problem := _env_problem(env)):
+            raise ScenarioError(_report(path, root, "scenario", [(("world", "env"), problem)]))
+    return _validate(data, root, Scenario, path, "scenario")
+
+
+def parse_scenario(text: str, path: Path | str = "<scenario>") -> Scenario:
+    """Validate scenario YAML text; raises ScenarioError with file:line: key.path: problem."""
     path = Path(path)
+    data, root = _compose(text, path)
+    return _scenario(data, root, path)
+
+
+#: Keys holding file paths, relative to the scenario's own directory.
+_PATH_KEYS = (("gossip", "graph", "path"), ("gossip", "tls", "cert_dir"), ("gossip", "key_file"))
+
+
+def _resolved(data: object, base: Path) -> object:
+    """Raw scenario data with its relative file paths made absolute against `base`; whatever
+    is not a string where a path belongs is left for validation to refuse."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for *sections, key in _PATH_KEYS:
+        holder: dict[object, object] = out
+        for name in sections:
+            inner = holder.get(name)
+            if not isinstance(inner, dict):
+                break
+            holder[name] = holder = dict(inner)  # a copy: an alias may share the mapping
+        else:
+            value = holder.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                holder[key] = str((base / value).resolve())
+    return out
+
+
+def read_config_text(path: Path, what: str) -> str:
+    """The text of a config file (a scenario, a node config): a regular UTF-8 file of at most
+    MAX_SCENARIO_BYTES, else ScenarioError (a FIFO or /dev/zero would block or fill memory)."""
+    if problem := _file_problem(path, MAX_SCENARIO_BYTES):
+        raise ScenarioError(f"{path}: cannot read the {what}: it {problem}")
     try:
-        text = path.read_text(encoding="utf-8")
+        return _read_bounded(path, MAX_SCENARIO_BYTES).decode("utf-8")
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
-    sc = parse_scenario(text, path)
-    data = sc.model_dump(mode="json")
-    gossip = data["gossip"]
-    for section, key in (
-        (gossip["graph"], "path"),
-        (gossip["tls"], "cert_dir"),
-        (gossip, "key_file"),
-    ):
-        if section[key] and not Path(section[key]).is_absolute():
-            section[key] = str((path.parent / section[key]).resolve())
-    return Scenario.model_validate(data)
+        raise ScenarioError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: cannot read the {what}: it is not UTF-8 text") from None
+
+
+def load_scenario(path: Path | str, *, check_files: bool = False) -> Scenario:
+    """Read and validate a scenario file. Relative file paths inside it (a graph's edge list,
+    a certificate directory) are resolved against the scenario's own directory.
+
+    check_files: also check the files it names (what `swarm validate` and `swarm run` do):
+    each is a regular file of sane size, a graph file is an edge list the robust step can
+    use. Off, the scenario may name files made later, or on another machine."""
+    path = Path(path)
+    data, root = _compose(read_config_text(path, "scenario"), path)
+    sc = _scenario(_resolved(data, path.parent), root, path)
+    if check_files and (problems := _named_file_problems(sc)):
+        raise ScenarioError(_report(path, root, "scenario", problems))
+    return sc
+
+
+def _named_file_problems(sc: Scenario) -> list[_Problem]:
+    """What is wrong with the files a scenario names: never what they hold."""
+    gossip = sc.gossip
+    problems: list[_Problem] = []
+    if gossip.key_file and (problem := _file_problem(Path(gossip.key_file), MAX_KEY_BYTES)):
+        problems.append((("gossip", "key_file"), f"{gossip.key_file} {problem}"))
+    if gossip.tls.mode != "off" and gossip.tls.cert_dir:
+        problems += [(("gossip", "tls", "cert_dir"), p) for p in _cert_dir_problems(gossip)]
+    if gossip.graph.kind == "file" and gossip.graph.path:
+        problems += _graph_file_problems(sc, Path(gossip.graph.path))
+    return problems
+
+
+def _cert_dir_problems(gossip: GossipConfig) -> list[str]:
+    """The directory must hold ca.pem; every certificate and key in it must be a file."""
+    cert_dir = Path(gossip.tls.cert_dir or "")
+    if not cert_dir.is_dir():
+        return [f"{cert_dir} is not a directory (made by `swarm certs DIR --node ...`)"]
+    try:
+        pems = [cert_dir / "ca.pem"] + sorted(
+            p for p in cert_dir.iterdir() if p.suffix in (".pem", ".key") and p.name != "ca.pem"
+        )
+    except OSError as exc:
+        return [f"{cert_dir} cannot be listed: {exc.strerror}"]
+    return [f"{p} {problem}" for p in pems if (problem := _file_problem(p, MAX_PEM_BYTES))]
+
+
+def _graph_file_problems(sc: Scenario, path: Path) -> list[_Problem]:
+    """The edge list must be a text file of 'i j' lines making a connected graph of the
+    scenario's agents, dense enough for its robust step."""
+    key = ("gossip", "graph", "path")
+    problem = _file_problem(path, MAX_GRAPH_BYTES)
+    try:
+        text = "" if problem else _read_bounded(path, MAX_GRAPH_BYTES).decode("utf-8")
+    except OSError as exc:
+        problem = f"cannot be read: {exc.strerror}"
+    except UnicodeDecodeError:
+        problem = "is not a text file (not UTF-8)"
+    if problem:
+        return [(key, f"{path} {problem}")]
+    # the edge list's own reader names a bad line by quoting it: check the form here first,
+    # so that no line of a file that is no edge list (../../etc/passwd) is ever shown
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        fields = raw.split("#", 1)[0].split()
+        if fields and (len(fields) != 2 or not all(_is_index(f) for f in fields)):
+            return [(key, f"{path}:{lineno}: not an edge: expected two agent indices 'i j'")]
+    from protocols.topology import read_edge_list  # networkx: only for a graph file
+
+    try:
+        built = read_edge_list(path, sc.total_agents)  # ranges and connectivity
+    except ValueError as exc:
+        return [(key, str(exc))]
+    if sc.checks_degrees and (problem := sc.too_few_neighbours(built)):
+        return [(("gossip", "robust"), problem)]
+    return []
+
+
+def _is_index(field: str) -> bool:
+    """Whether an edge list's field is an agent index `read_edge_list` reads without quoting
+    its line (out of range or not, it names the number only)."""
+    return re.fullmatch(r"[+-]?[0-9]{1,12}", field) is not None
+
+
+def override(scenario: Scenario, changes: Mapping[str, object], source: str) -> Scenario:
+    """`scenario` with top-level keys replaced (a command's --ticks and --seed), checked like
+    the file: ScenarioError with one line per problem, each naming the option (`--ticks`) or,
+    for a check across sections, the key and `source` (the file the rest comes from)."""
+    if not changes:
+        return scenario
+    try:
+        return Scenario.model_validate({**scenario.model_dump(mode="json"), **changes})
+    except ValidationError as exc:
+        given = ", ".join(f"--{key} {value}" for key, value in changes.items())
+        lines = [
+            f"--{loc[0]}: {text}"
+            if loc and loc[0] in changes
+            else f"{source} with {given}: {_dotted(loc) or '(top level)'}: {text}"
+            for loc, text in _problems(exc, Scenario)
+        ]
+        raise ScenarioError("\n".join(lines)) from None
 
 
 def dump_scenario(scenario: Scenario) -> str:
