@@ -35,7 +35,7 @@ from swarm.node import main as node_main
 from swarm.records import Document, Figure, as_doc, as_number, figures_of
 from swarm.report import ReplayUnavailable, write_plots, write_replay
 from swarm.resume import read_latest
-from swarm.runner import RunError, Runner, new_run_dir
+from swarm.runner import RunError, Runner, dashboard_token_hint, new_run_dir
 from swarm.scenario import MAX_SEED, Scenario, ScenarioError, load_scenario, override
 from swarm.sensors import SensorError, record_world
 from swarm.tasks import task_named
@@ -113,7 +113,7 @@ def run(
 
     def on_start(url: str | None) -> None:
         console.print(
-            f"Ray dashboard: {url}"
+            f"Ray dashboard: {url} ({dashboard_token_hint()})"
             if url
             else "Ray dashboard: not started (ray.dashboard: false, or an existing cluster's)"
         )

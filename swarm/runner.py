@@ -141,6 +141,17 @@ class RunError(Exception):
     """A run that cannot start or finish for a reason the user can act on."""
 
 
+def dashboard_token_hint() -> str:
+    """How to get the token the Ray dashboard asks for (Ray >= 2.59 starts clusters with token
+    authentication; nothing in its page says where the token is)."""
+    if os.environ.get("RAY_AUTH_MODE") == "disabled":
+        return "no token: RAY_AUTH_MODE=disabled"
+    if "RAY_AUTH_TOKEN" in os.environ:
+        return "its token is in the environment variable RAY_AUTH_TOKEN"
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH", str(Path.home() / ".ray" / "auth_token"))
+    return f"it asks for a token: `cat {token_file}`"
+
+
 def _token_auth_for_clients() -> None:
     # Ray >= 2.59 enables token auth on clusters started with `ray start --head`, but a client
     # joining with ray.init(address=...) only sends the token when RAY_AUTH_MODE=token

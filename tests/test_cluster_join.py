@@ -90,3 +90,18 @@ def test_swarm_run_joins_a_ray_start_cluster_with_its_token(tmp_path: Path) -> N
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["tick"] == 40  # the scenario's 40 ticks, to the end
     assert not _processes_under(str(temp))
+
+
+def test_the_dashboard_hint_says_where_the_token_is(monkeypatch, tmp_path: Path) -> None:
+    from swarm.runner import dashboard_token_hint
+
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert dashboard_token_hint() == f"it asks for a token: `cat {tmp_path}/.ray/auth_token`"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/etc/ray/token")
+    assert "`cat /etc/ray/token`" in dashboard_token_hint()
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "x")
+    assert "RAY_AUTH_TOKEN" in dashboard_token_hint()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert dashboard_token_hint().startswith("no token")
