@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from protocols.config import TlsConfig
 from swarm._config import Section
-from swarm.addresses import host_of, is_loopback
+from swarm.addresses import address_problem, host_of, is_loopback
 from swarm.scenario import (
     Scenario,
     load_scenario,
@@ -67,14 +67,24 @@ class NodeConfig(Section):
     ticks: int | None = Field(None, ge=1)
     """Readings to process (default: the scenario's ticks for the simulated sensor, the whole
     stream for a file or stdin)."""
-    tick_s: float = Field(0.0, ge=0)
+    tick_s: float = Field(0.0, ge=0, le=3600)
     """Wall seconds per reading (0: as fast as possible; a real sensor paces itself)."""
-    linger_s: float = Field(10.0, ge=0)
+    linger_s: float = Field(10.0, ge=0, le=3600)
     """After the last reading, keep serving up to this long for the peers' last deltas."""
     max_clock_skew_s: float = Field(30.0, gt=0)
     """Largest difference between this node's wall clock and a peer's that is accepted."""
     status_every_s: float = Field(1.0, gt=0)
     """Wall seconds between two rewrites of status.json."""
+
+    @model_validator(mode="after")
+    def _addresses(self) -> NodeConfig:
+        named = [("listen", self.listen, True), ("advertise", self.advertise, False)]
+        named += [("coordinator", self.coordinator, False)]
+        named += [(f"peers[{i}]", p, False) for i, p in enumerate(self.peers)]
+        for key, value, any_port in named:
+            if value is not None and (problem := address_problem(value, any_port=any_port)):
+                raise ValueError(f"{key}: {problem}")
+        return self
 
 
 def load_node_config(path: Path | str) -> NodeConfig:

@@ -284,6 +284,35 @@ def test_node_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
         load_scenario(_write_scenario(tmp_path, devices={4: 50051}, external_host="10.0.0.9"))
 
 
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            {"listen": "127.0.0.1:99999"},
+            r"listen: '127.0.0.1:99999': the port must be a number from 0",
+        ),
+        ({"advertise": "not an address"}, r"advertise: 'not an address' is not HOST:PORT"),
+        ({"advertise": "127.0.0.1:0"}, r"advertise: .* from 1 to 65535"),
+        ({"peers": ["127.0.0.1:1", "a b:5"]}, r"peers\[1\]: 'a b:5': the host 'a b'"),
+        ({"coordinator": "[::1:5"}, r"coordinator: .* is not a bracketed IPv6 address"),
+        ({"tick_s": float("inf")}, r"tick_s: Input should be a finite number"),
+        ({"linger_s": 1e9}, r"linger_s: Input should be less than or equal to 3600"),
+    ],
+)
+def test_node_config_refuses_addresses_and_times_no_node_can_use(
+    tmp_path: Path, cfg: dict[str, Any], message: str
+) -> None:
+    # issue 18: listen 127.0.0.1:99999 bound some other port, advertise "not an address" was
+    # taken, tick_s .inf crashed at the first reading and linger_s .inf never ended
+    from swarm.node import load_node_config
+    from swarm.scenario import ScenarioError
+
+    _write_scenario(tmp_path)
+    with pytest.raises(ScenarioError, match=message):
+        load_node_config(_write_node(tmp_path, 1, 0, **cfg))
+    load_node_config(_write_node(tmp_path, 1, 0, listen="[::1]:0", peers=["localhost:50051"]))
+
+
 # -- acceptance 1: devices and a simulated swarm ------------------------------------------------
 
 
