@@ -18,6 +18,9 @@ The first line is the header (the model's input layout and the class names); it 
 `"probe": {"windows": [[[...]]], "labels": [...]}`, a held-out set to score the local model on.
 A malformed line is reported with its line number and skipped (counted in `bad_lines`): a
 glitch on a device's sensor must not stop the node, nor be learned from. Ticks must increase.
+What a line may hold is bounded (issue 18: one line could kill a node): at most MAX_LINE_BYTES,
+JSON nested at most as deep as Python parses without running out of stack, ticks (`t` and a
+label's) at most MAX_TICK, and numbers within float32; anything else is a bad line.
 
 `hide_kinds` makes a source drop every observation whose true class is one of those kinds, and
 any label naming one: the node never sees that event kind itself, so recognising it can only
@@ -31,7 +34,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, TypeGuard
+from typing import IO, TYPE_CHECKING, Literal, TypeGuard, cast
 
 import numpy as np
 from pydantic import Field
@@ -70,6 +73,14 @@ class Reading:
     tick: int
     obs: np.ndarray  # (D,) float32
     labels: np.ndarray  # (M, 2) int64 rows (tick, class)
+
+
+#: Longest line a stream sensor reads; a longer one is skipped unread (a reading of 10,000
+#: features is ~200 KB of JSON).
+MAX_LINE_BYTES = 1 << 20
+#: Largest tick a line may name (`t`, or a label's): ~35 years of millisecond ticks, far inside
+#: int64, so a tick of 2^70 cannot overflow the label arrays or push every later line out.
+MAX_TICK = 2**40
 
 
 class SensorError(ValueError):
@@ -220,10 +231,15 @@ class StreamSensor:
 
     def _next_line(self) -> str | None:
         while True:
-            line = self.stream.readline()
+            line = self.stream.readline(MAX_LINE_BYTES + 1)
             if not line:
                 return None
             self.lineno += 1
+            if len(line) > MAX_LINE_BYTES and not line.endswith("\n"):
+                while (rest := self.stream.readline(MAX_LINE_BYTES)) and not rest.endswith("\n"):
+                    pass  # the rest of the over-long line, dropped piece by piece
+                self._reject(f"longer than {MAX_LINE_BYTES:,} characters")
+                continue
             if line.strip():
                 return line
 
@@ -242,6 +258,9 @@ class StreamSensor:
             except json.JSONDecodeError as exc:
                 self._reject(f"not JSON ({exc.msg})")
                 continue
+            except (ValueError, RecursionError):  # an integer of > 4,300 digits; deep nesting
+                self._reject("not JSON a reading can hold (a huge integer or deep nesting)")
+                continue
             if not isinstance(rec, dict):
                 self._reject("not a JSON object")
                 continue
@@ -255,8 +274,8 @@ class StreamSensor:
     def _check(self, rec: Document) -> Reading | None:
         tick = rec.get("t")
         obs = rec.get("obs")
-        if not _is_int(tick) or tick < 0:
-            self._reject("'t' must be a non-negative integer tick")
+        if not _is_int(tick) or not 0 <= tick <= MAX_TICK:
+            self._reject(f"'t' must be an integer tick from 0 to {MAX_TICK}")
             return None
         if self._last_tick is not None and tick <= self._last_tick:
             self._reject(f"tick {tick} does not increase (last {self._last_tick})")
@@ -264,8 +283,8 @@ class StreamSensor:
         if not isinstance(obs, list) or len(obs) != self.dim:
             self._reject(f"'obs' must be a list of {self.dim} numbers")
             return None
-        if not all(_is_number(v) for v in obs):
-            self._reject("'obs' holds something that is not a number")
+        if not all(_is_number(v) and -3e38 <= v <= 3e38 for v in obs):  # type: ignore[operator]
+            self._reject("'obs' holds something that is not a number within float32")
             return None
         x = np.asarray(obs, np.float64)
         if not np.isfinite(x).all() or np.abs(x).max(initial=0) > 3e38:
@@ -277,10 +296,14 @@ class StreamSensor:
         ):
             self._reject("'labels' must be a list of [tick, class] pairs of integers")
             return None
-        labels = np.asarray(raw, np.int64).reshape(-1, 2)
-        if ((labels[:, 1] < 0) | (labels[:, 1] >= len(self.classes))).any():
+        pairs = [cast("list[int]", p) for p in raw]  # [tick, class], integers (checked above)
+        if not all(0 <= t <= MAX_TICK for t, _ in pairs):
+            self._reject(f"a label's tick is outside [0, {MAX_TICK}]")
+            return None
+        if not all(0 <= c < len(self.classes) for _, c in pairs):
             self._reject(f"a label class is outside [0, {len(self.classes)})")
             return None
+        labels = np.asarray(pairs, np.int64).reshape(-1, 2)
         self._last_tick = tick
         return Reading(tick, x.astype(np.float32), labels)
 

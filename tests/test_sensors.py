@@ -453,3 +453,28 @@ def test_record_world_refuses_agents_outside_the_world(tmp_path):
             probe_per_class=1,
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_hostile_lines_are_skipped_and_counted_not_fatal(capsys) -> None:
+    # issue 18: each of these killed a node (OverflowError, RecursionError, ValueError), or,
+    # for t = 2^70, was taken and pushed every later line out as "does not increase"
+    from swarm.sensors import MAX_LINE_BYTES, MAX_TICK
+
+    hostile = [
+        '{"t": 1, "obs": [' + "9" * 401 + ", 0, 0]}",  # an integer no float holds
+        '{"t": 2, "obs": [0, 0, 0], "x": ' + "[" * 100_000 + "]" * 100_000 + "}",  # deep
+        '{"t": ' + "7" * 5_000 + ', "obs": [0, 0, 0]}',  # beyond Python's int parsing limit
+        _rec(2**70),  # a tick past MAX_TICK
+        _rec(4, labels=[[2**70, 1]]),  # a label tick past it
+        _rec(5, labels=[[1, 2**70]]),  # a label class past int64
+        '{"t": 6, "obs": [' + "0," * MAX_LINE_BYTES + "0]}",  # longer than a line may be
+    ]
+    text = _text(_header(), _rec(0), *hostile, _rec(7, labels=[[0, 1]]), _rec(MAX_TICK))
+    # Execute
+    readings = _all(_sensor(text))
+    # Assert: the good lines around them are read, each hostile one is one bad line
+    assert [r.tick for r in readings] == [0, 7, MAX_TICK]
+    assert readings[1].labels.tolist() == [[0, 1]]
+    err = capsys.readouterr().err
+    assert err.count("line skipped") == len(hostile)
+    assert "longer than" in err and "a huge integer or deep nesting" in err
