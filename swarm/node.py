@@ -347,7 +347,7 @@ class Node:
         if not self.ckpt_path.exists():
             return None
         try:
-            arrays, meta = checkpoint.load(self.ckpt_path)
+            arrays, meta = checkpoint.load(self.ckpt_path, finite=("learner.pop.", "shadow.pop."))
         except CheckpointError as exc:
             raise NodeError(f"{exc}; move it away to start from a fresh model") from None
         if meta.get("agent") != self.index:

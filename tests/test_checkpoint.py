@@ -432,3 +432,75 @@ def test_restored_random_trainable_subset_follows_the_checkpoint(tmp_path):
     _drive(a, np.random.default_rng(20), range(20, 34))
     _drive(b, np.random.default_rng(20), range(20, 34))
     assert torch.equal(a.population.flat, b.population.flat)
+
+
+# -- hostile files (issue 18): refused before anything large is allocated or inflated -------
+
+
+def _rezip(src: Path, dst: Path, *, compress: int = zipfile.ZIP_STORED, patch=None) -> None:
+    """Copy checkpoint `src` to `dst` member by member, optionally compressed or with a
+    member's bytes changed by `patch(name, data) -> data`."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression=compress) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info.filename, patch(info.filename, data) if patch else data)
+
+
+def test_metadata_is_under_the_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.ones(3, np.float32)}, {"step": 5})
+
+    def tamper(name: str, data: bytes) -> bytes:
+        return data.replace(b'"step": 5', b'"step": 6') if name == "__meta__.npy" else data
+
+    _rezip(path, tmp_path / "t.npz", patch=tamper)
+    with pytest.raises(checkpoint.CheckpointError, match="do not match their checksum"):
+        checkpoint.load(tmp_path / "t.npz")
+
+
+def test_a_compressed_member_is_refused_uninflated(tmp_path: Path) -> None:
+    # a deflate bomb: 64 MB of zeros in ~64 KB; the loader must not inflate it
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.zeros(16 * 2**20, np.float32)}, {})
+    _rezip(path, tmp_path / "z.npz", compress=zipfile.ZIP_DEFLATED)
+    assert (tmp_path / "z.npz").stat().st_size < 2**20
+    with pytest.raises(checkpoint.CheckpointError, match="'w.npy' is compressed"):
+        checkpoint.load(tmp_path / "z.npz")
+
+
+def test_a_header_claiming_a_huge_shape_is_refused_before_allocation(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.zeros((1, 2), np.float32)}, {})
+
+    def huge(name: str, data: bytes) -> bytes:
+        if name != "w.npy":
+            return data
+        # the header is padded with spaces to a 64-byte boundary: grow into the padding
+        old, new = b"'shape': (1, 2), }", b"'shape': (1, 68719476736), }"
+        start = data.index(old)
+        end = data.index(b"\n", start)
+        assert end - start >= len(new)
+        return data[:start] + new.ljust(end - start) + data[end:]
+
+    _rezip(path, tmp_path / "h.npz", patch=huge)
+    with pytest.raises(checkpoint.CheckpointError, match="declares"):
+        checkpoint.load(tmp_path / "h.npz")
+
+
+def test_not_a_regular_file_or_too_large_is_refused_unread(tmp_path: Path) -> None:
+    link = tmp_path / "zero.npz"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+        checkpoint.load(link)
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.zeros(1000, np.float32)}, {})
+    with pytest.raises(checkpoint.CheckpointError, match=r"[0-9,]+ bytes, more than 100"):
+        checkpoint.load(path, max_bytes=100)
+
+
+def test_non_finite_weights_are_refused_where_the_caller_asks(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"learner.pop.w": np.array([1.0, np.nan], np.float32)}, {})
+    checkpoint.load(path)  # NaN may be meant (a loss not known yet) ...
+    with pytest.raises(checkpoint.CheckpointError, match="'learner.pop.w' holds NaN"):
+        checkpoint.load(path, finite=("learner.pop.",))  # ... but not in weights
