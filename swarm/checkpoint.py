@@ -61,6 +61,12 @@ def _digest(arrays: dict[str, np.ndarray], meta: Mapping[str, object] | None = N
     return h.hexdigest()
 
 
+def temp_path(path: Path) -> Path:
+    """Where `save` writes before it replaces `path` (a crash can leave it behind: a node
+    removes it at start)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def save(path: Path | str, arrays: dict[str, np.ndarray], meta: Mapping[str, object]) -> int:
     """Write `arrays` and `meta` to `path` atomically; returns the file size.
 
@@ -76,12 +82,19 @@ def save(path: Path | str, arrays: dict[str, np.ndarray], meta: Mapping[str, obj
     full["sha256"] = _digest(arrays, full)
     payload = dict(arrays)
     payload[_META] = np.frombuffer(json.dumps(full).encode(), np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **payload)  # type: ignore[arg-type]
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)  # type: ignore[arg-type]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk, most often: the previous checkpoint stays whole
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot write the checkpoint {path}: {exc.strerror or exc}; the previous one, if "
+            "any, is kept"
+        ) from None
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

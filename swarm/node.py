@@ -145,10 +145,14 @@ def next_epoch(directory: Path) -> int:
             ) from None
     epoch = max(previous + 1, int(time.time() * 1000))
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"epoch": epoch}))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps({"epoch": epoch}))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk: say so, and leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise NodeError(f"cannot write {path}: {exc.strerror or exc}") from None
     return epoch
 
 
@@ -199,6 +203,9 @@ class Node:
         self.state_dir = state_dir(self.cfg, self.base)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.state_dir / "checkpoint.npz"
+        # what a crash (or a full disk) may have left half-written; the whole files stay
+        checkpoint.temp_path(self.ckpt_path).unlink(missing_ok=True)
+        (self.state_dir / "epoch.tmp").unlink(missing_ok=True)
         self.epoch = next_epoch(self.state_dir)
         return self._read_checkpoint() if self.cfg.resume else None
 

@@ -504,3 +504,20 @@ def test_non_finite_weights_are_refused_where_the_caller_asks(tmp_path: Path) ->
     checkpoint.load(path)  # NaN may be meant (a loss not known yet) ...
     with pytest.raises(checkpoint.CheckpointError, match="'learner.pop.w' holds NaN"):
         checkpoint.load(path, finite=("learner.pop.",))  # ... but not in weights
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.ones(3, np.float32)}, {"step": 1})
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(checkpoint.CheckpointError, match="No space left on device.*kept"):
+        checkpoint.save(path, {"w": np.zeros(3, np.float32)}, {"step": 2})
+    assert path.read_bytes() == before
+    assert not checkpoint.temp_path(path).exists()

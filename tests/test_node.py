@@ -284,6 +284,31 @@ def test_node_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
         load_scenario(_write_scenario(tmp_path, devices={4: 50051}, external_host="10.0.0.9"))
 
 
+def test_a_node_start_removes_what_a_crash_left_half_written(tmp_path: Path, monkeypatch) -> None:
+    # issue 18: a full disk left a 0-byte epoch.tmp and a partial .checkpoint.npz.tmp behind
+    from swarm.node import Node, NodeError, load_node_config
+
+    _write_scenario(tmp_path)
+    (tmp_path / "swarm.key").write_bytes(b"k" * 32)
+    cfg = load_node_config(_write_node(tmp_path, 1, 0, state_dir="state"))
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "epoch.tmp").write_bytes(b"")
+    (state / ".checkpoint.npz.tmp").write_bytes(b"PK\x03\x04 half")
+    # a disk that is full when the epoch is written: one clear error, no temp file left
+    real_write = Path.write_text
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.name == "epoch.tmp":
+            raise OSError(28, "No space left on device")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(NodeError, match="cannot write .*epoch.json: No space left on device"):
+        Node(cfg, tmp_path)
+    assert sorted(p.name for p in state.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
