@@ -185,24 +185,28 @@ def bucketed(x: np.ndarray, s: int, round_: int) -> np.ndarray:
     return np.stack([stack[order[i : i + s]].mean(axis=0) for i in range(0, n, s)])
 
 
-def nearest_neighbour_mixing(x: np.ndarray, f: int) -> np.ndarray:
+def nearest_neighbour_mixing(x: np.ndarray, f: int, d2: np.ndarray | None = None) -> np.ndarray:
     """Each row of x (n, P) replaced by the mean of its n - f nearest rows (itself included;
-    Allouah et al. 2023): (n, P) float64. Ties go to the earlier row."""
+    Allouah et al. 2023): (n, P) float64. Ties go to the earlier row. `d2`: the rows' squared
+    distances (`_squared_distances`), when the caller has them already."""
     stack = _as_stack(x)
     n = stack.shape[0]
     if not 0 <= f < n:
         raise ValueError(f"nnm: f must be in [0, {n}), got {f}")
-    nearest = np.argsort(_squared_distances(stack), axis=1, kind="stable")[:, : n - f]  # (n, n - f)
+    d2 = _squared_distances(stack) if d2 is None else d2
+    nearest = np.argsort(d2, axis=1, kind="stable")[:, : n - f]  # (n, n - f)
     return np.stack([stack[idx].mean(axis=0) for idx in nearest])
 
 
-def _median_distances(stack: np.ndarray) -> tuple[np.ndarray, float]:
-    """Each row's distance from the coordinate-wise median (n,), and the median distance
-    between two rows."""
+def _outlier_count(stack: np.ndarray, f: int, tau: float, d2: np.ndarray) -> tuple[int, np.ndarray]:
+    """(`outliers` of the rows of stack (n, P), each row's distance from the coordinate-wise
+    median (n,)), from the rows' squared distances d2 (n, n)."""
     n = stack.shape[0]
-    pairs = np.sqrt(_squared_distances(stack)[np.triu_indices(n, k=1)])  # (n (n - 1) / 2,)
     r = np.linalg.norm(stack - np.median(stack, axis=0), axis=1)  # (n,)
-    return r, float(np.median(pairs)) if pairs.size else 0.0
+    if n < 2:
+        return 0, r
+    spread = float(np.median(np.sqrt(d2[np.triu_indices(n, k=1)])))  # median pair distance
+    return min(f, int((r > tau * spread).sum())), r
 
 
 def outliers(x: np.ndarray, f: int, tau: float) -> int:
@@ -212,18 +216,16 @@ def outliers(x: np.ndarray, f: int, tau: float) -> int:
     zone's) are not outliers; it is the honest spread while fewer than ~29% of the rows lie
     (then most pairs are honest)."""
     stack = _as_stack(x)
-    r, spread = _median_distances(stack)
-    return min(f, int((r > tau * spread).sum())) if stack.shape[0] > 1 else 0
+    return _outlier_count(stack, f, tau, _squared_distances(stack))[0]
 
 
 def without_outliers(x: np.ndarray, f: int, tau: float) -> np.ndarray:
     """The rows of x (n, P) in their order, less its `outliers` (the farthest from the
     coordinate-wise median; ties: the later row goes)."""
     stack = _as_stack(x)
-    k = outliers(stack, f, tau)
+    k, r = _outlier_count(stack, f, tau, _squared_distances(stack))
     if not k:
         return stack
-    r, _ = _median_distances(stack)
     return stack[np.sort(np.argsort(r, kind="stable")[: stack.shape[0] - k])]
 
 
@@ -235,8 +237,12 @@ def aggregate_rows(
     if cfg.bucket > 1 and cfg.aggregator in ("trimmed_mean", "median"):
         x = bucketed(x, cfg.bucket, round_)
     if cfg.nnm and cfg.aggregator in ("trimmed_mean", "median", "krum", "multi_krum"):
-        f = cfg.byzantine if cfg.nnm_tau is None else outliers(x, cfg.byzantine, cfg.nnm_tau)
-        x = nearest_neighbour_mixing(x, f)
+        stack = _as_stack(x)
+        d2 = _squared_distances(stack)  # once, for the outlier count and the mixing
+        f = cfg.byzantine
+        if cfg.nnm_tau is not None:
+            f = _outlier_count(stack, cfg.byzantine, cfg.nnm_tau, d2)[0]
+        x = nearest_neighbour_mixing(stack, f, d2)
     if cfg.aggregator == "fedavg":
         return fedavg(x, w)
     if cfg.aggregator == "trimmed_mean":
