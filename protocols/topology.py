@@ -16,6 +16,7 @@ other kind it may be disconnected: gossip then mixes within each component only,
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -104,16 +105,24 @@ def _connected(make, seed: int, tries: int = 100) -> nx.Graph:
 
 
 def read_edge_list(path: str | Path, n: int) -> nx.Graph:
-    """The connected graph on agents 0..n-1 whose edges are listed in `path`.
-
-    One undirected edge 'i j' per line; '#' starts a comment; blank lines are skipped; an edge
-    listed twice (or as 'i j' and 'j i') counts once. Every error names the file and the line.
-    """
+    """The connected graph on agents 0..n-1 whose edges are listed in `path` (`parse_edge_list`
+    of its text)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise ValueError(f"{path}: cannot read the edge list: {e.strerror or e}") from e
+    return parse_edge_list(text, n, path)
+
+
+def parse_edge_list(text: str, n: int, path: str | Path) -> nx.Graph:
+    """The connected graph on agents 0..n-1 whose edges `text` (read from `path`) lists.
+
+    One undirected edge 'i j' per line; '#' starts a comment; blank lines are skipped; an edge
+    listed twice (or as 'i j' and 'j i') counts once. Every error names the file and the line,
+    and never quotes the line (a file that is no edge list, ../../etc/passwd, stays unshown):
+    at most an index of up to 12 digits is named.
+    """
     graph = nx.empty_graph(n)
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -122,11 +131,12 @@ def read_edge_list(path: str | Path, n: int) -> nx.Graph:
         where = f"{path}:{lineno}"
         fields = line.split()
         if len(fields) != 2:
-            raise ValueError(f"{where}: expected two agent indices 'i j', got {len(fields)} fields")
-        try:
-            i, j = int(fields[0]), int(fields[1])
-        except ValueError:
-            raise ValueError(f"{where}: agent indices must be integers") from None
+            raise ValueError(
+                f"{where}: not an edge: expected two agent indices 'i j', got {len(fields)} fields"
+            )
+        if not all(re.fullmatch(r"[+-]?[0-9]{1,12}", f) for f in fields):
+            raise ValueError(f"{where}: not an edge: agent indices must be integers (<= 12 digits)")
+        i, j = int(fields[0]), int(fields[1])
         for k in (i, j):
             if not 0 <= k < n:
                 raise ValueError(f"{where}: agent index {k} out of range 0..{n - 1}")

@@ -856,27 +856,15 @@ def _graph_file_problems(sc: Scenario, path: Path) -> list[_Problem]:
         problem = "is not a text file (not UTF-8)"
     if problem:
         return [(key, f"{path} {problem}")]
-    # the edge list's own reader names a bad line by quoting it: check the form here first,
-    # so that no line of a file that is no edge list (../../etc/passwd) is ever shown
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        fields = raw.split("#", 1)[0].split()
-        if fields and (len(fields) != 2 or not all(_is_index(f) for f in fields)):
-            return [(key, f"{path}:{lineno}: not an edge: expected two agent indices 'i j'")]
-    from protocols.topology import read_edge_list  # networkx: only for a graph file
+    from protocols.topology import parse_edge_list  # networkx: only for a graph file
 
-    try:
-        built = read_edge_list(path, sc.total_agents)  # ranges and connectivity
+    try:  # the text read above, once: its form, ranges and connectivity (no line is quoted)
+        built = parse_edge_list(text, sc.total_agents, path)
     except ValueError as exc:
         return [(key, str(exc))]
     if sc.checks_degrees and (problem := sc.too_few_neighbours(built)):
         return [(("gossip", "robust"), problem)]
     return []
-
-
-def _is_index(field: str) -> bool:
-    """Whether an edge list's field is an agent index `read_edge_list` reads without quoting
-    its line (out of range or not, it names the number only)."""
-    return re.fullmatch(r"[+-]?[0-9]{1,12}", field) is not None
 
 
 def override(scenario: Scenario, changes: Mapping[str, object], source: str) -> Scenario:
