@@ -148,8 +148,12 @@ def dashboard_token_hint() -> str:
         return "no token: RAY_AUTH_MODE=disabled"
     if "RAY_AUTH_TOKEN" in os.environ:
         return "its token is in the environment variable RAY_AUTH_TOKEN"
-    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH", str(Path.home() / ".ray" / "auth_token"))
-    return f"it asks for a token: `cat {token_file}`"
+    return f"it asks for a token: `cat {_token_file()}`"
+
+
+def _token_file() -> Path:
+    """Where Ray keeps its auth token: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
 
 
 def _token_auth_for_clients() -> None:
@@ -158,8 +162,7 @@ def _token_auth_for_clients() -> None:
     # (ray-project/ray#64755 review: "Clients skip auto token auth"). Opt in when a token exists,
     # before Ray is first imported in this process: it reads the variable when it loads (set
     # later, it was ignored and `swarm run --address` was refused: tests/test_cluster_join.py).
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    has_token = "RAY_AUTH_TOKEN" in os.environ or token_file.exists()
+    has_token = "RAY_AUTH_TOKEN" in os.environ or _token_file().exists()
     if has_token and "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
 
