@@ -258,6 +258,14 @@ def test_the_scaled_layout_keeps_the_default_world_at_12_and_its_density_beyond(
         assert 3 <= lay["cruise_points_per_zone"] / lay["routes_per_zone"] < 4
         assert points == n
         DronePatrolConfig(**lay)  # a valid world
+    # scenarios/swarm_scale.yaml writes its layout out: it must be the one for its count
+    from pathlib import Path
+
+    from swarm.scenario import load_scenario
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "swarm_scale.yaml")
+    world = sc.world.model_dump()
+    assert {k: world[k] for k in scaled_layout(1)} == scaled_layout(sc.agents.count)
 
 
 # ---- events that spread to a zone mid-run (pure numpy) -----------------------------------
