@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from swarm._config import Section
+from swarm._config import MAX_TICK, Section
 
 
 class ModelConfig(Section):
@@ -28,9 +28,10 @@ class ModelConfig(Section):
     (selective activation, agents/yan/selective.py); 1 = dense FFN, no router."""
     ffn_top_k: int = Field(1, ge=1, le=4096)
     """k <= G: groups active per token (activation density k / G)."""
-    router_noise_anneal_steps: int = Field(500, ge=0)
+    router_noise_anneal_steps: int = Field(500, ge=0, le=MAX_TICK)
     """Training steps of an agent over which the router's exploration noise falls linearly
-    from 1 to 0 ("random at first, targeted later"); 0 = never noisy."""
+    from 1 to 0 ("random at first, targeted later"); 0 = never noisy. At most MAX_TICK (2^40),
+    the most steps a run takes."""
 
     @model_validator(mode="after")
     def _channels_divide_width(self) -> ModelConfig:
@@ -60,8 +61,8 @@ class LearnConfig(Section):
 
     lr: float = Field(3e-3, gt=0, le=1.0)
     """Adam learning rate of the online updates."""
-    learn_every: int = Field(2, ge=1)
-    """Ticks between two online learning steps."""
+    learn_every: int = Field(2, ge=1, le=MAX_TICK)
+    """Ticks between two online learning steps; at most MAX_TICK (2^40), the longest run."""
     batch: int = Field(16, ge=1, le=4096)
     """Labelled windows per agent per learning step, drawn from its replay memory."""
     window: int = Field(8, ge=1, le=1024)
@@ -77,21 +78,25 @@ class LearnConfig(Section):
     replay_mode: Literal["reservoir", "none"] = "reservoir"
     """"reservoir": train on class-balanced batches of the per-class reservoir replay; "none":
     plain online SGD, each step trains once on the windows labelled since the previous step."""
-    ewc_lambda: float = Field(0.0, ge=0.0)
-    """lambda of online EWC's penalty (lambda/2) sum_i F_i (theta_i - theta*_i)^2; 0 = off."""
+    ewc_lambda: float = Field(0.0, ge=0.0, le=1e10)
+    """lambda of online EWC's penalty (lambda/2) sum_i F_i (theta_i - theta*_i)^2; 0 = off. At
+    most 1e10: lambda offsets the Fisher's scale, so sane values span decades, but none this
+    far above the 1 to 100 tried here (tests/test_agents_continual.py)."""
     ewc_gamma: float = Field(0.9, ge=0.0, le=1.0)
     """Decay of the running Fisher at each consolidation, F <- gamma F + F_new (Schwarz et al.
     2018 use gamma < 1 so old importance fades)."""
-    consolidate_every: int = Field(100, ge=1)
+    consolidate_every: int = Field(100, ge=1, le=MAX_TICK)
     """Learning steps between two EWC consolidations (new Fisher, new anchor): a deployed agent
     sees no task boundaries. With fisher_batch 32 one consolidation costs ~8 plain steps (K 16,
-    batch 16, window 8, default model), so 100 keeps it under ~10% of learning time."""
+    batch 16, window 8, default model), so 100 keeps it under ~10% of learning time. At most
+    MAX_TICK (2^40), the most steps a run takes."""
     fisher_batch: int = Field(32, ge=1, le=4096)
     """Labelled windows per agent for each Fisher estimate (replay samples, or the newest
     windows when replay_mode is "none")."""
-    ssl_weight: float = Field(0.0, ge=0.0)
+    ssl_weight: float = Field(0.0, ge=0.0, le=100.0)
     """Weight of the self-supervised next-step loss on unlabelled windows of the agent's own
-    recent experience (0 = off): unlabelled experience teaches too."""
+    recent experience (0 = off): unlabelled experience teaches too. At most 100 times the
+    labelled loss, which leaves the labels no say."""
     ssl_batch: int = Field(8, ge=1, le=4096)
     """Unlabelled windows per agent per learning step when ssl_weight > 0."""
     absent_class_scale: float = Field(1.0, ge=0.0, le=1.0)
@@ -142,13 +147,16 @@ class RLConfig(Section):
     """lambda of generalised advantage estimation (Schulman et al. 2016)."""
     clip: float = Field(0.2, gt=0.0, le=10.0)
     """PPO ratio clip epsilon."""
-    value_coef: float = Field(0.5, ge=0.0)
+    value_coef: float = Field(0.5, ge=0.0, le=100.0)
     """Weight of the value loss. The critic is a separate model with its own gradient clip and
-    Adam scales each parameter's step, so this weight matters little."""
-    entropy_coef: float = Field(0.01, ge=0.0)
-    """Weight of the entropy bonus (keeps exploring)."""
-    max_grad_norm: float = Field(0.5, gt=0.0)
-    """Per-agent gradient norm clip, applied to the actor and to the critic separately."""
+    Adam scales each parameter's step, so this weight matters little. At most 100, 200 times
+    PPO's 0.5."""
+    entropy_coef: float = Field(0.01, ge=0.0, le=100.0)
+    """Weight of the entropy bonus (keeps exploring); at most 100, where the bonus alone drives
+    the policy (PPO uses 0.01)."""
+    max_grad_norm: float = Field(0.5, gt=0.0, le=1e6)
+    """Per-agent gradient norm clip, applied to the actor and to the critic separately; at most
+    1e6, which never clips an agent's gradient (PPO uses 0.5)."""
     obs_norm: bool = True
     """Normalise each agent's observations by its own running mean and std (clipped to +-10):
     the encoder sees O(1) inputs whatever the env's units (Andrychowicz et al. 2021 found it

@@ -23,8 +23,9 @@ class PettingZooConfig(Section):
     copies: int = Field(1, ge=1, le=10_000)
     """Independent copies of the env stepped together; agents of every copy form one swarm
     (agent ids '<copy>/<agent>' when copies > 1), so knowledge crosses teams."""
-    tick_s: float = Field(0.1, gt=0)
-    """Simulated seconds per env step, for time axes and the real-time factor."""
+    tick_s: float = Field(0.1, gt=0, le=86_400)
+    """Simulated seconds per env step, for time axes and the real-time factor; at most a day,
+    slower than any swarm decides."""
 
     @field_validator("env")
     @classmethod

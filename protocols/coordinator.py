@@ -17,6 +17,28 @@ who arrived. Time is read from an injectable `clock` (time.monotonic by default)
 no background thread: an overdue round is closed by whoever looks next - `submit`,
 `wait_aggregate` (its waiters wake when the round falls due) or an explicit `close_if_due()`.
 A delta for a version (round) that already closed is refused STALE.
+
+Rounds are numbered as versions (a client at version v submits and asks for round v). The
+aggregates of the last `keep_rounds` closed rounds are kept (CoordinatorConfig); older ones are
+dropped, so memory stays bounded however long the swarm runs. A request for a round is answered
+by what the round is now (`wait_aggregate`):
+
+    kept        its aggregate, at once
+    open        (the round at the current version, or the one whose deltas are arriving)
+                its aggregate once it closes; the caller bounds the wait
+    dropped     a snapshot: the sum S of every aggregate since version 0, as a dense delta
+                with `snapshot` set and base_version = the current version
+    otherwise   refused: RoundNotOpen (a round that has not begun)
+
+Why a snapshot rather than a refusal: every client holds g = x0 + (its aggregates, in order),
+x0 being the model it started from (the swarm's common init), so x0 + S is the global model at
+the current version whoever asks; a client that fell further behind than the window (a device
+away for long, a shard restored from an old checkpoint) catches up in one step instead of being
+stranded. S is summed in float64, so x0 + S equals the per-round float32 sums to float32
+rounding, not bit for bit; clients inside the window apply the very aggregates as before. A
+coordinator that resumed at a later version (a resumed run) has no sum from version 0: it
+refuses a dropped round STALE instead, and the client has to restart from a checkpoint within
+the window.
 """
 
 from __future__ import annotations
@@ -35,6 +57,10 @@ from protocols.delta import Delta, DeltaRejected, Rejection
 from protocols.gossip import agent_name
 
 COORDINATOR = "coordinator"
+
+
+class RoundNotOpen(Exception):
+    """An aggregate was asked for a round that has not begun: neither closed, kept or open."""
 
 
 # ceil(min_completion * n) must be exact for e.g. 0.3 * 10 = 3.0000000000000004.
@@ -71,6 +97,7 @@ class FederatedClient:
         self.compression = compression
         self.shared_coordinates = shared_coordinates
         self.global_model = np.array(x0, dtype=np.float32, copy=True)
+        self.x0 = self.global_model.copy()  # the model at version 0: what snapshots add to
         self.version = 0
         self.error = np.zeros((len(self.local), x0.size), dtype=np.float32)
 
@@ -100,7 +127,24 @@ class FederatedClient:
         return out
 
     def apply_aggregate(self, x: np.ndarray, aggregate: Delta) -> None:
-        """Move to the new global model; every local row becomes it."""
+        """Move to the new global model; every local row becomes it.
+
+        An aggregate moves version v to v + 1 and must be for v. A coordinator's snapshot (the
+        answer for a round it no longer keeps, see the module docstring) holds the sum of every
+        aggregate since version 0: the global model is then x0 + that sum, at its base_version,
+        which must be ahead of this client.
+        """
+        if aggregate.snapshot:
+            if aggregate.base_version <= self.version:
+                raise DeltaRejected(
+                    Rejection.STALE,
+                    f"snapshot at version {aggregate.base_version}, this node is at {self.version}",
+                )
+            total = aggregate.payload.decode().astype(np.float64)
+            self.global_model[:] = self.x0.astype(np.float64) + total
+            self.version = aggregate.base_version
+            x[:] = self.global_model
+            return
         if aggregate.base_version != self.version:
             raise DeltaRejected(
                 Rejection.STALE,
@@ -114,8 +158,11 @@ class FederatedClient:
 class CoordinatorState:
     """Collects one round of deltas from the expected agents and aggregates them.
 
-    `config` picks the aggregation rule and the timeout / minimum-completion policy (defaults:
-    fedavg, 30 s, half the agents); `clock` returns seconds and is injectable for tests.
+    `config` picks the aggregation rule, the timeout / minimum-completion policy (defaults:
+    fedavg, 30 s, half the agents) and how many closed rounds are kept (`keep_rounds`);
+    `clock` returns seconds and is injectable for tests. `start_version`: the version it opens
+    at (a resumed run's coordinator opens at its checkpoint's round; it then makes no
+    snapshots, having no sum from version 0).
     """
 
     def __init__(
@@ -126,6 +173,7 @@ class CoordinatorState:
         layout: str,
         config: CoordinatorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        start_version: int = 0,
     ):
         self.config = config if config is not None else CoordinatorConfig()
         self.expected = set(agents)
@@ -141,13 +189,20 @@ class CoordinatorState:
                 f"{self.quorum} (min_completion = {self.config.min_completion} of "
                 f"{len(self.expected)} agents); raise min_completion or lower byzantine"
             )
-        self.version = 0
+        self.version = start_version
         self._clock = clock
         self._round: dict[str, Delta] = {}
         self._round_id = 0  # round number of the open round (from its first delta)
         self._opened_at: float | None = None  # clock() at the open round's first delta
+        # The last keep_rounds closed rounds, oldest first (dicts keep insertion order).
         self._closed: dict[int, tuple[Delta, int]] = {}  # round -> (aggregate, contributors)
         self._contributors: dict[int, list[str]] = {}  # round -> senders, sorted
+        self._dropped_through = -1  # the latest round dropped from the window
+        # The sum of every aggregate since version 0 (float64: summed over thousands of rounds,
+        # float32 would lose the small late aggregates); None when this state opened later.
+        self._total: np.ndarray | None = (
+            np.zeros(num_params, np.float64) if start_version == 0 else None
+        )
         self._cond = threading.Condition()
 
     def submit(self, deltas: Sequence[Delta]) -> int:
@@ -157,13 +212,14 @@ class CoordinatorState:
             for d in deltas:
                 if d.sender not in self.expected:
                     raise DeltaRejected(Rejection.UNKNOWN_SENDER, f"{d.sender!r} is not a member")
-                if d.base_version != self.version or d.sender in seen or d.round in self._closed:
+                closed = d.round in self._closed or d.round <= self._dropped_through
+                if d.base_version != self.version or d.sender in seen or closed:
                     raise DeltaRejected(
                         Rejection.STALE,
                         f"{d.sender} delta for round {d.round}, version {d.base_version} "
                         f"(coordinator at {self.version}"
                         f"{', already submitted' if d.sender in seen else ''}"
-                        f"{', round closed' if d.round in self._closed else ''})",
+                        f"{', round closed' if closed else ''})",
                     )
                 seen.add(d.sender)
             if deltas and not self._round:
@@ -208,6 +264,12 @@ class CoordinatorState:
         )
         self._closed[round_] = (aggregate, len(contributions))
         self._contributors[round_] = sorted(self._round)
+        if self._total is not None:
+            self._total += mean.astype(np.float64)
+        while len(self._closed) > self.config.keep_rounds:
+            oldest = next(iter(self._closed))
+            del self._closed[oldest], self._contributors[oldest]
+            self._dropped_through = max(self._dropped_through, oldest)
         self._round = {}
         self._opened_at = None
         self.version += 1
@@ -216,11 +278,15 @@ class CoordinatorState:
 
     def wait_aggregate(self, round_: int, timeout_s: float) -> tuple[Delta, int] | None:
         """The aggregate of `round_` and its number of contributors once it closes; None if it
-        does not close within `timeout_s`.
+        does not close within `timeout_s`. For a round no longer kept, a snapshot (module
+        docstring) and 0 contributors, at once.
 
-        A waiter closes an overdue round itself: it sleeps until either a submit notifies it or
-        the open round falls due by `clock`, whichever comes first. `timeout_s` is real time
-        (threading waits in real time); with timeout_s = 0 this is a non-blocking check.
+        Only the open round is waited for: a round that has not begun raises RoundNotOpen, and
+        a dropped round of a state with no snapshot (it opened at a later version) raises
+        DeltaRejected STALE, both at once. A waiter closes an overdue round itself: it sleeps
+        until either a submit notifies it or the open round falls due by `clock`, whichever
+        comes first. `timeout_s` is real time (threading waits in real time); with timeout_s =
+        0 this is a non-blocking check (what a caller that rations waiting asks first).
         """
         deadline = time.monotonic() + timeout_s
         with self._cond:
@@ -228,6 +294,14 @@ class CoordinatorState:
                 self._close_if_due()
                 if round_ in self._closed:
                     return self._closed[round_]
+                open_ = round_ == self.version or (bool(self._round) and round_ == self._round_id)
+                if not open_ and round_ < self.version:
+                    return self._snapshot(round_)
+                if not open_:
+                    raise RoundNotOpen(
+                        f"round {round_} has not begun: the coordinator is at version "
+                        f"{self.version} and keeps rounds {self._kept_range()}"
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -235,8 +309,42 @@ class CoordinatorState:
                 # Due but short of quorum: only a submit can change that, and it notifies.
                 self._cond.wait(min(remaining, due_in) if due_in > 0 else remaining)
 
+    def _kept_range(self) -> str:
+        if not self._closed:
+            return "(none yet)"
+        return f"{next(iter(self._closed))}..{next(reversed(self._closed))}"
+
+    def _snapshot(self, round_: int) -> tuple[Delta, int]:
+        """The answer for `round_`, no longer kept: the sum of every aggregate since version 0
+        as a snapshot at the current version, 0 contributors; raises DeltaRejected STALE when
+        this state has no such sum."""
+        if self._total is None or not self._closed:
+            raise DeltaRejected(
+                Rejection.STALE,
+                f"round {round_} is no longer kept (rounds {self._kept_range()} are) and this "
+                "coordinator, resumed at a later version, holds no snapshot from version 0: "
+                "restore from a checkpoint within gossip.coordinator.keep_rounds rounds",
+            )
+        total = self._total.astype(np.float32)
+        snapshot = Delta(
+            sender=COORDINATOR,
+            round=next(reversed(self._closed)),  # the last round it holds
+            base_version=self.version,
+            layout=self.layout,
+            payload=Compressed(DENSE_F32, self.num_params, total),
+            norm=float(np.linalg.norm(total.astype(np.float64))),
+            snapshot=True,
+        )
+        return snapshot, 0
+
+    def kept_rounds(self) -> list[int]:
+        """The closed rounds whose aggregates are kept, oldest first (at most keep_rounds)."""
+        with self._cond:
+            return list(self._closed)
+
     def contributors(self, round_: int) -> list[str] | None:
-        """The agents whose deltas make up the aggregate of `round_` (sorted); None if open."""
+        """The agents whose deltas make up the aggregate of `round_` (sorted); None if open or
+        no longer kept."""
         with self._cond:
             found = self._contributors.get(round_)
             return None if found is None else list(found)
@@ -247,4 +355,4 @@ class CoordinatorState:
         return None if found is None else sorted(self.expected - set(found))
 
 
-__all__ = ["COORDINATOR", "CoordinatorState", "FederatedClient", "fedavg", "quorum"]
+__all__ = ["COORDINATOR", "CoordinatorState", "FederatedClient", "RoundNotOpen", "fedavg", "quorum"]

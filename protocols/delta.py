@@ -26,6 +26,10 @@ class Rejection(enum.Enum):
     UNKNOWN_SENDER = "unknown_sender"
     STALE = "stale"
     CLOCK_SKEW = "clock_skew"
+    OUT_OF_BOUNDS = "out_of_bounds"
+    """Well formed and signed, but beyond what an honest sender produces: an epoch from the
+    future, a version far past the last accepted one, a norm far above the model's (the
+    limits of `protocols.gossip.Limits`)."""
 
 
 class DeltaRejected(Exception):

@@ -36,7 +36,7 @@ import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -45,12 +45,18 @@ from protocols.compression import compress
 from protocols.config import CompressionConfig
 from protocols.delta import Delta
 from protocols.gossip import agent_index
-from swarm._config import Section
+from swarm._config import MAX_AGENT_INDEX, MAX_TICK, Section
 
 # Stream tags: the first word of every SeedSequence key, so the draws of different questions
 # are independent even when their other key words coincide.
 _FATE, _SELECT, _CORRUPT = 1, 2, 3
 _U64 = (1 << 64) - 1
+
+#: The largest factor or std an attack may use: 1e30 times a delta already overflows every
+#: neighbour's float32 weights (tests/test_run.py), and past float32's 3.4e38 the factor
+#: itself would be inf.
+MAX_ATTACK = 1e30
+AgentIndex = Annotated[int, Field(ge=0, le=MAX_AGENT_INDEX)]
 
 
 class MessageFaults(Section):
@@ -63,8 +69,9 @@ class MessageFaults(Section):
     """Fraction of messages delivered twice."""
     delay: float = Field(0.0, ge=0, le=1)
     """Fraction of messages held back `delay_rounds` gossip rounds."""
-    delay_rounds: int = Field(1, ge=1)
-    """Gossip rounds a delayed message is held back."""
+    delay_rounds: int = Field(1, ge=1, le=MAX_TICK)
+    """Gossip rounds a delayed message is held back; at most MAX_TICK (2^40), the longest
+    run."""
 
     @model_validator(mode="after")
     def _at_most_one_fault(self) -> MessageFaults:
@@ -84,15 +91,17 @@ class MessageFaults(Section):
 class Partition(Section):
     """A network partition: messages between its groups are lost in [from_tick, to_tick)."""
 
-    from_tick: int = Field(ge=0)
-    """First tick of the partition."""
-    to_tick: int = Field(ge=1)
-    """The partition heals at this tick (exclusive end)."""
-    groups: list[list[int]] | None = None
-    """Agent indices of each side; the agents not listed form one more group."""
-    split: int | None = Field(None, ge=2)
+    from_tick: int = Field(ge=0, le=MAX_TICK)
+    """First tick of the partition; at most MAX_TICK (2^40), the longest run."""
+    to_tick: int = Field(ge=1, le=MAX_TICK)
+    """The partition heals at this tick (exclusive end); at most MAX_TICK."""
+    groups: list[list[AgentIndex]] | None = None
+    """Agent indices of each side (at most MAX_AGENT_INDEX, 200,000); the agents not listed
+    form one more group."""
+    split: int | None = Field(None, ge=2, le=MAX_AGENT_INDEX)
     """Or: agents 0..n-1 cut into this many contiguous blocks (sizes differ by at most one,
-    as numpy.array_split cuts them)."""
+    as numpy.array_split cuts them); at most MAX_AGENT_INDEX, more blocks than any swarm has
+    agents."""
 
     @model_validator(mode="after")
     def _one_shape(self) -> Partition:
@@ -103,10 +112,8 @@ class Partition(Section):
             )
         if (self.groups is None) == (self.split is None):
             raise ValueError("faults.partitions: give exactly one of groups and split")
-        if self.groups is not None:
+        if self.groups is not None:  # each index is in [0, MAX_AGENT_INDEX] (AgentIndex)
             listed = [a for g in self.groups for a in g]
-            if any(a < 0 for a in listed):
-                raise ValueError(f"faults.partitions: agent indices must be >= 0, got {listed}")
             if len(set(listed)) != len(listed):
                 raise ValueError(f"faults.partitions: an agent is in two groups: {self.groups}")
         return self
@@ -119,36 +126,35 @@ class Partition(Section):
 class KillShard(Section):
     """Kill one shard actor's process at one tick; Ray restarts it (a crash-restart test)."""
 
-    shard: int = Field(ge=0)
-    """Index of the shard actor."""
-    at_tick: int = Field(ge=1)
-    """Tick at which it is killed."""
+    shard: int = Field(ge=0, le=MAX_AGENT_INDEX)
+    """Index of the shard actor; at most MAX_AGENT_INDEX, since a shard hosts an agent at
+    least."""
+    at_tick: int = Field(ge=1, le=MAX_TICK)
+    """Tick at which it is killed; at most MAX_TICK (2^40), the longest run."""
 
 
 class Byzantine(Section):
     """Agents that lie in the deltas they send (see the module docstring for the attacks)."""
 
-    agents: list[int] = []
-    """These agents lie ..."""
+    agents: list[AgentIndex] = []
+    """These agents lie (indices at most MAX_AGENT_INDEX, 200,000) ..."""
     fraction: float = Field(0.0, ge=0, le=0.5)
     """... or this fraction of all agents, round(fraction * n) (half up), chosen with the
     faults seed."""
     attack: Literal["sign_flip", "scale", "noise"] = "sign_flip"
     """sign_flip sends -scale * q instead of the delta q; scale sends scale * q; noise sends
     Gaussian noise of std noise_std per coordinate (absolute, independent of q)."""
-    scale: float = Field(10.0, gt=0)
-    """Factor of sign_flip (-scale * q) and scale (scale * q)."""
-    noise_std: float = Field(1.0, gt=0)
-    """Standard deviation per coordinate of the noise attack."""
+    scale: float = Field(10.0, gt=0, le=MAX_ATTACK)
+    """Factor of sign_flip (-scale * q) and scale (scale * q); at most MAX_ATTACK (1e30)."""
+    noise_std: float = Field(1.0, gt=0, le=MAX_ATTACK)
+    """Standard deviation per coordinate of the noise attack; at most MAX_ATTACK (1e30)."""
 
     @model_validator(mode="after")
     def _one_choice(self) -> Byzantine:
         if self.agents and self.fraction > 0:
             raise ValueError("faults.byzantine: give agents or fraction, not both")
-        if any(a < 0 for a in self.agents) or len(set(self.agents)) != len(self.agents):
-            raise ValueError(
-                f"faults.byzantine: agents must be distinct indices >= 0, got {self.agents}"
-            )
+        if len(set(self.agents)) != len(self.agents):  # each in [0, MAX_AGENT_INDEX]
+            raise ValueError(f"faults.byzantine: agents must be distinct, got {self.agents}")
         return self
 
     @property
@@ -160,8 +166,9 @@ class Byzantine(Section):
 class FaultsConfig(Section):
     """What goes wrong during a run; the default injects nothing."""
 
-    seed: int | None = Field(None, ge=0)
-    """Seed of every fault decision; None: the scenario's seed."""
+    seed: int | None = Field(None, ge=0, le=_U64)
+    """Seed of every fault decision; None: the scenario's seed. Below 2^64: the draws keep 64
+    bits of it (`_key`), so a larger seed would repeat a smaller one's faults."""
     messages: MessageFaults = MessageFaults()
     """Per-message loss, duplication and delay."""
     partitions: list[Partition] = []

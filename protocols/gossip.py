@@ -67,15 +67,17 @@ true public copies.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from protocols.aggregation import clip, without_outliers
 from protocols.compression import DENSE_F32, Compressed, compress
-from protocols.config import CompressionConfig, RobustConfig
+from protocols.config import CompressionConfig, LimitsConfig, RobustConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
 
 
@@ -90,6 +92,84 @@ def agent_index(name: str) -> int:
     if prefix != "agent" or not number.isdigit() or agent_name(int(number)) != name:
         raise ValueError(f"{name!r} is not an agent name (agent-<index>)")
     return int(number)
+
+
+#: The largest epoch any message may carry (protocols.wire refuses larger ones as malformed).
+MAX_EPOCH = 2**62
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a signed message may carry: past these it is refused OUT_OF_BOUNDS, counted, and
+    never applied. The swarm key is shared, so a signature proves only that the sender holds
+    it; these bound what a key holder can do to a copy (docs/node.md, threat model).
+
+    epoch_ceiling: the largest epoch now (swarm-node: its wall clock in ms plus the allowed
+        clock skew, since an epoch is a start time in ms; unbounded below MAX_EPOCH in a run).
+    max_version_jump: how far past the next expected version a message of the epoch already
+        held may go (an honest sender's version grows by one per round; a larger gap is
+        resynced by a snapshot of a newer epoch, which a restart brings). Until a sender is
+        first heard from, any version is taken.
+    max_delta_norm: the largest norm of a delta.
+    max_snapshot_norm: the largest norm of a snapshot (a whole public copy).
+    max_value: the largest magnitude of one value of a delta or snapshot.
+    """
+
+    epoch_ceiling: Callable[[], int] = lambda: MAX_EPOCH
+    max_version_jump: int = 2**62
+    max_delta_norm: float = math.inf
+    max_snapshot_norm: float = math.inf
+    max_value: float = math.inf
+
+    @classmethod
+    def relative_to(
+        cls,
+        x0: np.ndarray,
+        cfg: LimitsConfig,
+        epoch_ceiling: Callable[[], int] | None = None,
+    ) -> Limits:
+        """`GossipConfig.limits` as multiples of the common initial model x0: its norm for
+        the norms, its largest magnitude for one value (an all-zero x0 leaves them unbounded)."""
+        norm = float(np.linalg.norm(np.asarray(x0, np.float64)))
+        peak = float(np.max(np.abs(x0))) if x0.size else 0.0
+        return cls(
+            epoch_ceiling=epoch_ceiling or (lambda: MAX_EPOCH),
+            max_version_jump=cfg.version_jump,
+            max_delta_norm=cfg.delta_norm * norm if norm > 0 else math.inf,
+            max_snapshot_norm=cfg.snapshot_norm * norm if norm > 0 else math.inf,
+            max_value=cfg.value * peak if peak > 0 else math.inf,
+        )
+
+    def check(self, d: Delta, heard: bool, expected: int, held_epoch: int) -> None:
+        """Raise DeltaRejected(OUT_OF_BOUNDS) when `d` is past a limit. heard: the sender was
+        heard from before (its copy's next version is `expected` in epoch `held_epoch`)."""
+        ceiling = min(self.epoch_ceiling(), MAX_EPOCH)
+        if d.epoch > ceiling:
+            raise DeltaRejected(
+                Rejection.OUT_OF_BOUNDS,
+                f"{d.sender} epoch {d.epoch} is ahead of this node's clock ({ceiling})",
+            )
+        if heard and d.epoch == held_epoch and d.base_version - expected > self.max_version_jump:
+            raise DeltaRejected(
+                Rejection.OUT_OF_BOUNDS,
+                f"{d.sender} version {d.base_version} is more than {self.max_version_jump} past "
+                f"the {expected} this node expects",
+            )
+        limit = self.max_snapshot_norm if d.snapshot else self.max_delta_norm
+        what = "snapshot" if d.snapshot else "delta"
+        if d.norm > limit:
+            raise DeltaRejected(
+                Rejection.OUT_OF_BOUNDS,
+                f"{d.sender} {what} norm {d.norm:.4g} is above this swarm's limit {limit:.4g}",
+            )
+        if math.isfinite(self.max_value):
+            peak = float(np.max(np.abs(d.payload.decode()), initial=0.0))
+            if peak > self.max_value:
+                raise DeltaRejected(
+                    Rejection.OUT_OF_BOUNDS,
+                    f"{d.sender} {what} holds a value of magnitude {peak:.4g}, above this "
+                    f"swarm's limit {self.max_value:.4g}",
+                )
 
 
 class ChocoGossip:
@@ -109,6 +189,7 @@ class ChocoGossip:
             to every peer before deltas (they are refused STALE until then).
         robust: the consensus step (see the module docstring); None or kind "none" is CHOCO's
             own. Raises ValueError if an agent has too few neighbours for it.
+        limits: what a received message may carry (`Limits`); None: no limit but the wire's.
     """
 
     def __init__(
@@ -123,8 +204,10 @@ class ChocoGossip:
         owner: Callable[[int], str],
         epoch: int = 0,
         robust: RobustConfig | None = None,
+        limits: Limits | None = None,
     ):
         self.local = list(local)
+        self.limits = limits or Limits()
         self.epoch = int(epoch)
         self.gamma = float(gamma)
         self.compression = compression
@@ -262,6 +345,8 @@ class ChocoGossip:
                     raise DeltaRejected(
                         Rejection.UNKNOWN_SENDER, f"{d.sender!r} is not a neighbour of this node"
                     )
+                heard = expected[j] > 0 or epoch_of[j] > 0
+                self.limits.check(d, heard, expected[j], epoch_of[j])
                 holds = f"this node holds {d.sender} epoch {epoch_of[j]} version {expected[j]}"
                 what = "snapshot" if d.snapshot else "delta"
                 if d.epoch < epoch_of[j]:

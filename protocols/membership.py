@@ -31,18 +31,20 @@ update per member (a newer one replaces the older) and each is piggy-backed on a
 memberlist's LAN default), fewest-sent first. A member that learns something new re-queues it,
 so news spreads like an epidemic in O(log n) periods, and the buffer drains once it has.
 
-Hostile news (issue 18). Messages are not yet signed, so anyone who can reach a node can send
-it updates. What holds them: an incarnation above the owner's `ceiling` (swarm-node: its
-wall clock in ms plus the allowed clock skew, as a node's first incarnation is its epoch;
-never above MAX_INCARNATION) is dropped, so a forged "DEAD at 2^64 - 1" can neither stick nor
-overflow the victim's refutation; strangers beyond `max_members` are dropped; both are counted
-in `refused`. A forged suspicion within those bounds is refuted by its victim as SWIM refutes
-any (a refutation one above the ceiling is taken once the receiver's clock has moved a
-millisecond).
+Hostile news (issue 18). Every message is signed with the swarm key (the gRPC edge,
+`protocols.membership_net`, refuses and counts the others before they reach this class), so
+only a key holder can send updates. What holds a key holder: an incarnation above the owner's
+`ceiling` (swarm-node: its wall clock in ms plus the allowed clock skew, as a node's first
+incarnation is its epoch; never above MAX_INCARNATION) is dropped, so a forged "DEAD at
+2^64 - 1" can neither stick nor overflow the victim's refutation; strangers beyond
+`max_members` are dropped; both are counted in `refused`; made-up members never answer, so
+they die and are reaped like any other. A forged suspicion within those bounds is refuted by
+its victim as SWIM refutes any (a refutation one above the ceiling is taken once the
+receiver's clock has moved a millisecond).
 
 Suspicion timeout (memberlist's formula):  S(n) = suspicion_mult * max(1, log10 n) * T,
 with T = probe_interval_s and n the number of members in our table, ourselves included
-(memberlist counts dead members too until it reaps them; we never reap, see below).
+(dead members count until they are reaped, as in memberlist).
 
 Detection bound. Let P = max(probe_interval_s, probe_timeout_s) be the length of a protocol
 period (a failed probe waits probe_timeout_s for the ack, then the indirect probes run until
@@ -65,8 +67,13 @@ timestamps are exact: expiry is evaluated lazily against the clock by every call
 member's `since` is the instant its timer ran out, not when someone looked.
 
 DEAD members stay in the table and in the probe rotation (they only get the direct ping, no
-helpers), so a member that comes back is found again even if it forgot everyone; n therefore
-never shrinks, which keeps both the rotation bound and S(n) valid. There is no full-state
+helpers) for `dead_reap_s` (memberlist's GossipToTheDeadTime), so a member that comes back
+soon is found again even if it forgot everyone; then they are reaped (`reaped` counts them),
+which is what bounds the table's memory and rotation once made-up or departed members are
+gone. Reaping removes only the dead, whose detection is over, so the bound above still holds
+for every member alive when it died (n may only shrink by dead members after that death,
+which shortens the rotation). A reaped member that returns is met again by its first message
+(its own record rides on every ping) or by swarm-node's introductions. There is no full-state
 push-pull sync as in memberlist: a new member learns the others from `join` and gossip.
 
 Not thread-safe: the owner serializes calls (MembershipNode holds a lock). `on_change` is
@@ -206,6 +213,11 @@ class Membership:
         #: News dropped, by reason: 'incarnation' (above the ceiling), 'table_full' (a stranger
         #: while max_members are known).
         self.refused: Counter[str] = Counter()
+        #: DEAD members removed from the table after dead_reap_s.
+        self.reaped = 0
+        #: Addresses at which another member announced itself under our name (a duplicate
+        #: agent: two nodes running the same one), and when we last heard of each.
+        self.impostors: dict[str, float] = {}
         self._enqueue(self._self_update())  # announce ourselves (memberlist does on start)
 
     # -- table ---------------------------------------------------------------------------
@@ -257,6 +269,7 @@ class Membership:
         """The member to ping this period: round-robin over a permutation of the others that
         is reshuffled at every traversal (SWIM §4.3). None when we know nobody."""
         self._expire()
+        self._reap(self._clock())
         if not self._members:
             return None
         if self._next >= len(self._order):
@@ -297,8 +310,10 @@ class Membership:
         self._apply(Update(node, m.address, State.SUSPECT, m.incarnation))
 
     def tick(self) -> None:
-        """Declare DEAD the suspects whose timer ran out (every call does this too)."""
+        """Declare DEAD the suspects whose timer ran out (every call does this too), and reap
+        the members dead for dead_reap_s (this and `next_probe` do that)."""
         self._expire()
+        self._reap(self._clock())
 
     def next_deadline(self) -> float | None:
         """When the next suspicion timer runs out, if any is running."""
@@ -379,6 +394,12 @@ class Membership:
     def _apply(self, u: Update) -> None:
         if not self._credible(u):
             return
+        if u.node == self.node and u.address and u.address != self.address:
+            # Another process uses our name (a copied config): news about it is not about us,
+            # so no refutation (two refuting each other would only race incarnations up).
+            self.refused["duplicate_name"] += 1
+            self.impostors[u.address] = self._clock()
+            return
         if u.node == self.node:
             # Refute (SWIM §4.2): anything about us at our incarnation or above that is not
             # our own ALIVE record means someone suspects us, buried us, or remembers a
@@ -411,6 +432,20 @@ class Membership:
         self._enqueue(Update(new.node, new.address, new.state, new.incarnation))
         if new.state is not cur.state or new.address != cur.address:
             self._notify(new, cur.state)
+
+    def _reap(self, now: float) -> None:
+        """Remove the members DEAD for dead_reap_s or longer."""
+        cutoff = now - self.cfg.dead_reap_s
+        gone = [k for k, m in self._members.items() if m.state is State.DEAD and m.since <= cutoff]
+        if not gone:
+            return
+        for k in gone:
+            del self._members[k]
+        gone_set = set(gone)
+        kept_before = sum(1 for k in self._order[: self._next] if k not in gone_set)
+        self._order = [k for k in self._order if k not in gone_set]
+        self._next = kept_before
+        self.reaped += len(gone)
 
     def _expire(self) -> None:
         now = self._clock()

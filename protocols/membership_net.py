@@ -28,7 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -42,11 +42,14 @@ from protocols.membership import (
     Update,
     period_s,
 )
+from protocols.wire import probe_signed, sign_probe
 from swarm.proto.v1 import gossip_pb2, gossip_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[str], grpc.Channel]
+_Request = TypeVar("_Request", gossip_pb2.PingRequest, gossip_pb2.PingReqRequest)
+_Reply = TypeVar("_Reply", gossip_pb2.PingReply, gossip_pb2.PingReqReply)
 
 
 def channel_options(cfg: MembershipConfig) -> list[tuple[str, int]]:
@@ -87,8 +90,10 @@ class MembershipNode:
         on_change: OnChange | None = None,
         channel_factory: ChannelFactory | None = None,
         ceiling: Callable[[], int] | None = None,
+        key: bytes,
     ):
         self.node, self.address, self.cfg = node, address, cfg
+        self._key = key
         self._lock = threading.RLock()
         self._changes: deque[tuple[Member, State | None]] = deque()
         self._delivering = threading.Lock()
@@ -175,26 +180,77 @@ class MembershipNode:
 
     # -- handler for GossipServicer ------------------------------------------------------
 
-    def on_ping(self, request: gossip_pb2.PingRequest) -> gossip_pb2.PingReply:
+    def on_ping(
+        self, request: gossip_pb2.PingRequest, peer: str | None = None
+    ) -> gossip_pb2.PingReply:
+        """Answer a signed ping; an unsigned or wrongly signed one raises `ProbeRefused`
+        (UNAUTHENTICATED), counted, and nothing in it is believed. peer: the caller's name
+        as its certificate proves it (mutual TLS), which the sender's name must be."""
+        self._check_signed(request, peer)
         with self._state() as m:
             incarnation, updates = m.on_ping(
                 request.sender_node, int(request.incarnation), from_proto(request.updates)
             )
-        return gossip_pb2.PingReply(
-            node=self.node, incarnation=incarnation, updates=[to_proto(u) for u in updates]
+        return sign_probe(
+            gossip_pb2.PingReply(
+                node=self.node, incarnation=incarnation, updates=[to_proto(u) for u in updates]
+            ),
+            self._key,
         )
 
     def refusals(self) -> dict[str, int]:
-        """What this node refused, by reason: membership news ('incarnation', 'table_full')
-        and indirect probes ('ping_req_unknown': a target that is not the member we know at
-        that address; 'ping_req_busy': max_ping_req_in_flight relays already waiting)."""
+        """What this node refused, by reason: membership news ('incarnation', 'table_full',
+        'duplicate_name': another address under this node's name), messages without the swarm
+        key's signature ('bad_signature': a Ping or PingReq; 'bad_reply_signature': a reply,
+        taken as no answer), a sender name that is not the caller's certificate name under
+        mutual TLS ('wrong_identity'), and indirect probes ('ping_req_unknown': a target that
+        is not the member we know at that address; 'ping_req_busy': max_ping_req_in_flight
+        relays already waiting)."""
         with self._state() as m:
             return dict(m.refused + self._refused)
 
-    def on_ping_req(self, request: gossip_pb2.PingReqRequest) -> gossip_pb2.PingReqReply:
+    def impostors(self) -> list[str]:
+        """Addresses where another node announced itself under this node's name."""
+        with self._state() as m:
+            return sorted(m.impostors)
+
+    def reaped(self) -> int:
+        """Members removed from the table after dead_reap_s DEAD."""
+        with self._state() as m:
+            return m.reaped
+
+    def _check_signed(self, request: _Request, peer: str | None) -> None:
+        if peer is not None and request.sender_node != peer:
+            with self._lock:
+                self._refused["wrong_identity"] += 1
+            raise ProbeRefused(
+                "PERMISSION_DENIED",
+                f"membership message names sender {request.sender_node[:80]!r} but the "
+                f"caller's certificate is {peer!r}",
+            )
+        if not probe_signed(request, self._key):
+            with self._lock:
+                self._refused["bad_signature"] += 1
+            raise ProbeRefused(
+                "UNAUTHENTICATED",
+                f"membership message from {request.sender_node[:80]!r} is not signed with "
+                "this swarm's key",
+            )
+
+    def _reply_signed(self, reply: _Reply) -> bool:
+        if probe_signed(reply, self._key):
+            return True
+        with self._lock:
+            self._refused["bad_reply_signature"] += 1
+        return False
+
+    def on_ping_req(
+        self, request: gossip_pb2.PingReqRequest, peer: str | None = None
+    ) -> gossip_pb2.PingReqReply:
         """Relay a probe, only to a member we know at the address we know it by (never to an
         address a caller names), and at most max_ping_req_in_flight at once; refusals raise
         `ProbeRefused` for the servicer to answer with a gRPC status."""
+        self._check_signed(request, peer)
         with self._state() as m:
             m.merge(from_proto(request.updates))
             target = m.member(request.target_node)
@@ -218,8 +274,11 @@ class MembershipNode:
             if reply is not None:
                 m.on_ack(request.target_node, int(reply.incarnation), from_proto(reply.updates))
             back = m.piggyback(request.sender_node)
-        return gossip_pb2.PingReqReply(
-            reachable=reply is not None, updates=[to_proto(u) for u in back]
+        return sign_probe(
+            gossip_pb2.PingReqReply(
+                reachable=reply is not None, updates=[to_proto(u) for u in back]
+            ),
+            self._key,
         )
 
     # -- internals -----------------------------------------------------------------------
@@ -260,10 +319,13 @@ class MembershipNode:
             return self._stubs[address]
 
     def _ping_request(self, m: Membership, target: str) -> gossip_pb2.PingRequest:
-        return gossip_pb2.PingRequest(
-            sender_node=self.node,
-            incarnation=m.incarnation,
-            updates=[to_proto(u) for u in m.piggyback(target)],
+        return sign_probe(
+            gossip_pb2.PingRequest(
+                sender_node=self.node,
+                incarnation=m.incarnation,
+                updates=[to_proto(u) for u in m.piggyback(target)],
+            ),
+            self._key,
         )
 
     def _ping(
@@ -279,7 +341,7 @@ class MembershipNode:
             return None
         except ValueError:  # the channel was closed by stop()
             return None
-        if reply.node and reply.node != node:
+        if not self._reply_signed(reply) or (reply.node and reply.node != node):
             return None
         return reply
 
@@ -323,11 +385,14 @@ class MembershipNode:
                 asks.append(
                     (
                         h.address,
-                        gossip_pb2.PingReqRequest(
-                            sender_node=self.node,
-                            target_node=target,
-                            target_address=member.address,
-                            updates=[to_proto(u) for u in m.piggyback(helper)],
+                        sign_probe(
+                            gossip_pb2.PingReqRequest(
+                                sender_node=self.node,
+                                target_node=target,
+                                target_address=member.address,
+                                updates=[to_proto(u) for u in m.piggyback(helper)],
+                            ),
+                            self._key,
                         ),
                     )
                 )
@@ -354,6 +419,7 @@ class MembershipNode:
 
         def on_done(future: Any) -> None:
             ok = not future.cancelled() and future.exception() is None
+            ok = ok and self._reply_signed(future.result())
             if ok and future.result().reachable:
                 reached.set()
             with guard:
@@ -365,7 +431,12 @@ class MembershipNode:
             future.add_done_callback(on_done)
         done.wait(timeout_s)
         for future in futures:
-            if future.done() and not future.cancelled() and future.exception() is None:
+            if (
+                future.done()
+                and not future.cancelled()
+                and future.exception() is None
+                and probe_signed(future.result(), self._key)
+            ):
                 with self._state() as m:
                     m.merge(from_proto(future.result().updates))
             else:

@@ -34,7 +34,7 @@ from protocols import wire
 from protocols.coordinator import FederatedClient
 from protocols.delta import Delta, DeltaRejected, Rejection
 from protocols.errors import ClockSkew, KeyMismatch, PeerError, Refused
-from protocols.gossip import ChocoGossip
+from protocols.gossip import ChocoGossip, agent_index
 from protocols.outbox import Outboxes
 from protocols.transport import Decode, messages_in
 from swarm.proto.v1 import coordinator_pb2, delta_pb2, gossip_pb2
@@ -54,7 +54,7 @@ class PeerCalls(Protocol):
     def submit(self, address: str, batch: delta_pb2.DeltaBatch, timeout_s: float) -> int: ...
 
     def get_aggregate(
-        self, address: str, node: str, round_: int, timeout_s: float
+        self, address: str, request: coordinator_pb2.AggregateRequest, timeout_s: float
     ) -> coordinator_pb2.AggregateReply: ...
 
 
@@ -98,28 +98,76 @@ class Directory:
 
     `known` seeds addresses this node knows beforehand (a shard's scenario lists its devices'
     addresses and agents); an address counts as met only once its node introduced itself.
+
+    Duplicate agents. An agent runs on one node; two nodes that both claim it (a copied config)
+    would each lose the other's pushes without a word. `learn` notes every agent claimed by a
+    node other than the one already known to host it, or claimed at all while it is one of
+    `local` (this node's own, whose name is `node`): `conflicts()`. The first claimant
+    keeps the agent. Since an introduction is answered with the callee's own, both nodes of a
+    clash see it.
     """
 
-    def __init__(self, known: Mapping[str, Iterable[int]] | None = None):
+    def __init__(
+        self,
+        known: Mapping[str, Iterable[int]] | None = None,
+        *,
+        node: str = "",
+        local: Iterable[int] = (),
+    ):
         self._lock = threading.Lock()
         self._node_at: dict[str, str] = {}  # address -> node name, once met
         self._address_of: dict[int, str] = {}  # agent -> address of the node hosting it
         for address, agents in (known or {}).items():
             for j in agents:
                 self._address_of[int(j)] = address
+        self._self, self._local = node, {int(j) for j in local}
+        self._conflicts: dict[int, dict[str, str]] = {}  # agent -> {node: address} claiming it
 
     def learn(self, node: str, address: str, agents: Iterable[int]) -> bool:
-        """Record that `node` at `address` hosts `agents`; True when the address is new."""
+        """Record that `node` at `address` hosts `agents`; True when the address is new. An
+        agent already hosted by another node (or by this one) is a conflict, not moved."""
         with self._lock:
             new = address not in self._node_at
             self._node_at[address] = node
-            for j in agents:
-                self._address_of[int(j)] = address
+            for j in map(int, agents):
+                holder = self._holder(j)
+                # this node never hears its own introduction: a claim on its agents, even
+                # under its own name (a copied config), is always another process
+                if holder is not None and (j in self._local or holder[1] != node):
+                    clash = self._conflicts.setdefault(j, dict([holder]))
+                    clash[address] = node
+                    continue
+                self._address_of[j] = address
             return new
+
+    def _holder(self, j: int) -> tuple[str, str] | None:
+        """(address, node) known to host agent j, if met ("this node" for its own agents)."""
+        if j in self._local:
+            return "this node", self._self
+        address = self._address_of.get(j)
+        node = self._node_at.get(address) if address is not None else None
+        return None if node is None or address is None else (address, node)
+
+    def conflicts(self) -> dict[int, dict[str, str]]:
+        """agent -> {address: node name} of every node that claimed it, when more than one
+        did (this node's own agents listed at "this node")."""
+        with self._lock:
+            return {j: dict(c) for j, c in sorted(self._conflicts.items())}
 
     def address_of(self, agent: int) -> str | None:
         with self._lock:
             return self._address_of.get(agent)
+
+    def host_of(self, sender: str) -> str | None:
+        """The node met hosting the agent of wire name `sender` (this node for its own);
+        None when unknown or not an agent name (`GossipServicer(host_of=...)`)."""
+        try:
+            j = agent_index(sender)
+        except ValueError:
+            return None
+        with self._lock:
+            held = self._holder(j)
+        return None if held is None else held[1]
 
     def addresses(self, agents: Iterable[int]) -> set[str]:
         """The known addresses of these agents."""
@@ -444,9 +492,22 @@ class CoordinatorLink:
 
     def aggregate(self, round_: int, timeout_s: float) -> Delta:
         """Round `round_`'s aggregate, decoded, waiting up to `timeout_s` for the round to
-        close (Unreachable when it did not); raises DeltaRejected if it does not verify."""
-        reply = self.peers.get_aggregate(self.address, self.codec.node, round_, timeout_s)
-        return self.codec.decode(reply.aggregate)
+        close (Unreachable when it did not); raises DeltaRejected if it does not verify.
+
+        The request is signed with the swarm key (the coordinator answers nobody else). For a
+        round the coordinator no longer keeps the answer is a snapshot (`Delta.snapshot`: the
+        sum of every aggregate since version 0, at the coordinator's version), which
+        `FederatedClient.apply_aggregate` turns into the global model; the reply's own
+        `snapshot` flag must agree with the signed one."""
+        request = wire.aggregate_request(self.codec.node, round_, self.codec.key)
+        reply = self.peers.get_aggregate(self.address, request, timeout_s)
+        aggregate = self.codec.decode(reply.aggregate)
+        if aggregate.snapshot != reply.snapshot:
+            raise DeltaRejected(
+                Rejection.MALFORMED,
+                f"round {round_}: the reply and its aggregate disagree on whether it is a snapshot",
+            )
+        return aggregate
 
     def closed_aggregates(
         self,
@@ -458,28 +519,31 @@ class CoordinatorLink:
     ) -> list[Delta]:
         """Aggregates of rounds first, first + 1, ... that have closed: the first waits up to
         `wait_s`, later ones `then_wait_s` (a closed round answers at once). Raises the first
-        round's PeerError; a later failure ends the list."""
+        round's PeerError; a later failure ends the list. A snapshot (a round the coordinator
+        no longer keeps) stands for every round up to its base_version: the list goes on
+        from there."""
         out: list[Delta] = []
         round_, wait = first, wait_s
         while not stop():
             try:
-                out.append(self.aggregate(round_, wait))
+                got = self.aggregate(round_, wait)
             except PeerError:
                 if not out:
                     raise
                 break
-            round_, wait = round_ + 1, then_wait_s
+            out.append(got)
+            round_, wait = got.base_version if got.snapshot else round_ + 1, then_wait_s
         return out
 
     def catch_up(
         self, client: FederatedClient, x: np.ndarray, round_: int, timeout_s: float
     ) -> int:
         """Bring `client` (and its agents' rows `x`), at a version before `round_`, to the
-        global model: apply each closed round's aggregate in turn, then drop the error
-        feedback, whose residuals belonged to deltas the global model now holds. Returns the
-        rounds applied."""
-        rounds = range(client.version, round_)
-        for r in rounds:
-            client.apply_aggregate(x, self.aggregate(r, timeout_s))
+        global model: apply each closed round's aggregate in turn (or, past the coordinator's
+        window, its snapshot), then drop the error feedback, whose residuals belonged to
+        deltas the global model now holds. Returns the versions it moved on."""
+        start = client.version
+        while client.version < round_:
+            client.apply_aggregate(x, self.aggregate(client.version, timeout_s))
         client.error[:] = 0
-        return len(rounds)
+        return client.version - start

@@ -127,9 +127,11 @@ class SightingRelay:
             self._hold(s.origin, s)
 
     def _hold(self, agent: int, s: Sighting) -> bool:
-        """Remember `s` at `agent`; False if the agent had it already or it is too old."""
+        """Remember `s` at `agent`; False if the agent had it already, or it is too old, or
+        more than max_age ticks newer than anything this relay has been told of (no honest
+        agent is that far ahead; such a one would never age out and would head every outbox)."""
         seen = self.seen[agent]
-        if s.id in seen or s.tick < self.now - self.max_age:
+        if s.id in seen or not self.now - self.max_age <= s.tick <= self.now + self.max_age:
             return False
         seen[s.id] = s.tick
         if s.hops < self.hops:

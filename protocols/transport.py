@@ -28,6 +28,7 @@ handshake it can diagnose into TlsHandshakeFailed. Nothing above this module rea
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -38,7 +39,9 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protocols import tls as tls_
+from protocols import wire
 from protocols.config import TlsConfig
+from protocols.coordinator import RoundNotOpen
 from protocols.delta import Delta, DeltaRejected, Rejection
 from protocols.errors import (
     ClockSkew,
@@ -68,6 +71,7 @@ STATUS: dict[Rejection, grpc.StatusCode] = {
     Rejection.UNKNOWN_SENDER: grpc.StatusCode.PERMISSION_DENIED,
     Rejection.STALE: grpc.StatusCode.FAILED_PRECONDITION,
     Rejection.CLOCK_SKEW: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.OUT_OF_BOUNDS: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 #: Trailing metadata key under which a server names the `Rejection` (its enum name) when it
@@ -220,9 +224,45 @@ def _ingest(
 class MembershipHandler(Protocol):
     """What the Gossip service hands liveness probes to (protocols/membership.py)."""
 
-    def on_ping(self, request: gossip_pb2.PingRequest) -> gossip_pb2.PingReply: ...
+    def on_ping(
+        self, request: gossip_pb2.PingRequest, peer: str | None = None
+    ) -> gossip_pb2.PingReply: ...
 
-    def on_ping_req(self, request: gossip_pb2.PingReqRequest) -> gossip_pb2.PingReqReply: ...
+    def on_ping_req(
+        self, request: gossip_pb2.PingReqRequest, peer: str | None = None
+    ) -> gossip_pb2.PingReqReply: ...
+
+
+def peer_identity(context: grpc.ServicerContext) -> str | None:
+    """The node name the caller's certificate proves (its common name, which `swarm certs`
+    sets to the node's name) under mutual TLS; None without a client certificate."""
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode("utf-8", "replace") if names else None
+
+
+def refuse_batch(
+    batch: delta_pb2.DeltaBatch,
+    context: grpc.ServicerContext,
+    counters: TrafficCounters,
+    exc: DeltaRejected,
+) -> NoReturn:
+    """Refuse a whole batch before anything in it is decoded, counted as `_ingest` does."""
+    counters.reject(exc.reason, max(1, len(batch.deltas) + len(batch.sightings)))
+    counters.outcome(refused=messages_in(batch))
+    refuse(context, exc.reason, str(exc))
+
+
+def check_identity(claimed: str, context: grpc.ServicerContext, what: str) -> None:
+    """Under mutual TLS a node speaks only as itself: refuse (DeltaRejected UNKNOWN_SENDER)
+    a message whose sender name is not the name in the caller's certificate. Without a
+    client certificate nothing binds the name (the swarm key is shared: see docs/node.md,
+    threat model)."""
+    peer = peer_identity(context)
+    if peer is not None and claimed != peer:
+        raise DeltaRejected(
+            Rejection.UNKNOWN_SENDER,
+            f"{what} names sender {claimed[:80]!r} but the caller's certificate is {peer!r}",
+        )
 
 
 Introduce = Callable[[gossip_pb2.Introduction], gossip_pb2.Introduction]
@@ -245,27 +285,59 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         introduce: Introduce | None = None,
         *,
         sight: Sight[Any] | None = None,
+        key: bytes | None = None,
+        host_of: Callable[[str], str | None] | None = None,
     ):
+        """key: the swarm key, to sign this node's answer to a Ping when it runs no membership
+        protocol itself (a shard: device nodes probe it and believe only signed answers).
+        host_of: the node known to host an agent (by wire name), if any: under mutual TLS a
+        delta of an agent known to live elsewhere is refused when the caller's certificate
+        names another node (an agent not yet known is taken)."""
         self.node, self.decode, self.sink, self.counters = node, decode, sink, counters
         self.membership = membership
         self.introduce = introduce
         self.sight = sight
+        self.key = key
+        self.host_of = host_of
 
     def PushDeltas(self, request, context):  # noqa: N802 - gRPC method name
+        try:
+            check_identity(request.sender_node, context, "delta batch")
+            self._check_hosts(request, peer_identity(context))
+        except DeltaRejected as exc:
+            refuse_batch(request, context, self.counters, exc)
         return gossip_pb2.PushReply(
             accepted=_ingest(request, context, self.decode, self.sink, self.counters, self.sight)
         )
 
+    def _check_hosts(self, batch: delta_pb2.DeltaBatch, peer: str | None) -> None:
+        if peer is None or self.host_of is None:
+            return
+        for d in batch.deltas:
+            host = self.host_of(d.sender)
+            if host is not None and host != peer:
+                raise DeltaRejected(
+                    Rejection.UNKNOWN_SENDER,
+                    f"{d.sender[:80]!r} lives on {host!r}, not on {peer!r} (the caller's "
+                    "certificate)",
+                )
+
     def Ping(self, request, context):  # noqa: N802
         if self.membership is None:
-            return gossip_pb2.PingReply(node=self.node, incarnation=0)
-        return self.membership.on_ping(request)
+            reply = gossip_pb2.PingReply(node=self.node, incarnation=0)
+            if self.key is not None:
+                wire.sign_probe(reply, self.key)
+            return reply
+        try:
+            return self.membership.on_ping(request, peer_identity(context))
+        except ProbeRefused as exc:
+            context.abort(grpc.StatusCode[exc.status], exc.reason)
 
     def PingReq(self, request, context):  # noqa: N802
         if self.membership is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node runs no membership protocol")
         try:
-            return self.membership.on_ping_req(request)
+            return self.membership.on_ping_req(request, peer_identity(context))
         except ProbeRefused as exc:
             context.abort(grpc.StatusCode[exc.status], exc.reason)
 
@@ -273,14 +345,39 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         if self.introduce is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node takes no introductions")
         try:
+            check_identity(request.node, context, "introduction")
             return self.introduce(request)
         except DeltaRejected as exc:
             self.counters.reject(exc.reason, 1)
             refuse(context, exc.reason, str(exc))
 
 
+#: GetAggregate calls a coordinator lets wait at once unless told otherwise: half of
+#: start_server's default 8 workers, so health checks and submits always find a thread.
+AGGREGATE_WAITERS = 4
+#: A waiting GetAggregate looks this often whether its caller is still there, so a call the
+#: client cancelled frees its place within a second, not at the end of the round timeout.
+_WAIT_SLICE_S = 1.0
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    """Collects deltas and hands out each round's aggregate."""
+    """Collects deltas and hands out each round's aggregate.
+
+    A GetAggregate that must wait (for the open round) holds a server thread, so waiting is
+    rationed: at most `max_waiting` calls wait at once (run the server with more workers than
+    that: `start_server(workers=...)`), a further one is refused RESOURCE_EXHAUSTED; each waits
+    no longer than `round_timeout_s` and its own deadline, and stops when its caller goes. A
+    kept round answers at once and needs no place; a round that has not begun is refused
+    OUT_OF_RANGE at once (`protocols.coordinator.RoundNotOpen`), a dropped one the state cannot
+    snapshot FAILED_PRECONDITION (STALE). With `key`, a request that is not signed with it is
+    refused UNAUTHENTICATED (counted BAD_SIGNATURE in `counters`); None, only in-process tests
+    that predate signed requests, answers anyone. Refusals without a Rejection of their own are
+    counted here (`figures`), next to the snapshots sent.
+    """
+
+    #: What `figures` counts: GetAggregate refused because `max_waiting` calls were waiting,
+    #: refused for a round that has not begun, and answered with a snapshot.
+    FIGURES = ("aggregates_refused_busy", "aggregates_refused_not_open", "aggregate_snapshots")
 
     def __init__(
         self,
@@ -290,30 +387,105 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         encode: Callable[[Delta], delta_pb2.KnowledgeDelta],
         counters: TrafficCounters,
         round_timeout_s: float,
+        *,
+        key: bytes | None = None,
+        max_waiting: int = AGGREGATE_WAITERS,
     ):
+        """wait_aggregate: `CoordinatorState.wait_aggregate` (or its contract)."""
         self.decode, self.submit, self.counters = decode, submit, counters
         self.wait_aggregate, self.encode = wait_aggregate, encode
         self.round_timeout_s = round_timeout_s
+        self.key, self.max_waiting = key, max_waiting
+        self._places = threading.BoundedSemaphore(max_waiting)
+        self._lock = threading.Lock()
+        self._figures: Counter[str] = Counter(dict.fromkeys(self.FIGURES, 0))
+
+    def _count(self, figure: str) -> None:
+        with self._lock:
+            self._figures[figure] += 1
+
+    def figures(self) -> dict[str, int]:
+        """The counts named in FIGURES (for the host's traffic figures and checkpoints)."""
+        with self._lock:
+            return dict(self._figures)
+
+    def load_figures(self, state: dict[str, int]) -> None:
+        """Continue from an earlier `figures()` (a resumed run's coordinator)."""
+        with self._lock:
+            for figure in self.FIGURES:
+                self._figures[figure] = int(state.get(figure, 0))
 
     def SubmitDeltas(self, request, context):  # noqa: N802
+        try:
+            check_identity(request.sender_node, context, "delta batch")
+        except DeltaRejected as exc:
+            refuse_batch(request, context, self.counters, exc)
         return coordinator_pb2.SubmitReply(
             accepted=_ingest(request, context, self.decode, self.submit, self.counters)
         )
 
     def GetAggregate(self, request, context):  # noqa: N802
-        timeout = self.round_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout = min(timeout, remaining)
-        closed = self.wait_aggregate(int(request.round), timeout)
+        if self.key is not None:
+            try:
+                wire.check_aggregate_request(request, self.key)
+                check_identity(request.node, context, "aggregate request")
+            except DeltaRejected as exc:
+                self.counters.reject(exc.reason, 1)
+                refuse(context, exc.reason, str(exc))
+        round_ = int(request.round)
+        closed = self._look(round_, 0.0, context)  # kept, snapshot, refused: no waiting
         if closed is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"round {request.round} has not closed")
+            closed = self._wait(round_, context)
+        if closed is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"round {round_} has not closed")
         aggregate, contributors = closed
         reply = coordinator_pb2.AggregateReply(
-            round=request.round, aggregate=self.encode(aggregate), contributors=contributors
+            round=aggregate.round,
+            aggregate=self.encode(aggregate),
+            contributors=contributors,
+            snapshot=aggregate.snapshot,
         )
+        if aggregate.snapshot:
+            self._count("aggregate_snapshots")
         self.counters.sent(reply.ByteSize())
         return reply
+
+    def _look(
+        self, round_: int, timeout_s: float, context: grpc.ServicerContext
+    ) -> tuple[Delta, int] | None:
+        """`wait_aggregate`, its refusals turned into statuses (counted)."""
+        try:
+            return self.wait_aggregate(round_, timeout_s)
+        except RoundNotOpen as exc:
+            self._count("aggregates_refused_not_open")
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        except DeltaRejected as exc:
+            self.counters.reject(exc.reason, 1)
+            refuse(context, exc.reason, str(exc))
+        raise AssertionError("unreachable: context.abort raises")  # for type checkers
+
+    def _wait(self, round_: int, context: grpc.ServicerContext) -> tuple[Delta, int] | None:
+        """Wait for the open round in one of the `max_waiting` places: at most round_timeout_s
+        and the call's deadline, while the caller is still there."""
+        if not self._places.acquire(blocking=False):
+            self._count("aggregates_refused_busy")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_waiting} aggregate requests are waiting already; ask again later",
+            )
+        try:
+            timeout = self.round_timeout_s
+            remaining = context.time_remaining()
+            if remaining is not None:
+                timeout = min(timeout, remaining)
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                closed = self._look(round_, max(0.0, min(left, _WAIT_SLICE_S)), context)
+                if closed is not None or left <= _WAIT_SLICE_S or not context.is_active():
+                    return closed
+        finally:
+            self._places.release()
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -339,20 +511,21 @@ def _guarded(
     method: _Method,
     parse: _Parse,
     limit: int,
-    counters: TrafficCounters | None,
+    counters: TrafficCounters,
+    traffic: bool,
 ) -> Callable[[bytes, grpc.ServicerContext], Message]:
     """Wrap a servicer method to take the raw request bytes: size check, then a safe parse.
 
-    With `counters` (the delta-carrying methods) the bytes are counted as received and each
-    refused message as one rejection; probes are refused the same way but not counted as deltas.
+    Each refused message is counted as one rejection, whatever the method; with `traffic` (the
+    delta-carrying methods) its bytes are also counted as received (probes, introductions and
+    aggregate requests are not delta traffic).
     """
 
     def handler(raw: bytes, context: grpc.ServicerContext) -> Message:
-        if counters is not None:
+        if traffic:
             counters.received(len(raw))
         if len(raw) > limit:
-            if counters is not None:
-                counters.reject(Rejection.OVERSIZED, 1)
+            counters.reject(Rejection.OVERSIZED, 1)
             refuse(
                 context,
                 Rejection.OVERSIZED,
@@ -363,8 +536,7 @@ def _guarded(
         except DecodeError:
             # protobuf raises DecodeError for every kind of bad input (truncated, bad wire type,
             # invalid UTF-8 in a string field); anything else is a bug and should surface.
-            if counters is not None:
-                counters.reject(Rejection.MALFORMED, 1)
+            counters.reject(Rejection.MALFORMED, 1)
             refuse(context, Rejection.MALFORMED, "request is not a valid protobuf message")
         return method(request, context)
 
@@ -380,7 +552,7 @@ def _add_service(
 ) -> None:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guarded(method, parse, limit, counters if counted else None),
+            _guarded(method, parse, limit, counters, counted),
             request_deserializer=None,  # raw bytes: `_guarded` parses
             response_serializer=serialize,
         )
@@ -422,7 +594,8 @@ def _gossip_methods(gossip: GossipServicer) -> _Methods:
 
 
 def _coordinator_methods(coordinator: CoordinatorServicer) -> _Methods:
-    """swarm.v1.Coordinator, as `_gossip_methods`."""
+    """swarm.v1.Coordinator, as `_gossip_methods` (GetAggregate's bytes are not delta
+    traffic)."""
     return {
         "SubmitDeltas": (
             coordinator.SubmitDeltas,
@@ -656,11 +829,13 @@ class Peers:
         return int(reply.accepted)
 
     def get_aggregate(
-        self, address: str, node: str, round_: int, timeout_s: float
+        self, address: str, request: coordinator_pb2.AggregateRequest, timeout_s: float
     ) -> coordinator_pb2.AggregateReply:
-        """The aggregate of round `round_`, waiting up to `timeout_s` for it to close; raises
-        PeerError (Unreachable when it did not close in time)."""
-        request = coordinator_pb2.AggregateRequest(node=node, round=round_)
+        """The aggregate of the round `request` names, signed by the caller
+        (`wire.aggregate_request`), waiting up to `timeout_s` for it to close; raises PeerError
+        (Unreachable when it did not close in time, KeyMismatch when the coordinator refused
+        the signature, Stale for a round it dropped and cannot snapshot, Refused for a round
+        that has not begun or when as many calls as it lets wait were waiting already)."""
         # no wait_for_ready: the call itself may wait up to timeout_s for the round to close
         reply: coordinator_pb2.AggregateReply = self._call(
             address, "GetAggregate", request, timeout_s, wait=False

@@ -31,7 +31,7 @@ from protocols.compression import (
 from protocols.delta import Delta, DeltaRejected, Rejection
 from protocols.gossip import agent_index, agent_name
 from protocols.sightings import MAX_VALUE, Sighting
-from swarm.proto.v1 import delta_pb2, gossip_pb2
+from swarm.proto.v1 import coordinator_pb2, delta_pb2, gossip_pb2
 
 _VALUE_DTYPE: dict[int, np.dtype[Any]] = {
     DENSE_F32: np.dtype("<f4"),
@@ -44,7 +44,17 @@ _INDEX_DTYPE = np.dtype("<u4")
 _NORM_RTOL = 1e-3
 
 
-_Signed = TypeVar("_Signed", delta_pb2.KnowledgeDelta, gossip_pb2.Introduction, delta_pb2.Sighting)
+_Signed = TypeVar(
+    "_Signed",
+    delta_pb2.KnowledgeDelta,
+    gossip_pb2.Introduction,
+    delta_pb2.Sighting,
+    gossip_pb2.PingRequest,
+    gossip_pb2.PingReply,
+    gossip_pb2.PingReqRequest,
+    gossip_pb2.PingReqReply,
+    coordinator_pb2.AggregateRequest,
+)
 
 
 def _sign(msg: _Signed, key: bytes) -> None:
@@ -139,6 +149,7 @@ def from_proto(
     """
     if not signature_checked:
         _check_signature(msg, key)
+    _check_counters(msg)
     encoding = _checked_encoding(msg, num_params, layout)
     values, indices = _checked_values(msg, encoding, num_params)
     _check_finite(msg, values)
@@ -154,6 +165,21 @@ def from_proto(
         epoch=int(msg.epoch),
         snapshot=bool(msg.snapshot),
     )
+
+
+#: Largest epoch, version, round or example count a message may carry: the receiver stores
+#: them in int64 arrays (checkpoints) and adds to them, so 2^62 leaves room; an honest node's
+#: epoch is its start time in ms (~2^41 today) and its counters grow by one per round.
+MAX_COUNTER = 2**62
+
+
+def _check_counters(msg: delta_pb2.KnowledgeDelta) -> None:
+    for name in ("epoch", "base_version", "round", "examples"):
+        if getattr(msg, name) > MAX_COUNTER:
+            raise DeltaRejected(
+                Rejection.MALFORMED,
+                f"{name} {getattr(msg, name)} is above 2^62 (no honest node counts that far)",
+            )
 
 
 def _checked_encoding(msg: delta_pb2.KnowledgeDelta, num_params: int, layout: str) -> int:
@@ -443,6 +469,8 @@ def sighting_from_proto(
             f"sender {msg.sender[:80]!r}, origin {msg.origin[:80]!r} or via {msg.via[:80]!r} "
             "is not an agent name",
         ) from None
+    if msg.tick > MAX_COUNTER:
+        raise DeltaRejected(Rejection.MALFORMED, f"tick {msg.tick} is above 2^62")
     if not 0 < msg.hops <= max_hops:
         # hops counts the hop just made, so it is at least 1
         raise DeltaRejected(Rejection.MALFORMED, f"hops {msg.hops} is not in 1..{max_hops}")
@@ -478,6 +506,33 @@ def sign_introduction(msg: gossip_pb2.Introduction, key: bytes) -> None:
     _sign(msg, key)
 
 
+def sign_aggregate_request(msg: coordinator_pb2.AggregateRequest, key: bytes) -> None:
+    """Fill `msg.signature` with HMAC-SHA256(key, msg without signature), as `sign` does."""
+    _sign(msg, key)
+
+
+def aggregate_request(node: str, round_: int, key: bytes) -> coordinator_pb2.AggregateRequest:
+    """Node `node`'s signed request for the aggregate of round `round_` (Coordinator.GetAggregate:
+    the global model goes only to a holder of the swarm key)."""
+    msg = coordinator_pb2.AggregateRequest(node=node, round=round_)
+    sign_aggregate_request(msg, key)
+    return msg
+
+
+def check_aggregate_request(msg: coordinator_pb2.AggregateRequest, key: bytes) -> None:
+    """Verify an aggregate request before answering it; raises DeltaRejected: BAD_SIGNATURE
+    when it was not signed with the swarm key (or not at all), MALFORMED when the node name is
+    empty or longer than MAX_NAME_CHARS."""
+    if not _signature_ok(msg, key):
+        raise DeltaRejected(
+            Rejection.BAD_SIGNATURE, f"aggregate request of {msg.node[:80]!r} does not verify"
+        )
+    if not msg.node or len(msg.node) > MAX_NAME_CHARS:
+        raise DeltaRejected(
+            Rejection.MALFORMED, f"node name must be 1..{MAX_NAME_CHARS} characters"
+        )
+
+
 def introduction(
     node: str, address: str, agents: list[int], *, membership: bool, key: bytes
 ) -> gossip_pb2.Introduction:
@@ -491,6 +546,27 @@ def introduction(
     )
     sign_introduction(msg, key)
     return msg
+
+
+_Probe = TypeVar(
+    "_Probe",
+    gossip_pb2.PingRequest,
+    gossip_pb2.PingReply,
+    gossip_pb2.PingReqRequest,
+    gossip_pb2.PingReqReply,
+)
+
+
+def sign_probe(msg: _Probe, key: bytes) -> _Probe:
+    """Sign a SWIM message (Ping, PingReq or a reply) in place, as `sign` does; returns it."""
+    _sign(msg, key)
+    return msg
+
+
+def probe_signed(msg: _Probe, key: bytes) -> bool:
+    """Whether a SWIM message carries the swarm key's signature (nothing in it is believed
+    before this holds: membership news decides whom a node talks to)."""
+    return _signature_ok(msg, key)
 
 
 def check_introduction(msg: gossip_pb2.Introduction, key: bytes) -> None:

@@ -11,6 +11,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+#: Largest tick (or step, or round) any run may name: no run ticks 2^40 times (35,000 years at
+#: a second a tick), int64 sums of ticks stay far from overflow, and a sensor line with `t`
+#: 2^70 cannot push every later line out (ticks must increase). Every package may import this
+#: module (.importlinter), so the bound is stated once.
+MAX_TICK = 2**40
+#: Largest agent index: agents.count's cap (100,000) plus as many devices, more than a
+#: scenario file of MAX_SCENARIO_BYTES can list as external_peers (~40 bytes each).
+MAX_AGENT_INDEX = 200_000
+
 
 class Section(BaseModel):
     model_config = ConfigDict(

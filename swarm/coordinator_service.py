@@ -9,6 +9,14 @@ every delta; it takes it from the scenario, building the drone patrol world once
 sensor's input layout. It signs with the scenario's gossip.key_file and serves TLS as
 `gossip.tls` says (certificate `coordinator.pem`). It prints one JSON line when it listens and
 one with its figures when it stops (SIGTERM or Ctrl-C).
+
+It answers aggregate requests signed with that key only, lets at most two calls per agent wait
+for the open round (the server keeps threads spare for health checks and submits), refuses a
+round that has not begun at once, and keeps the aggregates of the last
+`gossip.coordinator.keep_rounds` rounds, answering an older round with a snapshot
+(swarm.shard.CoordinatorHost, protocols/coordinator.py). Every refusal is in the final figures:
+`rejected_<reason>` (bad_signature, malformed, stale, ...), `aggregates_refused_busy`,
+`aggregates_refused_not_open`, and the snapshots sent, `aggregate_snapshots`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from protocols.coordinator import FederatedClient
 from protocols.delta import Delta, DeltaRejected, Rejection, layout_fingerprint
 from protocols.errors import Refused, Stale
 from protocols.faults import FaultPlan, corrupt_delta
-from protocols.gossip import ChocoGossip, agent_index, agent_name
+from protocols.gossip import ChocoGossip, Limits, agent_index, agent_name
 from protocols.outbox import Outboxes, PeerStats
 from protocols.sightings import Sighting, SightingRelay
 from protocols.topology import build_graph, graph_from_edges, metropolis_weights
@@ -492,6 +492,7 @@ class Gossip(Networked):
             self.counters,
             introduce=self._answer,
             sight=None if self.relay is None else (self._check_sightings, self._take_sightings),
+            key=w.key,
         )
         self.server, port = start_server(
             w.listen,
@@ -529,6 +530,8 @@ class Gossip(Networked):
             # The wall clock: a device that kept its state from an earlier run holds older
             # epochs of these agents, and resynchronises instead of mixing the two runs.
             epoch=int(time.time() * 1000),
+            # no clock ceiling: a shard takes a device's epoch whatever its clock reads
+            limits=Limits.relative_to(self.x0, sc.gossip.limits),
         )
 
     # -- sightings (gossip.sightings) -----------------------------------------------------------
@@ -640,7 +643,9 @@ class Gossip(Networked):
         if not self.device_targets:
             return
         directory = peering.Directory(
-            {a: [agent_index(n)] for n, a in self.external.items() if a in self.device_targets}
+            {a: [agent_index(n)] for n, a in self.external.items() if a in self.device_targets},
+            node=self.w.node,
+            local=self.w.agents,
         )
         snapshots = peering.Snapshots(self.algo, self.codec, directory.agents_at)
         self.outboxes = peering.make_outboxes(

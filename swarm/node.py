@@ -61,7 +61,7 @@ import numpy as np
 from protocols.coordinator import FederatedClient
 from protocols.delta import Delta, DeltaRejected, Rejection, layout_fingerprint
 from protocols.errors import ClockSkew, KeyMismatch, PeerError, Stale, TlsHandshakeFailed
-from protocols.gossip import ChocoGossip, agent_name
+from protocols.gossip import ChocoGossip, Limits, agent_name
 from protocols.membership import Member, State
 from protocols.membership_net import MembershipNode
 from protocols.peering import (
@@ -77,7 +77,7 @@ from protocols.peering import (
 from protocols.tls import TlsError
 from protocols.topology import build_graph, metropolis_weights
 from protocols.transport import GossipServicer, Peers, TrafficCounters, start_server
-from swarm import checkpoint
+from swarm import checkpoint, checkpoint_meta
 from swarm.addresses import host_of
 from swarm.checkpoint import CheckpointError
 from swarm.exchange import exchange_for
@@ -257,11 +257,14 @@ class Node:
             layout=self.layout,
             owner=agent_name,
             epoch=self.epoch,
+            limits=Limits.relative_to(self.x[0], sc.gossip.limits, self._incarnation_ceiling),
         )
         self.neighbours = [j for j, _ in self.gossip.neighbours[0]]
         self.fatal: str | None = None  # why the node must stop, found by a network thread
         self.error: str | None = None  # why the node stopped, when it failed
-        self.directory = Directory()
+        self.directory = Directory(node=self.name, local=[self.index])
+        self._warned_conflicts: dict[str, list[str]] = {}
+        self._warn_lock = threading.Lock()
         snapshots = Snapshots(self.gossip, self.codec, self.directory.agents_at)
         self.outboxes = make_outboxes(
             self.peers, self.codec, snapshots, timeout_s=PUSH_TIMEOUT_S, on_fatal=self._on_fatal
@@ -308,7 +311,7 @@ class Node:
         self.dead_at: dict[str, float] = {}  # node -> wall time it was declared dead
         servicer = GossipServicer(
             self.name, self.codec.decoder(), self.gossip.receive, self.counters,
-            membership=None, introduce=self._on_introduce,
+            membership=None, introduce=self._on_introduce, host_of=self.directory.host_of,
         )  # fmt: skip
         host = host_of(cfg.listen)
         bind = f"[{host}]" if ":" in host else host
@@ -322,6 +325,7 @@ class Node:
             self.name, self.advertise, sc.gossip.membership, seed=sc.seed + self.index,
             incarnation=self.epoch, on_change=self._on_member_change,
             channel_factory=self.peers.channel, ceiling=self._incarnation_ceiling,
+            key=self.key,
         )  # fmt: skip
         self.peer_list = self._peer_list()
         self.introducer = Introducer(
@@ -353,11 +357,15 @@ class Node:
     def _read_checkpoint(self) -> Checkpoint | None:
         if not self.ckpt_path.exists():
             return None
+
+        # the weights, and the copies and deltas the gossip adds to them, must be finite
+        finite = ("learner.pop.", "shadow.pop.", "gossip.xhat", "gossip.pending_values", "fed.")
         try:
-            arrays, meta = checkpoint.load(self.ckpt_path, finite=("learner.pop.", "shadow.pop."))
+            arrays, meta = checkpoint.load(self.ckpt_path, finite=finite)
+            checkpoint_meta.check_node_meta(meta, self.ckpt_path)  # before anything reads it
         except CheckpointError as exc:
             raise NodeError(f"{exc}; move it away to start from a fresh model") from None
-        if meta.get("agent") != self.index:
+        if meta["agent"] != self.index:
             raise NodeError(
                 f"{self.ckpt_path} belongs to agent {meta.get('agent')}, this node is agent "
                 f"{self.index}; give each node its own state_dir"
@@ -376,13 +384,36 @@ class Node:
         def part(prefix: str) -> dict[str, np.ndarray]:
             return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        load_learner_state(self.learner, part("learner."), dict(as_doc(meta["learner"])))
+        learners = {"learner": self.learner}
         if self.shadow is not None and meta.get("shadow") is not None:
-            load_learner_state(self.shadow, part("shadow."), dict(as_doc(meta["shadow"])))
-        gossip: dict[str, np.ndarray | JSON] = {**part("gossip."), **as_doc(meta["gossip"])}
+            learners["shadow"] = self.shadow
+        fed = self.federation is not None and "fed.version" in arrays
+        restored = {*learners, "gossip", *(["fed"] if fed else [])}
+        own, _ = self._checkpoint_arrays()  # what this node saves: the shapes its model has
+        path = self.ckpt_path
+        try:  # all of it checked before any of it is restored
+            checkpoint_meta.check_node_arrays(
+                arrays, {k: v for k, v in own.items() if k.split(".", 1)[0] in restored}, path,
+                neighbours=self.neighbours,
+            )  # fmt: skip
+            for name, learner in learners.items():
+                rng = as_doc(meta[name])["rng"]
+                checkpoint_meta.check_rng(rng, learner.rng.bit_generator, f"{name}.rng", path)
+        except CheckpointError as exc:
+            raise NodeError(f"{exc}; move it away to start from a fresh model") from None
+        for name, learner in learners.items():
+            try:
+                load_learner_state(learner, part(f"{name}."), dict(as_doc(meta[name])))
+            except RuntimeError as exc:  # torch: e.g. a router generator state it refuses
+                raise NodeError(
+                    f"{path}: {name}: {str(exc).splitlines()[0]}; move it away to start from a "
+                    "fresh model"
+                ) from None
+        gossip: dict[str, np.ndarray | JSON] = {**part("gossip.")}
+        gossip["epoch"] = as_doc(meta["gossip"])["epoch"]  # its one scalar
         self.gossip.load_state(gossip, epoch=self.epoch)  # a new incarnation: peers take
         # its snapshots instead of refusing deltas that no longer follow what they hold
-        if self.federation is not None and "fed.version" in arrays:
+        if self.federation is not None and fed:
             self.federation.load_state(part("fed."))
         self.step, self.round = as_int(meta["step"]), as_int(meta["round"])
         self.resumed_from = {
@@ -465,6 +496,7 @@ class Node:
                 )
             raise
         self.contacts.learn(intro.node, intro.address, intro.agents)
+        self._warn_duplicates()
         return reply
 
     def _introduced(self, address: str, error: PeerError | None) -> None:
@@ -472,6 +504,7 @@ class Node:
         if error is None:
             self._skewed.pop(address, None)
             self._agreed.add(address)
+            self._warn_duplicates()
         elif isinstance(error, TlsHandshakeFailed):
             self._on_fatal(address, error)
         elif isinstance(error, ClockSkew):
@@ -489,10 +522,36 @@ class Node:
         problems = {**self._skewed, **self._refused}
         for address, problem in problems.items():
             print(f"warning: not joining {address}: {problem}", file=sys.stderr, flush=True)
+        self._warn_duplicates()
         if problems and not self._agreed:
             self.fatal = next(iter(problems.values()))
         self._skewed.clear()
         self._refused.clear()
+
+    def _warn_duplicates(self) -> None:
+        """Warn once per new set of nodes claiming one agent (server and introducer threads)."""
+        for agent, where in self.duplicate_agents().items():
+            with self._warn_lock:
+                if self._warned_conflicts.get(agent) == where:
+                    continue
+                self._warned_conflicts[agent] = where
+            print(
+                f"warning: {agent} is run by more than one node (at {', '.join(where)}); "
+                "give each node its own agent: pushes reach only one of them",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def duplicate_agents(self) -> dict[str, list[str]]:
+        """Agents that more than one node claims: agent name -> the addresses claiming it
+        ("this node" for this one). Seen in introductions (`Directory.conflicts`) and in SWIM
+        news of another node under this node's name (`MembershipNode.impostors`)."""
+        out = {agent_name(j): sorted(claims) for j, claims in self.directory.conflicts().items()}
+        impostors = self.membership.impostors() if self.membership is not None else []
+        if impostors:
+            mine = set(out.get(self.name, [])) | {"this node", *impostors}
+            out[self.name] = sorted(mine)
+        return out
 
     def _on_fatal(self, address: str, exc: Exception) -> None:
         self.fatal = f"cannot join the swarm at {address}: {exc}"

@@ -12,13 +12,18 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from protocols.config import TlsConfig
-from swarm._config import Section
+from swarm._config import MAX_AGENT_INDEX, MAX_TICK, Section
 from swarm.addresses import address_problem, host_of, is_loopback
 from swarm.scenario import (
+    MAX_KEY_BYTES,
+    Problem,
     Scenario,
+    cert_dir_problems,
+    file_problem,
     load_scenario,
     parse_yaml_model,
     read_config_text,
+    read_key_file,
 )
 from swarm.sensors import SensorConfig
 
@@ -36,8 +41,8 @@ class NodeConfig(Section):
     scenario: str
     """Scenario file (relative to this file) that fixes the model, learning, gossip settings
     and graph; every node of a swarm uses the same one."""
-    agent: int = Field(ge=0)
-    """This node's agent index in the scenario's graph."""
+    agent: int = Field(ge=0, le=MAX_AGENT_INDEX)
+    """This node's agent index in the scenario's graph (at most 200,000, MAX_AGENT_INDEX)."""
     listen: str = "127.0.0.1:0"
     """HOST:PORT of this node's gRPC server (port 0: any free port)."""
     advertise: str | None = None
@@ -49,32 +54,36 @@ class NodeConfig(Section):
     """HOST:PORT of a coordinator (`swarm coordinator`): exchange through it instead of
     gossiping with peers; the scenario's gossip.topology must be coordinator."""
     key_file: str | None = None
-    """HMAC key shared by the swarm (32+ bytes). Required off loopback."""
+    """HMAC key shared by the swarm: a regular file of 32 bytes to 64 KiB (MAX_KEY_BYTES).
+    Required off loopback."""
     tls: TlsConfig | None = None
     """Transport security (default: the scenario's gossip.tls). Off loopback: mtls required."""
     insecure: bool = False
     """Allow plaintext and the development key off loopback (a lab network, never a field)."""
     state_dir: str | None = None
     """Where checkpoints and status.json go (default: .swarm-node/agent-N beside this file)."""
-    checkpoint_every_s: float = Field(30.0, gt=0)
-    """Wall seconds between two checkpoints (one is also written on SIGTERM and at the end)."""
+    checkpoint_every_s: float = Field(30.0, gt=0, le=86_400)
+    """Wall seconds between two checkpoints (one is also written on SIGTERM and at the end); at
+    most a day, more learning than a crash should cost."""
     resume: bool = True
     """Resume from the checkpoint in state_dir when there is one."""
     sensor: SensorConfig = SensorConfig()
     shadow: bool = False
     """Also train an isolated twin of this agent on exactly the same readings, never sharing,
     and report its accuracy beside the sharing model's: what the swarm gave this device."""
-    ticks: int | None = Field(None, ge=1)
+    ticks: int | None = Field(None, ge=1, le=MAX_TICK)
     """Readings to process (default: the scenario's ticks for the simulated sensor, the whole
-    stream for a file or stdin)."""
+    stream for a file or stdin); at most MAX_TICK (2^40)."""
     tick_s: float = Field(0.0, ge=0, le=3600)
     """Wall seconds per reading (0: as fast as possible; a real sensor paces itself)."""
     linger_s: float = Field(10.0, ge=0, le=3600)
     """After the last reading, keep serving up to this long for the peers' last deltas."""
-    max_clock_skew_s: float = Field(30.0, gt=0)
-    """Largest difference between this node's wall clock and a peer's that is accepted."""
-    status_every_s: float = Field(1.0, gt=0)
-    """Wall seconds between two rewrites of status.json."""
+    max_clock_skew_s: float = Field(30.0, gt=0, le=86_400)
+    """Largest difference between this node's wall clock and a peer's that is accepted; at most
+    a day, past which the check would not catch a clock set to the wrong date."""
+    status_every_s: float = Field(1.0, gt=0, le=3600)
+    """Wall seconds between two rewrites of status.json; at most an hour, past which
+    `--status` shows an operator a stale node."""
 
     @model_validator(mode="after")
     def _addresses(self) -> NodeConfig:
@@ -88,14 +97,53 @@ class NodeConfig(Section):
 
 
 def load_node_config(path: Path | str) -> NodeConfig:
+    """The node config at `path`, its files checked (`named_file_problems`); ScenarioError with
+    one `file:line: key: problem` line per problem."""
     path = Path(path)
     text = read_config_text(path, "node config")  # a regular file of sane size (/dev/zero: no)
-    return parse_yaml_model(text, NodeConfig, path, "node config")
+    base = path.resolve().parent
+
+    def files(cfg: NodeConfig) -> list[Problem]:
+        return named_file_problems(cfg, base)
+
+    return parse_yaml_model(text, NodeConfig, path, "node config", checks=files)
 
 
 def _beside(base: Path, name: str) -> Path:
     path = Path(name)
     return path if path.is_absolute() else base / path
+
+
+def named_file_problems(cfg: NodeConfig, base: Path) -> list[Problem]:
+    """What is wrong with the files a node config names (relative to `base`), never what they
+    hold: a file the node would read must not be a device, FIFO or socket, which would fill its
+    memory (/dev/zero) or hang its start (a FIFO nobody writes):
+
+    - key_file: a regular file of at most MAX_KEY_BYTES (64 KiB; a key is 32 bytes or more);
+    - sensor.path (kind file): a regular file, of any size (read a line at a time, each line at
+      most swarm.sensors.MAX_LINE_BYTES). A live stream is `kind: stdin`, bounded the same way
+      per line, and ends when its writer closes it;
+    - sensor.record_to (kind simulated): where it exists, a regular file (it is overwritten);
+    - tls.cert_dir: as the scenario's gossip.tls.cert_dir (swarm.scenario.cert_dir_problems).
+    """
+    problems: list[Problem] = []
+    if cfg.key_file:
+        key = _beside(base, cfg.key_file)
+        if problem := file_problem(key, MAX_KEY_BYTES):
+            problems.append((("key_file",), f"{key} {problem}"))
+    sensor = cfg.sensor
+    if sensor.kind == "file" and sensor.path:
+        recording = _beside(base, sensor.path)
+        if problem := file_problem(recording, None):
+            problems.append((("sensor", "path"), f"{recording} {problem}"))
+    if sensor.kind == "simulated" and sensor.record_to:
+        record = _beside(base, sensor.record_to)
+        if record.exists() and not record.is_file():  # both follow links
+            problems.append((("sensor", "record_to"), f"{record} is not a regular file"))
+    if cfg.tls is not None and cfg.tls.mode != "off" and cfg.tls.cert_dir:
+        cert_dir = _beside(base, cfg.tls.cert_dir)
+        problems += [(("tls", "cert_dir"), p) for p in cert_dir_problems(cert_dir)]
+    return problems
 
 
 def load_node_scenario(cfg: NodeConfig, base: Path) -> Scenario:
@@ -128,14 +176,10 @@ def read_key(cfg: NodeConfig, sc: Scenario, base: Path) -> bytes:
     name = cfg.key_file or sc.gossip.key_file
     if not name:
         return DEV_KEY
-    path = _beside(base, name)
-    try:
-        key = path.read_bytes()
-    except OSError as exc:
-        raise NodeError(f"key_file {path}: {exc.strerror}") from None
-    if len(key) < 32:
-        raise NodeError(f"key_file {path}: {len(key)} bytes; the key needs 32 or more")
-    return key
+    try:  # checked when the config was loaded, read bounded anyway: it may have changed since
+        return read_key_file(_beside(base, name))
+    except ValueError as exc:
+        raise NodeError(f"key_file {exc}") from None
 
 
 def check_address(cfg: NodeConfig) -> None:

@@ -119,6 +119,11 @@ def status_of(node: Node) -> Document:
         "members": dict(members),
         # membership news and indirect probes refused, by reason (protocols/membership_net.py)
         "membership_refused": dict(node.membership.refusals() if node.membership else {}),
+        "members_reaped": node.membership.reaped() if node.membership else 0,
+        # agents claimed by more than one node: agent name -> the addresses claiming it
+        "duplicate_agents": {
+            agent: list[JSON](where) for agent, where in node.duplicate_agents().items()
+        },
         "checkpoint": node.last_ckpt,
         "resumed_from": node.resumed_from,
         "error": node.error,

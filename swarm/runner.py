@@ -40,7 +40,7 @@ from swarm.records import (
 )
 from swarm.report import write_plots
 from swarm.resume import Marker, read_latest, tick_dir
-from swarm.scenario import Scenario, dump_scenario
+from swarm.scenario import Scenario, dump_scenario, read_key_file
 from swarm.tasks import task_named
 from swarm.telemetry import Telemetry, row_figures
 
@@ -60,14 +60,12 @@ def new_run_dir(root: Path, scenario: Scenario) -> Path:
 
 
 def read_key(path: str) -> bytes:
-    """The swarm's shared HMAC key from gossip.key_file (32 bytes or more)."""
+    """The swarm's shared HMAC key from gossip.key_file (swarm.scenario.read_key_file: a
+    regular file of 32 bytes to 64 KiB)."""
     try:
-        key = Path(path).read_bytes()
-    except OSError as exc:
-        raise RunError(f"gossip.key_file {path}: {exc.strerror}") from None
-    if len(key) < 32:
-        raise RunError(f"gossip.key_file {path}: {len(key)} bytes; the key needs 32 or more")
-    return key
+        return read_key_file(Path(path))
+    except ValueError as exc:
+        raise RunError(f"gossip.key_file {exc}") from None
 
 
 def start_ray(scenario: Scenario, address: str | None) -> tuple[bool, str | None]:

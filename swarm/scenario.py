@@ -20,7 +20,7 @@ import difflib
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
@@ -42,7 +42,7 @@ from envs.pz_config import PettingZooConfig
 from protocols.config import GossipConfig
 from protocols.coordinator import quorum
 from protocols.faults import FaultPlan, FaultsConfig
-from swarm._config import Section
+from swarm._config import MAX_AGENT_INDEX, MAX_TICK, Section
 from swarm.addresses import is_loopback
 from swarm.exchange import exchange_for
 from swarm.tasks import task_of_world
@@ -101,8 +101,9 @@ class AgentsConfig(Section):
 class MetricsConfig(Section):
     """What is measured during a run, and how often."""
 
-    interval: int = Field(20, ge=1)
-    """Ticks between two metric records (probe accuracy, bytes, task figures)."""
+    interval: int = Field(20, ge=1, le=MAX_TICK)
+    """Ticks between two metric records (probe accuracy, bytes, task figures); at most
+    MAX_TICK (2^40), the longest run (a longer interval gives the final record only)."""
     probe_per_class: int = Field(30, ge=1, le=10_000)
     """Held-out probe windows per event class, used to score every agent's model."""
 
@@ -121,36 +122,44 @@ class BaselineConfig(Section):
 class RayConfig(Section):
     """The embedded Ray runtime (ignored for settings an existing cluster fixes)."""
 
-    num_cpus: int | None = Field(None, ge=1)
-    """CPUs the embedded Ray may use (default: all)."""
+    num_cpus: int | None = Field(None, ge=1, le=1024)
+    """CPUs the embedded Ray may use (default: all); at most 1,024, twice the hardware threads
+    of the largest two-socket servers: with agents.per_shard auto a run starts a shard actor
+    per CPU (~350 MB each, `auto_per_shard`), so a made-up count would start thousands."""
     dashboard: bool = True
     """Start the Ray dashboard and print its URL."""
-    object_store_mb: int = Field(256, ge=64)
-    """Object store size of the embedded Ray; runs pass small arrays only."""
-    task_events_kept: int = Field(10_000, ge=100)
+    object_store_mb: int = Field(256, ge=64, le=65_536)
+    """Object store size of the embedded Ray; runs pass small arrays only (a tick's
+    observations and deltas: a few MB at agents.count's cap). 64 is Ray's smallest useful
+    store; 65,536 (64 GiB) bounds what a scenario may ask a machine to set aside in shared
+    memory (Ray only finds out at start, after seconds, that it cannot)."""
+    task_events_kept: int = Field(10_000, ge=100, le=1_000_000)
     """Task events (one per actor call: ~5 a tick for a 3-shard run) the embedded Ray's GCS
     keeps for the dashboard's task list and `ray list tasks`; older ones are dropped. Each
     costs ~3 KB of GCS memory, so Ray's own cap (100,000) lets a long run's GCS grow by ~300
     MB (BENCHMARKS.md, Soak); 10,000 bounds it to ~30 MB and still holds the last ~30 minutes
-    of a real-time run's calls. Raise it to keep more history."""
+    of a real-time run's calls. Raise it to keep more history, up to 1,000,000 (~3 GB of GCS
+    memory; 100 at least, a few ticks' worth)."""
 
 
 class CheckpointConfig(Section):
     """Durable checkpoints of a run (runs/<id>/checkpoints, swarm/resume.py)."""
 
-    every_ticks: int = Field(0, ge=0)
+    every_ticks: int = Field(0, ge=0, le=MAX_TICK)
     """Save every agent (model, optimizer, memories, RNG, gossip state) and the world's
     replay log every this many ticks (0: never). A shard that dies restarts from the last one,
     and `swarm run --resume runs/<id>` continues an interrupted run from it. A multiple of
-    gossip.interval: a checkpoint sits between two gossip rounds."""
+    gossip.interval: a checkpoint sits between two gossip rounds. At most MAX_TICK (2^40),
+    the longest run."""
 
 
 class ExternalPeer(Section):
     """An agent that runs on a device (`swarm-node`), not in the simulation."""
 
-    agent: int = Field(ge=0)
+    agent: int = Field(ge=0, le=MAX_AGENT_INDEX)
     """Its agent index: external agents follow the simulated ones (agents.count, count + 1,
-    ...), so the gossip graph spans agents.count + len(external_peers) agents."""
+    ...), so the gossip graph spans agents.count + len(external_peers) agents (at most
+    MAX_AGENT_INDEX, 200,000)."""
     address: str = Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
     """HOST:PORT where its gossip server listens."""
 
@@ -168,8 +177,8 @@ class Scenario(Section):
     """Short identifier; part of the run directory name."""
     seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seeds the world, the models and every sampler; same seed + sync gossip = same results."""
-    ticks: int = Field(400, ge=1)
-    """Length of the run in ticks."""
+    ticks: int = Field(400, ge=1, le=MAX_TICK)
+    """Length of the run in ticks, at most MAX_TICK (2^40: ~35 years of 1 ms ticks)."""
     agents: AgentsConfig = AgentsConfig()
     world: WorldConfig = DronePatrolConfig()
     """The world: a drone patrol (kind: drone_patrol) or any PettingZoo ParallelEnv
@@ -437,7 +446,12 @@ MAX_YAML_SIZE = 2 * MAX_SCENARIO_BYTES
 #: and constructs recursively and runs out of Python's stack (1,000 frames) some hundreds of
 #: levels down, with a RecursionError traceback.
 MAX_YAML_DEPTH = 64
-#: Largest gossip.key_file: a key is 32 bytes or more.
+#: Shortest HMAC key (gossip.key_file, a node's key_file): HMAC-SHA256's output length, the
+#: least RFC 2104 (section 3) recommends.
+MIN_KEY_BYTES = 32
+#: Largest gossip.key_file (or a node's key_file): a key is raw bytes, 32 or more; HMAC hashes
+#: one longer than SHA-256's 64-byte block down to 32 bytes anyway, so this only keeps a wrong
+#: file (a disk image, a log) from being read whole.
 MAX_KEY_BYTES = 64 * 1024
 #: Largest file in gossip.tls.cert_dir: `swarm certs` writes PEM certificates of ~0.7 KB and
 #: P-256 keys of ~0.2 KB; an RSA-4096 key is ~3.3 KB.
@@ -454,10 +468,11 @@ ENV_PACKAGES = ("pettingzoo", "mpe2", "envs")  # envs: this project's own (drone
 ENV_PACKAGES_VAR = "SWARM_ENV_PACKAGES"
 
 
-def _file_problem(path: Path, limit: int) -> str | None:
+def file_problem(path: Path, limit: int | None) -> str | None:
     """Why `path` is not a file to read (None if it is one): it must be a non-empty regular
     file (not a directory, device, FIFO or socket; /proc's files say they are empty) of at
-    most `limit` bytes. Says nothing of what the file holds."""
+    most `limit` bytes (None: any size, for a file read a line at a time). Says nothing of
+    what the file holds."""
     try:
         info = path.stat()  # follows links: a link to /dev/zero is a device
     except FileNotFoundError:
@@ -468,7 +483,7 @@ def _file_problem(path: Path, limit: int) -> str | None:
         return "is a directory, not a file"
     if not stat.S_ISREG(info.st_mode):
         return "is not a regular file (a device, FIFO or socket)"
-    if info.st_size > limit:
+    if limit is not None and info.st_size > limit:
         return f"is {info.st_size:,} bytes, more than the {limit:,} allowed"
     if info.st_size == 0:
         return "is empty"
@@ -477,13 +492,28 @@ def _file_problem(path: Path, limit: int) -> str | None:
     return None
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of a file `_file_problem` passed; OSError if it grew past `limit` since."""
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a file `file_problem` passed; OSError if it grew past `limit` since."""
     with path.open("rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise OSError(0, f"more than {limit:,} bytes")
     return data
+
+
+def read_key_file(path: Path) -> bytes:
+    """The swarm's shared HMAC key from `path` (gossip.key_file, a node's key_file): a regular
+    file of MIN_KEY_BYTES to MAX_KEY_BYTES bytes, read bounded (/dev/zero or a FIFO is refused
+    unread). Raises ValueError saying what is wrong, starting with the path."""
+    if problem := file_problem(path, MAX_KEY_BYTES):
+        raise ValueError(f"{path} {problem}")
+    try:
+        key = read_bounded(path, MAX_KEY_BYTES)
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"{path}: {len(key)} bytes; the key needs {MIN_KEY_BYTES} or more")
+    return key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,10 +708,10 @@ _M = TypeVar("_M", bound=Section)
 #: "faults.kill: ..." at the start of a whole-scenario check's message: the key it is about.
 _KEY_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_]+|\[\d+\])*):")
 #: One problem: the key path it is about (empty: the whole file) and what is wrong.
-_Problem = tuple[tuple[int | str, ...], str]
+Problem = tuple[tuple[int | str, ...], str]
 
 
-def _problems(exc: ValidationError, model: type[Section]) -> list[_Problem]:
+def _problems(exc: ValidationError, model: type[Section]) -> list[Problem]:
     """Pydantic's errors as (key path, problem); a check across sections that names the key it
     is about in its message ("faults.kill: ...") is put on that key."""
     found = []
@@ -700,7 +730,7 @@ def _problems(exc: ValidationError, model: type[Section]) -> list[_Problem]:
     return found
 
 
-def _report(path: Path, root: yaml.Node | None, what: str, problems: list[_Problem]) -> str:
+def _report(path: Path, root: yaml.Node | None, what: str, problems: list[Problem]) -> str:
     """`file: N problems in the <what>:` and one `file:line: key.path: problem` line each, in
     file order."""
     found = []
@@ -722,12 +752,23 @@ def _validate(data: object, root: yaml.Node | None, model: type[_M], path: Path,
         raise ScenarioError(_report(path, root, what, _problems(exc, model))) from None
 
 
-def parse_yaml_model(text: str, model: type[_M], path: Path | str, what: str) -> _M:
+def parse_yaml_model(
+    text: str,
+    model: type[_M],
+    path: Path | str,
+    what: str,
+    checks: Callable[[_M], list[Problem]] | None = None,
+) -> _M:
     """Validate YAML text against a config model (a scenario, a node config); raises
-    ScenarioError with one `file:line: key.path: problem` line per problem."""
+    ScenarioError with one `file:line: key.path: problem` line per problem. `checks`: what
+    else is wrong with the validated config (e.g. the files it names), reported the same way
+    on the lines of the keys it names."""
     path = Path(path)
     data, root = _compose(text, path)
-    return _validate(data, root, model, path, what)
+    cfg = _validate(data, root, model, path, what)
+    if checks is not None and (problems := checks(cfg)):
+        raise ScenarioError(_report(path, root, what, problems))
+    return cfg
 
 
 def _env_problem(env: str) -> str | None:
@@ -791,10 +832,10 @@ def _resolved(data: object, base: Path) -> object:
 def read_config_text(path: Path, what: str) -> str:
     """The text of a config file (a scenario, a node config): a regular UTF-8 file of at most
     MAX_SCENARIO_BYTES, else ScenarioError (a FIFO or /dev/zero would block or fill memory)."""
-    if problem := _file_problem(path, MAX_SCENARIO_BYTES):
+    if problem := file_problem(path, MAX_SCENARIO_BYTES):
         raise ScenarioError(f"{path}: cannot read the {what}: it {problem}")
     try:
-        return _read_bounded(path, MAX_SCENARIO_BYTES).decode("utf-8")
+        return read_bounded(path, MAX_SCENARIO_BYTES).decode("utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read the {what}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -816,22 +857,22 @@ def load_scenario(path: Path | str, *, check_files: bool = False) -> Scenario:
     return sc
 
 
-def _named_file_problems(sc: Scenario) -> list[_Problem]:
+def _named_file_problems(sc: Scenario) -> list[Problem]:
     """What is wrong with the files a scenario names: never what they hold."""
     gossip = sc.gossip
-    problems: list[_Problem] = []
-    if gossip.key_file and (problem := _file_problem(Path(gossip.key_file), MAX_KEY_BYTES)):
+    problems: list[Problem] = []
+    if gossip.key_file and (problem := file_problem(Path(gossip.key_file), MAX_KEY_BYTES)):
         problems.append((("gossip", "key_file"), f"{gossip.key_file} {problem}"))
     if gossip.tls.mode != "off" and gossip.tls.cert_dir:
-        problems += [(("gossip", "tls", "cert_dir"), p) for p in _cert_dir_problems(gossip)]
+        cert_dir = Path(gossip.tls.cert_dir)
+        problems += [(("gossip", "tls", "cert_dir"), p) for p in cert_dir_problems(cert_dir)]
     if gossip.graph.kind == "file" and gossip.graph.path:
         problems += _graph_file_problems(sc, Path(gossip.graph.path))
     return problems
 
 
-def _cert_dir_problems(gossip: GossipConfig) -> list[str]:
-    """The directory must hold ca.pem; every certificate and key in it must be a file."""
-    cert_dir = Path(gossip.tls.cert_dir or "")
+def cert_dir_problems(cert_dir: Path) -> list[str]:
+    """A tls.cert_dir must hold ca.pem; every certificate and key in it must be a file."""
     if not cert_dir.is_dir():
         return [f"{cert_dir} is not a directory (made by `swarm certs DIR --node ...`)"]
     try:
@@ -840,16 +881,16 @@ def _cert_dir_problems(gossip: GossipConfig) -> list[str]:
         )
     except OSError as exc:
         return [f"{cert_dir} cannot be listed: {exc.strerror}"]
-    return [f"{p} {problem}" for p in pems if (problem := _file_problem(p, MAX_PEM_BYTES))]
+    return [f"{p} {problem}" for p in pems if (problem := file_problem(p, MAX_PEM_BYTES))]
 
 
-def _graph_file_problems(sc: Scenario, path: Path) -> list[_Problem]:
+def _graph_file_problems(sc: Scenario, path: Path) -> list[Problem]:
     """The edge list must be a text file of 'i j' lines making a connected graph of the
     scenario's agents, dense enough for its robust step."""
     key = ("gossip", "graph", "path")
-    problem = _file_problem(path, MAX_GRAPH_BYTES)
+    problem = file_problem(path, MAX_GRAPH_BYTES)
     try:
-        text = "" if problem else _read_bounded(path, MAX_GRAPH_BYTES).decode("utf-8")
+        text = "" if problem else read_bounded(path, MAX_GRAPH_BYTES).decode("utf-8")
     except OSError as exc:
         problem = f"cannot be read: {exc.strerror}"
     except UnicodeDecodeError:

@@ -20,7 +20,11 @@ A malformed line is reported with its line number and skipped (counted in `bad_l
 glitch on a device's sensor must not stop the node, nor be learned from. Ticks must increase.
 What a line may hold is bounded (issue 18: one line could kill a node): at most MAX_LINE_BYTES,
 JSON nested at most as deep as Python parses without running out of stack, ticks (`t` and a
-label's) at most MAX_TICK, and numbers within float32; anything else is a bad line.
+label's) at most MAX_TICK, and numbers within float32; anything else is a bad line. A recording
+(`kind: file`) must be a regular file: a FIFO would block the node's start and /dev/zero, one
+line without end, would keep it reading forever; a live source is `kind: stdin`, whose memory
+is bounded the same way (a line at a time, MAX_LINE_BYTES at most) and which ends when its
+writer closes it.
 
 `hide_kinds` makes a source drop every observation whose true class is one of those kinds, and
 any label naming one: the node never sees that event kind itself, so recognising it can only
@@ -41,8 +45,9 @@ from pydantic import Field
 
 from envs import make_world
 from envs.drone_patrol.config import EVENT_CLASSES
-from swarm._config import Section
+from swarm._config import MAX_TICK, Section
 from swarm.records import JSON, Document, as_doc
+from swarm.scenario import file_problem
 
 if TYPE_CHECKING:  # the worlds are built lazily, through envs.make_world (pybullet)
     from envs.drone_patrol.config import DronePatrolConfig
@@ -59,11 +64,14 @@ class SensorConfig(Section):
     """simulated: this agent's drone in the scenario's drone patrol world (needs pybullet);
     file: a recording (JSON lines, see swarm/sensors.py); stdin: the same format, live."""
     path: str | None = None
-    """kind file: the recording to read."""
+    """kind file: the recording to read, a regular file of any size (a device or a FIFO is
+    refused: /dev/zero never ends a line, a FIFO blocks the start; a live stream is kind
+    stdin)."""
     hide_kinds: list[str] = []
     """Event kinds this node never observes nor gets labels of."""
     record_to: str | None = None
-    """kind simulated: also write what the sensor produces to this file (a recording)."""
+    """kind simulated: also write what the sensor produces to this file (a recording); where
+    it exists it must be a regular file (it is overwritten)."""
     probe_per_class: int | None = Field(None, ge=1)
     """Probe windows per class for the local accuracy (simulated; default: the scenario's)."""
 
@@ -78,9 +86,6 @@ class Reading:
 #: Longest line a stream sensor reads; a longer one is skipped unread (a reading of 10,000
 #: features is ~200 KB of JSON).
 MAX_LINE_BYTES = 1 << 20
-#: Largest tick a line may name (`t`, or a label's): ~35 years of millisecond ticks, far inside
-#: int64, so a tick of 2^70 cannot overflow the label arrays or push every later line out.
-MAX_TICK = 2**40
 
 
 class SensorError(ValueError):
@@ -359,6 +364,8 @@ def open_sensor(
     path = Path(cfg.path)
     if base is not None and not path.is_absolute():
         path = base / path
+    if problem := file_problem(path, None):  # a FIFO would block open(), /dev/zero readline
+        raise SensorError(f"sensor.path {path} {problem}")
     try:
         stream = open(path, encoding="utf-8")  # noqa: SIM115 - owned by the sensor
     except OSError as exc:

@@ -409,7 +409,19 @@ class CoordinatorSpec:
 
 
 class CoordinatorHost:
-    """The coordinator service: collects each round's deltas over gRPC and aggregates them."""
+    """The coordinator service: collects each round's deltas over gRPC and aggregates them.
+
+    GetAggregate answers only requests signed with the swarm key. Two calls per agent may wait
+    at once: every honest client hosts at least one agent and waits for one round at a time,
+    and the second place covers a call whose client just gave up while its server thread is
+    still finishing. The server has SPARE_WORKERS threads more than that, so health checks and
+    submits are served however many calls wait. `traffic()` adds the servicer's own figures
+    (refusals without a Rejection, snapshots) to the traffic counters.
+    """
+
+    #: Server threads beyond the waiting GetAggregate calls, for health checks and submits
+    #: (start_server's default pool, which served them before waiting was rationed).
+    SPARE_WORKERS = 8
 
     def __init__(self, spec: CoordinatorSpec):
         scenario, key = spec.scenario, spec.key
@@ -421,25 +433,30 @@ class CoordinatorHost:
             num_params=num_params,
             layout=layout,
             config=sc.gossip.coordinator,
+            # a resumed run's coordinator opens at the round its checkpoint reached
+            start_version=start_round,
         )
-        # a resumed run's coordinator opens at the round its checkpoint reached
-        self.state.version = start_round
         self.counters = TrafficCounters()
         if counts:
             self.counters.load(counts)
-        servicer = CoordinatorServicer(
+        self.servicer = CoordinatorServicer(
             decode=wire.make_decoder(key, num_params, layout),
             submit=self.state.submit,
             wait_aggregate=self.state.wait_aggregate,
             encode=lambda d: wire.to_proto(d, key),
             counters=self.counters,
             round_timeout_s=RPC_TIMEOUT_S,
+            key=key,
+            max_waiting=2 * sc.total_agents,
         )
+        if counts:
+            self.servicer.load_figures(counts)
         self.server, port = start_server(
             host,
             port,
-            coordinator=servicer,
+            coordinator=self.servicer,
             max_message_bytes=int(sc.gossip.max_message_mb * 2**20),
+            workers=2 * sc.total_agents + self.SPARE_WORKERS,
             tls=sc.gossip.tls,
             node="coordinator",
         )
@@ -449,11 +466,11 @@ class CoordinatorHost:
         return self.endpoint
 
     def traffic(self) -> dict[str, int]:
-        return self.counters.snapshot()
+        return {**self.counters.snapshot(), **self.servicer.figures()}
 
     def counts(self, *after: int) -> dict[str, int]:
         """The counters, once the refs `after` (a round's merges) are done: for a checkpoint."""
-        return self.counters.snapshot()
+        return self.traffic()
 
     def close(self) -> None:
         self.server.stop(grace=None)

@@ -21,7 +21,9 @@ from protocols.membership import (
 )
 from protocols.membership_net import MembershipNode
 from protocols.transport import GossipServicer, TrafficCounters, start_server
+from protocols.wire import sign_probe
 
+KEY = b"membership-test-key"
 LAN = MembershipConfig()  # memberlist's LAN profile: T = 1 s, timeout 0.5 s, k = 3, mult 4
 
 
@@ -387,6 +389,7 @@ class Cluster:
             seed=len(self.nodes),
             incarnation=incarnation,
             on_change=record,
+            key=KEY,
         )
         servicer.membership = node
         self.nodes[name], self.servers[name], self.addresses[name] = node, server, address
@@ -482,7 +485,9 @@ def test_four_grpc_nodes_drop_a_killed_member_and_take_it_back(cluster: Cluster)
     print(f"\nkill -> DEAD: {dead}\nrestart -> ALIVE: {alive}")
 
 
-# -- hostile peers (issue 18): real gRPC on 127.0.0.1, no key needed ----------------------
+# -- hostile peers (issue 18): real gRPC on 127.0.0.1 ---------------------------------------
+# Every membership message is signed with the swarm key; the first tests are an outsider's
+# (no key), the rest a key holder's, whom the bounds on incarnations, tables and relays hold.
 
 
 def _stub(address: str):
@@ -491,6 +496,65 @@ def _stub(address: str):
     from swarm.proto.v1 import gossip_pb2_grpc
 
     return gossip_pb2_grpc.GossipStub(grpc.insecure_channel(address))
+
+
+def test_an_outsider_without_the_key_is_refused_and_counted_and_changes_nothing(
+    cluster: Cluster,
+) -> None:
+    import grpc
+
+    from swarm.proto.v1 import gossip_pb2
+
+    # Prepare: two members that know each other, running
+    for name in ("a", "b"):
+        cluster.launch(name)
+    cluster.nodes["a"].join("b", cluster.addresses["b"])
+    cluster.nodes["b"].join("a", cluster.addresses["a"])
+    for node in cluster.nodes.values():
+        node.start()
+    dead_b = gossip_pb2.MemberUpdate(
+        node="b", address=cluster.addresses["b"], state="DEAD", incarnation=10**6
+    )
+    fake = gossip_pb2.MemberUpdate(node="fake", address="10.0.0.1:1", state="ALIVE")
+    stub = _stub(cluster.addresses["a"])
+    unsigned = gossip_pb2.PingRequest(sender_node="mallory", updates=[dead_b, fake])
+    wrong_key = sign_probe(gossip_pb2.PingRequest(sender_node="mallory", updates=[dead_b]), b"x")
+    relay = gossip_pb2.PingReqRequest(
+        sender_node="mallory", target_node="b", target_address=cluster.addresses["b"]
+    )
+    # Execute: a death and a stranger, unsigned and signed with another key; a relay request
+    for request, call in ((unsigned, stub.Ping), (wrong_key, stub.Ping), (relay, stub.PingReq)):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=2)
+        # Assert: refused UNAUTHENTICATED
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # Assert: counted; b still alive at its own incarnation, no stranger in the table
+    assert cluster.nodes["a"].refusals()["bad_signature"] == 3
+    time.sleep(3 * FAST.probe_interval_s)
+    assert cluster.nodes["a"].state("b") is State.ALIVE
+    assert cluster.nodes["a"].member("fake") is None
+    assert cluster.nodes["b"].incarnation == 0
+
+
+def test_a_reply_without_the_key_counts_as_no_answer(cluster: Cluster) -> None:
+    # Prepare: a, and "b" a server that answers pings unsigned (a node with another key, or
+    # an impostor at b's address)
+    a = cluster.launch("a")
+    impostor = GossipServicer("b", lambda msg: None, lambda deltas: 0, TrafficCounters())
+    server, port = start_server("127.0.0.1", 0, gossip=impostor, max_message_bytes=2**20)
+    try:
+        a.join("b", f"127.0.0.1:{port}")
+        # Execute
+        a.start()
+        # Assert: b is suspected, then dead, though something answered at its address
+        _wait_for(
+            lambda: a.state("b") is State.DEAD,
+            a.detection_bound_s() + 2.0,
+            "a declares the unsigned b dead",
+        )
+        assert a.refusals()["bad_reply_signature"] >= 1
+    finally:
+        server.stop(grace=None)
 
 
 def test_a_forged_death_at_the_largest_incarnation_neither_sticks_nor_breaks_the_victim(
@@ -508,17 +572,20 @@ def test_a_forged_death_at_the_largest_incarnation_neither_sticks_nor_breaks_the
     forged = gossip_pb2.MemberUpdate(
         node="b", address=cluster.addresses["b"], state="DEAD", incarnation=2**64 - 1
     )
-    # Execute: an outsider tells a (and b itself) that b died at incarnation 2^64 - 1
+    # Execute: a key holder tells a (and b itself) that b died at incarnation 2^64 - 1
     for target in ("a", "b"):
         _stub(cluster.addresses[target]).Ping(
-            gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=[forged]),
+            sign_probe(
+                gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=[forged]),
+                KEY,
+            ),
             timeout=2,
         )
     # Assert: both dropped it and counted it; b still answers pings, a still holds b alive
     for name in ("a", "b"):
         assert cluster.nodes[name].refusals().get("incarnation", 0) >= 1
     reply = _stub(cluster.addresses["b"]).Ping(
-        gossip_pb2.PingRequest(sender_node="a", incarnation=0), timeout=2
+        sign_probe(gossip_pb2.PingRequest(sender_node="a", incarnation=0), KEY), timeout=2
     )
     assert reply.node == "b" and reply.incarnation < 2**62
     time.sleep(5 * FAST.probe_interval_s)
@@ -532,7 +599,7 @@ def test_a_flood_of_made_up_members_stops_at_max_members() -> None:
     servicer = GossipServicer("a", lambda msg: None, lambda deltas: 0, TrafficCounters())
     server, port = start_server("127.0.0.1", 0, gossip=servicer, max_message_bytes=2**20)
     small = FAST.model_copy(update={"max_members": 8})
-    node = MembershipNode("a", f"127.0.0.1:{port}", small)
+    node = MembershipNode("a", f"127.0.0.1:{port}", small, key=KEY)
     servicer.membership = node
     try:
         fakes = [
@@ -541,7 +608,10 @@ def test_a_flood_of_made_up_members_stops_at_max_members() -> None:
         ]
         # Execute: 300 strangers announced ALIVE
         _stub(f"127.0.0.1:{port}").Ping(
-            gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=fakes), timeout=5
+            sign_probe(
+                gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=fakes), KEY
+            ),
+            timeout=5,
         )
         # Assert: 8 taken, the rest dropped and counted
         assert len(node.members()) == 8
@@ -565,8 +635,11 @@ def test_ping_req_relays_only_to_known_members_and_only_a_few_at_once(cluster: C
         for target, address in (("b", silent), ("nobody", silent)):
             with pytest.raises(grpc.RpcError) as err:
                 stub.PingReq(
-                    gossip_pb2.PingReqRequest(
-                        sender_node="mallory", target_node=target, target_address=address
+                    sign_probe(
+                        gossip_pb2.PingReqRequest(
+                            sender_node="mallory", target_node=target, target_address=address
+                        ),
+                        KEY,
                     ),
                     timeout=2,
                 )
@@ -574,8 +647,11 @@ def test_ping_req_relays_only_to_known_members_and_only_a_few_at_once(cluster: C
         assert cluster.nodes["a"].refusals()["ping_req_unknown"] == 2
         # a known member at its own address is relayed
         ok = stub.PingReq(
-            gossip_pb2.PingReqRequest(
-                sender_node="mallory", target_node="b", target_address=cluster.addresses["b"]
+            sign_probe(
+                gossip_pb2.PingReqRequest(
+                    sender_node="mallory", target_node="b", target_address=cluster.addresses["b"]
+                ),
+                KEY,
             ),
             timeout=2,
         )
@@ -592,14 +668,17 @@ def test_ping_req_refuses_beyond_its_relays_in_flight() -> None:
     slow = FAST.model_copy(update={"max_ping_req_in_flight": 1, "probe_timeout_s": 1.0})
     servicer = GossipServicer("a", lambda msg: None, lambda deltas: 0, TrafficCounters())
     server, port = start_server("127.0.0.1", 0, gossip=servicer, max_message_bytes=2**20, workers=4)
-    node = MembershipNode("a", f"127.0.0.1:{port}", slow)
+    node = MembershipNode("a", f"127.0.0.1:{port}", slow, key=KEY)
     servicer.membership = node
     try:
         with socket_bound() as quiet:
             node.join("quiet", quiet)
             stub = _stub(f"127.0.0.1:{port}")
-            request = gossip_pb2.PingReqRequest(
-                sender_node="mallory", target_node="quiet", target_address=quiet
+            request = sign_probe(
+                gossip_pb2.PingReqRequest(
+                    sender_node="mallory", target_node="quiet", target_address=quiet
+                ),
+                KEY,
             )
             # Execute: 3 at once
             calls = [stub.PingReq.future(request, timeout=5) for _ in range(3)]
@@ -629,3 +708,70 @@ class socket_bound:  # noqa: N801 - used as a context manager like a function
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_dead_members_are_reaped_after_dead_reap_s_and_met_again_when_they_return() -> None:
+    # Prepare: a knows b and c; b stops answering
+    clock = FakeClock()
+    cfg = LAN.model_copy(update={"dead_reap_s": 10.0})
+    a = Membership("a", "a", cfg, 0, clock)
+    a.join("b", "b")
+    a.join("c", "c")
+    while a.next_probe() != "b":
+        pass
+    a.on_probe_timeout("b")
+    a.on_indirect_result("b", reachable=False)
+    dead_at = clock.now + a.suspicion_timeout_s()
+    # Execute / Assert: DEAD when its timer runs out, still held until dead_reap_s later
+    clock.now = dead_at + cfg.dead_reap_s - 0.001
+    a.tick()
+    assert a.state("b") is State.DEAD and a.reaped == 0
+    clock.now = dead_at + cfg.dead_reap_s
+    a.tick()
+    assert a.member("b") is None and a.reaped == 1
+    assert {a.next_probe() for _ in range(4)} == {"c"}  # the rotation no longer holds b
+    # b comes back and pings a: its own record (always piggy-backed) makes it a member again
+    a.on_ping("b", 1, [Update("b", "b", State.ALIVE, 1)])
+    assert a.state("b") is State.ALIVE
+
+
+def test_another_node_under_our_name_is_recorded_not_refuted() -> None:
+    # Prepare: a at address "a"
+    clock = FakeClock()
+    a = Membership("a", "a", LAN, 0, clock, incarnation=5)
+    # Execute: news of "a" alive at another address (a second process with a's config)
+    a.merge([Update("a", "elsewhere:1", State.ALIVE, 9)])
+    # Assert: recorded and counted; no incarnation race
+    assert a.impostors == {"elsewhere:1": 0.0}
+    assert a.refused["duplicate_name"] == 1
+    assert a.incarnation == 5
+    # news of a at its own address is still refuted as SWIM does
+    a.merge([Update("a", "a", State.SUSPECT, 5)])
+    assert a.incarnation == 6
+
+
+def test_probe_bytes_that_do_not_parse_or_are_too_large_are_refused_and_counted() -> None:
+    import grpc
+
+    # Prepare: a node serving membership with a 1 KiB message limit
+    counters = TrafficCounters()
+    servicer = GossipServicer("a", lambda msg: None, lambda deltas: 0, counters)
+    server, port = start_server("127.0.0.1", 0, gossip=servicer, max_message_bytes=1024)
+    servicer.membership = MembershipNode("a", f"127.0.0.1:{port}", FAST, key=KEY)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        codes = []
+        for method, body in (("Ping", b"\xff\xff\xff"), ("PingReq", b"\x0a" * 1500)):
+            call = channel.unary_unary(f"/swarm.v1.Gossip/{method}")
+            # Execute
+            with pytest.raises(grpc.RpcError) as err:
+                call(body, timeout=2)
+            codes.append(err.value.code())
+    finally:
+        channel.close()
+        server.stop(grace=None)
+    # Assert: refused with a status, counted, and not counted as delta traffic
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    snapshot = counters.snapshot()
+    assert snapshot["rejected_malformed"] == 1 and snapshot["rejected_oversized"] == 1
+    assert snapshot["messages_received"] == 0

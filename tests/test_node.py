@@ -763,6 +763,44 @@ def test_a_node_with_another_key_is_told_so(tmp_path: Path, recordings: Path) ->
 
 
 @pytest.mark.slow
+def test_two_nodes_running_one_agent_both_say_so(tmp_path: Path, recordings: Path) -> None:
+    # Prepare: agent 0, and agent 1 run twice (a copied config), each copy in its own directory
+    dirs = {name: tmp_path / name for name in ("a", "b", "c")}
+    for d in dirs.values():
+        d.mkdir()
+        _write_scenario(d, count=2)
+    sensor = _recorded(recordings, 4)
+    common = {"sensor": sensor, "tick_s": 0.05, "linger_s": 30}
+    a = NodeProc(_write_node(dirs["a"], 0, 0, **common))
+    nodes = [a]
+    try:
+        a_address = a.first()["listening"]
+        b = NodeProc(_write_node(dirs["b"], 1, 0, peers=[a_address], **common))
+        nodes.append(b)
+        b_address = b.first()["listening"]
+        # Execute: the second copy joins both
+        c = NodeProc(_write_node(dirs["c"], 1, 0, peers=[a_address, b_address], **common))
+        nodes.append(c)
+        c_address = c.first()["listening"]
+
+        # Assert: both copies report the other in their status, and warn on stderr
+        def reported(node: NodeProc, other: str) -> bool:
+            status = node.status() or {}
+            return other in status.get("duplicate_agents", {}).get("agent-1", [])
+
+        _until(lambda: reported(b, c_address), 30, "b reports c running agent-1")
+        _until(lambda: reported(c, b_address), 30, "c reports b running agent-1")
+        assert "this node" in b.status()["duplicate_agents"]["agent-1"]  # type: ignore[index]
+        assert not (a.status() or {}).get("duplicate_agents", {}).get("agent-0")
+    finally:
+        for node in nodes:
+            node.kill()
+    for node in (b, c):
+        _, err = node.exit()
+        assert "agent-1 is run by more than one node" in err
+
+
+@pytest.mark.slow
 def test_a_node_never_imports_ray(tmp_path: Path, recordings: Path) -> None:
     _write_scenario(tmp_path, count=2)
     config = _write_node(tmp_path, 0, 0, linger_s=0, sensor=_recorded(recordings, 4))

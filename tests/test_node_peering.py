@@ -85,7 +85,7 @@ class FakePeers:
     def submit(self, address, batch, timeout_s):  # pragma: no cover - not used here
         raise NotImplementedError
 
-    def get_aggregate(self, address, node, round_, timeout_s):  # pragma: no cover
+    def get_aggregate(self, address, request, timeout_s):  # pragma: no cover
         raise NotImplementedError
 
     def senders(self, address: str) -> list[tuple[str, bool]]:
@@ -413,10 +413,28 @@ def test_the_aggregate_request_names_the_node() -> None:
     asked: list[tuple[str, str, int]] = []
 
     class Recording(FakePeers):
-        def get_aggregate(self, address, node, round_, timeout_s):
-            asked.append((address, node, round_))
+        def get_aggregate(self, address, request, timeout_s):
+            asked.append((address, request.node, request.round))
             raise Unreachable(address, "round has not closed", "UNAVAILABLE")
 
     with pytest.raises(Unreachable):
         CoordinatorLink(Recording(), "c:1", _codec("agent-3")).aggregate(4, 0.1)
     assert asked == [("c:1", "agent-3", 4)]
+
+
+def test_directory_reports_an_agent_two_nodes_claim_and_keeps_the_first() -> None:
+    from protocols.peering import Directory
+
+    # Prepare: this node n0 hosts agent 0; n1 at a1 hosts agent 1
+    directory = Directory(node="n0", local=[0])
+    directory.learn("n1", "a1", [1])
+    # Execute: n2 claims agent 1 too; n1 moves to a new address; someone claims agent 0
+    directory.learn("n2", "a2", [1])
+    directory.learn("n1", "a1b", [1])
+    directory.learn("n0", "a9", [0])
+    # Assert: both clashes reported, the first claimant keeps agent 1; a move is no clash
+    assert directory.conflicts() == {
+        0: {"this node": "n0", "a9": "n0"},
+        1: {"a1": "n1", "a2": "n2"},
+    }
+    assert directory.address_of(1) == "a1b"

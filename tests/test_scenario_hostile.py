@@ -504,3 +504,276 @@ def test_a_package_allowed_by_whoever_runs_is_imported_as_before(
     # Assert: validation goes on to look the module up (it has none called envs)
     assert f"world.env: module '{name}.envs' is not installed" in str(info.value)
     assert mark.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers without an upper bound before (issue 18): the ray section and the tick counts
+
+
+@pytest.mark.parametrize(
+    "text, line, key, most",
+    [
+        ("ray:\n  num_cpus: 1000000\n", 2, "ray.num_cpus", "1024"),
+        ("ray:\n  dashboard: false\n  object_store_mb: 1000000000\n", 3, "ray.object_store_mb",
+         "65536"),
+        ("ray: {task_events_kept: 10000000000}\n", 1, "ray.task_events_kept", "1000000"),
+        (f"ticks: {2**41}\n", 1, "ticks", str(2**40)),
+        (f"metrics: {{interval: {2**70}}}\n", 1, "metrics.interval", str(2**40)),
+        (f"checkpoint:\n  every_ticks: {2**41}\n", 2, "checkpoint.every_ticks", str(2**40)),
+        (
+            "agents: {count: 4}\nexternal_peers:\n  - {agent: 10000000, address: '127.0.0.1:1'}\n",
+            3,
+            "external_peers[0].agent",
+            "200000",
+        ),
+    ],
+)  # fmt: skip
+def test_swarm_validate_refuses_a_number_past_its_bound_naming_key_file_and_line(
+    tmp_path: Path, text: str, line: int, key: str, most: str
+) -> None:
+    # Prepare: the number on line `line` + 1 (after the name)
+    scenario = tmp_path / "big.yaml"
+    scenario.write_text(f"name: t\n{text}")
+
+    # Execute
+    proc = _swarm(tmp_path, "validate", str(scenario))
+
+    # Assert: status 2, its one problem on one line, no traceback
+    assert proc.returncode == 2, proc.stderr
+    problems = [p for p in proc.stderr.splitlines() if f"big.yaml:{line + 1}:" in p]
+    assert len(problems) == 1, proc.stderr
+    assert (
+        problems[0]
+        .strip()
+        .startswith(
+            f"{scenario}:{line + 1}: {key}: Input should be less than or equal to {most} (got "
+        )
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_the_ray_section_bounds_let_the_shipped_values_through() -> None:
+    sc = parse_scenario(
+        "name: t\nray: {num_cpus: 1024, object_store_mb: 65536, task_events_kept: 1000000}\n"
+        f"ticks: {2**40}\n"
+    )
+
+    assert (sc.ray.num_cpus, sc.ray.object_store_mb, sc.ray.task_events_kept) == (
+        1024,
+        65536,
+        1_000_000,
+    )
+    assert sc.ticks == 2**40
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers of the world, the agents' minds, the faults and the node that had no upper bound
+# (issue 18): each row is a scenario with one value past its bound, on line `line` + 1
+
+MAX_TIME = str(2**40 * 10)  # envs.drone_patrol.config.MAX_TIME_S: MAX_TICK ticks of 10 s
+BEYOND_TIME = "1.0e+14"
+BOUNDS = [
+    # envs/drone_patrol/config.py
+    ("world:\n  area_m: 100001\n", 2, "world.area_m", "100000"),
+    ("world: {cruise_altitude_m: 1001}\n", 1, "world.cruise_altitude_m", "1000"),
+    ("world: {altitude_limit_m: 1001}\n", 1, "world.altitude_limit_m", "1000"),
+    ("world: {routes_per_zone: 1025}\n", 1, "world.routes_per_zone", "1024"),
+    ("world:\n  departures:\n    - {agent: 200001, at_s: 5}\n", 3, "world.departures[0].agent",
+     "200000"),
+    (f"world:\n  departures:\n    - {{agent: 0, at_s: {BEYOND_TIME}}}\n", 3,
+     "world.departures[0].at_s", MAX_TIME),
+    ("world:\n  arrivals:\n    - {agent: 200001, at_s: 5}\n", 3, "world.arrivals[0].agent",
+     "200000"),
+    (f"world:\n  arrivals:\n    - {{agent: 0, at_s: {BEYOND_TIME}}}\n", 3,
+     "world.arrivals[0].at_s", MAX_TIME),
+    (f"world: {{rotation_s: {BEYOND_TIME}}}\n", 1, "world.rotation_s", MAX_TIME),
+    ("world: {feature_noise: 101}\n", 1, "world.feature_noise", "100"),
+    ("world: {sensing_radius_m: 1001}\n", 1, "world.sensing_radius_m", "1000"),
+    (f"world: {{label_delay_ticks: {2**41}}}\n", 1, "world.label_delay_ticks", str(2**40)),
+    ("world:\n  events:\n    fire: {zones: [forest], rate_per_min: 6001}\n", 3,
+     "world.events.fire.rate_per_min", "6000"),
+    (f"world:\n  events:\n    fire: {{zones: [forest], duration_s: {BEYOND_TIME}}}\n", 3,
+     "world.events.fire.duration_s", MAX_TIME),
+    (f"world:\n  events:\n    fire: {{zones: [forest], appears_after_s: {BEYOND_TIME}}}\n", 3,
+     "world.events.fire.appears_after_s", MAX_TIME),
+    (f"world:\n  events:\n    fire:\n      zones: [forest]\n      later_zones: {{city: "
+     f"{BEYOND_TIME}}}\n", 5, "world.events.fire.later_zones.city", MAX_TIME),
+    # envs/pz_config.py
+    (f"{SPREAD_WORLD}  tick_s: 86401\n", 4, "world.tick_s", "86400"),
+    # agents/config.py
+    (f"model: {{router_noise_anneal_steps: {2**41}}}\n", 1, "model.router_noise_anneal_steps",
+     str(2**40)),
+    (f"learning: {{learn_every: {2**41}}}\n", 1, "learning.learn_every", str(2**40)),
+    ("learning: {ewc_lambda: 1.0e+11}\n", 1, "learning.ewc_lambda", str(10**10)),
+    (f"learning: {{consolidate_every: {2**41}}}\n", 1, "learning.consolidate_every", str(2**40)),
+    ("learning: {ssl_weight: 101}\n", 1, "learning.ssl_weight", "100"),
+    ("rl: {value_coef: 101}\n", 1, "rl.value_coef", "100"),
+    ("rl: {entropy_coef: 101}\n", 1, "rl.entropy_coef", "100"),
+    ("rl: {max_grad_norm: 1.0e+7}\n", 1, "rl.max_grad_norm", "1000000"),
+    # protocols/faults.py
+    (f"faults: {{seed: {2**64}}}\n", 1, "faults.seed", str(2**64 - 1)),
+    (f"faults:\n  messages: {{delay: 0.1, delay_rounds: {2**41}}}\n", 2,
+     "faults.messages.delay_rounds", str(2**40)),
+    (f"faults:\n  partitions:\n    - {{from_tick: {2**41}, to_tick: 5, split: 2}}\n", 3,
+     "faults.partitions[0].from_tick", str(2**40)),
+    (f"faults:\n  partitions:\n    - {{from_tick: 0, to_tick: {2**41}, split: 2}}\n", 3,
+     "faults.partitions[0].to_tick", str(2**40)),
+    ("faults:\n  partitions:\n    - {from_tick: 0, to_tick: 5, groups: [[0, 200001]]}\n", 3,
+     "faults.partitions[0].groups[0][1]", "200000"),
+    ("faults:\n  partitions:\n    - {from_tick: 0, to_tick: 5, split: 200001}\n", 3,
+     "faults.partitions[0].split", "200000"),
+    ("faults:\n  kill:\n    - {shard: 200001, at_tick: 5}\n", 3, "faults.kill[0].shard",
+     "200000"),
+    (f"faults:\n  kill:\n    - {{shard: 0, at_tick: {2**41}}}\n", 3, "faults.kill[0].at_tick",
+     str(2**40)),
+    ("faults:\n  byzantine: {agents: [200001]}\n", 2, "faults.byzantine.agents[0]", "200000"),
+    ("faults:\n  byzantine: {attack: scale, scale: 1.0e+31}\n", 2, "faults.byzantine.scale",
+     str(10**30)),
+    ("faults:\n  byzantine: {attack: noise, noise_std: 1.0e+31}\n", 2,
+     "faults.byzantine.noise_std", str(10**30)),
+    # protocols/config.py
+    ("gossip:\n  graph: {kind: random_regular, degree: 200001}\n", 2, "gossip.graph.degree",
+     "200000"),
+    ("gossip:\n  graph: {kind: proximity, radio_range_m: 1.0e+7}\n", 2,
+     "gossip.graph.radio_range_m", "1000000"),
+    (f"gossip: {{interval: {2**41}}}\n", 1, "gossip.interval", str(2**40)),
+    ("gossip:\n  coordinator: {round_timeout_s: 3601}\n", 2,
+     "gossip.coordinator.round_timeout_s", "3600"),
+    ("gossip:\n  coordinator: {clip_norm: 1.0e+31}\n", 2, "gossip.coordinator.clip_norm",
+     str(10**30)),
+    ("gossip:\n  membership: {probe_interval_s: 3601}\n", 2,
+     "gossip.membership.probe_interval_s", "3600"),
+    ("gossip:\n  membership: {indirect_checks: 65}\n", 2, "gossip.membership.indirect_checks",
+     "64"),
+    ("gossip:\n  membership: {suspicion_mult: 1001}\n", 2, "gossip.membership.suspicion_mult",
+     "1000"),
+    ("gossip:\n  membership: {max_members: 200001}\n", 2, "gossip.membership.max_members",
+     "200000"),
+    ("gossip:\n  membership: {dead_reap_s: 86401}\n", 2, "gossip.membership.dead_reap_s",
+     "86400"),
+    ("gossip:\n  limits: {delta_norm: 1.0e+7}\n", 2, "gossip.limits.delta_norm", "1000000"),
+    (f"gossip:\n  limits: {{version_jump: {2**63}}}\n", 2, "gossip.limits.version_jump",
+     str(2**62)),
+    ("gossip:\n  coordinator: {keep_rounds: 4097}\n", 2, "gossip.coordinator.keep_rounds",
+     "4096"),
+    (f"gossip:\n  sightings: {{max_age_ticks: {2**41}}}\n", 2,
+     "gossip.sightings.max_age_ticks", str(2**40)),
+]  # fmt: skip
+
+
+def _too_large(path: Path, line: int, key: str, most: str) -> str:
+    """The start of the one problem line of a value past its bound `most`."""
+    return f"{path}:{line}: {key}: Input should be less than or equal to {most} (got "
+
+
+@pytest.mark.parametrize("text, line, key, most", BOUNDS, ids=[row[2] for row in BOUNDS])
+def test_every_number_of_the_scenario_has_an_upper_bound_refused_at_its_line(
+    tmp_path: Path, text: str, line: int, key: str, most: str
+) -> None:
+    # Prepare: the number on line `line` + 1 (after the name)
+    path = tmp_path / "big.yaml"
+
+    # Execute
+    message = _refusal(f"name: t\n{text}", tmp_path, path.name)
+
+    # Assert: one problem, on one line, naming file, line, key and the bound
+    head, *problems = message.splitlines()
+    assert head == f"{path}: 1 problem in the scenario:", message
+    assert len(problems) == 1 and problems[0].strip().startswith(
+        _too_large(path, line + 1, key, most)
+    ), message
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["world.area_m", "world.tick_s", "learning.ewc_lambda", "faults.byzantine.scale"],
+)  # one row of each config module: drone patrol, PettingZoo, agents, faults
+def test_swarm_validate_refuses_a_world_mind_or_fault_number_past_its_bound(
+    tmp_path: Path, key: str
+) -> None:
+    # Prepare
+    text, line, _, most = next(row for row in BOUNDS if row[2] == key)
+    scenario = tmp_path / "big.yaml"
+    scenario.write_text(f"name: t\n{text}")
+
+    # Execute
+    proc = _swarm(tmp_path, "validate", str(scenario))
+
+    # Assert: status 2, its one problem on one line, no traceback
+    assert proc.returncode == 2, proc.stderr
+    problems = [p.strip() for p in proc.stderr.splitlines() if f"big.yaml:{line + 1}:" in p]
+    assert len(problems) == 1, proc.stderr
+    assert problems[0].startswith(_too_large(scenario, line + 1, key, most)), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    "key, value, most",
+    [
+        ("checkpoint_every_s", "86401", "86400"),
+        ("max_clock_skew_s", "86401", "86400"),
+        ("status_every_s", "3601", "3600"),
+    ],
+)
+def test_a_node_config_time_past_its_bound_is_refused_at_its_line(
+    tmp_path: Path, key: str, value: str, most: str
+) -> None:
+    # Prepare: the node config is checked before the scenario it names is read
+    from swarm.node_config import load_node_config
+
+    path = tmp_path / "node.yaml"
+    path.write_text(f"scenario: s.yaml\nagent: 0\n{key}: {value}\n")
+
+    # Execute
+    with pytest.raises(ScenarioError) as info:
+        load_node_config(path)
+
+    # Assert
+    head, *problems = str(info.value).splitlines()
+    assert head == f"{path}: 1 problem in the node config:"
+    assert len(problems) == 1 and problems[0].strip().startswith(_too_large(path, 3, key, most))
+
+
+def test_the_new_bounds_let_the_largest_planned_values_through() -> None:
+    # Prepare: agents.count's cap (100,000 drones) at the default beat, and every bound itself
+    from envs.drone_patrol.config import MAX_TIME_S, scaled_layout
+
+    area = scaled_layout(100_000)["area_m"]
+    text = (
+        f"name: t\nagents: {{count: 100000, per_shard: auto}}\n"
+        f"world:\n  area_m: {area}\n  rotation_s: {MAX_TIME_S}\n  label_delay_ticks: {2**40}\n"
+        "  feature_noise: 100.0\n  sensing_radius_m: 1000.0\n  tick_s: 0.001\n"
+        f"  events:\n    fire: {{zones: [forest], rate_per_min: 6000.0, duration_s: {MAX_TIME_S},"
+        f" appears_after_s: {MAX_TIME_S}, later_zones: {{city: {MAX_TIME_S}}}}}\n"
+        f"learning: {{learn_every: {2**40}, ewc_lambda: 1.0e+10, ssl_weight: 100.0}}\n"
+        "rl: {value_coef: 100.0, entropy_coef: 100.0, max_grad_norm: 1000000.0}\n"
+        f"faults:\n  seed: {2**64 - 1}\n  messages: {{delay: 0.1, delay_rounds: {2**40}}}\n"
+        f"  partitions:\n    - {{from_tick: 0, to_tick: {2**40}, split: 100000}}\n"
+        "  byzantine: {attack: scale, scale: 1.0e+30}\n"
+    )
+
+    # Execute
+    sc = parse_scenario(text)
+
+    # Assert
+    assert sc.world.kind == "drone_patrol" and sc.world.area_m == area > 14_000
+    assert sc.faults.byzantine.scale == 1e30 and sc.learning.learn_every == 2**40
+
+
+def test_every_example_scenario_and_node_config_validates() -> None:
+    # scenarios/*.yaml: tests/test_scenario.py::test_shipped_scenarios_validate
+    import yaml
+
+    from swarm.node_config import NodeConfig
+    from swarm.scenario import parse_yaml_model
+
+    paths = sorted((ROOT / "examples").rglob("*.yaml")) + sorted(
+        (ROOT / "tests" / "data").glob("*.yaml")
+    )
+    assert len(paths) >= 5  # examples/node: a scenario and three node configs; tiny.yaml
+    for path in paths:
+        if "scenario" in yaml.safe_load(path.read_text()):  # a node config names its scenario
+            # its key_file (swarm.key) is made by whoever runs the example: the schema only
+            parse_yaml_model(path.read_text(), NodeConfig, path, "node config")
+        else:
+            assert load_scenario(path).agents.count >= 1, path

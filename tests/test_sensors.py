@@ -458,7 +458,8 @@ def test_record_world_refuses_agents_outside_the_world(tmp_path):
 def test_hostile_lines_are_skipped_and_counted_not_fatal(capsys) -> None:
     # issue 18: each of these killed a node (OverflowError, RecursionError, ValueError), or,
     # for t = 2^70, was taken and pushed every later line out as "does not increase"
-    from swarm.sensors import MAX_LINE_BYTES, MAX_TICK
+    from swarm._config import MAX_TICK
+    from swarm.sensors import MAX_LINE_BYTES
 
     hostile = [
         '{"t": 1, "obs": [' + "9" * 401 + ", 0, 0]}",  # an integer no float holds

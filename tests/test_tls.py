@@ -15,7 +15,7 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_transport import MAX_BYTES, P, _msg, serve_receiver
 
-from protocols.config import TlsConfig
+from protocols.config import MembershipConfig, TlsConfig
 from protocols.errors import Unreachable
 from protocols.tls import TlsError, TlsHandshakeFailed
 from protocols.transport import Peers, TrafficCounters
@@ -185,6 +185,87 @@ def test_certified_client_pushes_a_delta_that_is_applied(cert_dirs, mode: str) -
 
 
 # -- errors a person can act on ----------------------------------------------------------------
+
+
+def test_under_mtls_a_node_speaks_only_as_its_certificate_name(cert_dirs) -> None:
+    from protocols.errors import PeerError
+    from protocols.membership_net import MembershipNode
+    from protocols.transport import GossipServicer, start_server
+    from protocols.wire import sign_probe
+    from swarm.proto.v1 import gossip_pb2, gossip_pb2_grpc
+
+    # Prepare: n0 serving gossip and membership under mTLS; n1 its certified client
+    ours, _ = cert_dirs
+    cfg = _cfg("mtls", ours)
+    counters = TrafficCounters()
+    hosts = {"agent-1": "n2"}  # n0 met n2, which hosts agent-1
+    servicer = GossipServicer("n0", lambda m: None, lambda d: 0, counters, host_of=hosts.get)
+    server, port = start_server(
+        "127.0.0.1", 0, gossip=servicer, max_message_bytes=MAX_BYTES, tls=cfg, node="n0"
+    )
+    address = f"127.0.0.1:{port}"
+    membership = servicer.membership = MembershipNode("n0", address, MembershipConfig(), key=b"k")
+    peers = Peers(MAX_BYTES, TrafficCounters(), tls=cfg, node="n1")
+    try:
+        # Execute: n1, proven by its certificate, sends as n2 (a batch and a ping), and as
+        # itself a delta of agent-1, which lives on n2
+        forged = delta_pb2.DeltaBatch(sender_node="n2", deltas=[_msg()])
+        with pytest.raises(PeerError) as info:
+            peers.push(address, forged, 10)
+        with pytest.raises(PeerError) as agent_info:
+            peers.push(address, delta_pb2.DeltaBatch(sender_node="n1", deltas=[_msg()]), 10)
+        # an agent not known to live anywhere is judged by the gossip rules, not here
+        peers.push(address, delta_pb2.DeltaBatch(sender_node="n1", deltas=[_msg("agent-3")]), 10)
+        stub = gossip_pb2_grpc.GossipStub(peers.channel(address))
+        with pytest.raises(grpc.RpcError) as ping_err:
+            stub.Ping(sign_probe(gossip_pb2.PingRequest(sender_node="n2"), b"k"), timeout=5)
+        ok = stub.Ping(sign_probe(gossip_pb2.PingRequest(sender_node="n1"), b"k"), timeout=5)
+    finally:
+        peers.close()
+        server.stop(grace=None)
+    # Assert: both refused and counted; as itself it is answered
+    assert info.value.status == "PERMISSION_DENIED" and "certificate is 'n1'" in info.value.reason
+    assert agent_info.value.status == "PERMISSION_DENIED"
+    assert "'agent-1' lives on 'n2', not on 'n1'" in agent_info.value.reason
+    assert counters.snapshot()["rejected_unknown_sender"] == 2
+    assert ping_err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert membership.refusals() == {"wrong_identity": 1}
+    assert ok.node == "n0"
+
+
+def test_under_mtls_a_coordinator_takes_submits_only_under_the_callers_name(cert_dirs) -> None:
+    from protocols.errors import PeerError
+    from protocols.transport import CoordinatorServicer, start_server
+
+    # Prepare: a coordinator (certificate n0) and its certified client n1
+    cfg = _cfg("mtls", cert_dirs[0])
+    counters = TrafficCounters()
+    servicer = CoordinatorServicer(
+        decode=lambda m: None,
+        submit=lambda deltas: len(deltas),
+        wait_aggregate=lambda round_, timeout_s: None,
+        encode=lambda d: delta_pb2.KnowledgeDelta(),
+        counters=counters,
+        round_timeout_s=1.0,
+    )
+    server, port = start_server(
+        "127.0.0.1", 0, coordinator=servicer, max_message_bytes=MAX_BYTES, tls=cfg, node="n0"
+    )
+    peers = Peers(MAX_BYTES, TrafficCounters(), tls=cfg, node="n1")
+    try:
+        # Execute: n1 submits as n2, then as itself
+        with pytest.raises(PeerError) as info:
+            peers.submit(
+                f"127.0.0.1:{port}", delta_pb2.DeltaBatch(sender_node="n2", deltas=[_msg()]), 10
+            )
+        as_itself = delta_pb2.DeltaBatch(sender_node="n1", deltas=[_msg()])
+        peers.submit(f"127.0.0.1:{port}", as_itself, 10)
+    finally:
+        peers.close()
+        server.stop(grace=None)
+    # Assert: refused PERMISSION_DENIED and counted; as itself it is taken
+    assert info.value.status == "PERMISSION_DENIED" and "certificate is 'n1'" in info.value.reason
+    assert counters.snapshot()["rejected_unknown_sender"] == 1
 
 
 def test_bad_client_certificate_error_says_what_to_check(cert_dirs) -> None:

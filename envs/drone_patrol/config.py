@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from swarm._config import Section
+from swarm._config import MAX_AGENT_INDEX, MAX_TICK, Section
 
 #: Event classes an agent must tell apart; index = class id. "none" is background.
 EVENT_CLASSES: tuple[str, ...] = (
@@ -18,6 +18,13 @@ EVENT_CLASSES: tuple[str, ...] = (
     "altitude_limit_sign",
 )
 ZONES: tuple[str, ...] = ("forest", "city", "river", "industrial")
+
+#: Latest simulated time a world key may name, seconds: MAX_TICK ticks of the longest tick_s
+#: (10 s). Anything later would never happen in any run, and `first_tick` of it at the
+#: shortest tick_s (1 ms) stays far inside the int64 tick arrays (~1.1e16 < 9.2e18).
+MAX_TIME_S = MAX_TICK * 10.0
+#: Most cruise points per zone (and so routes per zone: a route needs a point).
+MAX_POINTS_PER_ZONE = 1024
 
 
 def first_tick(t_s: float, tick_s: float) -> int:
@@ -50,17 +57,22 @@ class EventKindConfig(Section):
 
     zones: list[Literal["forest", "city", "river", "industrial"]] = Field(min_length=1)
     """Zones whose cruise points can host this event kind."""
-    rate_per_min: float = Field(1.0, gt=0)
-    """Mean appearances per cruise point per simulated minute while the point is free."""
-    duration_s: float = Field(60.0, gt=0)
-    """Mean lifetime of one event before it clears."""
-    appears_after_s: float = Field(0.0, ge=0)
-    """The kind does not exist before this simulated time (new kinds appear mid-run)."""
-    later_zones: dict[Literal["forest", "city", "river", "industrial"], float] = Field(
-        default_factory=dict
-    )
+    rate_per_min: float = Field(1.0, gt=0, le=6000)
+    """Mean appearances per cruise point per simulated minute while the point is free; at most
+    6,000 (100 a second), past which a freed point refills at the next tick anyway (with
+    probability 1 - e^-10 at 0.1 s ticks)."""
+    duration_s: float = Field(60.0, gt=0, le=MAX_TIME_S)
+    """Mean lifetime of one event before it clears; at most MAX_TIME_S (the longest run)."""
+    appears_after_s: float = Field(0.0, ge=0, le=MAX_TIME_S)
+    """The kind does not exist before this simulated time (new kinds appear mid-run); at most
+    MAX_TIME_S, the longest run."""
+    later_zones: dict[
+        Literal["forest", "city", "river", "industrial"],
+        Annotated[float, Field(ge=0, le=MAX_TIME_S)],
+    ] = Field(default_factory=dict)
     """Zones the kind spreads to mid-run, with the simulated time (s) it first exists there:
-    ``{industrial: 150}`` makes drones of the industrial zone meet it long after the others."""
+    ``{industrial: 150}`` makes drones of the industrial zone meet it long after the others.
+    Times from 0 to MAX_TIME_S, the longest run."""
 
 
 EventName = Literal["fire", "garbage_overflow", "river_garbage", "altitude_limit_sign"]
@@ -82,21 +94,22 @@ def _default_events() -> dict[EventName, EventKindConfig]:
 class Departure(Section):
     """A drone that leaves the patrol (battery, fault) at a simulated time."""
 
-    agent: int = Field(ge=0)
-    """Index of the drone (``drone_<agent>``)."""
-    at_s: float = Field(ge=0)
-    """Simulated time at which it leaves: it flies home and lands, and no longer patrols."""
+    agent: int = Field(ge=0, le=MAX_AGENT_INDEX)
+    """Index of the drone (``drone_<agent>``), at most MAX_AGENT_INDEX (200,000)."""
+    at_s: float = Field(ge=0, le=MAX_TIME_S)
+    """Simulated time at which it leaves: it flies home and lands, and no longer patrols. At
+    most MAX_TIME_S, the longest run."""
 
 
 class Arrival(Section):
     """A drone that joins the patrol mid-run, with a fresh model (a replacement, a new unit)."""
 
-    agent: int = Field(ge=0)
-    """Index of the drone (``drone_<agent>``)."""
-    at_s: float = Field(gt=0)
+    agent: int = Field(ge=0, le=MAX_AGENT_INDEX)
+    """Index of the drone (``drone_<agent>``), at most MAX_AGENT_INDEX (200,000)."""
+    at_s: float = Field(gt=0, le=MAX_TIME_S)
     """Simulated time at which it takes off and joins its group's patrol. Until then it stands
     on the ground at its start position: it patrols, observes, reports and learns nothing, and
-    the learners give it a fresh model when it joins."""
+    the learners give it a fresh model when it joins. At most MAX_TIME_S, the longest run."""
 
 
 class DronePatrolConfig(Section):
@@ -104,19 +117,24 @@ class DronePatrolConfig(Section):
 
     kind: Literal["drone_patrol"] = "drone_patrol"
     """World type; the only built-in world for now."""
-    area_m: float = Field(160.0, gt=10)
-    """Side of the square patrol area, metres; the four zones are its quadrants."""
-    cruise_points_per_zone: int = Field(3, ge=1, le=1024)
+    area_m: float = Field(160.0, gt=10, le=100_000)
+    """Side of the square patrol area, metres; the four zones are its quadrants. At most 100 km,
+    seven times the ~14.6 km at which agents.count's cap (100,000 drones) keeps the default
+    beat (`scaled_layout`)."""
+    cruise_points_per_zone: int = Field(3, ge=1, le=MAX_POINTS_PER_ZONE)
     """Cruise points in each zone; a drone cycles through the points of its zone (of its route
     in the zone, with ``routes_per_zone``)."""
-    cruise_altitude_m: float = Field(6.0, gt=0)
-    """Normal patrol altitude, below the 10 m that an altitude-limit sign demands."""
-    altitude_limit_m: float = Field(10.0, gt=0)
-    """A drone that recognises an altitude-limit sign climbs above this before going on."""
+    cruise_altitude_m: float = Field(6.0, gt=0, le=1000)
+    """Normal patrol altitude, below the 10 m that an altitude-limit sign demands. At most 1 km,
+    eight times the 120 m ceiling of open-category drones (EU 2019/947; 400 ft in the US)."""
+    altitude_limit_m: float = Field(10.0, gt=0, le=1000)
+    """A drone that recognises an altitude-limit sign climbs above this before going on; at
+    most 1 km, as cruise_altitude_m."""
     speed_mps: float = Field(8.0, gt=0, le=40)
     """Cruise speed."""
-    tick_s: float = Field(0.5, gt=0, le=10)
-    """Simulated seconds per tick (one observation and one decision per agent)."""
+    tick_s: float = Field(0.5, ge=0.001, le=10)
+    """Simulated seconds per tick (one observation and one decision per agent). At least 1 ms:
+    two steps of the fastest physics (2,000 Hz), and MAX_TIME_S in ticks stays inside int64."""
     physics_hz: int = Field(240, ge=30, le=2000)
     """PyBullet step rate (240 Hz is the common quadrotor-simulation rate)."""
     physics_workers: Literal[1, 2, 4] = 1
@@ -137,26 +155,31 @@ class DronePatrolConfig(Section):
     """Patrol coordination: 'zones' = drone i patrols zone i % 4 (each meets only some event
     kinds); 'shared' = all cruise points are split among the drones along one tour and
     re-balanced whenever a drone leaves."""
-    routes_per_zone: int = Field(1, ge=1)
+    routes_per_zone: int = Field(1, ge=1, le=MAX_POINTS_PER_ZONE)
     """``patrol: zones``: each zone's cruise points are cut into this many routes (contiguous
     pieces of a short tour of the zone, envs/drone_patrol/patrol.py) and the zone's drones are
     spread over them in turn. 1: every drone of a zone cycles all its points. A large swarm
     keeps each drone's beat as small as the default's (3 drones on 3 points) with more routes,
-    where one route per zone would queue hundreds of drones on one tour."""
+    where one route per zone would queue hundreds of drones on one tour. At most
+    cruise_points_per_zone (a route needs a point), so at most MAX_POINTS_PER_ZONE (1,024)."""
     departures: list[Departure] = Field(default_factory=list)
     """Drones that leave the patrol mid-run (the others take over their cruise points)."""
     arrivals: list[Arrival] = Field(default_factory=list)
     """Drones that join mid-run with a fresh model (the others make room for them)."""
-    rotation_s: float | None = Field(None, gt=0)
+    rotation_s: float | None = Field(None, gt=0, le=MAX_TIME_S)
     """Shift rotation (``patrol: zones``): every ``rotation_s`` simulated seconds each zone's
     drones move on to the next zone (ZONES order), so every drone meets, in turn, kinds it may
-    never have had a label of. None: drones keep their zone."""
+    never have had a label of. None: drones keep their zone. At most MAX_TIME_S, the longest
+    run."""
     feature_dim: int = Field(12, ge=2, le=1024)
     """Length of the event signature part of a feature observation."""
-    feature_noise: float = Field(0.6, ge=0)
-    """Std of the Gaussian noise on the signature (the task's difficulty)."""
-    sensing_radius_m: float = Field(10.0, gt=0)
-    """An event is in view when the drone is this close to its cruise point (horizontally)."""
+    feature_noise: float = Field(0.6, ge=0, le=100)
+    """Std of the Gaussian noise on the signature (the task's difficulty); at most 100 times
+    the unit spread of the class prototypes (envs/drone_patrol/sensor.py), where the signature
+    is noise."""
+    sensing_radius_m: float = Field(10.0, gt=0, le=1000)
+    """An event is in view when the drone is this close to its cruise point (horizontally); at
+    most 1 km, far past where a drone's downward sensor makes out an event."""
     label_fraction: float = Field(0.3, ge=0, le=1)
     """Fraction of event observations an operator confirms (labels are scarce)."""
     background_label_fraction: float = Field(0.05, ge=0, le=1)
@@ -167,8 +190,9 @@ class DronePatrolConfig(Section):
     whatever they answered. 'reports': the operator confirms or corrects label_fraction of the
     drones' reports (an answer other than 'none') and spot-checks background_label_fraction of
     the silent observations, so a drone that never reports an event rarely learns of it."""
-    label_delay_ticks: int = Field(4, ge=0)
-    """Labels arrive this many ticks after the observation (operators are slow)."""
+    label_delay_ticks: int = Field(4, ge=0, le=MAX_TICK)
+    """Labels arrive this many ticks after the observation (operators are slow); at most
+    MAX_TICK (2^40), the longest run."""
     events: dict[EventName, EventKindConfig] = Field(default_factory=_default_events)
     """Event kinds by name (from EVENT_CLASSES)."""
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from swarm.proto.v1 import delta_pb2 as swarm_dot_v1_dot_delta__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswarm/v1/coordinator.proto\x12\x08swarm.v1\x1a\x14swarm/v1/delta.proto\"\x1f\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"/\n\x10\x41ggregateRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\"b\n\x0e\x41ggregateReply\x12\r\n\x05round\x18\x01 \x01(\x04\x12+\n\taggregate\x18\x02 \x01(\x0b\x32\x18.swarm.v1.KnowledgeDelta\x12\x14\n\x0c\x63ontributors\x18\x03 \x01(\r2\x90\x01\n\x0b\x43oordinator\x12;\n\x0cSubmitDeltas\x12\x14.swarm.v1.DeltaBatch\x1a\x15.swarm.v1.SubmitReply\x12\x44\n\x0cGetAggregate\x12\x1a.swarm.v1.AggregateRequest\x1a\x18.swarm.v1.AggregateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aswarm/v1/coordinator.proto\x12\x08swarm.v1\x1a\x14swarm/v1/delta.proto\"\x1f\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"B\n\x10\x41ggregateRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"t\n\x0e\x41ggregateReply\x12\r\n\x05round\x18\x01 \x01(\x04\x12+\n\taggregate\x18\x02 \x01(\x0b\x32\x18.swarm.v1.KnowledgeDelta\x12\x14\n\x0c\x63ontributors\x18\x03 \x01(\r\x12\x10\n\x08snapshot\x18\x04 \x01(\x08\x32\x90\x01\n\x0b\x43oordinator\x12;\n\x0cSubmitDeltas\x12\x14.swarm.v1.DeltaBatch\x1a\x15.swarm.v1.SubmitReply\x12\x44\n\x0cGetAggregate\x12\x1a.swarm.v1.AggregateRequest\x1a\x18.swarm.v1.AggregateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREPLY']._serialized_start=62
   _globals['_SUBMITREPLY']._serialized_end=93
   _globals['_AGGREGATEREQUEST']._serialized_start=95
-  _globals['_AGGREGATEREQUEST']._serialized_end=142
-  _globals['_AGGREGATEREPLY']._serialized_start=144
-  _globals['_AGGREGATEREPLY']._serialized_end=242
-  _globals['_COORDINATOR']._serialized_start=245
-  _globals['_COORDINATOR']._serialized_end=389
+  _globals['_AGGREGATEREQUEST']._serialized_end=161
+  _globals['_AGGREGATEREPLY']._serialized_start=163
+  _globals['_AGGREGATEREPLY']._serialized_end=279
+  _globals['_COORDINATOR']._serialized_start=282
+  _globals['_COORDINATOR']._serialized_end=426
 # @@protoc_insertion_point(module_scope)

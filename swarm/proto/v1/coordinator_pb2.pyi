@@ -13,19 +13,23 @@ class SubmitReply(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class AggregateRequest(_message.Message):
-    __slots__ = ("node", "round")
+    __slots__ = ("node", "round", "signature")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     node: str
     round: int
-    def __init__(self, node: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, node: _Optional[str] = ..., round: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class AggregateReply(_message.Message):
-    __slots__ = ("round", "aggregate", "contributors")
+    __slots__ = ("round", "aggregate", "contributors", "snapshot")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     round: int
     aggregate: _delta_pb2.KnowledgeDelta
     contributors: int
-    def __init__(self, round: _Optional[int] = ..., aggregate: _Optional[_Union[_delta_pb2.KnowledgeDelta, _Mapping]] = ..., contributors: _Optional[int] = ...) -> None: ...
+    snapshot: bool
+    def __init__(self, round: _Optional[int] = ..., aggregate: _Optional[_Union[_delta_pb2.KnowledgeDelta, _Mapping]] = ..., contributors: _Optional[int] = ..., snapshot: _Optional[bool] = ...) -> None: ...

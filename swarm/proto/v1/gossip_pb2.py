@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from swarm.proto.v1 import delta_pb2 as swarm_dot_v1_dot_delta__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15swarm/v1/gossip.proto\x12\x08swarm.v1\x1a\x14swarm/v1/delta.proto\"\x1d\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"\x9a\x01\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.swarm.v1.MemberUpdate.State\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\")\n\x05State\x12\t\n\x05\x41LIVE\x10\x00\x12\x0b\n\x07SUSPECT\x10\x01\x12\x08\n\x04\x44\x45\x41\x44\x10\x02\"`\n\x0bPingRequest\x12\x13\n\x0bsender_node\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\"W\n\tPingReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\"{\n\x0ePingReqRequest\x12\x13\n\x0bsender_node\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\x12\'\n\x07updates\x18\x04 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\"J\n\x0cPingReqReply\x12\x11\n\treachable\x18\x01 \x01(\x08\x12\'\n\x07updates\x18\x02 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\"u\n\x0cIntroduction\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06\x61gents\x18\x03 \x03(\r\x12\x0f\n\x07unix_ms\x18\x04 \x01(\x04\x12\x12\n\nmembership\x18\x05 \x01(\x08\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x32\xef\x01\n\x06Gossip\x12\x37\n\nPushDeltas\x12\x14.swarm.v1.DeltaBatch\x1a\x13.swarm.v1.PushReply\x12\x32\n\x04Ping\x12\x15.swarm.v1.PingRequest\x1a\x13.swarm.v1.PingReply\x12;\n\x07PingReq\x12\x18.swarm.v1.PingReqRequest\x1a\x16.swarm.v1.PingReqReply\x12;\n\tIntroduce\x12\x16.swarm.v1.Introduction\x1a\x16.swarm.v1.Introductionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15swarm/v1/gossip.proto\x12\x08swarm.v1\x1a\x14swarm/v1/delta.proto\"\x1d\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"\x9a\x01\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.swarm.v1.MemberUpdate.State\x12\x13\n\x0bincarnation\x18\x04 \x01(\x04\")\n\x05State\x12\t\n\x05\x41LIVE\x10\x00\x12\x0b\n\x07SUSPECT\x10\x01\x12\x08\n\x04\x44\x45\x41\x44\x10\x02\"s\n\x0bPingRequest\x12\x13\n\x0bsender_node\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"j\n\tPingReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x8e\x01\n\x0ePingReqRequest\x12\x13\n\x0bsender_node\x18\x01 \x01(\t\x12\x13\n\x0btarget_node\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\x12\'\n\x07updates\x18\x04 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"]\n\x0cPingReqReply\x12\x11\n\treachable\x18\x01 \x01(\x08\x12\'\n\x07updates\x18\x02 \x03(\x0b\x32\x16.swarm.v1.MemberUpdate\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"u\n\x0cIntroduction\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06\x61gents\x18\x03 \x03(\r\x12\x0f\n\x07unix_ms\x18\x04 \x01(\x04\x12\x12\n\nmembership\x18\x05 \x01(\x08\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x32\xef\x01\n\x06Gossip\x12\x37\n\nPushDeltas\x12\x14.swarm.v1.DeltaBatch\x1a\x13.swarm.v1.PushReply\x12\x32\n\x04Ping\x12\x15.swarm.v1.PingRequest\x1a\x13.swarm.v1.PingReply\x12;\n\x07PingReq\x12\x18.swarm.v1.PingReqRequest\x1a\x16.swarm.v1.PingReqReply\x12;\n\tIntroduce\x12\x16.swarm.v1.Introduction\x1a\x16.swarm.v1.Introductionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,15 +39,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERUPDATE_STATE']._serialized_start=202
   _globals['_MEMBERUPDATE_STATE']._serialized_end=243
   _globals['_PINGREQUEST']._serialized_start=245
-  _globals['_PINGREQUEST']._serialized_end=341
-  _globals['_PINGREPLY']._serialized_start=343
-  _globals['_PINGREPLY']._serialized_end=430
-  _globals['_PINGREQREQUEST']._serialized_start=432
-  _globals['_PINGREQREQUEST']._serialized_end=555
-  _globals['_PINGREQREPLY']._serialized_start=557
-  _globals['_PINGREQREPLY']._serialized_end=631
-  _globals['_INTRODUCTION']._serialized_start=633
-  _globals['_INTRODUCTION']._serialized_end=750
-  _globals['_GOSSIP']._serialized_start=753
-  _globals['_GOSSIP']._serialized_end=992
+  _globals['_PINGREQUEST']._serialized_end=360
+  _globals['_PINGREPLY']._serialized_start=362
+  _globals['_PINGREPLY']._serialized_end=468
+  _globals['_PINGREQREQUEST']._serialized_start=471
+  _globals['_PINGREQREQUEST']._serialized_end=613
+  _globals['_PINGREQREPLY']._serialized_start=615
+  _globals['_PINGREQREPLY']._serialized_end=708
+  _globals['_INTRODUCTION']._serialized_start=710
+  _globals['_INTRODUCTION']._serialized_end=827
+  _globals['_GOSSIP']._serialized_start=830
+  _globals['_GOSSIP']._serialized_end=1069
 # @@protoc_insertion_point(module_scope)

@@ -35,44 +35,52 @@ class MemberUpdate(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[MemberUpdate.State, str]] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class PingRequest(_message.Message):
-    __slots__ = ("sender_node", "incarnation", "updates")
+    __slots__ = ("sender_node", "incarnation", "updates", "signature")
     SENDER_NODE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     sender_node: str
     incarnation: int
     updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
-    def __init__(self, sender_node: _Optional[str] = ..., incarnation: _Optional[int] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, sender_node: _Optional[str] = ..., incarnation: _Optional[int] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PingReply(_message.Message):
-    __slots__ = ("node", "incarnation", "updates")
+    __slots__ = ("node", "incarnation", "updates", "signature")
     NODE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     node: str
     incarnation: int
     updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
-    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, node: _Optional[str] = ..., incarnation: _Optional[int] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PingReqRequest(_message.Message):
-    __slots__ = ("sender_node", "target_node", "target_address", "updates")
+    __slots__ = ("sender_node", "target_node", "target_address", "updates", "signature")
     SENDER_NODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
     TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     sender_node: str
     target_node: str
     target_address: str
     updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
-    def __init__(self, sender_node: _Optional[str] = ..., target_node: _Optional[str] = ..., target_address: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, sender_node: _Optional[str] = ..., target_node: _Optional[str] = ..., target_address: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PingReqReply(_message.Message):
-    __slots__ = ("reachable", "updates")
+    __slots__ = ("reachable", "updates", "signature")
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     reachable: bool
     updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
-    def __init__(self, reachable: _Optional[bool] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, reachable: _Optional[bool] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Introduction(_message.Message):
     __slots__ = ("node", "address", "agents", "unix_ms", "membership", "signature")
