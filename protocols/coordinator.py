@@ -54,7 +54,7 @@ from protocols import aggregation
 from protocols.compression import DENSE_F32, Compressed, compress, shared_indices
 from protocols.config import CompressionConfig, CoordinatorConfig
 from protocols.delta import Delta, DeltaRejected, Rejection
-from protocols.gossip import agent_name
+from protocols.gossip import Limits, agent_name
 
 COORDINATOR = "coordinator"
 
@@ -162,7 +162,8 @@ class CoordinatorState:
     fedavg, 30 s, half the agents) and how many closed rounds are kept (`keep_rounds`);
     `clock` returns seconds and is injectable for tests. `start_version`: the version it opens
     at (a resumed run's coordinator opens at its checkpoint's round; it then makes no
-    snapshots, having no sum from version 0).
+    snapshots, having no sum from version 0). `limits`: the norm and value limits a submitted
+    delta must keep (`gossip.limits`, `Limits.from_scale`); None: none.
     """
 
     def __init__(
@@ -174,8 +175,10 @@ class CoordinatorState:
         config: CoordinatorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         start_version: int = 0,
+        limits: Limits | None = None,
     ):
         self.config = config if config is not None else CoordinatorConfig()
+        self.limits = limits or Limits()
         self.expected = set(agents)
         self.num_params = num_params
         self.layout = layout
@@ -212,6 +215,7 @@ class CoordinatorState:
             for d in deltas:
                 if d.sender not in self.expected:
                     raise DeltaRejected(Rejection.UNKNOWN_SENDER, f"{d.sender!r} is not a member")
+                self.limits.check_magnitude(d)  # a key holder's huge delta (OUT_OF_BOUNDS)
                 closed = d.round in self._closed or d.round <= self._dropped_through
                 if d.base_version != self.version or d.sender in seen or closed:
                     raise DeltaRejected(

@@ -94,6 +94,12 @@ def agent_index(name: str) -> int:
     return int(number)
 
 
+def scale_of(x0: np.ndarray) -> tuple[float, float]:
+    """(norm, largest magnitude) of the common initial model: what `Limits` are relative to."""
+    x = np.asarray(x0, np.float64)
+    return float(np.linalg.norm(x)), float(np.max(np.abs(x))) if x.size else 0.0
+
+
 #: The largest epoch any message may carry (protocols.wire refuses larger ones as malformed).
 MAX_EPOCH = 2**62
 
@@ -130,8 +136,18 @@ class Limits:
     ) -> Limits:
         """`GossipConfig.limits` as multiples of the common initial model x0: its norm for
         the norms, its largest magnitude for one value (an all-zero x0 leaves them unbounded)."""
-        norm = float(np.linalg.norm(np.asarray(x0, np.float64)))
-        peak = float(np.max(np.abs(x0))) if x0.size else 0.0
+        return cls.from_scale(scale_of(x0), cfg, epoch_ceiling)
+
+    @classmethod
+    def from_scale(
+        cls,
+        scale: tuple[float, float],
+        cfg: LimitsConfig,
+        epoch_ceiling: Callable[[], int] | None = None,
+    ) -> Limits:
+        """`relative_to` given x0's (norm, largest magnitude), `scale_of(x0)` (what a
+        coordinator, which holds no model, is told)."""
+        norm, peak = scale
         return cls(
             epoch_ceiling=epoch_ceiling or (lambda: MAX_EPOCH),
             max_version_jump=cfg.version_jump,
@@ -139,6 +155,24 @@ class Limits:
             max_snapshot_norm=cfg.snapshot_norm * norm if norm > 0 else math.inf,
             max_value=cfg.value * peak if peak > 0 else math.inf,
         )
+
+    def check_magnitude(self, d: Delta) -> None:
+        """Raise DeltaRejected(OUT_OF_BOUNDS) when `d`'s norm or a value is past its limit."""
+        limit = self.max_snapshot_norm if d.snapshot else self.max_delta_norm
+        what = "snapshot" if d.snapshot else "delta"
+        if d.norm > limit:
+            raise DeltaRejected(
+                Rejection.OUT_OF_BOUNDS,
+                f"{d.sender} {what} norm {d.norm:.4g} is above this swarm's limit {limit:.4g}",
+            )
+        if math.isfinite(self.max_value):
+            peak = float(np.max(np.abs(d.payload.decode()), initial=0.0))
+            if peak > self.max_value:
+                raise DeltaRejected(
+                    Rejection.OUT_OF_BOUNDS,
+                    f"{d.sender} {what} holds a value of magnitude {peak:.4g}, above this "
+                    f"swarm's limit {self.max_value:.4g}",
+                )
 
     def check(self, d: Delta, heard: bool, expected: int, held_epoch: int) -> None:
         """Raise DeltaRejected(OUT_OF_BOUNDS) when `d` is past a limit. heard: the sender was
@@ -155,21 +189,7 @@ class Limits:
                 f"{d.sender} version {d.base_version} is more than {self.max_version_jump} past "
                 f"the {expected} this node expects",
             )
-        limit = self.max_snapshot_norm if d.snapshot else self.max_delta_norm
-        what = "snapshot" if d.snapshot else "delta"
-        if d.norm > limit:
-            raise DeltaRejected(
-                Rejection.OUT_OF_BOUNDS,
-                f"{d.sender} {what} norm {d.norm:.4g} is above this swarm's limit {limit:.4g}",
-            )
-        if math.isfinite(self.max_value):
-            peak = float(np.max(np.abs(d.payload.decode()), initial=0.0))
-            if peak > self.max_value:
-                raise DeltaRejected(
-                    Rejection.OUT_OF_BOUNDS,
-                    f"{d.sender} {what} holds a value of magnitude {peak:.4g}, above this "
-                    f"swarm's limit {self.max_value:.4g}",
-                )
+        self.check_magnitude(d)
 
 
 class ChocoGossip:

@@ -83,6 +83,7 @@ called synchronously on every state change (and on a new member or address), wit
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import time
@@ -215,6 +216,7 @@ class Membership:
         self.refused: Counter[str] = Counter()
         #: DEAD members removed from the table after dead_reap_s.
         self.reaped = 0
+        self._dead: dict[str, float] = {}  # DEAD members -> since (what _reap looks at)
         #: Addresses at which another member announced itself under our name (a duplicate
         #: agent: two nodes running the same one), and when we last heard of each.
         self.impostors: dict[str, float] = {}
@@ -346,8 +348,12 @@ class Membership:
         if target is not None and target.state is not State.ALIVE:
             out.append(Update(target.node, target.address, target.state, target.incarnation))
         limit = retransmit_limit(self.n, self._retransmit_mult)
-        queued = sorted(self._queue.values(), key=lambda q: (q.transmits, -q.seq))
-        for q in queued[: self._max_piggyback]:
+        # the fewest-sent, newest first: a partial selection, not a sort of the whole buffer
+        # (thousands of entries under a flood of made-up members, on every message)
+        queued = heapq.nsmallest(
+            self._max_piggyback, self._queue.values(), key=lambda q: (q.transmits, -q.seq)
+        )
+        for q in queued:
             if q.update not in out:
                 out.append(q.update)
             q.transmits += 1
@@ -425,6 +431,10 @@ class Membership:
         since = cur.since if u.state is cur.state else now
         new = Member(u.node, address, u.state, u.incarnation, since)
         self._members[u.node] = new
+        if new.state is State.DEAD:
+            self._dead[u.node] = new.since
+        else:
+            self._dead.pop(u.node, None)
         if u.state is State.SUSPECT:
             self._deadlines.setdefault(u.node, now + self.suspicion_timeout_s())
         else:
@@ -436,9 +446,11 @@ class Membership:
     def _reap(self, now: float) -> None:
         """Remove the members DEAD for dead_reap_s or longer."""
         cutoff = now - self.cfg.dead_reap_s
-        gone = [k for k, m in self._members.items() if m.state is State.DEAD and m.since <= cutoff]
-        if not gone:
+        if not self._dead or min(self._dead.values()) > cutoff:
             return
+        gone = [k for k, since in self._dead.items() if since <= cutoff]
+        for k in gone:
+            del self._dead[k]
         for k in gone:
             del self._members[k]
         gone_set = set(gone)
@@ -456,5 +468,6 @@ class Membership:
             cur = self._members[node]
             dead = replace(cur, state=State.DEAD, since=deadline)
             self._members[node] = dead
+            self._dead[node] = deadline
             self._enqueue(Update(node, dead.address, State.DEAD, dead.incarnation))
             self._notify(dead, cur.state)

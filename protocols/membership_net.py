@@ -34,6 +34,7 @@ import grpc
 
 from protocols.config import MembershipConfig
 from protocols.membership import (
+    MAX_PIGGYBACK,
     Member,
     Membership,
     OnChange,
@@ -48,6 +49,10 @@ from swarm.proto.v1 import gossip_pb2, gossip_pb2_grpc
 log = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[str], grpc.Channel]
+#: The most updates an honest message carries: the receiver's own record when it is suspected
+#: or dead, MAX_PIGGYBACK from the buffer, and the sender's own record. More is a flood of
+#: made-up news: the message is refused whole ('too_many_updates').
+MAX_UPDATES = MAX_PIGGYBACK + 2
 _Request = TypeVar("_Request", gossip_pb2.PingRequest, gossip_pb2.PingReqRequest)
 _Reply = TypeVar("_Reply", gossip_pb2.PingReply, gossip_pb2.PingReqReply)
 
@@ -203,7 +208,8 @@ class MembershipNode:
         'duplicate_name': another address under this node's name), messages without the swarm
         key's signature ('bad_signature': a Ping or PingReq; 'bad_reply_signature': a reply,
         taken as no answer), a sender name that is not the caller's certificate name under
-        mutual TLS ('wrong_identity'), and indirect probes ('ping_req_unknown': a target that
+        mutual TLS ('wrong_identity'), messages of more than MAX_UPDATES updates
+        ('too_many_updates'), and indirect probes ('ping_req_unknown': a target that
         is not the member we know at that address; 'ping_req_busy': max_ping_req_in_flight
         relays already waiting)."""
         with self._state() as m:
@@ -228,6 +234,13 @@ class MembershipNode:
                 f"membership message names sender {request.sender_node[:80]!r} but the "
                 f"caller's certificate is {peer!r}",
             )
+        if len(request.updates) > MAX_UPDATES:
+            with self._lock:
+                self._refused["too_many_updates"] += 1
+            raise ProbeRefused(
+                "INVALID_ARGUMENT",
+                f"{len(request.updates)} membership updates in one message; at most {MAX_UPDATES}",
+            )
         if not probe_signed(request, self._key):
             with self._lock:
                 self._refused["bad_signature"] += 1
@@ -238,6 +251,11 @@ class MembershipNode:
             )
 
     def _reply_signed(self, reply: _Reply) -> bool:
+        """Whether an answer may be believed: signed, and no flood of updates."""
+        if len(reply.updates) > MAX_UPDATES:
+            with self._lock:
+                self._refused["too_many_updates"] += 1
+            return False
         if probe_signed(reply, self._key):
             return True
         with self._lock:
@@ -435,6 +453,7 @@ class MembershipNode:
                 future.done()
                 and not future.cancelled()
                 and future.exception() is None
+                and len(future.result().updates) <= MAX_UPDATES
                 and probe_signed(future.result(), self._key)
             ):
                 with self._state() as m:

@@ -252,6 +252,25 @@ def refuse_batch(
     refuse(context, exc.reason, str(exc))
 
 
+HostOf = Callable[[str], str | None]
+"""The node known to host an agent (by wire name), if any."""
+
+
+def check_hosts(batch: delta_pb2.DeltaBatch, peer: str | None, host_of: HostOf | None) -> None:
+    """Under mutual TLS (`peer`, the caller's certificate name) refuse (UNKNOWN_SENDER) a
+    batch holding a delta of an agent known to live on another node; an agent not known yet is
+    left to the receiver's own rules."""
+    if peer is None or host_of is None:
+        return
+    for d in batch.deltas:
+        host = host_of(d.sender)
+        if host is not None and host != peer:
+            raise DeltaRejected(
+                Rejection.UNKNOWN_SENDER,
+                f"{d.sender[:80]!r} lives on {host!r}, not on {peer!r} (the caller's certificate)",
+            )
+
+
 def check_identity(claimed: str, context: grpc.ServicerContext, what: str) -> None:
     """Under mutual TLS a node speaks only as itself: refuse (DeltaRejected UNKNOWN_SENDER)
     a message whose sender name is not the name in the caller's certificate. Without a
@@ -286,7 +305,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         *,
         sight: Sight[Any] | None = None,
         key: bytes | None = None,
-        host_of: Callable[[str], str | None] | None = None,
+        host_of: HostOf | None = None,
     ):
         """key: the swarm key, to sign this node's answer to a Ping when it runs no membership
         protocol itself (a shard: device nodes probe it and believe only signed answers).
@@ -303,24 +322,12 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
     def PushDeltas(self, request, context):  # noqa: N802 - gRPC method name
         try:
             check_identity(request.sender_node, context, "delta batch")
-            self._check_hosts(request, peer_identity(context))
+            check_hosts(request, peer_identity(context), self.host_of)
         except DeltaRejected as exc:
             refuse_batch(request, context, self.counters, exc)
         return gossip_pb2.PushReply(
             accepted=_ingest(request, context, self.decode, self.sink, self.counters, self.sight)
         )
-
-    def _check_hosts(self, batch: delta_pb2.DeltaBatch, peer: str | None) -> None:
-        if peer is None or self.host_of is None:
-            return
-        for d in batch.deltas:
-            host = self.host_of(d.sender)
-            if host is not None and host != peer:
-                raise DeltaRejected(
-                    Rejection.UNKNOWN_SENDER,
-                    f"{d.sender[:80]!r} lives on {host!r}, not on {peer!r} (the caller's "
-                    "certificate)",
-                )
 
     def Ping(self, request, context):  # noqa: N802
         if self.membership is None:
@@ -390,8 +397,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         *,
         key: bytes | None = None,
         max_waiting: int = AGGREGATE_WAITERS,
+        host_of: HostOf | None = None,
     ):
-        """wait_aggregate: `CoordinatorState.wait_aggregate` (or its contract)."""
+        """wait_aggregate: `CoordinatorState.wait_aggregate` (or its contract). host_of: the
+        node hosting each agent, to refuse under mTLS a submission for another node's agent."""
+        self.host_of = host_of
         self.decode, self.submit, self.counters = decode, submit, counters
         self.wait_aggregate, self.encode = wait_aggregate, encode
         self.round_timeout_s = round_timeout_s
@@ -418,6 +428,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def SubmitDeltas(self, request, context):  # noqa: N802
         try:
             check_identity(request.sender_node, context, "delta batch")
+            check_hosts(request, peer_identity(context), self.host_of)
         except DeltaRejected as exc:
             refuse_batch(request, context, self.counters, exc)
         return coordinator_pb2.SubmitReply(

@@ -29,14 +29,16 @@ from pathlib import Path
 
 from envs import make_world
 from protocols.delta import layout_fingerprint
+from protocols.gossip import scale_of
 from swarm.addresses import is_loopback
 from swarm.exchange import exchange_for
 from swarm.node_config import DEV_KEY, NodeError
 from swarm.scenario import Scenario, ScenarioError, load_scenario
 
 
-def model_layout(sc: Scenario) -> tuple[int, str]:
-    """(number of parameters, layout fingerprint) of the scenario's agents' models."""
+def model_layout(sc: Scenario) -> tuple[int, str, tuple[float, float]]:
+    """(number of parameters, layout fingerprint, `scale_of` the initial model) of the
+    scenario's agents' models."""
     from agents.population import Population  # lazy: torch, only when serving
 
     world = make_world(sc.world, sc.total_agents, sc.seed)
@@ -45,7 +47,8 @@ def model_layout(sc: Scenario) -> tuple[int, str]:
     finally:
         world.close()
     population = Population(sc.model, sc.learning, 1, inputs, n_classes, sc.seed)
-    return population.num_params, layout_fingerprint(population.specs)
+    scale = scale_of(population.flat.data.numpy()[0])
+    return population.num_params, layout_fingerprint(population.specs), scale
 
 
 def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dict[str, int]:
@@ -65,10 +68,12 @@ def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dic
             f"{listen} is not a loopback address: set gossip.tls to mode mtls (certificate "
             "coordinator.pem from `swarm certs DIR --node coordinator=HOST`) and gossip.key_file"
         )
-    num_params, layout = model_layout(sc)
+    num_params, layout, scale = model_layout(sc)
     host, _, port = listen.rpartition(":")
     service = CoordinatorHost(
-        CoordinatorSpec(sc.model_dump(mode="json"), num_params, layout, key, host, int(port))
+        CoordinatorSpec(
+            sc.model_dump(mode="json"), num_params, layout, key, host, int(port), x0_scale=scale
+        )
     )
     address = advertise or service.endpoint
     stop = threading.Event()

@@ -217,7 +217,9 @@ class Driver:
     def _start_coordinator(
         self, shard: ActorHandle[AgentShard], spec: Document, key: bytes
     ) -> ActorHandle[CoordinatorHost]:
-        num_params, layout = cast(tuple[int, str], ray.get(shard.model_info.remote()))
+        num_params, layout, scale = cast(
+            tuple[int, str, tuple[float, float]], ray.get(shard.model_info.remote())
+        )
         coordinator = ray.remote(num_cpus=0)(CoordinatorHost).remote(  # type: ignore[attr-defined]
             CoordinatorSpec(
                 spec,
@@ -226,6 +228,8 @@ class Driver:
                 key,
                 start_round=self.runner.marker["round"] if self.runner.marker else 0,
                 counts=self.runner.coordinator_counts(),
+                x0_scale=scale,
+                shards=True,
             )
         )
         self.coord_addr = str(ray.get(coordinator.address.remote()))

@@ -133,10 +133,19 @@ def status_of(node: Node) -> Document:
     }
 
 
+def _dumps(status: Document) -> str:
+    """status.json's text: one top-level key per line, each value compact. json's C encoder
+    runs only without `indent`; the pure-Python one took ~25 ms a write for a table of 4,000
+    SWIM members, holding the interpreter lock the gRPC threads need (BENCHMARKS.md, Hostile
+    peers)."""
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in status.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def write_status(status: Document, directory: Path) -> None:
     """Replace `directory`/status.json atomically (a reader never sees half a file)."""
     tmp = directory / ".status.json.tmp"
-    tmp.write_text(json.dumps(status, indent=1))
+    tmp.write_text(_dumps(status))
     os.replace(tmp, directory / "status.json")
 
 

@@ -23,7 +23,7 @@ from protocols import wire
 from protocols.coordinator import CoordinatorState
 from protocols.delta import layout_fingerprint
 from protocols.faults import FaultPlan
-from protocols.gossip import agent_name
+from protocols.gossip import Limits, agent_index, agent_name, scale_of
 from protocols.transport import CoordinatorServicer, TrafficCounters, start_server
 from swarm import checkpoint
 from swarm.addresses import is_loopback
@@ -263,10 +263,13 @@ class AgentShard:
         """host:port of this shard's gRPC server ('' when it serves none)."""
         return self.exchange.endpoint
 
-    def model_info(self) -> tuple[int, str]:
-        """(number of parameters, layout fingerprint) of this shard's models."""
+    def model_info(self) -> tuple[int, str, tuple[float, float]]:
+        """(number of parameters, layout fingerprint, `scale_of` the first agent's model) of
+        this shard's models. The driver asks at the start: the initial model's scale, or a
+        restored one's (a model's norm grows a few percent over a run, well inside limits)."""
         population = self.learning.population
-        return population.num_params, layout_fingerprint(population.specs)
+        scale = scale_of(population.flat.data.numpy()[0])
+        return population.num_params, layout_fingerprint(population.specs), scale
 
     def connect(self, endpoints: list[str], coordinator: str) -> None:
         self.exchange.connect(endpoints, coordinator)
@@ -406,6 +409,24 @@ class CoordinatorSpec:
     port: int = 0  # 0: any free port
     start_round: int = 0  # a resumed run's coordinator opens at its checkpoint's round
     counts: dict[str, int] | None = None  # its traffic counts up to that checkpoint
+    # (norm, largest magnitude) of the agents' initial model, protocols.gossip.scale_of: what
+    # gossip.limits are multiples of; None: no limit on a submission's magnitude
+    x0_scale: tuple[float, float] | None = None
+    # the agents below agents.count live on shards (a run's coordinator), not on devices
+    # named after them (`swarm coordinator`): who may submit for them under mTLS
+    shards: bool = False
+
+
+def _host_of(sc: Scenario, sender: str, *, shards: bool) -> str | None:
+    """The node (certificate name) that submits for agent `sender`: its shard in a run, else
+    the device node named after it; None for a name that is not an agent's."""
+    try:
+        j = agent_index(sender)
+    except ValueError:
+        return None
+    if shards and j < sc.agents.count:
+        return f"shard-{j // sc.per_shard}"
+    return agent_name(j)
 
 
 class CoordinatorHost:
@@ -435,6 +456,9 @@ class CoordinatorHost:
             config=sc.gossip.coordinator,
             # a resumed run's coordinator opens at the round its checkpoint reached
             start_version=start_round,
+            limits=None
+            if spec.x0_scale is None
+            else Limits.from_scale(spec.x0_scale, sc.gossip.limits),
         )
         self.counters = TrafficCounters()
         if counts:
@@ -448,6 +472,7 @@ class CoordinatorHost:
             round_timeout_s=RPC_TIMEOUT_S,
             key=key,
             max_waiting=2 * sc.total_agents,
+            host_of=lambda sender: _host_of(sc, sender, shards=spec.shards),
         )
         if counts:
             self.servicer.load_figures(counts)

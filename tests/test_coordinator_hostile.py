@@ -49,7 +49,10 @@ ANSWER_WITHIN_S = 2.0
 
 @contextlib.contextmanager
 def _coordinator(
-    n_agents: int = 2, start_round: int = 0, **config: object
+    n_agents: int = 2,
+    start_round: int = 0,
+    x0_scale: tuple[float, float] | None = None,
+    **config: object,
 ) -> Iterator[CoordinatorHost]:
     """A CoordinatorHost for agents 0..n-1 with models of P parameters, on 127.0.0.1."""
     sc = Scenario.model_validate(
@@ -60,7 +63,9 @@ def _coordinator(
             "baseline": {"isolated": False},
         }
     )
-    spec = CoordinatorSpec(sc.model_dump(mode="json"), P, "L", KEY, start_round=start_round)
+    spec = CoordinatorSpec(
+        sc.model_dump(mode="json"), P, "L", KEY, start_round=start_round, x0_scale=x0_scale
+    )
     host = CoordinatorHost(spec)
     try:
         yield host
@@ -338,3 +343,26 @@ def test_the_state_answers_each_kind_of_round_without_waiting() -> None:
         c2.version = 2
         c2.apply_aggregate(np.zeros((1, P), np.float32), snapshot)
     assert info.value.reason == Rejection.STALE
+
+
+# -- 4. a key holder's submission is bounded like a gossip delta --------------------------------
+
+
+def test_a_signed_submission_past_the_limits_is_refused_counted_and_keeps_no_place() -> None:
+    from protocols.compression import DENSE_F32, Compressed
+    from protocols.delta import Delta
+
+    # Prepare: limits relative to an initial model of norm 100, largest value 10 (defaults:
+    # a delta's norm at most 100, a value at most 160)
+    with _coordinator(x0_scale=(100.0, 10.0)) as host, _swarm(host.address(), 2) as swarm:
+        forged = Delta("agent-0", 0, 0, "L", Compressed(DENSE_F32, P, np.full(P, 1000, "f4")),
+                       2000.0)  # fmt: skip
+        link = swarm.links[1]  # a key holder (here: another node of the swarm)
+        # Execute: it submits a huge delta as agent-0 for the open round
+        with pytest.raises(Refused) as info:
+            link.submit(0, link.codec.sign([forged]), 5.0)
+        # Assert: refused and counted; agent-0's own delta still takes its place
+        assert "OUT_OF_BOUNDS" in str(info.value) or "out_of_bounds" in str(info.value)
+        assert host.traffic()["rejected_out_of_bounds"] == 1
+        swarm.rounds(1)
+        assert np.array_equal(swarm.clients[0].global_model, np.full(P, 1.5, np.float32))

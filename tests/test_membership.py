@@ -593,6 +593,8 @@ def test_a_forged_death_at_the_largest_incarnation_neither_sticks_nor_breaks_the
 
 
 def test_a_flood_of_made_up_members_stops_at_max_members() -> None:
+    import grpc
+
     from swarm.proto.v1 import gossip_pb2
 
     # Prepare: a node whose table holds at most 8 others
@@ -606,13 +608,28 @@ def test_a_flood_of_made_up_members_stops_at_max_members() -> None:
             gossip_pb2.MemberUpdate(node=f"fake-{i}", address=f"10.0.0.1:{i + 1}", state="ALIVE")
             for i in range(300)
         ]
-        # Execute: 300 strangers announced ALIVE
-        _stub(f"127.0.0.1:{port}").Ping(
-            sign_probe(
-                gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=fakes), KEY
-            ),
-            timeout=5,
-        )
+        # Execute: 300 strangers announced ALIVE, 15 a message (an honest message's share)
+        for i in range(0, 300, 15):
+            _stub(f"127.0.0.1:{port}").Ping(
+                sign_probe(
+                    gossip_pb2.PingRequest(
+                        sender_node="mallory", incarnation=0, updates=fakes[i : i + 15]
+                    ),
+                    KEY,
+                ),
+                timeout=5,
+            )
+        # ... and 300 in one message, which no honest node sends
+        with pytest.raises(grpc.RpcError) as err:
+            _stub(f"127.0.0.1:{port}").Ping(
+                sign_probe(
+                    gossip_pb2.PingRequest(sender_node="mallory", incarnation=0, updates=fakes),
+                    KEY,
+                ),
+                timeout=5,
+            )
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert node.refusals()["too_many_updates"] == 1
         # Assert: 8 taken, the rest dropped and counted
         assert len(node.members()) == 8
         assert node.refusals()["table_full"] == 292
