@@ -32,6 +32,7 @@ from protocols.delta import layout_fingerprint
 from protocols.gossip import scale_of
 from swarm.addresses import is_loopback
 from swarm.exchange import exchange_for
+from swarm.node import freeze_startup_objects
 from swarm.node_config import DEV_KEY, NodeError
 from swarm.scenario import Scenario, ScenarioError, load_scenario
 
@@ -69,6 +70,7 @@ def serve(scenario_path: Path, listen: str, advertise: str | None = None) -> dic
             "coordinator.pem from `swarm certs DIR --node coordinator=HOST`) and gossip.key_file"
         )
     num_params, layout, scale = model_layout(sc)
+    freeze_startup_objects()  # as a node does, before it listens: collections skip torch's
     host, _, port = listen.rpartition(":")
     service = CoordinatorHost(
         CoordinatorSpec(

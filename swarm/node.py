@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -128,6 +129,17 @@ REINTRODUCE_ALL_S = 10 * INTRODUCE_EVERY_S
 INCARNATION_ROOM = 2**20
 
 
+def freeze_startup_objects() -> None:
+    """Exclude everything alive now (torch's and the model's ~200,000 objects) from Python's
+    cyclic garbage collector. A full collection walks every tracked object: with them it took
+    130-370 ms on a 2-core machine, every half minute or so and more often under a flood of
+    messages, and the gRPC threads wait for it (health checks missed 100 ms; BENCHMARKS.md,
+    Hostile peers). What is made later is collected as usual; what is frozen lives as long as
+    the process anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 def next_epoch(directory: Path) -> int:
     """This start's epoch: the wall clock in ms, and more than any earlier start of this node,
     persisted (`directory`/epoch.json) before anything is sent. Peers then take this
@@ -182,6 +194,7 @@ class Node:
         self.resumed_from: Document | None = None
         if saved is not None:
             self._restore(*saved)
+        freeze_startup_objects()  # before the server answers anyone: the collection is long
         self._start_network()
         self._reset_loop()
 

@@ -39,18 +39,52 @@ HEALTH_TIMEOUT_S = 2.0
 def members_view(
     membership: MembershipNode | None, own: str, dead_at: dict[str, float]
 ) -> dict[str, Document]:
-    """node -> its SWIM state, incarnation and when it was declared dead (this node left out)."""
+    """node -> its SWIM state, incarnation and when it was declared dead (this node left out).
+    Drops from `dead_at` the members reaped since (so it stays as small as the table)."""
     if membership is None:
         return {}
+    members = membership.members()
+    present = {m.node for m in members}
+    for gone in [k for k in list(dead_at) if k not in present]:
+        dead_at.pop(gone, None)  # reaped: forget when it died too (bounded by the table)
     return {
         m.node: {
             "state": m.state.name.lower(),
             "incarnation": m.incarnation,
             "dead_at_unix": dead_at.get(m.node),
         }
-        for m in membership.members()
+        for m in members
         if m.node != own
     }
+
+
+#: Members status.json lists one by one at most (the peers and the suspected and dead first):
+#: a table of 4,000 made it ~330 KB, rewritten every status_every_s while holding the
+#: interpreter lock (BENCHMARKS.md, Hostile peers). `member_count` counts them all.
+STATUS_MEMBERS = 256
+
+
+def listed_members(members: dict[str, Document], peers: Iterable[str]) -> dict[str, JSON]:
+    """The STATUS_MEMBERS members status.json lists: this node's peers, then the suspected
+    and dead, then the others, each group by name."""
+    if len(members) <= STATUS_MEMBERS:
+        return dict[str, JSON](members)
+    peer_set = set(peers)
+
+    def rank(name: str) -> tuple[int, str]:
+        if name in peer_set:
+            return 0, name
+        return (1 if members[name].get("state") != "alive" else 2), name
+
+    listed: dict[str, JSON] = {k: members[k] for k in sorted(members, key=rank)[:STATUS_MEMBERS]}
+    return listed
+
+
+def _count_states(members: dict[str, Document]) -> dict[str, JSON]:
+    counts = {"alive": 0, "suspect": 0, "dead": 0}
+    for m in members.values():
+        counts[str(m.get("state"))] = counts.get(str(m.get("state")), 0) + 1
+    return {"total": len(members), **counts}
 
 
 def peers_view(
@@ -116,7 +150,10 @@ def status_of(node: Node) -> Document:
         "neighbours": list(node.neighbours),
         **_learning_view(node),
         "peers": list(peers_view(node.directory, node.peer_list, node.outboxes, members)),
-        "members": dict(members),
+        "members": listed_members(
+            members, [*node.directory.nodes().values(), *map(agent_name, node.neighbours)]
+        ),
+        "member_count": _count_states(members),
         # membership news and indirect probes refused, by reason (protocols/membership_net.py)
         "membership_refused": dict(node.membership.refusals() if node.membership else {}),
         "members_reaped": node.membership.reaped() if node.membership else 0,

@@ -438,3 +438,19 @@ def test_directory_reports_an_agent_two_nodes_claim_and_keeps_the_first() -> Non
         1: {"a1": "n1", "a2": "n2"},
     }
     assert directory.address_of(1) == "a1b"
+
+
+def test_status_lists_peers_and_trouble_first_and_counts_every_member() -> None:
+    from swarm.node_status import STATUS_MEMBERS, _count_states, listed_members
+
+    # Prepare: a table of 1,000 made-up alive members, two dead ones and this node's peer
+    members = {f"ghost-{i:04d}": {"state": "alive"} for i in range(1000)}
+    members |= {"zz-dead-1": {"state": "dead"}, "zz-dead-2": {"state": "dead"}}
+    members["zz-peer"] = {"state": "alive"}
+    # Execute
+    listed = listed_members(members, ["zz-peer"])
+    # Assert: bounded, the peer and the dead kept; the counts cover everyone
+    assert len(listed) == STATUS_MEMBERS
+    assert list(listed)[:3] == ["zz-peer", "zz-dead-1", "zz-dead-2"]
+    assert _count_states(members) == {"total": 1003, "alive": 1001, "suspect": 0, "dead": 2}
+    assert listed_members({"a": {"state": "alive"}}, []) == {"a": {"state": "alive"}}
