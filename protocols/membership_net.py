@@ -234,13 +234,6 @@ class MembershipNode:
                 f"membership message names sender {request.sender_node[:80]!r} but the "
                 f"caller's certificate is {peer!r}",
             )
-        if len(request.updates) > MAX_UPDATES:
-            with self._lock:
-                self._refused["too_many_updates"] += 1
-            raise ProbeRefused(
-                "INVALID_ARGUMENT",
-                f"{len(request.updates)} membership updates in one message; at most {MAX_UPDATES}",
-            )
         if not probe_signed(request, self._key):
             with self._lock:
                 self._refused["bad_signature"] += 1
@@ -248,6 +241,13 @@ class MembershipNode:
                 "UNAUTHENTICATED",
                 f"membership message from {request.sender_node[:80]!r} is not signed with "
                 "this swarm's key",
+            )
+        if len(request.updates) > MAX_UPDATES:
+            with self._lock:
+                self._refused["too_many_updates"] += 1
+            raise ProbeRefused(
+                "INVALID_ARGUMENT",
+                f"{len(request.updates)} membership updates in one message; at most {MAX_UPDATES}",
             )
 
     def _reply_signed(self, reply: _Reply) -> bool:
