@@ -119,6 +119,9 @@ class Limits:
     max_delta_norm: the largest norm of a delta.
     max_snapshot_norm: the largest norm of a snapshot (a whole public copy).
     max_value: the largest magnitude of one value of a delta or snapshot.
+    exempt: senders (wire names) held to none of these: a run's shards exempt each other's
+        agents (one program behind Ray, whose runs may diverge on purpose and must say so
+        rather than refuse), and hold the devices that join them.
     """
 
     epoch_ceiling: Callable[[], int] = lambda: MAX_EPOCH
@@ -126,6 +129,7 @@ class Limits:
     max_delta_norm: float = math.inf
     max_snapshot_norm: float = math.inf
     max_value: float = math.inf
+    exempt: Callable[[str], bool] = lambda sender: False
 
     @classmethod
     def relative_to(
@@ -133,10 +137,11 @@ class Limits:
         x0: np.ndarray,
         cfg: LimitsConfig,
         epoch_ceiling: Callable[[], int] | None = None,
+        exempt: Callable[[str], bool] | None = None,
     ) -> Limits:
         """`GossipConfig.limits` as multiples of the common initial model x0: its norm for
         the norms, its largest magnitude for one value (an all-zero x0 leaves them unbounded)."""
-        return cls.from_scale(scale_of(x0), cfg, epoch_ceiling)
+        return cls.from_scale(scale_of(x0), cfg, epoch_ceiling, exempt)
 
     @classmethod
     def from_scale(
@@ -144,6 +149,7 @@ class Limits:
         scale: tuple[float, float],
         cfg: LimitsConfig,
         epoch_ceiling: Callable[[], int] | None = None,
+        exempt: Callable[[str], bool] | None = None,
     ) -> Limits:
         """`relative_to` given x0's (norm, largest magnitude), `scale_of(x0)` (what a
         coordinator, which holds no model, is told)."""
@@ -154,10 +160,13 @@ class Limits:
             max_delta_norm=cfg.delta_norm * norm if norm > 0 else math.inf,
             max_snapshot_norm=cfg.snapshot_norm * norm if norm > 0 else math.inf,
             max_value=cfg.value * peak if peak > 0 else math.inf,
+            exempt=exempt or (lambda sender: False),
         )
 
     def check_magnitude(self, d: Delta) -> None:
         """Raise DeltaRejected(OUT_OF_BOUNDS) when `d`'s norm or a value is past its limit."""
+        if self.exempt(d.sender):
+            return
         limit = self.max_snapshot_norm if d.snapshot else self.max_delta_norm
         what = "snapshot" if d.snapshot else "delta"
         if d.norm > limit:
@@ -177,6 +186,8 @@ class Limits:
     def check(self, d: Delta, heard: bool, expected: int, held_epoch: int) -> None:
         """Raise DeltaRejected(OUT_OF_BOUNDS) when `d` is past a limit. heard: the sender was
         heard from before (its copy's next version is `expected` in epoch `held_epoch`)."""
+        if self.exempt(d.sender):
+            return
         ceiling = min(self.epoch_ceiling(), MAX_EPOCH)
         if d.epoch > ceiling:
             raise DeltaRejected(

@@ -530,8 +530,11 @@ class Gossip(Networked):
             # The wall clock: a device that kept its state from an earlier run holds older
             # epochs of these agents, and resynchronises instead of mixing the two runs.
             epoch=int(time.time() * 1000),
-            # no clock ceiling: a shard takes a device's epoch whatever its clock reads
-            limits=Limits.relative_to(self.x0, sc.gossip.limits),
+            # no clock ceiling: a shard takes a device's epoch whatever its clock reads; the
+            # run's own agents are exempt (Limits.exempt), the devices' are held
+            limits=Limits.relative_to(
+                self.x0, sc.gossip.limits, exempt=lambda s: agent_index(s) < sc.agents.count
+            ),
         )
 
     # -- sightings (gossip.sightings) -----------------------------------------------------------

@@ -458,7 +458,12 @@ class CoordinatorHost:
             start_version=start_round,
             limits=None
             if spec.x0_scale is None
-            else Limits.from_scale(spec.x0_scale, sc.gossip.limits),
+            else Limits.from_scale(
+                spec.x0_scale,
+                sc.gossip.limits,
+                # a run's own shards are exempt (Limits.exempt); devices are held
+                exempt=lambda s: spec.shards and agent_index(s) < sc.agents.count,
+            ),
         )
         self.counters = TrafficCounters()
         if counts:

@@ -138,3 +138,17 @@ def test_honest_deltas_are_far_inside_the_default_limits() -> None:
     # an all-zero x0 (a test model) leaves the norms and values unbounded
     zero = Limits.relative_to(np.zeros(P, np.float32), LimitsConfig())
     assert zero.max_delta_norm == zero.max_snapshot_norm == zero.max_value == float("inf")
+
+
+def test_a_runs_own_agents_are_exempt_and_devices_are_held() -> None:
+    from protocols.delta import DeltaRejected
+
+    # Prepare: a shard's limits: agents below 4 are the run's own, 4 and up are devices
+    limits = Limits.relative_to(X0, LimitsConfig(), exempt=lambda s: int(s.split("-")[1]) < 4)
+    huge = Compressed(DENSE_F32, P, np.full(P, 100.0, np.float32))
+    norm = float(np.linalg.norm(huge.values))
+    # Execute / Assert: the run's agent-1 passes (a diverging run must say so, not refuse) ...
+    limits.check_magnitude(Delta("agent-1", 0, 0, "L", huge, norm))
+    # ... a device's agent-5 does not
+    with pytest.raises(DeltaRejected, match="above this swarm's limit"):
+        limits.check_magnitude(Delta("agent-5", 0, 0, "L", huge, norm))
