@@ -519,18 +519,25 @@ def aggregate_request(node: str, round_: int, key: bytes) -> coordinator_pb2.Agg
     return msg
 
 
-def check_aggregate_request(msg: coordinator_pb2.AggregateRequest, key: bytes) -> None:
-    """Verify an aggregate request before answering it; raises DeltaRejected: BAD_SIGNATURE
-    when it was not signed with the swarm key (or not at all), MALFORMED when the node name is
-    empty or longer than MAX_NAME_CHARS."""
+_Named = TypeVar("_Named", gossip_pb2.Introduction, coordinator_pb2.AggregateRequest)
+
+
+def _check_signed_by_name(msg: _Named, key: bytes, what: str) -> None:
+    """The checks a message naming its node gets first: the signature (BAD_SIGNATURE), then a
+    node name of 1..MAX_NAME_CHARS characters (MALFORMED)."""
     if not _signature_ok(msg, key):
-        raise DeltaRejected(
-            Rejection.BAD_SIGNATURE, f"aggregate request of {msg.node[:80]!r} does not verify"
-        )
+        raise DeltaRejected(Rejection.BAD_SIGNATURE, f"{what} of {msg.node[:80]!r} does not verify")
     if not msg.node or len(msg.node) > MAX_NAME_CHARS:
         raise DeltaRejected(
             Rejection.MALFORMED, f"node name must be 1..{MAX_NAME_CHARS} characters"
         )
+
+
+def check_aggregate_request(msg: coordinator_pb2.AggregateRequest, key: bytes) -> None:
+    """Verify an aggregate request before answering it; raises DeltaRejected: BAD_SIGNATURE
+    when it was not signed with the swarm key (or not at all), MALFORMED when the node name is
+    empty or longer than MAX_NAME_CHARS."""
+    _check_signed_by_name(msg, key, "aggregate request")
 
 
 def introduction(
@@ -577,14 +584,7 @@ def check_introduction(msg: gossip_pb2.Introduction, key: bytes) -> None:
     The clock reading (`unix_ms`) is reported, not judged: freshness is the caller's policy
     (a device without a real-time clock may honestly read 1970).
     """
-    if not _signature_ok(msg, key):
-        raise DeltaRejected(
-            Rejection.BAD_SIGNATURE, f"introduction of {msg.node!r} does not verify"
-        )
-    if not msg.node or len(msg.node) > MAX_NAME_CHARS:
-        raise DeltaRejected(
-            Rejection.MALFORMED, f"node name must be 1..{MAX_NAME_CHARS} characters"
-        )
+    _check_signed_by_name(msg, key, "introduction")
     host, sep, port = msg.address.rpartition(":")
     if (
         not sep
