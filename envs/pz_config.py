@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import pkgutil
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -38,5 +41,30 @@ class PettingZooConfig(Section):
         except (ImportError, ValueError):
             found = None
         if found is None:
-            raise ValueError(f"module {module!r} is not installed (pip install it)")
+            raise ValueError(missing_module(module))
         return path
+
+
+def missing_module(module: str) -> str:
+    """Why `module` cannot be found, in words a user can act on: its package is not installed,
+    or the installed release does not have it (PettingZoo renames an env when it changes,
+    pursuit_v4 -> pursuit_v5), naming the release and the versions of the env it has."""
+    top = module.partition(".")[0]
+    try:
+        release = importlib.metadata.version(top)
+    except importlib.metadata.PackageNotFoundError:
+        return f"module {module!r} is not installed: no package {top!r} (pip install {top})"
+    parent, _, leaf = module.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(parent) if parent else None
+    except (ImportError, ValueError):
+        spec = None
+    places = spec.submodule_search_locations if spec is not None else None
+    stem = re.sub(r"_v\d+$", "", leaf)
+    found = sorted(
+        f"{parent}.{m.name}"
+        for m in pkgutil.iter_modules(list(places or []))
+        if re.sub(r"_v\d+$", "", m.name) == stem
+    )
+    has = f"; it has {', '.join(found)}" if found else ""
+    return f"module {module!r} is not in the installed {top} {release}{has}"

@@ -54,7 +54,26 @@ def _load(path: Path, **overrides: int | None) -> Scenario:
     """A scenario file and the files it names, with the top-level numbers a command overrides
     (--ticks, --seed) checked like the file's own."""
     scenario = load_scenario(path, check_files=True)
-    return override(scenario, {k: v for k, v in overrides.items() if v is not None}, str(path))
+    sc = override(scenario, {k: v for k, v in overrides.items() if v is not None}, str(path))
+    _check_world(sc, path)
+    return sc
+
+
+def _check_world(sc: Scenario, path: Path) -> None:
+    """Build a PettingZoo world once, here and without Ray, so that what the env itself refuses
+    (its spaces, its agent count, an AEC env, kwargs it does not take) is said before any run
+    directory or Ray start (ScenarioError, exit 2). The drone patrol is ours: its schema says
+    all, and building it costs a physics start."""
+    if sc.world.kind != "pettingzoo":
+        return
+    from envs import make_world  # lazy: gymnasium and the env's package, only for these
+
+    try:
+        world = make_world(sc.world, sc.total_agents, sc.seed)
+    except Exception as exc:  # a third-party constructor may raise anything for bad kwargs
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ScenarioError(f"{path}: world: {reason}") from None
+    world.close()
 
 
 def _progress_bar(enabled: bool) -> Progress:
