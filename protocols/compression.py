@@ -51,6 +51,16 @@ class Compressed:
         out[self.indices] = vals
         return out
 
+    def peak(self) -> float:
+        """max |decode()|, without building the dense vector (0 for no values): the int8
+        encodings scale by a positive factor, which keeps the order of magnitudes."""
+        if self.values.size == 0:
+            return 0.0
+        top = np.float32(np.max(np.abs(self.values.astype(np.float32))))
+        if self.encoding in (DENSE_INT8, SPARSE_INT8):
+            top *= np.float32(self.scale)
+        return float(abs(top))
+
     @property
     def nbytes(self) -> int:
         """Payload bytes on the wire (values + indices)."""

@@ -175,7 +175,7 @@ class Limits:
                 f"{d.sender} {what} norm {d.norm:.4g} is above this swarm's limit {limit:.4g}",
             )
         if math.isfinite(self.max_value):
-            peak = float(np.max(np.abs(d.payload.decode()), initial=0.0))
+            peak = d.payload.peak()
             if peak > self.max_value:
                 raise DeltaRejected(
                     Rejection.OUT_OF_BOUNDS,

@@ -434,6 +434,7 @@ class MembershipNode:
         done, reached = threading.Event(), threading.Event()
         finished = [0]
         guard = threading.Lock()
+        believed: list[Any] = []  # the answers that passed _reply_signed, judged once each
 
         def on_done(future: Any) -> None:
             ok = not future.cancelled() and future.exception() is None
@@ -441,6 +442,8 @@ class MembershipNode:
             if ok and future.result().reachable:
                 reached.set()
             with guard:
+                if ok:
+                    believed.append(future)
                 finished[0] += 1
                 if reached.is_set() or finished[0] == len(futures):
                     done.set()
@@ -449,15 +452,10 @@ class MembershipNode:
             future.add_done_callback(on_done)
         done.wait(timeout_s)
         for future in futures:
-            if (
-                future.done()
-                and not future.cancelled()
-                and future.exception() is None
-                and len(future.result().updates) <= MAX_UPDATES
-                and probe_signed(future.result(), self._key)
-            ):
-                with self._state() as m:
-                    m.merge(from_proto(future.result().updates))
-            else:
-                future.cancel()
+            future.cancel()  # no-op for those that finished
+        with guard:
+            answers = [future.result() for future in believed]
+        for answer in answers:
+            with self._state() as m:
+                m.merge(from_proto(answer.updates))
         return reached.is_set()

@@ -271,17 +271,30 @@ def check_hosts(batch: delta_pb2.DeltaBatch, peer: str | None, host_of: HostOf |
             )
 
 
-def check_identity(claimed: str, context: grpc.ServicerContext, what: str) -> None:
-    """Under mutual TLS a node speaks only as itself: refuse (DeltaRejected UNKNOWN_SENDER)
-    a message whose sender name is not the name in the caller's certificate. Without a
-    client certificate nothing binds the name (the swarm key is shared: see docs/node.md,
-    threat model)."""
+def check_sender(
+    batch: delta_pb2.DeltaBatch, context: grpc.ServicerContext, host_of: HostOf | None
+) -> None:
+    """A batch's sender, under mutual TLS: the node its certificate names (`check_identity`),
+    speaking only for agents not known to live elsewhere (`check_hosts`)."""
     peer = peer_identity(context)
+    _check_claim(batch.sender_node, peer, "delta batch")
+    check_hosts(batch, peer, host_of)
+
+
+def _check_claim(claimed: str, peer: str | None, what: str) -> None:
     if peer is not None and claimed != peer:
         raise DeltaRejected(
             Rejection.UNKNOWN_SENDER,
             f"{what} names sender {claimed[:80]!r} but the caller's certificate is {peer!r}",
         )
+
+
+def check_identity(claimed: str, context: grpc.ServicerContext, what: str) -> None:
+    """Under mutual TLS a node speaks only as itself: refuse (DeltaRejected UNKNOWN_SENDER)
+    a message whose sender name is not the name in the caller's certificate. Without a
+    client certificate nothing binds the name (the swarm key is shared: see docs/node.md,
+    threat model)."""
+    _check_claim(claimed, peer_identity(context), what)
 
 
 Introduce = Callable[[gossip_pb2.Introduction], gossip_pb2.Introduction]
@@ -321,8 +334,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
 
     def PushDeltas(self, request, context):  # noqa: N802 - gRPC method name
         try:
-            check_identity(request.sender_node, context, "delta batch")
-            check_hosts(request, peer_identity(context), self.host_of)
+            check_sender(request, context, self.host_of)
         except DeltaRejected as exc:
             refuse_batch(request, context, self.counters, exc)
         return gossip_pb2.PushReply(
@@ -427,8 +439,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def SubmitDeltas(self, request, context):  # noqa: N802
         try:
-            check_identity(request.sender_node, context, "delta batch")
-            check_hosts(request, peer_identity(context), self.host_of)
+            check_sender(request, context, self.host_of)
         except DeltaRejected as exc:
             refuse_batch(request, context, self.counters, exc)
         return coordinator_pb2.SubmitReply(

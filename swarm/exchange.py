@@ -109,6 +109,12 @@ class Wiring:
     window: tuple[int, int] = (0, 0)  # a sighting's observation window (window, obs_dim)
 
 
+def owner_in_run(sc: Scenario, j: int) -> str:
+    """The node hosting agent j in a run: its shard, or the device running it (named after
+    the agent, as `swarm-node` is)."""
+    return f"shard-{j // sc.per_shard}" if j < sc.agents.count else agent_name(j)
+
+
 class Exchange:
     """The interface every way of sharing implements. The Runner schedules a round (`share`
     on every shard, then `merge`) only for an exchange whose `rounds` is True."""
@@ -506,8 +512,7 @@ class Gossip(Networked):
         self._devices()
 
     def _owner(self, j: int) -> str:
-        """The node hosting agent j: a shard, or the device running it."""
-        return f"shard-{j // self.w.sc.per_shard}" if j < self.w.sc.agents.count else agent_name(j)
+        return owner_in_run(self.w.sc, j)
 
     def _address(self, node: str) -> str:
         """Where shard `node` ("shard-<i>") serves."""

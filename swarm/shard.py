@@ -27,7 +27,15 @@ from protocols.gossip import Limits, agent_index, agent_name, scale_of
 from protocols.transport import CoordinatorServicer, TrafficCounters, start_server
 from swarm import checkpoint
 from swarm.addresses import is_loopback
-from swarm.exchange import RPC_TIMEOUT_S, Counts, Exchange, Wiring, exchange_for, make_exchange
+from swarm.exchange import (
+    RPC_TIMEOUT_S,
+    Counts,
+    Exchange,
+    Wiring,
+    exchange_for,
+    make_exchange,
+    owner_in_run,
+)
 from swarm.records import (
     Document,
     Probe,
@@ -418,15 +426,14 @@ class CoordinatorSpec:
 
 
 def _host_of(sc: Scenario, sender: str, *, shards: bool) -> str | None:
-    """The node (certificate name) that submits for agent `sender`: its shard in a run, else
-    the device node named after it; None for a name that is not an agent's."""
+    """The node (certificate name) that submits for agent `sender`: in a run its shard or
+    device (`owner_in_run`), for `swarm coordinator` the device node named after it; None for
+    a name that is not an agent's."""
     try:
         j = agent_index(sender)
     except ValueError:
         return None
-    if shards and j < sc.agents.count:
-        return f"shard-{j // sc.per_shard}"
-    return agent_name(j)
+    return owner_in_run(sc, j) if shards else agent_name(j)
 
 
 class CoordinatorHost:

@@ -68,6 +68,16 @@ def test_compressors_round_trip_within_their_error(kind: str) -> None:
     assert c.nbytes < x.nbytes or kind == "none"
 
 
+@pytest.mark.parametrize("kind", ["none", "topk", "int8", "topk_int8"])
+def test_a_payloads_peak_is_the_largest_magnitude_it_decodes_to(kind: str) -> None:
+    # the property itself, compared on the decoded vector (both float32: equal, not close)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=1000) * 3).astype(np.float32)
+    c = compress(x, CompressionConfig(kind=kind, ratio=0.1))
+    assert c.peak() == float(np.max(np.abs(c.decode())))
+    assert Compressed(DENSE_F32, 0, np.zeros(0, np.float32)).peak() == 0.0
+
+
 def _delta(values: np.ndarray, sender: str = "agent-1", version: int = 0) -> Delta:
     payload = Compressed(DENSE_F32, values.size, values.astype(np.float32))
     return Delta(sender, 0, version, "L", payload, float(np.linalg.norm(values)), 3)
