@@ -46,7 +46,8 @@ the run seed, so a run is a pure function of its seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -94,6 +95,52 @@ class Rollout:
     def mean(self, v: Tensor) -> Tensor:
         """(K, R) -> (K,): the mean over each agent's live steps."""
         return (v * self.alive).sum(1) / self.n.clamp(min=1)
+
+
+@dataclass(frozen=True, eq=False)
+class Lived:
+    """The R steps of K agents a rollout lived, as its update reads them."""
+
+    x: np.ndarray
+    """(R, K, W, obs_dim) the windows acted on."""
+    a: np.ndarray
+    """(R, K) the actions taken."""
+    logp: np.ndarray
+    """(R, K) their log-probabilities when taken."""
+    r: np.ndarray
+    """(R, K) the rewards that followed, scaled (`_scaled_rewards`)."""
+    end: np.ndarray
+    """(R, K) bool: the agent's episode ended after the step."""
+    cut: np.ndarray
+    """(R, K) bool: ... by a time limit (bootstrapped from `final`)."""
+    final: np.ndarray
+    """(R, K, W, obs_dim) the window of each cut-off episode's last observation."""
+    alive: np.ndarray
+    """(R, K) bool: the agent was acting."""
+    after: np.ndarray
+    """(K, W, obs_dim) the window that follows the last step."""
+
+
+@dataclass
+class Learned:
+    """What an update measured, applied with its weights."""
+
+    stats: dict[str, float]
+    route_records: list[RouteRecord]
+
+
+@dataclass(eq=False)
+class Update:
+    """An update running beside acting (``rl.update_lag``): it steps `work`, a copy of the
+    weights at the rollout's end (`start`); `due` acting ticks later the change is added to
+    the live weights."""
+
+    start: Tensor
+    work: torch.nn.Parameter
+    due: int
+    thread: threading.Thread | None = None
+    result: Learned | None = None
+    error: BaseException | None = field(default=None)
 
 
 class EpochResult(NamedTuple):
@@ -208,15 +255,19 @@ class PolicyPopulation:
         self.generator = torch.Generator().manual_seed(seed)
         self._route_records: list[RouteRecord] = []
 
-    def _roles(self, x: Tensor, roles: slice, routing: Routing | None) -> tuple[Tensor, Tensor]:
+    def _roles(
+        self, x: Tensor, roles: slice, routing: Routing | None, flat: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """x (K, B, W, obs_dim) windows -> the action head of the chosen roles at each window's
-        last step: logits (K, n, B, A) and values (K, n, B), n = roles taken.
+        last step: logits (K, n, B, A) and values (K, n, B), n = roles taken. flat: the (K, P)
+        weights to run (default: the live ones, `self.flat`).
 
         The row [actor | critic] viewed as (K, 2, P_role) holds 2K models of one layout, so
         both roles run as one stacked call over K * n "agents" (half the calls of two passes).
         """
-        K, P = self.flat.shape
-        rows = self.flat.view(K, len(ROLES), P // len(ROLES))[:, roles]  # (K, n, P_role)
+        flat = self.flat if flat is None else flat
+        K, P = flat.shape
+        rows = flat.view(K, len(ROLES), P // len(ROLES))[:, roles]  # (K, n, P_role)
         n = rows.shape[1]
         params = views(rows.reshape(K * n, -1), self.model_specs)  # K*n models
         xs = x.repeat_interleave(n, dim=0) if n > 1 else x  # (K*n, B, W, obs_dim)
@@ -229,14 +280,18 @@ class PolicyPopulation:
         """x (K, B, W, obs_dim) windows -> the actor's logits (K, B, A) at their last step."""
         return self._roles(x, slice(0, 1), routing)[0][:, 0]
 
-    def value(self, x: Tensor, routing: Routing | None = None) -> Tensor:
+    def value(
+        self, x: Tensor, routing: Routing | None = None, flat: Tensor | None = None
+    ) -> Tensor:
         """x (K, B, W, obs_dim) windows -> the critic's values (K, B) at their last step."""
-        return self._roles(x, slice(1, 2), routing)[1][:, 0]
+        return self._roles(x, slice(1, 2), routing, flat)[1][:, 0]
 
-    def policy_and_value(self, x: Tensor, routing: Routing | None = None) -> tuple[Tensor, Tensor]:
+    def policy_and_value(
+        self, x: Tensor, routing: Routing | None = None, flat: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Both at once (training): the actor's logits (K, B, A), the critic's values (K, B).
         routing: the selective FFN's context for 2K models (actor and critic of each agent)."""
-        logits, value = self._roles(x, slice(0, 2), routing)
+        logits, value = self._roles(x, slice(0, 2), routing, flat)
         return logits[:, 0], value[:, 1]
 
     @property
@@ -279,6 +334,10 @@ class OnlineActorCritic:
         self._pending = False  # the last step still waits for its reward
         self._new_examples = np.zeros(K, np.int64)
         self.updates = 0
+        self._job: Update | None = None  # an update running beside acting (rl.update_lag)
+        # an update on its own thread draws from its own generator (the selective FFN's router
+        # noise), so acting's draws do not depend on when the thread ran
+        self._learn_generator = torch.Generator().manual_seed(seed + 1)
         self.stats: dict[str, float] = {}
         """Figures of the last update: policy_loss, value_loss, entropy, approx_kl, clip_frac."""
 
@@ -313,6 +372,10 @@ class OnlineActorCritic:
         self._hist[done_k] = 0.0
         self._hist[:, :-1] = self._hist[:, 1:]
         self._hist[:, -1] = self._normalise(obs)
+        if self._job is not None:
+            self._job.due -= 1
+            if self._job.due == 0:  # the update learned beside the last update_lag ticks
+                self.settle()
         if self._pending and self._t == self.rl.rollout:
             if self.rl.enabled:
                 self._update()
@@ -386,56 +449,115 @@ class OnlineActorCritic:
         out, self._new_examples = self._new_examples, np.zeros(self.n_agents, np.int64)
         return out
 
-    def _values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _lived(self, *, copy: bool) -> Lived:
+        """The rollout just lived, as its update reads it (copied when the update runs beside
+        the next rollout, whose steps refill the buffers)."""
+        c = np.copy if copy else np.asarray
+        return Lived(
+            x=c(self._x),
+            a=c(self._a),
+            logp=c(self._logp),
+            r=self._scaled_rewards(),
+            end=c(self._end),
+            cut=c(self._cut),
+            final=c(self._final),
+            alive=c(self._alive),
+            after=c(self._hist),
+        )
+
+    def _values(self, lived: Lived, flat: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The critic's values, now: of every rollout step (R, K), of the window after the
         last one (K,), and of the final window of each time-limit cut (R, K; 0 elsewhere)."""
         pop, R = self.population, self.rl.rollout
-        windows = [self._x.transpose(1, 0, 2, 3), self._hist[:, None]]  # (K, R | 1, W, obs)
-        if self._cut.any():
-            windows.append(self._final.transpose(1, 0, 2, 3))
+        windows = [lived.x.transpose(1, 0, 2, 3), lived.after[:, None]]  # (K, R | 1, W, obs)
+        if lived.cut.any():
+            windows.append(lived.final.transpose(1, 0, 2, 3))
         with torch.no_grad():
-            v = pop.value(torch.from_numpy(np.concatenate(windows, 1))).numpy()  # (K, R+1(+R))
-        v_final = v[:, R + 1 :].T * self._cut if self._cut.any() else np.zeros((R, self.n_agents))
+            v = pop.value(torch.from_numpy(np.concatenate(windows, 1)), flat=flat).numpy()
+        v_final = v[:, R + 1 :].T * lived.cut if lived.cut.any() else np.zeros((R, self.n_agents))
         return v[:, :R].T, v[:, R], v_final.astype(np.float32)
 
-    def _routing(self) -> Routing | None:
+    def _routing(self, generator: torch.Generator) -> Routing | None:
         cfg, pop = self.population.model_cfg, self.population
         if cfg.ffn_groups == 1:
             return None
         a = noise_scale(pop.optimizer.t, cfg.router_noise_anneal_steps)  # (K,)
         a = a.repeat_interleave(len(ROLES))  # (2K,) actor and critic of an agent alike
-        return Routing(noise_scale=a if bool((a > 0).any()) else None, generator=pop.generator)
+        return Routing(noise_scale=a if bool((a > 0).any()) else None, generator=generator)
 
     def _update(self) -> None:
-        """`rl.epochs` PPO passes over the rollout just lived; refreshes `stats`."""
-        ro = self._rollout()
+        """Learn from the rollout just lived: at once (``rl.update_lag`` 0), or on a thread
+        beside the next ``update_lag`` ticks of acting, applied before the tick after them."""
+        pop = self.population
+        if not self.rl.update_lag:
+            self._apply(self._learn(self._lived(copy=False), pop.flat, pop.generator))
+            return
+        assert self._job is None, "the previous update is applied before the next one starts"
+        start = pop.flat.detach().clone()
+        self._job = Update(start, torch.nn.Parameter(start.clone()), self.rl.update_lag)
+        lived, job = self._lived(copy=True), self._job
+
+        def learn() -> None:
+            try:
+                job.result = self._learn(lived, job.work, self._learn_generator)
+            except BaseException as exc:  # re-raised by the acting thread
+                job.error = exc
+
+        job.thread = threading.Thread(target=learn, name="ppo-update", daemon=True)
+        job.thread.start()
+
+    def settle(self) -> None:
+        """Wait for an update running beside acting and apply it now (at the end of a run, or
+        before reading the weights from outside the tick loop)."""
+        job, self._job = self._job, None
+        if job is None:
+            return
+        assert job.thread is not None
+        job.thread.join()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        # as a change, so that what gossip merged into the live weights meanwhile stays
+        self.population.flat.data.add_(job.work.data - job.start)
+        self._apply(job.result)
+
+    def _apply(self, result: Learned) -> None:
+        self.updates += 1
+        self.stats = result.stats
+        self.population._route_records = result.route_records
+
+    def _learn(self, lived: Lived, flat: torch.nn.Parameter, gen: torch.Generator) -> Learned:
+        """`rl.epochs` PPO passes over the rollout, stepping `flat` (K, P) in place; returns the
+        figures of the update: policy_loss, value_loss, entropy, approx_kl, clip_frac."""
+        ro = self._rollout(lived, flat)
+        records: list[RouteRecord] = []
         for _ in range(self.rl.epochs):
-            last = self._ppo_epoch(ro)
+            last = self._ppo_epoch(ro, flat, gen, records)
         with torch.no_grad():
             kl = ro.mean(ro.old_logp - last.logp)
             clipped = ro.mean(((last.ratio - 1).abs() > self.rl.clip).float())
-        self.updates += 1
-        self.stats = {
+        stats = {
             "policy_loss": float(last.policy_loss.detach().mean()),
             "value_loss": float(last.value_loss.detach().mean()),
             "entropy": float(last.entropy.detach().mean()),
             "approx_kl": float(kl.mean()),
             "clip_frac": float(clipped.mean()),
         }
+        return Learned(stats, records)
 
-    def _rollout(self) -> Rollout:
+    def _rollout(self, lived: Lived, flat: Tensor) -> Rollout:
         """The rollout as the update reads it: per agent, its windows, actions, their
         log-probabilities when taken, advantages (GAE, normalised) and returns."""
         rl = self.rl
-        v, v_next, v_final = self._values()
+        v, v_next, v_final = self._values(lived, flat)
         # a time-limit cut ends the episode for GAE but earns gamma * V(final window)
-        r = self._scaled_rewards() + rl.discount * v_final
-        adv, ret = gae(r, self._end, v, v_next, rl.discount, rl.gae_lambda)
-        alive = torch.from_numpy(self._alive.T.copy()).float()  # (K, R)
+        r = lived.r + rl.discount * v_final
+        adv, ret = gae(r, lived.end, v, v_next, rl.discount, rl.gae_lambda)
+        alive = torch.from_numpy(lived.alive.T.copy()).float()  # (K, R)
         ro = Rollout(
-            x=torch.from_numpy(self._x.transpose(1, 0, 2, 3).copy()),  # (K, R, W, obs_dim)
-            a=torch.from_numpy(self._a.T.copy()),  # (K, R)
-            old_logp=torch.from_numpy(self._logp.T.copy()),  # (K, R)
+            x=torch.from_numpy(lived.x.transpose(1, 0, 2, 3).copy()),  # (K, R, W, obs_dim)
+            a=torch.from_numpy(lived.a.T.copy()),  # (K, R)
+            old_logp=torch.from_numpy(lived.logp.T.copy()),  # (K, R)
             adv=torch.from_numpy(adv.T.copy()),  # (K, R)
             ret=torch.from_numpy(ret.T.copy()),  # (K, R)
             alive=alive,
@@ -447,12 +569,18 @@ class OnlineActorCritic:
         std = ro.mean((ro.adv - mean) ** 2).sqrt()[:, None]
         return replace(ro, adv=(ro.adv - mean) / (std + STD_EPS))
 
-    def _ppo_epoch(self, ro: Rollout) -> EpochResult:
+    def _ppo_epoch(
+        self,
+        ro: Rollout,
+        flat: torch.nn.Parameter,
+        gen: torch.Generator,
+        records: list[RouteRecord],
+    ) -> EpochResult:
         """One pass of PPO's clipped objective over the rollout, one optimizer step per agent
-        that lived in it."""
+        that lived in it; the selective FFN's routing of the pass goes to `records`."""
         pop, rl = self.population, self.rl
-        routing = self._routing()
-        logits, value = pop.policy_and_value(ro.x, routing)  # (K, R, A), (K, R)
+        routing = self._routing(gen)
+        logits, value = pop.policy_and_value(ro.x, routing, flat)  # (K, R, A), (K, R)
         logp_all = F.log_softmax(logits, dim=-1)
         logp = logp_all.gather(2, ro.a[..., None])[..., 0]  # (K, R)
         ratio = (logp - ro.old_logp).exp()
@@ -465,17 +593,15 @@ class OnlineActorCritic:
         if routing is not None:
             balance = load_balance_loss(routing.records)  # (2K,)
             loss = loss + balance.view(-1, len(ROLES)).sum(1)
-            pop._route_records = [
-                RouteRecord(r.selected, r.probs.detach()) for r in routing.records
-            ]
-        self._step(loss, ro.n > 0)  # (K,) loss, agents that lived
+            records[:] = [RouteRecord(r.selected, r.probs.detach()) for r in routing.records]
+        self._step(loss, ro.n > 0, flat)  # (K,) loss, agents that lived
         return out
 
-    def _step(self, loss: Tensor, active: Tensor) -> None:
+    def _step(self, loss: Tensor, active: Tensor, flat: torch.nn.Parameter) -> None:
         """One optimizer step of the active (K,) agents on their losses (K,), actor and critic
         gradients clipped apart."""
         pop, rl = self.population, self.rl
-        (grad,) = torch.autograd.grad(loss.sum(), pop.flat)  # (K, P)
+        (grad,) = torch.autograd.grad(loss.sum(), flat)  # (K, P)
         # actor and critic clipped on their own: a large value gradient must not shrink
         # the policy's step
         parts = grad.view(grad.shape[0], len(ROLES), -1)  # (K, 2, P_role)
@@ -483,4 +609,4 @@ class OnlineActorCritic:
         parts.mul_(rl.max_grad_norm / norm.clamp(min=rl.max_grad_norm))
         if pop.pooled:  # the centralized upper bound: one policy, everyone's experience
             grad, active = pool_gradients(grad, active)
-        pop.optimizer.step(pop.flat.data, grad, active=active)
+        pop.optimizer.step(flat.data, grad, active=active)

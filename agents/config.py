@@ -138,6 +138,12 @@ class RLConfig(Section):
     rollout: int = Field(128, ge=1, le=100_000)
     """Ticks of experience per update; each agent learns from its own rollout, so this is its
     batch (128: PPO's steps per environment, Schulman et al. 2017, Atari)."""
+    update_lag: int = Field(0, ge=0, le=100_000)
+    """0: each update runs when its rollout ends, and acting waits for it. n > 0: it runs on a
+    thread beside the next n ticks of acting (which use the weights it started from) and is
+    applied before the tick after them, so acting and learning use two cores; its change is
+    added to the live weights, keeping what gossip merged meanwhile. Results do not depend on
+    the machine's timing. Less than `rollout`."""
     epochs: int = Field(4, ge=1, le=64)
     """Passes over each rollout (1 = plain advantage actor-critic)."""
     discount: float = Field(0.99, gt=0.0, le=1.0)
@@ -162,3 +168,12 @@ class RLConfig(Section):
     the encoder sees O(1) inputs whatever the env's units (Andrychowicz et al. 2021 found it
     helps in most envs; on mpe2 simple_spread, whose inputs are O(1) already, it made no
     difference: -23.2 team return after 6000 ticks either way, mean of 2 seeds)."""
+
+    @model_validator(mode="after")
+    def _lag_within_rollout(self) -> RLConfig:
+        if self.update_lag >= self.rollout:
+            raise ValueError(
+                f"update_lag ({self.update_lag}) must be less than rollout ({self.rollout}): "
+                "an update is applied before the next one starts"
+            )
+        return self

@@ -29,6 +29,11 @@ class PettingZooConfig(Section):
     tick_s: float = Field(0.1, gt=0, le=86_400)
     """Simulated seconds per env step, for time axes and the real-time factor; at most a day,
     slower than any swarm decides."""
+    pipeline: bool = True
+    """Step each shard's copies as soon as that shard has acted, while the other shards act
+    (when every shard hosts whole copies and there are two or more): the world and the shards
+    work at the same time instead of taking turns. The results are the same either way; false
+    takes turns (one world step per tick, after every shard has acted)."""
 
     @field_validator("env")
     @classmethod

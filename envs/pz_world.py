@@ -131,6 +131,7 @@ class ParallelEnvWorld:
 
     def _restart(self) -> np.ndarray:
         self.tick = 0
+        self._ticks_of = np.zeros(self.cfg.copies, np.int64)  # steps taken by each copy
         self._episodes_of = [0] * self.cfg.copies
         self._returns = np.zeros(self.cfg.copies)  # (copies,) this episode's summed rewards
         self._finished: list[float] = []  # team returns since the last task_metrics
@@ -164,20 +165,31 @@ class ParallelEnvWorld:
         """Restart every copy from the first episode; observations (N, obs_dim)."""
         return self._restart()
 
-    def step(self, actions: np.ndarray) -> RLStepResult:
+    def step(self, actions: np.ndarray, copies: tuple[int, int] | None = None) -> RLStepResult:
+        """Step every copy, or only copies lo..hi-1 (``copies``, with their agents' actions):
+        a shard that hosts whole copies has them stepped as soon as it has acted, while the
+        others still act (swarm/driver.py). Copies are independent, so stepping them in parts,
+        in copy order, gives exactly what one whole step gives. The result's arrays cover all
+        N agents; rows outside the part hold no news (zero rewards, no ends)."""
+        lo_c, hi_c = (0, self.cfg.copies) if copies is None else copies
+        if not 0 <= lo_c < hi_c <= self.cfg.copies:
+            raise ValueError(f"copies must lie in [0, {self.cfg.copies}), got {lo_c}..{hi_c}")
+        first, n = lo_c * self.per_copy, (hi_c - lo_c) * self.per_copy
         act = np.asarray(actions).astype(np.int64, copy=False).reshape(-1)
-        if act.shape != (self.n_agents,):
-            raise ValueError(f"actions must have shape ({self.n_agents},), got {act.shape}")
+        if act.shape != (n,):
+            raise ValueError(f"actions must have shape ({n},), got {act.shape}")
         if act.min() < 0 or act.max() >= self.n_actions:
             raise ValueError(f"actions must be in [0, {self.n_actions})")
         rewards = np.zeros(self.n_agents, np.float32)
         done = np.zeros(self.n_agents, bool)
         truncated = np.zeros(self.n_agents, bool)
         final_obs = np.zeros((self.n_agents, self.obs_dim), np.float32)
-        for c, env in enumerate(self.envs):
+        for c in range(lo_c, hi_c):
+            env = self.envs[c]
             lo = c * self.per_copy
             live = [j for j, name in enumerate(self.names) if name in env.agents]
-            obs, rew, term, trunc, _ = env.step({self.names[j]: int(act[lo + j]) for j in live})
+            chosen = {self.names[j]: int(act[lo - first + j]) for j in live}
+            obs, rew, term, trunc, _ = env.step(chosen)
             for j, name in enumerate(self.names):
                 rewards[lo + j] = float(rew.get(name, 0.0))
                 if trunc.get(name, False) and not term.get(name, False) and name in obs:
@@ -187,6 +199,7 @@ class ParallelEnvWorld:
             self._reward_sum += float(rewards[lo : lo + self.per_copy].sum())
             self._live_steps += len(live)
             self._returns[c] += float(rewards[lo : lo + self.per_copy].sum())
+            self._ticks_of[c] += 1
             if env.agents:
                 self._write(c, obs)
                 continue
@@ -194,9 +207,15 @@ class ParallelEnvWorld:
             self.episodes += 1
             done[lo : lo + self.per_copy] = True
             self._reset_copy(c)
-        self.tick += 1
+        self.tick = int(self._ticks_of.min())
         return RLStepResult(
-            self.obs.copy(), rewards, done, self.alive.copy(), self.tick, truncated, final_obs
+            self.obs.copy(),
+            rewards,
+            done,
+            self.alive.copy(),
+            int(self._ticks_of[lo_c]),
+            truncated,
+            final_obs,
         )
 
     # ---- read-outs ----------------------------------------------------------------------

@@ -96,6 +96,7 @@ class Driver:
             self.actors.twin = cast("ActorHandle[WorldHost]", host.remote(spec))
         self.endpoints: list[str] = []
         self.coord_addr = ""
+        self._firsts: list[int] | None = None  # each shard's first agent: parts (`_parts`)
 
     @staticmethod
     def cpus() -> float:
@@ -250,16 +251,38 @@ class Driver:
         arrays, _ = checkpoint.load(where / f"{name}.npz")
         return world.replay.remote(arrays["decisions"])
 
+    def _parts(self, info: WorldInfo) -> list[int] | None:
+        """The first agent of each shard when the world steps each shard's part as soon as
+        that shard has acted (WorldInfo.per_copy: every shard hosts whole copies), else None.
+        Then the world steps one shard's copies while the other shards act: the world and
+        the shards work at the same time (double-buffered sampling) instead of taking turns,
+        and every copy still steps once a tick on its own agents' decisions."""
+        sc, per = self.sc, info.per_copy
+        if not per or sc.n_shards < 2 or sc.per_shard % per or self.actors.twin is not None:
+            return None
+        return [s * sc.per_shard for s in range(sc.n_shards)]
+
     def _act(
-        self, step: ObjectRef[Step], twin_step: ObjectRef[Step] | None
-    ) -> tuple[ObjectRef[Step], ObjectRef[Step] | None]:
-        """One tick: every shard acts, the world (and the twins' world) steps on it."""
+        self, steps: list[ObjectRef[Step]], twin_step: ObjectRef[Step] | None
+    ) -> tuple[list[ObjectRef[Step]], ObjectRef[Step] | None]:
+        """One tick: every shard acts, the world (and the twins' world) steps on it. steps:
+        the Step each shard acts on (one for all, or each shard's part, `_parts`)."""
         world, twin, shards = self.actors.world, self.actors.twin, self.actors.shards
+        if self._firsts is not None:  # each shard's part steps as soon as it has acted
+            return [
+                world.step_part.remote(first, s.act.remote(step))
+                for first, s, step in zip(self._firsts, shards, steps, strict=True)
+            ], None
         if twin is None or twin_step is None:
-            return world.step.remote(*[s.act.remote(step) for s in shards]), None
-        pairs = [s.act_twins.options(num_returns=2).remote(step, twin_step) for s in shards]
+            acts = [s.act.remote(st) for s, st in zip(shards, steps, strict=True)]
+            step: ObjectRef[Step] = world.step.remote(*acts)
+            return [step] * len(shards), None
+        pairs = [
+            s.act_twins.options(num_returns=2).remote(st, twin_step)
+            for s, st in zip(shards, steps, strict=True)
+        ]
         return (
-            world.step.remote(*[p[0] for p in pairs]),
+            [world.step.remote(*[p[0] for p in pairs])] * len(shards),
             twin.step.remote(*[p[1] for p in pairs]),
         )
 
@@ -270,7 +293,8 @@ class Driver:
         with their decisions; rounds, metrics rows and checkpoints at their intervals."""
         sc = self.sc
         world, shards = self.actors.world, self.actors.shards
-        step = self._start_world(world)
+        self._firsts = self._parts(info)
+        steps = [self._start_world(world)] * len(shards)
         twin_step = (
             None if self.actors.twin is None else self._start_world(self.actors.twin, "twin")
         )
@@ -284,7 +308,7 @@ class Driver:
         self._t_ticks, self._start_tick = time.perf_counter(), start  # the real-time factor
         for tick in range(start, sc.ticks):
             done = tick + 1  # ticks completed once this one is
-            step, twin_step = self._act(step, twin_step)
+            steps, twin_step = self._act(steps, twin_step)
             if self.runner.exchange.rounds and done % sc.gossip.interval == 0:
                 sent = [s.share.remote(round_, done) for s in shards]
                 barrier = sent if sc.gossip.mode == "sync" else []
@@ -293,7 +317,7 @@ class Driver:
                 round_ += 1
             self._submit_measures(world, shards, done, pending)
             self._submit_checkpoint(world, shards, done, round_, pending)
-            pending.ticks.append(step)
+            pending.ticks.append(steps[-1])  # the world's last call of the tick
             if len(pending.ticks) > MAX_TICKS_IN_FLIGHT:
                 ray.wait([pending.ticks.pop(0)], num_returns=1)
                 self.runner.on_tick(tick - MAX_TICKS_IN_FLIGHT)

@@ -72,6 +72,9 @@ class WorldInfo:
     n_actions: int = 0
     # the tick at which each agent joins with a fresh model (0: there from the start)
     join_tick: list[int] = field(default_factory=list)
+    # agents per independent copy of the world, whose copies can be stepped in parts
+    # (WorldHost.step_part); 0: the world steps only as a whole
+    per_copy: int = 0
 
     @property
     def model_inputs(self) -> int | Document:

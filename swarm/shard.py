@@ -81,6 +81,7 @@ class WorldHost:
         # Every tick's decisions: the world is deterministic given its seed and these, so a
         # resumed run rebuilds it exactly by replaying them (`replay`).
         self.decisions: list[np.ndarray] = []
+        self._parts: list[np.ndarray] = []  # this tick's decisions so far (step_part)
         self.error = ""
         self.world: DronePatrolWorld | ParallelEnvWorld
         try:
@@ -102,7 +103,7 @@ class WorldHost:
     def reset(self) -> Step:
         obs = self.world.reset()
         self.trajectory = [self.world.positions().copy()]
-        self.decisions = []
+        self.decisions, self._parts = [], []
         return self.task.first_step(self.world, obs)
 
     def step(self, *decisions: np.ndarray) -> Step:
@@ -110,6 +111,27 @@ class WorldHost:
         self.decisions.append(chosen)
         result = self.world.step(chosen)
         self.trajectory.append(self.world.positions().copy())
+        return self.task.step(result, self.first_label)
+
+    def step_part(self, first: int, *decisions: np.ndarray) -> Step:
+        """Step only the world copies of agents first..first+len(decisions)-1 (whole copies,
+        WorldInfo.per_copy), with those agents' decisions: one shard's part of a tick. The
+        parts of a tick come in agent order; the last one completes the tick (its decisions
+        recorded, as `step` records a whole tick's)."""
+        world = cast("ParallelEnvWorld", self.world)  # the worlds with per_copy
+        chosen = np.concatenate(decisions).astype(np.int64)
+        per = world.per_copy
+        if first % per or len(chosen) % per or first != sum(map(len, self._parts)):
+            raise ValueError(
+                f"step_part({first}, {len(chosen)} decisions): parts must be whole copies "
+                f"of {per} agents, in agent order"
+            )
+        self._parts.append(chosen)
+        result = world.step(chosen, (first // per, (first + len(chosen)) // per))
+        if first + len(chosen) == world.n_agents:  # the tick is complete
+            self.decisions.append(np.concatenate(self._parts))
+            self._parts = []
+            self.trajectory.append(world.positions().copy())
         return self.task.step(result, self.first_label)
 
     def replay(self, decisions: np.ndarray) -> Step:

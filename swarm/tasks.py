@@ -402,6 +402,7 @@ class Reinforcement(Task):
             obs_dim=world.obs_dim,
             agent_ids=list(world.agent_ids),
             n_actions=world.n_actions,
+            per_copy=world.per_copy if world.cfg.pipeline else 0,
         )
 
     @staticmethod

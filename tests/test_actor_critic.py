@@ -234,3 +234,96 @@ def test_selective_ffn_trains_actor_and_critic_with_routing_stats(groups: int) -
     assert learner.updates == 1 and np.isfinite(learner.stats["value_loss"])
     assert stats["select/density"].shape == (4,)  # actor and critic of each agent
     np.testing.assert_allclose(stats["select/density"], 1 / groups)
+
+
+# ---- an update beside acting (rl.update_lag) ---------------------------------------------------
+
+
+def _live(learner: OnlineActorCritic, ticks: int, seed: int) -> list[np.ndarray]:
+    """`ticks` acting ticks on a fixed random stream; the actions taken."""
+    rng = np.random.default_rng(seed)
+    K = learner.n_agents
+    out = []
+    for t in range(ticks):
+        reward = None if t == 0 else rng.normal(size=K).astype(np.float32)
+        out.append(learner.act(_obs(rng, K), reward))
+    return out
+
+
+def test_an_update_beside_acting_lands_its_change_update_lag_ticks_later_on_what_was_merged() -> (
+    None
+):
+    # Prepare: two learners alike on one stream, rollout 5: one updates at the rollout's end
+    # (lag 0), the other on a thread, applied 3 ticks later. The lagged one acts those 3 ticks
+    # on the weights the update started from, and meanwhile "gossip" adds 0.25 to agent 1.
+    rollout, lag = 5, 3
+    now = _learner(K=3, rollout=rollout)
+    later = _learner(K=3, rollout=rollout, update_lag=lag)
+    _live(now, rollout + 1, seed=1)  # the 6th act runs the update, then acts
+    _live(later, rollout + 1, seed=1)
+    start = later.population.flat.detach().clone()
+    # Execute
+    assert later._job is not None and later.updates == 0
+    later.population.flat.data[1] += 0.25  # merged while the update runs
+    rng = np.random.default_rng(2)
+    for _ in range(lag - 1):
+        later.act(_obs(rng, 3), np.zeros(3, np.float32))
+        assert later.updates == 0, "applied before its tick"
+    later.act(_obs(rng, 3), np.zeros(3, np.float32))
+    # Assert: applied on the lag-th tick, as the change the synchronous update made, on top of
+    # the merge. The thread's steps are the synchronous ones (same data, same operations), so
+    # the two differ by rounding only: (start + 0.25) + (work - start) against work + 0.25 is
+    # three float32 roundings, each at most half an ulp <= M 2^-24 of numbers up to
+    # M = max|w| + 0.25
+    assert later.updates == 1 and later._job is None
+    assert later.stats.keys() == now.stats.keys()
+    expect = now.population.flat.detach().clone()
+    expect[1] += 0.25
+    assert not torch.equal(now.population.flat, start), "the update changed the weights"
+    bound = 3 * float(expect.abs().max() + 0.25) * 2.0**-24
+    got = later.population.flat.detach()
+    assert float((got - expect).abs().max()) <= bound
+
+
+def test_an_update_beside_acting_gives_the_same_run_whatever_the_threads_timing(
+    monkeypatch,
+) -> None:
+    # Prepare: the same lagged learner twice; the second time every update thread sleeps
+    # before it starts, so acting runs far ahead of it until the tick it is due.
+    import time as time_
+
+    def run() -> tuple[list[np.ndarray], torch.Tensor]:
+        learner = _learner(K=2, rollout=4, update_lag=2)
+        actions = _live(learner, 15, seed=3)
+        learner.settle()
+        return actions, learner.population.flat.detach().clone()
+
+    first = run()
+    slow = actor_critic.OnlineActorCritic._learn
+
+    def late(self, *args):  # type: ignore[no-untyped-def]
+        time_.sleep(0.05)
+        return slow(self, *args)
+
+    monkeypatch.setattr(actor_critic.OnlineActorCritic, "_learn", late)
+    # Execute
+    second = run()
+    # Assert: same actions, same weights
+    assert all(np.array_equal(a, b) for a, b in zip(first[0], second[0], strict=True))
+    assert torch.equal(first[1], second[1])
+
+
+def test_an_update_that_fails_on_its_thread_fails_the_tick_it_is_due(monkeypatch) -> None:
+    learner = _learner(K=2, rollout=3, update_lag=1)
+
+    def broken(self, *args):  # type: ignore[no-untyped-def]
+        raise FloatingPointError("nan in the loss")
+
+    monkeypatch.setattr(actor_critic.OnlineActorCritic, "_learn", broken)
+    with pytest.raises(FloatingPointError, match="nan in the loss"):
+        _live(learner, 5, seed=0)
+
+
+def test_update_lag_must_be_less_than_the_rollout() -> None:
+    with pytest.raises(ValueError, match="update_lag .5. must be less than rollout .5."):
+        RLConfig(rollout=5, update_lag=5)

@@ -61,7 +61,9 @@ class DronePatrolParallelEnv(ParallelEnv):
             a: spaces.Box(-np.inf, np.inf, shape=(obs_dim,), dtype=np.float32)
             for a in self.possible_agents
         }
-        self._action_spaces = {a: spaces.Discrete(len(EVENT_CLASSES)) for a in self.possible_agents}
+        self._action_spaces: dict[str, spaces.Discrete] = {
+            a: spaces.Discrete(len(EVENT_CLASSES)) for a in self.possible_agents
+        }
 
     def observation_space(self, agent: str) -> spaces.Box:
         return self._observation_spaces[agent]
