@@ -18,6 +18,16 @@ Acting: an agent reads the last ``learning.window`` observations of its current 
 before the episode's first step), normalised by its own running mean and std of what it has
 observed (``rl.obs_norm``), and samples an action from its actor's policy at the last step.
 
+Actions (`ActionDist`): a Discrete(n) space is a categorical over the actor's n logits. A
+continuous one (`ActionBox`, a gymnasium Box of finite bounds, flattened to d numbers) is a
+diagonal Gaussian: the actor's d outputs are its mean, in units of the box's half-width about
+its centre (mean = centre + half * output, so the small initial policy head starts every
+agent at the box's centre whatever its units), and each agent has a state-independent log
+standard deviation (d numbers, in the same units) appended to its row after [actor | critic],
+so gossip shares it with the rest. The world clips a sample to the box; the learner keeps the
+unclipped sample and its log-probability (as PPO does for bounded Box actions: the clip is
+part of the env). Log-probability and entropy sum over the d dimensions.
+
 Learning (``rl.enabled``): every ``rl.rollout`` ticks each agent takes ``rl.epochs`` passes of
 PPO's clipped objective (Schulman et al. 2017) over the rollout it just lived, with advantages
 from generalised advantage estimation (Schulman et al. 2016; gamma ``rl.discount``, lambda
@@ -46,9 +56,11 @@ the run seed, so a run is a pure function of its seed.
 
 from __future__ import annotations
 
+import math
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -71,6 +83,22 @@ from agents.yan.selective import (
 OBS_CLIP = 10.0  # normalised observations are clipped to +-10 std (SB3's VecNormalize clip_obs)
 STD_EPS = 1e-8  # keeps the division finite for a feature that never varied (e.g. MPE's comm)
 ROLES = ("actor", "critic")
+INIT_LOG_STD = -1.0
+"""A Gaussian policy's initial log std, in units of the box's half-width: std 0.37 half-widths
+(0.18 on MPE's [0, 1]), so fewer than 1% of the first draws fall outside the box. Measured
+against 0 (std = the half-width, SB3's and CleanRL's default for actions scaled to [-1, 1])
+and -0.5 on a 2-D bandit in [-1, 1] (reward -|clip(a) - 0.7| summed; 4 agents, rollout 20,
+lr 3e-3): after 150 ticks the policy means were 0.10 from the target with -1 (mean over agents
+and numbers; 0.7 at the start), 0.32 with -0.5 and 0.61 with 0, and with 0 they then ran past
+the bound (1.1 from the target at 300 - 600 ticks): when a third of the draws are clipped, a
+mean beyond the bound (always clipped, a constant reward) beats a wide spread around the
+target (the clipped Gaussian's boundary bias, Chou et al. 2017, "Improving Stochastic Policy
+Gradients in Continuous Control with Deep RL using the Beta Distribution"). On mpe2
+simple_spread (continuous, 12 agents in one process, no gossip, 6000 ticks, rollout 100) no
+choice learned clearly (last-fifth team return -24.5 with 0, -24.9 with -1, -25.0 with -0.5);
+the cost of a small std: the probability ratio moves by 1/std per unit of mean, and PPO
+clipped 34% of the ratios there with -1 against 17% with 0."""
+LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +108,7 @@ class Rollout:
     x: Tensor
     """(K, R, W, obs_dim) the windows acted on."""
     a: Tensor
-    """(K, R) int64 the actions taken."""
+    """(K, R) int64 the actions taken, or (K, R, d) float32 for a continuous space."""
     old_logp: Tensor
     """(K, R) their log-probabilities when taken."""
     adv: Tensor
@@ -104,7 +132,7 @@ class Lived:
     x: np.ndarray
     """(R, K, W, obs_dim) the windows acted on."""
     a: np.ndarray
-    """(R, K) the actions taken."""
+    """(R, K) the actions taken, or (R, K, d) for a continuous space (as drawn, unclipped)."""
     logp: np.ndarray
     """(R, K) their log-probabilities when taken."""
     r: np.ndarray
@@ -187,6 +215,135 @@ class RunningMoments:
         return np.sqrt(self.var)
 
 
+@dataclass(frozen=True)
+class ActionBox:
+    """A continuous action space: every agent acts with d numbers, the i-th meant to lie in
+    [low[i], high[i]] (a gymnasium Box, flattened; the world clips what lies outside)."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        low, high = np.asarray(self.low, np.float64), np.asarray(self.high, np.float64)
+        if low.shape != high.shape or low.ndim != 1 or not low.size:
+            raise ValueError(f"an action box needs d >= 1 lows and highs, got {low} and {high}")
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+            raise ValueError(f"an action box needs finite bounds low < high, got {low}, {high}")
+
+    @property
+    def dim(self) -> int:
+        return len(self.low)
+
+
+class ActionDist(ABC):
+    """How an actor's outputs become actions: sampled when acting, and the log-probability
+    and entropy of the actions taken when learning. Some kinds have per-agent numbers of
+    their own besides the two models (`extra_specs`), appended to the row."""
+
+    outputs: int
+    """The actor head's outputs per step."""
+    dtype: ClassVar[type[np.generic]]
+    """Of the actions `OnlineActorCritic.act` returns."""
+
+    @property
+    def extra_specs(self) -> list[Spec]:
+        """Per-agent parameters appended to the row after [actor | critic]."""
+        return []
+
+    def init_extra(self) -> Tensor:
+        """Their initial values (P_extra,), the same for every agent."""
+        return torch.zeros(0)
+
+    @abstractmethod
+    def buffer(self, R: int, K: int) -> np.ndarray:
+        """A rollout's worth of actions of K agents, zeros: (R, K, *action shape)."""
+
+    @abstractmethod
+    def sample(self, out: Tensor, extra: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """out (K, A) the actor's outputs, extra (K, P_extra) -> actions (K, *action shape)
+        drawn from `gen`, and their log-probabilities (K,)."""
+
+    @abstractmethod
+    def evaluate(self, out: Tensor, extra: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        """out (K, R, A), extra (K, P_extra), actions a (K, R, *action shape) -> their
+        log-probabilities (K, R) and the policy's entropy (K, R)."""
+
+
+class Categorical(ActionDist):
+    """Discrete(n): the actor's n outputs are logits; an action is an int64 in [0, n)."""
+
+    dtype = np.int64
+
+    def __init__(self, n: int) -> None:
+        self.outputs = n
+
+    def buffer(self, R: int, K: int) -> np.ndarray:
+        return np.zeros((R, K), np.int64)
+
+    def sample(self, out: Tensor, extra: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        logp_all = F.log_softmax(out, dim=-1)  # (K, A)
+        action = torch.multinomial(logp_all.exp(), 1, generator=gen)[:, 0]  # (K,)
+        return action, logp_all.gather(1, action[:, None])[:, 0]
+
+    def evaluate(self, out: Tensor, extra: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        logp_all = F.log_softmax(out, dim=-1)  # (K, R, A)
+        logp = logp_all.gather(2, a[..., None])[..., 0]  # (K, R)
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+class Gaussian(ActionDist):
+    """A Box of d numbers: a diagonal Gaussian, mean = centre + half * out (the actor's d
+    outputs) and std = half * exp(log_std), log_std (d,) per agent, state-independent (PPO's
+    MuJoCo policy, Schulman et al. 2017); centre and half are the box's middle and
+    half-width. Log-probabilities and entropy are of the action as drawn (before the world's
+    clip), in the box's units, summed over the d dimensions."""
+
+    dtype = np.float32
+
+    def __init__(self, box: ActionBox, init_log_std: float | None = None) -> None:
+        self.box, self.outputs = box, box.dim
+        self.init_log_std = INIT_LOG_STD if init_log_std is None else init_log_std
+        low = torch.tensor(box.low, dtype=torch.float64)  # (d,)
+        high = torch.tensor(box.high, dtype=torch.float64)
+        self.centre = ((low + high) / 2).float()
+        self.half = ((high - low) / 2).float()
+        self.log_half = self.half.log()
+
+    @property
+    def extra_specs(self) -> list[Spec]:
+        return [("actor.log_std", (self.outputs,))]
+
+    def init_extra(self) -> Tensor:
+        return torch.full((self.outputs,), self.init_log_std)
+
+    def buffer(self, R: int, K: int) -> np.ndarray:
+        return np.zeros((R, K, self.outputs), np.float32)
+
+    def mean_and_log_std(self, out: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
+        """out (K, ..., d), log_std (K, d) -> the mean (K, ..., d) and the log std (K, 1.., d)
+        of the action, in the box's units."""
+        shape = (log_std.shape[0],) + (1,) * (out.dim() - 2) + (self.outputs,)
+        return self.centre + self.half * out, (log_std + self.log_half).view(shape)
+
+    def sample(self, out: Tensor, extra: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.mean_and_log_std(out, extra)  # (K, d), (K, d)
+        action = mean + log_std.exp() * torch.randn(mean.shape, generator=gen)
+        return action, normal_log_prob(action, mean, log_std).sum(-1)
+
+    def evaluate(self, out: Tensor, extra: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.mean_and_log_std(out, extra)  # (K, R, d), (K, 1, d)
+        logp = normal_log_prob(a, mean, log_std).sum(-1)  # (K, R)
+        # a Gaussian's entropy, 1/2 log(2 pi e sigma^2) per dimension, is the same everywhere
+        entropy = (log_std + 0.5 * (1.0 + LOG_2PI)).sum(-1)  # (K, 1)
+        return logp, entropy.expand_as(logp)
+
+
+def normal_log_prob(x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """log N(x; mean, exp(log_std)^2), elementwise."""
+    z = (x - mean) * torch.exp(-log_std)
+    return -0.5 * z * z - log_std - 0.5 * LOG_2PI
+
+
 def gae(
     rewards: np.ndarray,
     ends: np.ndarray,
@@ -219,9 +376,11 @@ def gae(
 class PolicyPopulation:
     """K agents' actor and critic Yan models, stacked in one flat (K, P) tensor.
 
-    Row layout: [actor | critic], each a whole Yan model with the action head of
-    agents/yan/io.py (policy logits and value); `specs` names them "actor.<name>" and
-    "critic.<name>". The actor reads only its logits and the critic only its value: the unused
+    Row layout: [actor | critic | extra], actor and critic each a whole Yan model of P_role
+    numbers with the action head of agents/yan/io.py (policy outputs and value), extra the
+    action distribution's own per-agent numbers (a Gaussian's log std; none for a discrete
+    space); `specs` names them "actor.<name>", "critic.<name>" and e.g. "actor.log_std".
+    The actor reads only its policy outputs and the critic only its value: the unused
     half of each head (D + 1 and A * (D + 1) numbers, ~1.5% of the row for the spread scenario)
     gets no gradient, so Adam never moves it and its gossip deltas are zero. Both roles start
     from the same `init_flat(seed)` draw (a common init is what makes averaging between agents
@@ -233,18 +392,25 @@ class PolicyPopulation:
         learn_cfg: LearnConfig,
         n_agents: int,
         obs_dim: int,
-        n_actions: int,
+        actions: int | ActionBox,
         seed: int,
     ) -> None:
+        """actions: Discrete(n) as n, or a continuous action space."""
         self.model_cfg = model_cfg
-        self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
-        heads = HeadConfig(n_actions=n_actions, next_step=False)
+        self.dist: ActionDist = (
+            Gaussian(actions) if isinstance(actions, ActionBox) else Categorical(actions)
+        )
+        self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, self.dist.outputs
+        heads = HeadConfig(n_actions=self.n_actions, next_step=False)
         self.model_specs = param_specs(model_cfg, obs_dim, heads)  # one role's layout
+        self.role_params = num_params(self.model_specs)  # P_role
         self.specs: list[Spec] = [
             (f"{role}.{name}", shape) for role in ROLES for name, shape in self.model_specs
-        ]
+        ] + self.dist.extra_specs
         self.num_params = num_params(self.specs)
-        row = init_flat(model_cfg, obs_dim, heads, seed).repeat(len(ROLES))  # (P,)
+        row = init_flat(model_cfg, obs_dim, heads, seed).repeat(len(ROLES))  # (2 P_role,)
+        if self.dist.extra_specs:
+            row = torch.cat([row, self.dist.init_extra()])  # (P,)
         self.flat = torch.nn.Parameter(row.expand(n_agents, -1).clone().contiguous())  # (K, P)
         self.pooled = False
         """True: one policy for all K rows (gossip.topology centralized): every update applies the
@@ -255,19 +421,27 @@ class PolicyPopulation:
         self.generator = torch.Generator().manual_seed(seed)
         self._route_records: list[RouteRecord] = []
 
+    def split(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """flat (K, P) -> views of its two models [actor | critic] (K, 2 P_role) and of the
+        action distribution's extra numbers (K, P_extra), e.g. a Gaussian's log std."""
+        models = len(ROLES) * self.role_params
+        if models == flat.shape[1]:  # nothing extra (a discrete space): the row as it is
+            return flat, flat[:, models:]
+        return flat[:, :models], flat[:, models:]
+
     def _roles(
         self, x: Tensor, roles: slice, routing: Routing | None, flat: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """x (K, B, W, obs_dim) windows -> the action head of the chosen roles at each window's
-        last step: logits (K, n, B, A) and values (K, n, B), n = roles taken. flat: the (K, P)
-        weights to run (default: the live ones, `self.flat`).
+        last step: policy outputs (K, n, B, A) and values (K, n, B), n = roles taken. flat:
+        the (K, P) weights to run (default: the live ones, `self.flat`).
 
-        The row [actor | critic] viewed as (K, 2, P_role) holds 2K models of one layout, so
+        The models [actor | critic] viewed as (K, 2, P_role) are 2K models of one layout, so
         both roles run as one stacked call over K * n "agents" (half the calls of two passes).
         """
-        flat = self.flat if flat is None else flat
-        K, P = flat.shape
-        rows = flat.view(K, len(ROLES), P // len(ROLES))[:, roles]  # (K, n, P_role)
+        models, _ = self.split(self.flat if flat is None else flat)
+        K = models.shape[0]
+        rows = models.view(K, len(ROLES), self.role_params)[:, roles]  # (K, n, P_role)
         n = rows.shape[1]
         params = views(rows.reshape(K * n, -1), self.model_specs)  # K*n models
         xs = x.repeat_interleave(n, dim=0) if n > 1 else x  # (K*n, B, W, obs_dim)
@@ -277,7 +451,8 @@ class PolicyPopulation:
         return logits.view(K, n, B, -1), value.view(K, n, B)
 
     def policy(self, x: Tensor, routing: Routing | None = None) -> Tensor:
-        """x (K, B, W, obs_dim) windows -> the actor's logits (K, B, A) at their last step."""
+        """x (K, B, W, obs_dim) windows -> the actor's outputs (K, B, A) at their last step
+        (logits, or a Gaussian's mean in half-widths about the box's centre)."""
         return self._roles(x, slice(0, 1), routing)[0][:, 0]
 
     def value(
@@ -289,7 +464,7 @@ class PolicyPopulation:
     def policy_and_value(
         self, x: Tensor, routing: Routing | None = None, flat: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Both at once (training): the actor's logits (K, B, A), the critic's values (K, B).
+        """Both at once (training): the actor's outputs (K, B, A), the critic's values (K, B).
         routing: the selective FFN's context for 2K models (actor and critic of each agent)."""
         logits, value = self._roles(x, slice(0, 2), routing, flat)
         return logits[:, 0], value[:, 1]
@@ -311,19 +486,21 @@ class OnlineActorCritic:
         rl_cfg: RLConfig,
         n_agents: int,
         obs_dim: int,
-        n_actions: int,
+        actions: int | ActionBox,
         seed: int,
     ) -> None:
+        """actions: Discrete(n) as n, or a continuous action space."""
         self.rl = rl_cfg
-        self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
-        self.population = PolicyPopulation(model_cfg, learn_cfg, n_agents, obs_dim, n_actions, seed)
+        self.population = PolicyPopulation(model_cfg, learn_cfg, n_agents, obs_dim, actions, seed)
+        self.n_agents, self.obs_dim = n_agents, obs_dim
+        self.n_actions = self.population.n_actions  # the actor's outputs: n, or d
         K, R, W = n_agents, rl_cfg.rollout, learn_cfg.window
         self.obs_moments = RunningMoments(K, (obs_dim,))  # each agent's own observations
         self.return_moments = RunningMoments(K)  # each agent's running discounted return
         self._ret_run = np.zeros(K)  # (K,) running discounted return, for reward scaling
         self._hist = np.zeros((K, W, obs_dim), np.float32)  # this episode's normalised window
         self._x = np.zeros((R, K, W, obs_dim), np.float32)  # rollout: windows acted on
-        self._a = np.zeros((R, K), np.int64)  # actions
+        self._a = self.population.dist.buffer(R, K)  # actions (R, K, *action shape)
         self._logp = np.zeros((R, K), np.float32)  # log-prob of the action when taken
         self._r = np.zeros((R, K), np.float32)  # reward that followed
         self._end = np.zeros((R, K), bool)  # the agent's episode ended after this step
@@ -350,7 +527,8 @@ class OnlineActorCritic:
         truncated: np.ndarray | None = None,
         final_obs: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One tick for every agent; returns the actions (K,) int64.
+        """One tick for every agent; returns the actions: (K,) int64 for a discrete space, (K, d)
+        float32 for a continuous one (as drawn: the world clips them to its box).
 
         obs (K, obs_dim): what each agent observes now. reward (K,): what the previous action
         earned; done (K,) bool: the previous action ended the agent's episode, so ``obs`` is the
@@ -381,20 +559,19 @@ class OnlineActorCritic:
                 self._update()
             self._t = 0
             self._cut[:] = False
+        pop = self.population
         with torch.no_grad():
-            logits = self.population.policy(torch.from_numpy(self._hist[:, None]))[:, 0]
-        logp_all = F.log_softmax(logits, dim=-1)  # (K, A)
-        gen = self.population.generator
-        action = torch.multinomial(logp_all.exp(), 1, generator=gen)[:, 0]  # (K,)
+            out = pop.policy(torch.from_numpy(self._hist[:, None]))[:, 0]  # (K, A)
+            action, logp = pop.dist.sample(out, pop.split(pop.flat)[1], pop.generator)
         t = self._t
         self._x[t] = self._hist
         self._a[t] = action.numpy()
-        self._logp[t] = logp_all.gather(1, action[:, None])[:, 0].numpy()
+        self._logp[t] = logp.numpy()
         self._alive[t] = alive_k
         self._new_examples += alive_k
         self._t += 1
         self._pending = True
-        return action.numpy().astype(np.int64)
+        return action.numpy().astype(pop.dist.dtype)
 
     def _record_outcome(
         self,
@@ -556,7 +733,7 @@ class OnlineActorCritic:
         alive = torch.from_numpy(lived.alive.T.copy()).float()  # (K, R)
         ro = Rollout(
             x=torch.from_numpy(lived.x.transpose(1, 0, 2, 3).copy()),  # (K, R, W, obs_dim)
-            a=torch.from_numpy(lived.a.T.copy()),  # (K, R)
+            a=torch.from_numpy(np.swapaxes(lived.a, 0, 1).copy()),  # (K, R, *action shape)
             old_logp=torch.from_numpy(lived.logp.T.copy()),  # (K, R)
             adv=torch.from_numpy(adv.T.copy()),  # (K, R)
             ret=torch.from_numpy(ret.T.copy()),  # (K, R)
@@ -580,12 +757,10 @@ class OnlineActorCritic:
         that lived in it; the selective FFN's routing of the pass goes to `records`."""
         pop, rl = self.population, self.rl
         routing = self._routing(gen)
-        logits, value = pop.policy_and_value(ro.x, routing, flat)  # (K, R, A), (K, R)
-        logp_all = F.log_softmax(logits, dim=-1)
-        logp = logp_all.gather(2, ro.a[..., None])[..., 0]  # (K, R)
+        policy, value = pop.policy_and_value(ro.x, routing, flat)  # (K, R, A), (K, R)
+        logp, entropy = pop.dist.evaluate(policy, pop.split(flat)[1], ro.a)  # (K, R) each
         ratio = (logp - ro.old_logp).exp()
         surrogate = torch.minimum(ratio * ro.adv, ratio.clamp(1 - rl.clip, 1 + rl.clip) * ro.adv)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (K, R)
         out = EpochResult(
             logp, ratio, -ro.mean(surrogate), ro.mean((value - ro.ret) ** 2), ro.mean(entropy)
         )
@@ -604,8 +779,13 @@ class OnlineActorCritic:
         (grad,) = torch.autograd.grad(loss.sum(), flat)  # (K, P)
         # actor and critic clipped on their own: a large value gradient must not shrink
         # the policy's step
-        parts = grad.view(grad.shape[0], len(ROLES), -1)  # (K, 2, P_role)
-        norm = parts.norm(dim=2, keepdim=True)
+        models, extra = pop.split(grad)  # views: scaled in place
+        parts = models.view(grad.shape[0], len(ROLES), -1)  # (K, 2, P_role)
+        norm = parts.norm(dim=2, keepdim=True)  # (K, 2, 1)
+        if extra.shape[1]:  # the policy's own numbers (a log std) are the actor's
+            actor = torch.hypot(norm[:, 0], extra.norm(dim=1, keepdim=True))  # (K, 1)
+            norm = torch.stack([actor, norm[:, 1]], 1)
+            extra.mul_(rl.max_grad_norm / actor.clamp(min=rl.max_grad_norm))
         parts.mul_(rl.max_grad_norm / norm.clamp(min=rl.max_grad_norm))
         if pop.pooled:  # the centralized upper bound: one policy, everyone's experience
             grad, active = pool_gradients(grad, active)

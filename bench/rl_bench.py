@@ -12,10 +12,10 @@ through the real Runner on one embedded Ray, started here once and reused by eve
 
 throughput: the raw env first, in this process: the same 64 copies stepped one after the
 other with uniformly random actions (what any vectorised loop does at best on one core; the
-env is pure Python), then the scenario as it is (learning and gossip on), then without
-learning and gossip, and the same with world.pipeline off (the world and the shards taking
-turns). The raw env runs again at the end; its mean is the denominator. Ticks/s of a run is
-its tick loop's (`run.ticks_per_s`: start-up excluded).
+env is pure Python), then the scenario as it is (learning and gossip on), with gossip off,
+with learning off too, with world.pipeline off (the world and the shards taking turns), and
+with each update on a thread (rl.update_lag). The raw env runs again at the end; its mean is
+the denominator. Ticks/s of a run is its tick loop's (`run.ticks_per_s`: start-up excluded).
 
 learning: every variant at the same budget of env steps (one step of the 3-agent env = one
 env step; a tick of 64 copies = 64 env steps), the same seeds, the same score:
@@ -147,13 +147,15 @@ def throughput(base: Scenario, ticks: int) -> tuple[list[float], list[SpeedRow]]
     w = world_of(base)
     raws = [raw_ticks_per_s(w, max(ticks // 2, 50), base.seed)]
     log(f"raw env: {raws[0]:.1f} ticks/s ({raws[0] * w.copies:.0f} env steps/s)")
+    lag = max(base.rl.rollout // 2, 1)  # half a rollout of acting beside each update
     variants = [
         ("the scenario: learning and gossip on", {}),
         ("learning on, gossip off (isolated)", {"gossip.topology": "isolated"}),
         ("no learning, no gossip", {"rl.enabled": False, "gossip.topology": "isolated"}),
+        ("the scenario, world.pipeline off (turns)", {"world.pipeline": False}),
         (
-            "the scenario, world.pipeline off (turns)",
-            {"world.pipeline": False},
+            f"the scenario, rl.update_lag {lag} (updates on a thread)",
+            {"rl.update_lag": lag},
         ),
     ]
     rows = []

@@ -8,8 +8,12 @@ and so on. The Runner needs fixed-size arrays, so:
 - observations are flattened to (N, obs_dim) float32 (every agent must have the same ``Box``
   observation shape); an agent that is not alive (terminated before the end of its episode, or
   not yet spawned) observes zeros;
-- actions come as (N,) int64 (every agent must have the same ``Discrete`` action space); the
-  actions of agents not alive are dropped;
+- actions come as (N,) int64 when every agent has the same ``Discrete`` action space, or as
+  (N, action_dim) float32 when every agent has the same ``Box`` action space (one shape, one
+  pair of finite bounds, flattened to ``action_dim`` numbers): those are clipped to the box
+  here, before the env sees them, so a learner keeps the action it drew (a Gaussian's sample
+  may fall outside). Other action spaces are refused with the reason. The actions of agents
+  not alive are dropped;
 - rewards (N,) float32 are what each agent's previous action earned (0 for agents not alive);
 - an agent cut off by a time limit (truncated, not terminated) also hands over its last
   observation (``final_obs``), so the learner can bootstrap from it: a time limit is not a
@@ -67,6 +71,53 @@ def load_env_factory(path: str) -> Any:
     return obj
 
 
+def _common_action_space(env: str, act_spaces: dict[str, Any]) -> spaces.Discrete | spaces.Box:
+    """The one action space every agent has (a dict agent -> space, in agent order): all
+    Discrete(n) of one n, or all one Box (shape, bounds) of finite bounds and a float dtype.
+    Anything else is a ValueError that says what is wrong and what would do."""
+    (first, space), *rest = act_spaces.items()
+    if not isinstance(space, (spaces.Discrete, spaces.Box)):
+        raise ValueError(
+            f"world.env {env!r}: agent {first!r} acts in {space}, a {type(space).__name__} "
+            "space; only Discrete and Box action spaces are supported (a learner samples one "
+            "number or one vector per agent), not MultiDiscrete, MultiBinary, Tuple or Dict"
+        )
+    for a, other in rest:
+        if type(other) is not type(space) or not _same_space(other, space):
+            raise ValueError(
+                f"world.env {env!r}: agent {a!r} acts in {other}, agent {first!r} in {space}; "
+                "every agent needs the same action space (one Discrete(n), or one Box of one "
+                "shape and bounds): the agents share one model layout"
+            )
+    if isinstance(space, spaces.Box):
+        if not np.issubdtype(space.dtype, np.floating):
+            raise ValueError(
+                f"world.env {env!r}: agent {first!r} acts in {space}, a Box of "
+                f"{space.dtype}; a Box action space must hold floats (a Gaussian policy's "
+                "draws are real numbers)"
+            )
+        if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+            raise ValueError(
+                f"world.env {env!r}: agent {first!r} acts in {space}, a Box with infinite "
+                "bounds; a continuous action space needs finite ones (the policy's scale and "
+                "the clip come from them): wrap the env's actions to a bounded range"
+            )
+        if not space.low.size or not (space.low < space.high).all():
+            raise ValueError(
+                f"world.env {env!r}: agent {first!r} acts in {space}, a Box with no numbers "
+                "or with low >= high somewhere; every action number needs a range low < high"
+            )
+    return space
+
+
+def _same_space(a: Any, b: Any) -> bool:
+    if isinstance(a, spaces.Discrete):
+        return bool(a.n == b.n and a.start == b.start)
+    return bool(
+        a.shape == b.shape and np.array_equal(a.low, b.low) and np.array_equal(a.high, b.high)
+    )
+
+
 class ParallelEnvWorld:
     def __init__(self, cfg: PettingZooConfig, n_agents: int, seed: int):
         self.cfg = cfg
@@ -99,15 +150,17 @@ class ParallelEnvWorld:
                     f"world.env {cfg.env!r}: agent {a!r} observes {space}; every agent needs a "
                     f"Box observation of one shape (agent {first!r}: {obs_shapes[first]})"
                 )
-            act = act_spaces[a]
-            if not isinstance(act, spaces.Discrete) or act.n != act_spaces[first].n:
-                raise ValueError(
-                    f"world.env {cfg.env!r}: agent {a!r} acts in {act}; every agent needs the "
-                    "same Discrete action space (continuous actions are not supported yet: "
-                    "most PettingZoo envs have a discrete option, e.g. continuous_actions=False)"
-                )
         self.obs_dim = int(np.prod(obs_shapes[first].shape))
-        self.n_actions = int(act_spaces[first].n)  # type: ignore[attr-defined]
+        self.action_space = _common_action_space(cfg.env, act_spaces)
+        act = self.action_space
+        box = act if isinstance(act, spaces.Box) else None
+        self.n_actions = int(act.n) if isinstance(act, spaces.Discrete) else 0
+        """Discrete(n): n; 0 for a Box."""
+        self.action_dim = int(np.prod(box.shape)) if box else 0
+        """Box: the numbers of one action, flattened; 0 for a Discrete space."""
+        self.action_low = box.low.reshape(-1).astype(np.float64) if box else np.zeros(0)
+        self.action_high = box.high.reshape(-1).astype(np.float64) if box else np.zeros(0)
+        """(action_dim,) the box's bounds, flattened (empty for a Discrete space)."""
         self.per_copy = len(self.names)
         self.agent_ids = (
             self.names
@@ -175,11 +228,7 @@ class ParallelEnvWorld:
         if not 0 <= lo_c < hi_c <= self.cfg.copies:
             raise ValueError(f"copies must lie in [0, {self.cfg.copies}), got {lo_c}..{hi_c}")
         first, n = lo_c * self.per_copy, (hi_c - lo_c) * self.per_copy
-        act = np.asarray(actions).astype(np.int64, copy=False).reshape(-1)
-        if act.shape != (n,):
-            raise ValueError(f"actions must have shape ({n},), got {act.shape}")
-        if act.min() < 0 or act.max() >= self.n_actions:
-            raise ValueError(f"actions must be in [0, {self.n_actions})")
+        act = self._actions(actions, n)
         rewards = np.zeros(self.n_agents, np.float32)
         done = np.zeros(self.n_agents, bool)
         truncated = np.zeros(self.n_agents, bool)
@@ -188,7 +237,7 @@ class ParallelEnvWorld:
             env = self.envs[c]
             lo = c * self.per_copy
             live = [j for j, name in enumerate(self.names) if name in env.agents]
-            chosen = {self.names[j]: int(act[lo - first + j]) for j in live}
+            chosen = {self.names[j]: self._action(act[lo - first + j]) for j in live}
             obs, rew, term, trunc, _ = env.step(chosen)
             for j, name in enumerate(self.names):
                 rewards[lo + j] = float(rew.get(name, 0.0))
@@ -217,6 +266,31 @@ class ParallelEnvWorld:
             truncated,
             final_obs,
         )
+
+    def _actions(self, actions: np.ndarray, n: int) -> np.ndarray:
+        """n agents' actions, checked: (n,) int64 in [0, n_actions), or (n, action_dim) finite
+        numbers clipped to the box (float64, so the clip is exact in any dtype of the box)."""
+        if not self.action_dim:
+            act = np.asarray(actions).astype(np.int64, copy=False).reshape(-1)
+            if act.shape != (n,):
+                raise ValueError(f"actions must have shape ({n},), got {act.shape}")
+            if act.min() < 0 or act.max() >= self.n_actions:
+                raise ValueError(f"actions must be in [0, {self.n_actions})")
+            return act
+        act = np.asarray(actions, np.float64)
+        if act.size != n * self.action_dim:
+            raise ValueError(f"actions must have shape ({n}, {self.action_dim}), got {act.shape}")
+        if not np.isfinite(act).all():
+            raise ValueError("actions must be finite numbers")
+        return np.clip(act.reshape(n, self.action_dim), self.action_low, self.action_high)
+
+    def _action(self, a: np.ndarray) -> int | np.ndarray:
+        """One agent's action as its env takes it: an int, or an array of the Box's shape and
+        dtype."""
+        if not self.action_dim:
+            return int(a)
+        space = self.action_space
+        return a.reshape(space.shape).astype(space.dtype)  # type: ignore[arg-type]
 
     # ---- read-outs ----------------------------------------------------------------------
 

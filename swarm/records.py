@@ -69,7 +69,12 @@ class WorldInfo:
     inputs: Document | None = None
     n_classes: int = 0
     classes: list[str] = field(default_factory=list)
-    n_actions: int = 0
+    n_actions: int = 0  # a Discrete(n) action space: n
+    # a continuous (Box) action space: the numbers of one action and their bounds (a Discrete
+    # space has action_dim 0 and no bounds)
+    action_dim: int = 0
+    action_low: list[float] = field(default_factory=list)
+    action_high: list[float] = field(default_factory=list)
     # the tick at which each agent joins with a fresh model (0: there from the start)
     join_tick: list[int] = field(default_factory=list)
     # agents per independent copy of the world, whose copies can be stepped in parts

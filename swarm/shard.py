@@ -89,6 +89,10 @@ class WorldHost:
         except ValueError as exc:
             self.error = str(exc)
         self.task = task_of_world(sc.world.kind)
+        # the dtype of a tick's decisions: classes and discrete actions are int64, the actions
+        # of a continuous action space (a world with action_dim > 0, envs/pz_world.py) float32
+        continuous = not self.error and getattr(self.world, "action_dim", 0) > 0
+        self.decision_dtype: type[np.generic] = np.float32 if continuous else np.int64
 
     def info(self) -> WorldInfo:
         if self.error:
@@ -107,7 +111,7 @@ class WorldHost:
         return self.task.first_step(self.world, obs)
 
     def step(self, *decisions: np.ndarray) -> Step:
-        chosen = np.concatenate(decisions).astype(np.int64)
+        chosen = np.concatenate(decisions).astype(self.decision_dtype)
         self.decisions.append(chosen)
         result = self.world.step(chosen)
         self.trajectory.append(self.world.positions().copy())
@@ -119,7 +123,7 @@ class WorldHost:
         parts of a tick come in agent order; the last one completes the tick (its decisions
         recorded, as `step` records a whole tick's)."""
         world = cast("ParallelEnvWorld", self.world)  # the worlds with per_copy
-        chosen = np.concatenate(decisions).astype(np.int64)
+        chosen = np.concatenate(decisions).astype(self.decision_dtype)
         per = world.per_copy
         if first % per or len(chosen) % per or first != sum(map(len, self._parts)):
             raise ValueError(
@@ -138,7 +142,7 @@ class WorldHost:
         """Rebuild the world as it was after len(decisions) ticks: reset, then step it with the
         recorded decisions (physics only, no agents). Returns the last tick's Step."""
         step = self.reset()
-        for chosen in np.asarray(decisions, dtype=np.int64):
+        for chosen in np.asarray(decisions, dtype=self.decision_dtype):
             step = self.step(chosen)
         return step
 
@@ -147,7 +151,9 @@ class WorldHost:
         as `<name>.npz`."""
         if len(self.decisions) != ticks:
             raise RuntimeError(f"world checkpoint at tick {ticks} after {len(self.decisions)}")
-        decisions = np.stack(self.decisions) if self.decisions else np.zeros((0, 0), np.int64)
+        decisions = (
+            np.stack(self.decisions) if self.decisions else np.zeros((0, 0), self.decision_dtype)
+        )
         checkpoint.save(
             os.path.join(directory, f"{name}.npz"), {"decisions": decisions}, {"ticks": ticks}
         )

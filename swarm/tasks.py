@@ -402,6 +402,9 @@ class Reinforcement(Task):
             obs_dim=world.obs_dim,
             agent_ids=list(world.agent_ids),
             n_actions=world.n_actions,
+            action_dim=world.action_dim,
+            action_low=[float(v) for v in world.action_low],
+            action_high=[float(v) for v in world.action_high],
             per_copy=world.per_copy if world.cfg.pipeline else 0,
         )
 
@@ -429,11 +432,15 @@ class Reinforcement(Task):
     def learning(
         sc: Scenario, n_agents: int, info: WorldInfo, *, pooled: bool, twins: bool
     ) -> Learning:
-        from agents.actor_critic import OnlineActorCritic  # torch: in the shard's process only
+        # torch: in the shard's process only
+        from agents.actor_critic import ActionBox, OnlineActorCritic
         from swarm.learning import ControlLearning  # the same: learning.py imports agents
 
+        actions: int | ActionBox = info.n_actions  # Discrete(n)
+        if info.action_dim:  # a Box: a Gaussian policy within its bounds
+            actions = ActionBox(tuple(info.action_low), tuple(info.action_high))
         learner = OnlineActorCritic(
-            sc.model, sc.learning, sc.rl, n_agents, info.obs_dim, info.n_actions, seed=sc.seed
+            sc.model, sc.learning, sc.rl, n_agents, info.obs_dim, actions, seed=sc.seed
         )
         learner.population.pooled = pooled
         return ControlLearning(learner)

@@ -104,3 +104,28 @@ def test_a_figure_some_runs_lack_is_summarised_with_their_count() -> None:
     assert _stats([0.5, None, None], "never") == "0.500 (2 of 3: never)"
     assert _stats([None, None], "never") == "never"
     assert _stats([1.0, 3.0]) == "2.000 ± 1.414"
+
+
+def test_compare_runs_a_world_with_rewards_on_its_team_return(ray_local, tmp_path: Path) -> None:
+    # a PettingZoo world: the headline is the team return, every mode learns, only the
+    # decentralized one sends bytes
+    data = load_scenario(Path(__file__).parents[1] / "scenarios" / "spread.yaml").model_dump(
+        mode="json"
+    )
+    data.update(ticks=40)
+    data["agents"] = {"count": 6, "per_shard": 3}
+    data["world"].update(copies=2, kwargs={"N": 3, "max_cycles": 10})
+    data["rl"]["rollout"] = 10
+    data["metrics"]["interval"] = 20
+    data["ray"]["dashboard"] = False
+    sc = Scenario.model_validate(data)
+    result = compare(sc, tmp_path, modes=("isolated", "decentralized", "centralized"), seeds=[1])
+    runs = {r["mode"]: r for r in json.loads((tmp_path / "compare.json").read_text())}
+    assert set(runs) == {"isolated", "decentralized", "centralized"}
+    for mode, r in runs.items():
+        m = r["metrics"]
+        assert m["rl/episodes"] == 8 and m["rl/team_return_last"] < 0
+        assert (m["gossip/bytes_sent"] > 0) == (mode == "decentralized")
+    table = (tmp_path / "compare.md").read_text()
+    assert result.table == table and "team return" in table
+    assert (tmp_path / "compare_curves.png").stat().st_size > 10_000

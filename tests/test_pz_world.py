@@ -3,10 +3,12 @@ simple_spread with tiny episodes (no Ray)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 import pytest
+from gymnasium import spaces
 
 from envs.pz_config import PettingZooConfig
 from envs.pz_world import ParallelEnvWorld, load_env_factory
@@ -112,11 +114,6 @@ def test_agent_count_mismatch_names_the_right_count() -> None:
         ParallelEnvWorld(cfg, 5, seed=0)
 
 
-def test_continuous_actions_are_refused_with_the_discrete_option_named() -> None:
-    with pytest.raises(ValueError, match=r"same Discrete action space.*continuous_actions=False"):
-        _world(copies=1, continuous_actions=True)
-
-
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
@@ -140,3 +137,116 @@ def test_a_non_parallel_env_is_refused() -> None:
         ValueError, match="not a PettingZoo ParallelEnv .it is an AEC env.*parallel_env"
     ):
         ParallelEnvWorld(cfg, 3, seed=0)
+
+
+# ---- continuous actions -------------------------------------------------------------------------
+
+
+class OddEnv:
+    """A minimal ParallelEnv whose agents act in the given spaces (one per agent) and observe 2
+    numbers; records what each step was given."""
+
+    def __init__(self, action_spaces: list[Any]) -> None:
+        self.possible_agents = [f"a{i}" for i in range(len(action_spaces))]
+        self.agents: list[str] = []
+        self._acts = dict(zip(self.possible_agents, action_spaces, strict=True))
+        self.given: list[dict[str, Any]] = []
+
+    def observation_space(self, agent: str) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def action_space(self, agent: str) -> Any:
+        return self._acts[agent]
+
+    def reset(self, seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        self.agents = list(self.possible_agents)
+        return {a: np.zeros(2, np.float32) for a in self.agents}, {}
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+        self.given.append(actions)
+        obs = {a: np.zeros(2, np.float32) for a in self.agents}
+        zero = {a: 0.0 for a in self.agents}
+        return obs, zero, dict.fromkeys(self.agents, False), dict.fromkeys(self.agents, False), {}
+
+    def close(self) -> None:
+        pass
+
+
+def _odd_world(*action_spaces: Any) -> ParallelEnvWorld:
+    # the config's own checks allow only known packages: built as a test's config is
+    cfg = PettingZooConfig.model_construct(
+        env=f"{__name__}:OddEnv", kwargs={"action_spaces": list(action_spaces)}, copies=1,
+        tick_s=0.1, pipeline=True,
+    )  # fmt: skip
+    return ParallelEnvWorld(cfg, len(action_spaces), seed=0)
+
+
+def test_a_box_action_space_is_taken_with_its_size_and_bounds() -> None:
+    world = _world(copies=2, continuous_actions=True)
+    world.reset()
+    assert (world.action_dim, world.n_actions) == (N_ACTIONS, 0)  # Box(0, 1, (5,))
+    np.testing.assert_array_equal(world.action_low, np.zeros(5))
+    np.testing.assert_array_equal(world.action_high, np.ones(5))
+    step = world.step(np.full((6, 5), 0.5, np.float32))
+    assert step.obs.shape == (6, OBS_DIM) and step.rewards.shape == (6,) and step.tick == 1
+    # the discrete world says it has no continuous part
+    assert (_world().action_dim, _world().action_low.size) == (0, 0)
+
+
+def test_the_world_clips_continuous_actions_to_the_box_before_the_env_sees_them() -> None:
+    # Prepare: a (2, 3) Box of mixed bounds; one agent's action far outside it
+    box = spaces.Box(np.array([[0, -1, -2], [0, 0, 5]]), np.array([[1, 1, 2], [3, 1, 6]]))
+    world = _odd_world(box, box)
+    env = world.envs[0]
+    world.reset()
+    assert world.action_dim == 6
+    inside = np.array([0.5, 0.0, 1.0, 2.0, 0.5, 5.5])
+    outside = np.array([-9.0, 9.0, 2.5, 3.5, -0.1, 100.0])
+    # Execute
+    world.step(np.stack([inside, outside]).astype(np.float32))
+    # Assert: in the Box's shape and dtype, clipped to its bounds, the other untouched
+    given = env.given[-1]
+    assert given["a0"].shape == (2, 3) and given["a0"].dtype == box.dtype
+    np.testing.assert_allclose(given["a0"].reshape(-1), inside)
+    np.testing.assert_allclose(given["a1"].reshape(-1), [0, 1, 2, 3, 0, 6])
+
+
+def test_continuous_actions_step_only_some_copies_too() -> None:
+    whole, parts = (_world(copies=2, seed=3, continuous_actions=True) for _ in range(2))
+    whole.reset(), parts.reset()
+    acts = np.random.default_rng(0).uniform(-0.5, 1.5, (6, 5)).astype(np.float32)
+    expected = whole.step(acts)
+    parts.step(acts[:3], copies=(0, 1))
+    got = parts.step(acts[3:], copies=(1, 2))
+    np.testing.assert_array_equal(got.obs, expected.obs)
+    np.testing.assert_array_equal(got.rewards[3:], expected.rewards[3:])
+
+
+def test_bad_continuous_actions_raise() -> None:
+    world = _world(copies=1, continuous_actions=True)
+    world.reset()
+    with pytest.raises(ValueError, match=r"shape \(3, 5\)"):
+        world.step(np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        world.step(np.full((3, 5), np.nan, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("action_spaces", "says"),
+    [
+        ([spaces.Box(-np.inf, np.inf, (2,))] * 2, "a Box with infinite bounds"),
+        ([spaces.Box(0.0, 1.0, (2,)), spaces.Box(0.0, 1.0, (3,))],
+         "agent 'a1' acts in Box(0.0, 1.0, (3,), float32), agent 'a0' in Box(0.0, 1.0, (2,), "
+         "float32); every agent needs the same action space"),
+        ([spaces.Box(0.0, 1.0, (2,)), spaces.Box(0.0, 2.0, (2,))], "the same action space"),
+        ([spaces.Discrete(5), spaces.Box(0.0, 1.0, (5,))], "the same action space"),
+        ([spaces.MultiDiscrete([3, 3])] * 2, "a MultiDiscrete space; only Discrete and Box"),
+        ([spaces.Box(0, 9, (2,), np.int64)] * 2, "a Box action space must hold floats"),
+    ],
+    ids=["infinite", "shapes", "bounds", "mixed", "multidiscrete", "integers"],
+)  # fmt: skip
+def test_action_spaces_a_learner_cannot_take_are_refused_with_the_reason(
+    action_spaces: list[Any], says: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        _odd_world(*action_spaces)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from test_scenario_hostile import _swarm
 
+SCENARIOS = Path(__file__).parents[1] / "scenarios"
+
 HEAD = "name: w\nticks: 10\nagents: {count: COUNT, per_shard: COUNT}\nworld:\n  kind: pettingzoo\n"
 
 
@@ -27,9 +29,6 @@ def _scenario(tmp_path: Path, env: str, count: int, kwargs: str = "{max_cycles: 
         # predators and prey observe 16 and 14 values (agent groups: not yet)
         ("mpe2.simple_tag_v3:parallel_env", 4, "{max_cycles: 25}",
          "every agent needs a Box observation of one shape"),
-        # continuous actions (a Gaussian policy: not yet)
-        ("mpe2.simple_spread_v3:parallel_env", 3, "{max_cycles: 25, continuous_actions: true}",
-         "every agent needs the same Discrete action space"),
         # the count does not match the env's agents
         ("mpe2.simple_spread_v3:parallel_env", 4, "{max_cycles: 25}",
          "agents.count is 4, but world.env"),
@@ -45,7 +44,7 @@ def _scenario(tmp_path: Path, env: str, count: int, kwargs: str = "{max_cycles: 
         ("mpe2.simple_spread_v3:no_such_env", 3, "{max_cycles: 25}",
          "has no attribute 'no_such_env'"),
     ],
-    ids=["groups", "continuous", "count", "aec", "kwarg", "renamed", "attribute"],
+    ids=["groups", "count", "aec", "kwarg", "renamed", "attribute"],
 )  # fmt: skip
 def test_swarm_validate_refuses_what_a_run_would(
     tmp_path: Path, env: str, count: int, kwargs: str, says: str
@@ -87,3 +86,83 @@ def test_a_good_world_still_validates(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok" in done.stdout
+
+
+def test_continuous_actions_validate(tmp_path: Path) -> None:
+    # a Box action space of finite bounds: a Gaussian policy acts in it
+    for path in (
+        _scenario(
+            tmp_path, "mpe2.simple_spread_v3:parallel_env", 3,
+            "{max_cycles: 25, continuous_actions: true}",
+        ),
+        SCENARIOS / "spread_continuous.yaml",
+    ):  # fmt: skip
+        done = _swarm(tmp_path, "validate", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "ok" in done.stdout
+
+
+# A ParallelEnv of 2 agents observing 2 numbers, acting in the spaces each function names;
+# written next to the scenario and allowed by SWARM_ENV_PACKAGES, as one's own env would be.
+ODD_ENVS = """
+import numpy as np
+from gymnasium import spaces
+
+
+class Env:
+    def __init__(self, acts):
+        self.possible_agents = ["a0", "a1"]
+        self.agents = []
+        self._acts = dict(zip(self.possible_agents, acts))
+
+    def observation_space(self, agent):
+        return spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def action_space(self, agent):
+        return self._acts[agent]
+
+    def reset(self, seed=None):
+        self.agents = list(self.possible_agents)
+        return {a: np.zeros(2, np.float32) for a in self.agents}, {}
+
+    def step(self, actions):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+def unbounded():
+    return Env([spaces.Box(-np.inf, np.inf, (2,))] * 2)
+
+
+def shapes():
+    return Env([spaces.Box(0.0, 1.0, (2,)), spaces.Box(0.0, 1.0, (3,))])
+
+
+def multidiscrete():
+    return Env([spaces.MultiDiscrete([3, 3])] * 2)
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ("unbounded", "a Box with infinite bounds; a continuous action space needs finite ones"),
+        ("shapes", "every agent needs the same action space"),
+        ("multidiscrete", "only Discrete and Box action spaces are supported"),
+    ],
+)
+def test_action_spaces_still_refused_are_refused_by_validate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, says: str
+) -> None:
+    (tmp_path / "odd_envs.py").write_text(ODD_ENVS, encoding="utf-8")
+    monkeypatch.setenv("SWARM_ENV_PACKAGES", "odd_envs")
+    path = _scenario(tmp_path, f"odd_envs:{env}", 2, "{}")
+    # Execute: the CLI runs in tmp_path, where `python -m` finds odd_envs
+    done = _swarm(tmp_path, "validate", str(path))
+    # Assert
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stdout + done.stderr
+    assert str(path) in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
