@@ -12,6 +12,12 @@ from pydantic import Field, field_validator
 
 from swarm._config import Section
 
+#: What a group's name may hold: it labels metrics (`rl/return/<group>`) and log lines.
+GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+#: Most groups a scenario may name: a bound on what a file may ask for (each group is a model
+#: layout, a graph and a line of every metrics row); simple_tag has 2, speaker_listener 2.
+MAX_GROUPS = 64
+
 
 class PettingZooConfig(Section):
     """Any PettingZoo ParallelEnv, named by import path, as the swarm's world."""
@@ -34,6 +40,35 @@ class PettingZooConfig(Section):
     (when every shard hosts whole copies and there are two or more): the world and the shards
     work at the same time instead of taking turns. The results are the same either way; false
     takes turns (one world step per tick, after every shard has acted)."""
+    groups: dict[str, str] | None = None
+    """Agent groups by name, each a regular expression over the agents' names (e.g.
+    {predator: 'adversary_\\d+', prey: 'agent_\\d+'}): an agent belongs to the first group, in
+    this order, whose expression matches its whole name; every agent must match one, and the
+    agents of one group must share one observation and one action space. Each group has a
+    model layout of its own and gossips only within itself; its name labels its figures
+    (`rl/return/<group>`). None (the default): agents with the same spaces form a group,
+    named after its agents without their `_<n>` ending (simple_tag: adversary, agent)."""
+
+    @field_validator("groups")
+    @classmethod
+    def _patterns(cls, groups: dict[str, str] | None) -> dict[str, str] | None:
+        if groups is None:
+            return None
+        if not groups or len(groups) > MAX_GROUPS:
+            raise ValueError(f"name 1 to {MAX_GROUPS} groups, or leave groups out")
+        for name, pattern in groups.items():
+            if not GROUP_NAME.fullmatch(name):
+                raise ValueError(
+                    f"group name {name!r}: use letters, digits, '_', '-' and '.' (up to 40); "
+                    "it becomes part of metric names (rl/return/<group>)"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"group {name!r}: {pattern!r} is not a regular expression: {exc}"
+                ) from None
+        return groups
 
     @field_validator("env")
     @classmethod

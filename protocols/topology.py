@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,21 @@ def build_graph(
         graph = nx.connected_watts_strogatz_graph(n, max(k, 2), cfg.p, seed=seed)
     else:  # pragma: no cover - the schema admits only the kinds above
         raise ValueError(f"unknown graph kind {cfg.kind!r}")
+    return graph
+
+
+def build_graph_in_groups(
+    cfg: GraphConfig, groups: Sequence[tuple[int, int]], seed: int
+) -> nx.Graph:
+    """One graph of `cfg`'s kind per group of agents (first index, count), on that group's
+    agents, and their union on nodes 0..n-1: agents of different groups (different model
+    layouts) are never neighbours. One group of every agent, (0, n), is `build_graph`'s
+    graph itself. Each group's is seeded with `seed` (kinds that draw)."""
+    n = sum(count for _, count in groups)
+    graph = nx.empty_graph(n)
+    for first, count in groups:
+        part = build_graph(cfg, count, seed)
+        graph.add_edges_from((first + int(i), first + int(j)) for i, j in part.edges())
     return graph
 
 
@@ -210,15 +226,38 @@ def rounds_to_consensus(rho: float, tol: float = CONSENSUS_TOL) -> int | None:
     return math.ceil(math.log(tol) / math.log(rho))
 
 
-def mixing_summary(graph: nx.Graph) -> dict[str, Any]:
+def mixing_summary(
+    graph: nx.Graph, groups: Sequence[tuple[int, int]] | None = None
+) -> dict[str, Any]:
     """How fast gossip mixes on `graph` under MH weights, for the log at the start of a run.
 
     Keys: nodes, edges, connected, components, degree_min, degree_mean, degree_max, rho,
     rounds_to_1e-3 (the rho^t bound's prediction; None when rho is 1, i.e. disconnected).
+
+    `groups` (first index, count), two or more: the graph joins agents within each group only
+    (`build_graph_in_groups`), and each group agrees on a model of its own. Then rho is the
+    slowest group's (W is block-diagonal: each block's own second eigenvalue bounds that
+    group's agreement), `connected` says whether every group's graph is, and the other keys
+    are over the whole graph.
     """
+    out = _degree_figures(graph)
+    if groups is not None and len(groups) > 1:
+        parts = [
+            mixing_summary(nx.convert_node_labels_to_integers(graph.subgraph(range(f, f + c))))
+            for f, c in groups
+        ]
+        rho = max(float(p["rho"]) for p in parts)
+        out["connected"] = all(p["connected"] for p in parts)
+    else:
+        rho = spectral_rho(metropolis_weights(graph))
+    out["rho"] = rho
+    out["rounds_to_1e-3"] = rounds_to_consensus(rho)
+    return out
+
+
+def _degree_figures(graph: nx.Graph) -> dict[str, Any]:
     n = graph.number_of_nodes()
     degrees = np.array([d for _, d in graph.degree()], dtype=np.float64)  # (n,)
-    rho = spectral_rho(metropolis_weights(graph))
     components = nx.number_connected_components(graph) if n else 0
     return {
         "nodes": n,
@@ -228,8 +267,6 @@ def mixing_summary(graph: nx.Graph) -> dict[str, Any]:
         "degree_min": int(degrees.min()) if n else 0,
         "degree_mean": float(degrees.mean()) if n else 0.0,
         "degree_max": int(degrees.max()) if n else 0,
-        "rho": rho,
-        "rounds_to_1e-3": rounds_to_consensus(rho),
     }
 
 

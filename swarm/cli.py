@@ -28,17 +28,24 @@ from rich.text import Text
 
 from protocols.tls import TlsError
 from swarm.certs import make_certs
-from swarm.compare import MODES
+from swarm.compare import MODES, mode_scenario
 from swarm.compare import compare as run_compare
 from swarm.coordinator_service import main as serve
 from swarm.node import main as node_main
-from swarm.records import Document, Figure, as_doc, as_number, figures_of
+from swarm.records import Document, Figure, WorldInfo, as_doc, as_number, figures_of
 from swarm.report import ReplayUnavailable, write_plots, write_replay
 from swarm.resume import read_latest
 from swarm.runner import RunError, Runner, dashboard_token_hint, new_run_dir
-from swarm.scenario import MAX_SEED, Scenario, ScenarioError, load_scenario, override
+from swarm.scenario import (
+    MAX_SEED,
+    Scenario,
+    ScenarioError,
+    groups_problem,
+    load_scenario,
+    override,
+)
 from swarm.sensors import SensorError, record_world
-from swarm.tasks import task_named
+from swarm.tasks import task_named, task_of_world
 
 app = typer.Typer(
     add_completion=False,
@@ -50,22 +57,31 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _load(path: Path, **overrides: int | None) -> Scenario:
+def _load(path: Path, modes: tuple[str, ...] = (), **overrides: int | None) -> Scenario:
     """A scenario file and the files it names, with the top-level numbers a command overrides
-    (--ticks, --seed) checked like the file's own."""
+    (--ticks, --seed) checked like the file's own; `modes`: the ways of sharing `swarm
+    compare` will run it in, checked against its world too."""
+    return _load_with_world(path, modes, **overrides)[0]
+
+
+def _load_with_world(
+    path: Path, modes: tuple[str, ...] = (), **overrides: int | None
+) -> tuple[Scenario, WorldInfo | None]:
+    """`_load`'s scenario, and what its world says of itself (a PettingZoo world's, built to
+    check it; None for the drone patrol)."""
     scenario = load_scenario(path, check_files=True)
     sc = override(scenario, {k: v for k, v in overrides.items() if v is not None}, str(path))
-    _check_world(sc, path)
-    return sc
+    return sc, _check_world(sc, path, modes)
 
 
-def _check_world(sc: Scenario, path: Path) -> None:
+def _check_world(sc: Scenario, path: Path, modes: tuple[str, ...] = ()) -> WorldInfo | None:
     """Build a PettingZoo world once, here and without Ray, so that what the env itself refuses
-    (its spaces, its agent count, an AEC env, kwargs it does not take) is said before any run
-    directory or Ray start (ScenarioError, exit 2). The drone patrol is ours: its schema says
-    all, and building it costs a physics start."""
+    (its spaces, its agent count, an AEC env, kwargs it does not take) and what the scenario
+    cannot do with its agent groups (swarm.scenario.groups_problem: shards, topology, graph)
+    are said before any run directory or Ray start (ScenarioError, exit 2). The drone patrol
+    is ours: its schema says all, and building it costs a physics start."""
     if sc.world.kind != "pettingzoo":
-        return
+        return None
     from envs import make_world  # lazy: gymnasium and the env's package, only for these
 
     try:
@@ -73,7 +89,16 @@ def _check_world(sc: Scenario, path: Path) -> None:
     except Exception as exc:  # a third-party constructor may raise anything for bad kwargs
         reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
         raise ScenarioError(f"{path}: world: {reason}") from None
-    world.close()
+    try:
+        info = task_of_world(sc.world.kind).describe(world)
+    finally:
+        world.close()
+    if problem := groups_problem(sc, info):
+        raise ScenarioError(f"{path}: {problem}")
+    for mode in modes:
+        if problem := groups_problem(mode_scenario(sc, mode, sc.seed), info):
+            raise ScenarioError(f"{path}: --modes {mode}: {problem}")
+    return info
 
 
 def _progress_bar(enabled: bool) -> Progress:
@@ -95,10 +120,14 @@ def _progress_bar(enabled: bool) -> Progress:
 @app.command()
 def validate(scenario: Path = typer.Argument(..., help="Scenario YAML file.")) -> None:
     """Check a scenario file (schema, types, values) without running it."""
-    sc = _load(scenario)
+    sc, info = _load_with_world(scenario)
+    groups = info.groups if info is not None and len(info.groups) > 1 else []
+    named = ", ".join(f"{g.name} {g.count}" for g in groups)
     out.print(
-        f"[green]ok[/green] {scenario}: '{sc.name}', {sc.agents.count} agents in "
-        f"{sc.n_shards} shards, {sc.ticks} ticks, gossip {sc.gossip.topology}/{sc.gossip.mode}"
+        f"[green]ok[/green] {scenario}: '{sc.name}', {sc.agents.count} agents "
+        + (f"(groups {named}) " if groups else "")
+        + f"in {sc.n_shards} shards, {sc.ticks} ticks, gossip {sc.gossip.topology}/"
+        f"{sc.gossip.mode}"
     )
 
 
@@ -250,11 +279,11 @@ def compare(
 ) -> None:
     """Run one scenario as isolated learners, decentralized gossip, coordinator and a
     centralized learner (same seeds); write one table and one set of plots."""
-    sc = _load(scenario, ticks=ticks)
     chosen = tuple(m.strip() for m in modes.split(",") if m.strip())
     unknown = [m for m in chosen if m not in MODES]
     if unknown or not chosen:
         raise typer.BadParameter(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
+    sc = _load(scenario, chosen, ticks=ticks)
     if seeds < 1:
         raise typer.BadParameter("--seeds must be >= 1")
     if sc.seed + seeds - 1 > MAX_SEED:

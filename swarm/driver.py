@@ -33,6 +33,7 @@ from swarm.exchange import Counts
 from swarm.records import Document, Probe, Receipt, Restored, Row, Step, WorldInfo
 from swarm.resume import Marker, commit, tick_dir
 from swarm.runner import RunError, read_key
+from swarm.scenario import groups_problem
 from swarm.shard import AgentShard, CoordinatorHost, CoordinatorSpec, ShardSpec, WorldHost
 from swarm.tasks import task_named, task_of_world
 from swarm.telemetry import metrics_endpoint
@@ -119,6 +120,8 @@ class Driver:
             if isinstance(exc.cause, ValueError):
                 raise RunError(f"cannot build the world: {exc.cause}") from None
             raise
+        if problem := groups_problem(sc, info):  # `swarm validate` says so too (exit 2)
+            raise RunError(f"cannot run the world's agent groups: {problem}")
         # HMAC key of this run's deltas: the swarm's shared key when devices join (key_file),
         # else a secret of this run that never leaves Ray.
         key = read_key(sc.gossip.key_file) if sc.gossip.key_file else secrets.token_bytes(32)
@@ -144,7 +147,7 @@ class Driver:
         positions: np.ndarray | None = None
         if sc.gossip.graph.kind == "proximity":  # built from the agents' start positions
             positions = cast(np.ndarray, ray.get(world.positions.remote()))
-        edges = self.runner.graph_edges(positions)
+        edges = self.runner.graph_edges(positions, info)
         # On a cluster of several nodes a shard must be reachable from the others: it listens
         # on, and advertises, its node's address. On one machine: loopback only.
         multi_node = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
@@ -253,7 +256,8 @@ class Driver:
 
     def _parts(self, info: WorldInfo) -> list[int] | None:
         """The first agent of each shard when the world steps each shard's part as soon as
-        that shard has acted (WorldInfo.per_copy: every shard hosts whole copies), else None.
+        that shard has acted (WorldInfo.per_copy: every shard hosts whole copies; 0 in a world
+        of several agent groups, whose copies are not ranges of agents), else None.
         Then the world steps one shard's copies while the other shards act: the world and
         the shards work at the same time (double-buffered sampling) instead of taking turns,
         and every copy still steps once a tick on its own agents' decisions."""

@@ -195,11 +195,13 @@ class ControlLearning(Learning):
         return self.learner.population
 
     def act(self, step: Step, lo: int, hi: int) -> np.ndarray:
-        part = [
-            None if a is None else a[lo:hi]
-            for a in (step.rewards, step.done, step.alive, step.truncated, step.final_obs)
-        ]
-        return self.learner.act(step.obs[lo:hi], *part)
+        # observations of a world with agent groups are as wide as the widest group's: these
+        # agents' own are the first obs_dim numbers of their rows (envs/pz_world.py)
+        d = self.learner.obs_dim
+        part = [None if a is None else a[lo:hi] for a in (step.rewards, step.done, step.alive)]
+        part.append(None if step.truncated is None else step.truncated[lo:hi])
+        part.append(None if step.final_obs is None else step.final_obs[lo:hi, :d])
+        return self.learner.act(step.obs[lo:hi, :d], *part)
 
     def measure(self, probe: Probe | None, into: ShardMeasure) -> None:
         into.rl = dict(self.learner.stats)

@@ -5,7 +5,8 @@ Runner) reads what they report and writes the run's files. Each report is one of
 dataclasses (numpy arrays and plain values inside, so Ray serialises them cheaply), never a
 free-form dict: a field renamed on one side is a type error on the other.
 
-    WorldHost.info()      -> WorldInfo      what the agents perceive and decide
+    WorldHost.info()      -> WorldInfo      what the agents perceive and decide (GroupInfo:
+                                            one agent group's part of it)
     WorldHost.reset/step  -> Step           one tick's observations and feedback
     AgentShard.measure()  -> ShardMeasure   one metrics row's worth from a shard
       .traffic            -> Traffic        what its exchange sent and received
@@ -59,6 +60,26 @@ def as_doc(value: JSON) -> Document:
 
 
 @dataclass(frozen=True)
+class GroupInfo:
+    """One agent group of a world with rewards (envs/pz_world.py `AgentGroup`): agents with
+    one observation size and one action space, so one model layout. Its agents are the
+    contiguous range first..first+count-1; it gossips only within itself."""
+
+    name: str
+    first: int  # the index of its first agent
+    count: int  # its agents, over every copy of the world
+    obs_dim: int  # the numbers of its observation: the first obs_dim of a Step.obs row
+    n_actions: int = 0  # a Discrete(n) action space: n
+    action_dim: int = 0  # a Box action space: the numbers of one action, and their bounds
+    action_low: list[float] = field(default_factory=list)
+    action_high: list[float] = field(default_factory=list)
+
+    @property
+    def agents(self) -> range:
+        return range(self.first, self.first + self.count)
+
+
+@dataclass(frozen=True)
 class WorldInfo:
     """What the world tells the agents about itself before the first tick."""
 
@@ -80,11 +101,46 @@ class WorldInfo:
     # agents per independent copy of the world, whose copies can be stepped in parts
     # (WorldHost.step_part); 0: the world steps only as a whole
     per_copy: int = 0
+    # the agent groups of a world with rewards, in agent order (one or more; none for a
+    # world whose agents all share one layout by construction, the drone patrol). With two
+    # or more, obs_dim is the widest group's, n_actions the largest n and action_dim the
+    # widest action (the widths of Step.obs and of a tick's decisions); each group's own are
+    # in its GroupInfo, and `for_agents` gives a shard's view.
+    groups: list[GroupInfo] = field(default_factory=list)
 
     @property
     def model_inputs(self) -> int | Document:
         """The model's input description: the sensors' layout, else the vector size."""
         return self.inputs or self.obs_dim
+
+    def group_of(self, agent: int) -> GroupInfo:
+        """The group agent `agent` belongs to (ValueError if none: a device, say)."""
+        for g in self.groups:
+            if agent in g.agents:
+                return g
+        raise ValueError(f"agent {agent} is in none of the world's groups")
+
+    def for_agents(self, agents: list[int]) -> WorldInfo:
+        """What a shard hosting `agents` perceives and decides: in a world of two or more
+        groups, its group's observation size and action space (ValueError if the agents are
+        not all of one group: a shard holds one model layout); else the world's own."""
+        if len(self.groups) < 2:
+            return self
+        g = self.group_of(agents[0])
+        if not all(a in g.agents for a in agents):
+            raise ValueError(
+                f"agents {agents[0]}..{agents[-1]} straddle agent groups ({g.name}: agents "
+                f"{g.first}..{g.first + g.count - 1}); a shard hosts one group's agents"
+            )
+        return dataclasses.replace(
+            self,
+            obs_dim=g.obs_dim,
+            n_actions=g.n_actions,
+            action_dim=g.action_dim,
+            action_low=list(g.action_low),
+            action_high=list(g.action_high),
+            per_copy=0,
+        )
 
 
 @dataclass
@@ -93,7 +149,7 @@ class Step:
     (classification worlds), or the rewards of the last actions (worlds with rewards)."""
 
     tick: int
-    obs: np.ndarray  # (N, obs_dim) float32
+    obs: np.ndarray  # (N, obs_dim) float32; an agent of a narrower group: zeros after its own
     labels: np.ndarray  # (M, 3) int64 rows (agent, tick, class)
     rewards: np.ndarray | None = None  # (N,) float32: what the previous actions earned
     done: np.ndarray | None = None  # (N,) bool: the agent's episode ended; obs starts the next

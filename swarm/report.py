@@ -6,7 +6,9 @@ bytes.png           cumulative bytes sent by the swarm, and the dense-fp32 equiv
 trajectories.png    map of the patrol area with zones, river, cruise points, every
                     drone's path, the events by kind (layout.json "events") and where
                     departed drones landed
-team_return.png     (worlds with rewards) team return per episode and policy entropy
+team_return.png     (worlds with rewards) team return per episode and policy entropy, and
+                    each agent group's return per agent (`rl/return/<group>`) where the
+                    world has two or more groups (predators and prey apart)
 knowledge_spread.png  per event kind, the fraction of agents that recognise it over time
 graph.png           the gossip graph (graph.json), nodes coloured by shard
 report.html         all of the above and the final figures in one self-contained page
@@ -106,8 +108,13 @@ def plot_accuracy(rows: list[Row], out: Path) -> None:
     plt.close(fig)
 
 
+#: A group's return in the rows: `rl/return/<group>` (envs/pz_world.py).
+GROUP_RETURN = "rl/return/"
+
+
 def plot_returns(rows: list[Row], out: Path) -> None:
-    """Team return of the episodes finished in each metrics interval, and the policy entropy."""
+    """Team return of the episodes finished in each metrics interval, each agent group's
+    return per agent (worlds of two or more groups), and the policy entropy."""
     plt = _pyplot()
     pts = [
         (r.sim_time_s, r.figures["rl/team_return"])
@@ -119,6 +126,13 @@ def plot_returns(rows: list[Row], out: Path) -> None:
         t, ret = np.array(pts).T
         ax.plot(t, ret, "o-", color="tab:blue", linewidth=1.8, markersize=3,
                 label="team return (episodes ending in the interval)")  # fmt: skip
+    groups = sorted({k for r in rows for k in r.figures if k.startswith(GROUP_RETURN)})
+    for key in groups:
+        curve = [(r.sim_time_s, r.figures[key]) for r in rows if r.get(key) is not None]
+        if curve:
+            tg, rg = np.array(curve).T
+            ax.plot(tg, rg, "s--", linewidth=1.2, markersize=2.5,
+                    label=f"{key[len(GROUP_RETURN):]}: return per agent")  # fmt: skip
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("team return per episode (mean per agent)")
     ax.grid(alpha=0.3)

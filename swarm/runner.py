@@ -24,7 +24,7 @@ from typing import TextIO
 import numpy as np
 
 from protocols.faults import FaultPlan
-from protocols.topology import build_graph, mixing_summary
+from protocols.topology import build_graph, build_graph_in_groups, mixing_summary
 from swarm.accounting import account
 from swarm.certs import make_certs
 from swarm.exchange import exchange_for
@@ -266,10 +266,16 @@ class Runner:
         self.on_info(f"TLS ({sc.gossip.tls.mode}): made a CA and node certificates in {cert_dir}")
         return Scenario.model_validate(data)
 
-    def graph_edges(self, positions: np.ndarray | None) -> list[tuple[int, int]] | None:
+    def graph_edges(
+        self, positions: np.ndarray | None, info: WorldInfo | None = None
+    ) -> list[tuple[int, int]] | None:
         """Build the gossip graph once (every shard gets the same edges) and log its mixing
         figures: rho decides how fast gossip can agree (error <= rho^t). None when the
         exchange needs no graph.
+
+        A world of two or more agent groups (`info.groups`) gets one graph of the scenario's
+        kind per group, over that group's agents (`build_graph_in_groups`): a group's model
+        layout is its own, so no edge joins two groups; rho is then the slowest group's.
 
         A proximity graph is built from the drones' start `positions` and kept for the run
         (rebuilding it as they move is not done yet: CHOCO's public copies would have to be
@@ -277,12 +283,18 @@ class Runner:
         sc = self.sc
         if not self.exchange.needs_graph:
             return None
-        graph = build_graph(sc.gossip.graph, sc.total_agents, sc.seed, positions=positions)
-        self.mixing = mixing = mixing_summary(graph)
+        groups = None if info is None or len(info.groups) < 2 else info.groups
+        parts = None if groups is None else [(g.first, g.count) for g in groups]
+        if parts is None:
+            graph = build_graph(sc.gossip.graph, sc.total_agents, sc.seed, positions=positions)
+        else:
+            graph = build_graph_in_groups(sc.gossip.graph, parts, sc.seed)
+        self.mixing = mixing = mixing_summary(graph, parts)
         self.rho = float(mixing["rho"])
+        per_group = "" if groups is None else f" per group ({', '.join(g.name for g in groups)})"
         self.on_info(
-            f"gossip graph: {sc.gossip.graph.kind}, {mixing['nodes']} agents, {mixing['edges']} "
-            f"edges, degree {mixing['degree_min']}-{mixing['degree_max']}, "
+            f"gossip graph: {sc.gossip.graph.kind}{per_group}, {mixing['nodes']} agents, "
+            f"{mixing['edges']} edges, degree {mixing['degree_min']}-{mixing['degree_max']}, "
             f"rho = {self.rho:.4f} (~{mixing['rounds_to_1e-3']} rounds to agree to 1e-3)"
         )
         edges = sorted((int(i), int(j)) for i, j in graph.edges())
@@ -295,6 +307,10 @@ class Runner:
             # -1: an external device (swarm-node), not hosted by a shard
             "shard_of": [i // per if i < sc.agents.count else -1 for i in range(sc.total_agents)],
         }
+        if groups is not None:  # the graph joins agents within each group only
+            self.graph["groups"] = [
+                {"name": g.name, "first": g.first, "count": g.count} for g in groups
+            ]
         if sc.external_peers:
             self.on_info(
                 "external peers: "
@@ -372,9 +388,7 @@ class Runner:
     def _row(
         self, tick: int, world_m: dict[str, Figure], shard_m: list[ShardMeasure], info: WorldInfo
     ) -> Row:
-        n = sum(len(m.agents) for m in shard_m)
-        sum_x = np.sum([m.sum_x for m in shard_m], axis=0)
-        consensus = float(sum(m.sum_sq for m in shard_m) / n - np.sum((sum_x / n) ** 2))
+        consensus = consensus_distance(shard_m, info)
         traffic = [m.traffic for m in shard_m]
         sent = np.concatenate(
             [t.sent_per_agent(len(m.agents)) for t, m in zip(traffic, shard_m, strict=True)]
@@ -383,7 +397,7 @@ class Runner:
         row.figures.update({k: _clean(v) for k, v in world_m.items()})
         row.figures.update(
             {
-                "learn/consensus_distance": max(consensus, 0.0),
+                "learn/consensus_distance": consensus,
                 "learn/activation_density": float(np.mean([m.density for m in shard_m])),
                 "gossip/bytes_sent": int(sent.sum()),
                 "gossip/dense_bytes": int(sum(sum(t.dense_bytes) for t in traffic)),
@@ -484,6 +498,33 @@ class Runner:
             np.save(self.run_dir / "trajectory.npy", trajectory.astype(np.float32))
             (self.run_dir / "layout.json").write_text(json.dumps(layout_map, indent=2))
         write_plots(self.run_dir)
+
+
+def consensus_distance(shards: list[ShardMeasure], info: WorldInfo) -> float:
+    """The swarm's consensus distance: the mean over agents of ||x_i - xbar||^2, from each
+    shard's sum of parameter vectors and of their squared norms. In a world of agent groups
+    each group's models have a layout (a length P) of their own: the distance is taken within
+    each group, to that group's mean, and the groups' are averaged weighted by their agents
+    (so it is still the mean over agents of the distance to their own group's mean)."""
+    by_group: dict[int, list[ShardMeasure]] = {}
+    for m in shards:
+        g = info.group_of(m.agents[0]).first if len(info.groups) > 1 else 0
+        by_group.setdefault(g, []).append(m)
+    if len(by_group) == 1:  # one layout: the swarm's own arithmetic, as it always was
+        return _distance(shards)
+    total = sum(len(m.agents) for m in shards)
+    return float(
+        sum(_distance(part) * sum(len(m.agents) for m in part) for part in by_group.values())
+        / total
+    )
+
+
+def _distance(shards: list[ShardMeasure]) -> float:
+    """The mean ||x_i - xbar||^2 over the agents of `shards` (one layout), never below 0
+    (the sums' rounding)."""
+    n = sum(len(m.agents) for m in shards)
+    sum_x = np.sum([m.sum_x for m in shards], axis=0)
+    return max(float(sum(m.sum_sq for m in shards) / n - np.sum((sum_x / n) ** 2)), 0.0)
 
 
 def _clean(v: Figure) -> Figure:

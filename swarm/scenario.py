@@ -17,6 +17,7 @@ every file it names is a readable regular file of sane size, never echoing what 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import stat
@@ -45,6 +46,7 @@ from protocols.faults import FaultPlan, FaultsConfig
 from swarm._config import MAX_AGENT_INDEX, MAX_TICK, Section
 from swarm.addresses import is_loopback
 from swarm.exchange import exchange_for
+from swarm.records import GroupInfo, WorldInfo
 from swarm.tasks import task_of_world
 
 if TYPE_CHECKING:
@@ -423,6 +425,86 @@ def auto_per_shard(count: int, cpus: float) -> int:
     shards = max(1, min(count, int(cpus)))
     shards = max(shards, -(-count // AUTO_MAX_PER_SHARD))
     return -(-count // shards)
+
+
+def groups_problem(sc: Scenario, info: WorldInfo) -> str | None:
+    """Why `sc` cannot run a world of these agent groups (None if it can, or if the world has
+    one group), naming the key to change and a value that works. Each group has a model
+    layout of its own (envs/pz_world.py), so a shard hosts one group's agents, gossip joins
+    agents of one group only (a graph per group, `build_graph_in_groups`), and what trains or
+    aggregates one model for every agent has nothing to work on. Known only once the world is
+    built: `swarm validate` and `swarm run` build it before anything starts."""
+    groups = info.groups
+    if len(groups) < 2:
+        return None
+    sizes = ", ".join(f"{g.name} {g.count}" for g in groups)
+    exchange = exchange_for(sc.gossip.topology)
+    if exchange.needs_coordinator or exchange.pooled:
+        what = (
+            "one coordinator aggregates one model"
+            if exchange.needs_coordinator
+            else "one shard trains one pooled model for every agent"
+        )
+        return (
+            f"gossip.topology: {sc.gossip.topology}: {what}, and the world's agent groups "
+            f"({sizes} agents) have a model layout each; use decentralized or isolated"
+        )
+    if sc.external_peers:
+        return (
+            f"external_peers: the world's agent groups ({sizes} agents) have a model layout "
+            "each, and a device's agent would belong to none"
+        )
+    common = math.gcd(*(g.count for g in groups))
+    fits = [d for d in range(common, 0, -1) if common % d == 0]
+    shown = [str(d) for d in fits[:6]]
+    choices = (
+        shown[0]
+        if len(shown) == 1
+        else ", ".join(shown[:-1])
+        + (f" or {shown[-1]}" if len(fits) <= 6 else f", {shown[-1]}, ...")
+    )
+    per = sc.agents.per_shard
+    if per == "auto" or common % per:
+        said = "auto is not sized for them" if per == "auto" else f"{per} does not divide them"
+        return (
+            f"agents.per_shard: a shard hosts agents of one group (one model layout), and the "
+            f"world's agent groups have {sizes} agents; {said}: use one that divides "
+            f"{common}: {choices}"
+        )
+    if exchange.needs_graph:
+        return _group_graph_problem(sc, groups, sizes)
+    return None
+
+
+def _group_graph_problem(sc: Scenario, groups: list[GroupInfo], sizes: str) -> str | None:
+    """Why the gossip graph cannot be built per agent group (None if it can)."""
+    cfg = sc.gossip.graph
+    if cfg.kind == "file":
+        return (
+            f"gossip.graph: a file lists one graph over every agent; the world's agent groups "
+            f"({sizes} agents) gossip within themselves, on one graph of a kind each (ring, "
+            "exponential, ...)"
+        )
+    for g in groups:
+        if (
+            cfg.kind == "random_regular"
+            and g.count > 1
+            and (cfg.degree >= g.count or (cfg.degree * g.count) % 2)
+        ):
+            return (
+                f"gossip.graph: a random_regular graph is built per agent group, and group "
+                f"{g.name!r} has {g.count} agents: the degree ({cfg.degree}) must be below that "
+                "and degree times that even"
+            )
+    from protocols.topology import build_graph_in_groups  # networkx: only for a world's check
+
+    try:
+        graph = build_graph_in_groups(cfg, [(g.first, g.count) for g in groups], sc.seed)
+    except ValueError as exc:
+        return f"gossip.graph: {exc}"
+    if sc.checks_degrees and (problem := sc.too_few_neighbours(graph)):
+        return f"gossip.robust: {problem}"
+    return None
 
 
 class ScenarioError(Exception):

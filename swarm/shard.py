@@ -110,8 +110,19 @@ class WorldHost:
         self.decisions, self._parts = [], []
         return self.task.first_step(self.world, obs)
 
+    def _chosen(self, decisions: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The shards' decisions as one array of the tick: continuous actions of a group
+        narrower than the world's widest padded with zeros (WorldInfo.action_dim)."""
+        width = getattr(self.world, "action_dim", 0)
+        if width:
+            decisions = tuple(
+                np.pad(d, ((0, 0), (0, width - d.shape[1]))) if d.ndim == 2 else d
+                for d in decisions
+            )
+        return np.concatenate(decisions).astype(self.decision_dtype)
+
     def step(self, *decisions: np.ndarray) -> Step:
-        chosen = np.concatenate(decisions).astype(self.decision_dtype)
+        chosen = self._chosen(decisions)
         self.decisions.append(chosen)
         result = self.world.step(chosen)
         self.trajectory.append(self.world.positions().copy())
@@ -123,7 +134,7 @@ class WorldHost:
         parts of a tick come in agent order; the last one completes the tick (its decisions
         recorded, as `step` records a whole tick's)."""
         world = cast("ParallelEnvWorld", self.world)  # the worlds with per_copy
-        chosen = np.concatenate(decisions).astype(self.decision_dtype)
+        chosen = self._chosen(decisions)
         per = world.per_copy
         if first % per or len(chosen) % per or first != sum(map(len, self._parts)):
             raise ValueError(
@@ -239,10 +250,13 @@ class AgentShard:
         self.probe = probe
         self.ckpt_dir = spec.ckpt_dir
         kind = exchange_for(sc.gossip.topology)
+        # in a world of agent groups, what this shard's group perceives and decides: its
+        # learners' layout (a shard hosts one group's agents, swarm.scenario.groups_problem)
+        self.info = spec.info.for_agents(self.agents)
         self.learning = task_named(spec.info.task).learning(
             sc,
             len(self.agents),
-            spec.info,
+            self.info,
             pooled=kind.pooled,
             twins=sc.isolated_twins,
         )

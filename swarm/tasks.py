@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 import numpy as np
 
 from envs.drone_patrol.config import EVENT_CLASSES
-from swarm.records import NO_LABELS, Document, Figure, Row, ShardMeasure, Step, WorldInfo
+from swarm.records import (
+    NO_LABELS,
+    Document,
+    Figure,
+    GroupInfo,
+    Row,
+    ShardMeasure,
+    Step,
+    WorldInfo,
+)
 
 if TYPE_CHECKING:
     # the learners load torch: the driver (which only reads rows) must not
@@ -397,6 +406,22 @@ class Reinforcement(Task):
     @staticmethod
     def describe(world: World) -> WorldInfo:
         world = cast("ParallelEnvWorld", world)  # the world kinds that reward (WORLD_TASKS)
+        groups = [
+            GroupInfo(
+                name=g.name,
+                first=g.first,
+                count=g.count,
+                obs_dim=g.obs_dim,
+                n_actions=g.n_actions,
+                action_dim=g.action_dim,
+                action_low=[float(v) for v in g.action_low],
+                action_high=[float(v) for v in g.action_high],
+            )
+            for g in world.groups
+        ]
+        # with several groups a copy's agents are not one range of the swarm, and a shard
+        # hosts part of a group, not whole copies: the world steps as a whole
+        whole_copies = world.cfg.pipeline and len(groups) == 1
         return WorldInfo(
             task=Reinforcement.name,
             obs_dim=world.obs_dim,
@@ -405,7 +430,8 @@ class Reinforcement(Task):
             action_dim=world.action_dim,
             action_low=[float(v) for v in world.action_low],
             action_high=[float(v) for v in world.action_high],
-            per_copy=world.per_copy if world.cfg.pipeline else 0,
+            per_copy=world.per_copy if whole_copies else 0,
+            groups=groups,
         )
 
     @staticmethod
@@ -458,22 +484,43 @@ class Reinforcement(Task):
         rows: list[Row], info: WorldInfo, first_labels: dict[int, int], sc: Scenario
     ) -> dict[str, Figure]:
         # one interval's episodes are few: summarise the first and last quarter of the run
-        returns = [r.value("rl/team_return") for r in rows if r.get("rl/team_return") is not None]
-        q = max(1, len(returns) // 4)
-        return {
-            "rl/team_return_first": float(np.mean(returns[:q])) if returns else None,
-            "rl/team_return_last": float(np.mean(returns[-q:])) if returns else None,
-        }
+        first, last = _quarters(rows, "rl/team_return")
+        out: dict[str, Figure] = {"rl/team_return_first": first, "rl/team_return_last": last}
+        for g in info.groups if len(info.groups) > 1 else []:  # each side of the game apart
+            first, last = _quarters(rows, f"rl/return/{g.name}")
+            out[f"rl/return_first/{g.name}"] = first
+            out[f"rl/return_last/{g.name}"] = last
+        return out
 
     @staticmethod
     def table(metrics: dict[str, Figure], isolated_baseline: bool) -> list[TableRow]:
         m = metrics
-        return [
+        lines = [
             ("episodes", _num(m.get("rl/episodes"), ".0f")),
             ("team return, first quarter", _num(m.get("rl/team_return_first"))),
             ("team return, last quarter", _num(m.get("rl/team_return_last"))),
-            ("policy entropy (nats)", _num(m.get("rl/entropy"), ".3f")),
         ]
+        prefix = "rl/return_first/"
+        for key in sorted(k for k in m if k.startswith(prefix)):
+            group = key[len(prefix) :]
+            lines.append(
+                (
+                    f"{group}: return per agent, first -> last quarter",
+                    f"{_num(m[key])} -> {_num(m.get(f'rl/return_last/{group}'))}",
+                )
+            )
+        lines.append(("policy entropy (nats)", _num(m.get("rl/entropy"), ".3f")))
+        return lines
+
+
+def _quarters(rows: list[Row], key: str) -> tuple[Figure, Figure]:
+    """The mean of a row figure over the first and over the last quarter of the rows that
+    have it (None, None when none has)."""
+    values = [r.value(key) for r in rows if r.get(key) is not None]
+    q = max(1, len(values) // 4)
+    if not values:
+        return None, None
+    return float(np.mean(values[:q])), float(np.mean(values[-q:]))
 
 
 # -- the factory ------------------------------------------------------------------------------

@@ -174,3 +174,54 @@ def test_a_continuous_pettingzoo_world_runs_learns_and_gossips(ray_local, tmp_pa
     # a Gaussian's entropy (5 numbers), reported after the PPO updates
     assert rows[-1]["rl/entropy"] is not None and np.isfinite(rows[-1]["rl/entropy"])
     assert rows[-1]["learn/consensus_distance"] > 0
+
+
+# ---- agent groups -------------------------------------------------------------------------------
+
+TAG = SPREAD.with_name("tag.yaml")
+
+
+def _small_tag() -> Scenario:
+    """tag.yaml made tiny: 2 copies of 3 predators and 1 prey, so groups of 6 and 2 agents,
+    2 per shard (3 predator shards, 1 prey shard), 10-step episodes, a ring per group."""
+    data = load_scenario(TAG).model_dump(mode="json")
+    data["ticks"] = 60
+    data["agents"] = {"count": 8, "per_shard": 2}
+    data["world"].update({"copies": 2})
+    data["world"]["kwargs"]["max_cycles"] = 10
+    data["rl"]["rollout"] = 10
+    data["gossip"].update({"interval": 5, "graph": {"kind": "ring"}})
+    data["metrics"]["interval"] = 20
+    data["ray"]["dashboard"] = False
+    return Scenario.model_validate(data)
+
+
+@pytest.mark.slow
+def test_a_world_of_agent_groups_runs_each_group_gossiping_within_itself(
+    ray_local, tmp_path: Path
+) -> None:
+    # Prepare: predators (agents 0-5: shards 0-2) and prey (agents 6-7: shard 3)
+    sc = _small_tag()
+    # Execute
+    result = Runner(sc, new_run_dir(tmp_path, sc)).run()
+    m, rows = result.summary["metrics"], result.rows
+    # Assert: 60 ticks of 10-step episodes, 2 copies: 12 episodes, each side's return kept
+    assert m["rl/episodes"] == 12
+    for row in rows:
+        assert row["rl/return/adversary"] is not None and row["rl/return/agent"] is not None
+    assert {"rl/return_first/adversary", "rl/return_last/agent"} <= set(m)
+    # gossip within each group: the ring of 6 predators crosses their 3 shards; the 2 prey
+    # share a shard, so nothing reached it, and no delta anywhere was refused (one of the
+    # other group's layout would be)
+    assert m["gossip/deltas_accepted"] > 0 and m["gossip/deltas_rejected"] == 0
+    accepted = [p["deltas_accepted"] for p in result.summary["placement"]]
+    assert all(a > 0 for a in accepted[:3]) and accepted[3] == 0
+    graph = json.loads((result.run_dir / "graph.json").read_text())
+    assert graph["groups"] == [
+        {"name": "adversary", "first": 0, "count": 6},
+        {"name": "agent", "first": 6, "count": 2},
+    ]
+    assert all((i < 6) == (j < 6) for i, j in graph["edges"])
+    # each group's policies moved and its gossip holds them together: a finite distance
+    assert 0 < rows[-1]["learn/consensus_distance"] < float("inf")
+    assert rows[-1]["rl/entropy"] is not None

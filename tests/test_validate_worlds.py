@@ -26,9 +26,9 @@ def _scenario(tmp_path: Path, env: str, count: int, kwargs: str = "{max_cycles: 
 @pytest.mark.parametrize(
     ("env", "count", "kwargs", "says"),
     [
-        # predators and prey observe 16 and 14 values (agent groups: not yet)
+        # predators (3) and prey (1) form two groups: per_shard 4 would straddle them
         ("mpe2.simple_tag_v3:parallel_env", 4, "{max_cycles: 25}",
-         "every agent needs a Box observation of one shape"),
+         "agents.per_shard: a shard hosts agents of one group"),
         # the count does not match the env's agents
         ("mpe2.simple_spread_v3:parallel_env", 4, "{max_cycles: 25}",
          "agents.count is 4, but world.env"),
@@ -75,7 +75,7 @@ def test_swarm_run_refuses_a_bad_world_before_ray_and_makes_no_run_directory(
     done = _swarm(tmp_path, "run", str(path), "--runs", str(tmp_path / "runs"), "--no-progress")
     # Assert
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "every agent needs a Box observation of one shape" in done.stdout + done.stderr
+    assert "agents.per_shard: a shard hosts agents of one group" in done.stdout + done.stderr
     assert not (tmp_path / "runs").exists()
     assert "Ray" not in done.stdout  # no cluster was started
 
@@ -136,8 +136,8 @@ def unbounded():
     return Env([spaces.Box(-np.inf, np.inf, (2,))] * 2)
 
 
-def shapes():
-    return Env([spaces.Box(0.0, 1.0, (2,)), spaces.Box(0.0, 1.0, (3,))])
+def mixed():
+    return Env([spaces.Discrete(3), spaces.Box(0.0, 1.0, (3,))])
 
 
 def multidiscrete():
@@ -149,7 +149,7 @@ def multidiscrete():
     ("env", "says"),
     [
         ("unbounded", "a Box with infinite bounds; a continuous action space needs finite ones"),
-        ("shapes", "every agent needs the same action space"),
+        ("mixed", "groups that mix discrete and continuous actions are not supported yet"),
         ("multidiscrete", "only Discrete and Box action spaces are supported"),
     ],
 )
@@ -166,3 +166,66 @@ def test_action_spaces_still_refused_are_refused_by_validate(
     assert says in done.stdout + done.stderr
     assert str(path) in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---- agent groups -------------------------------------------------------------------------------
+
+
+def test_worlds_of_agent_groups_validate(tmp_path: Path) -> None:
+    # predators and prey (16 and 14 numbers observed), speaker and listener (other spaces and
+    # Discrete(3) / Discrete(5)): a group each, one agent per shard here
+    tag = _scenario(tmp_path, "mpe2.simple_tag_v3:parallel_env", 4)
+    tag.write_text(tag.read_text().replace("per_shard: 4", "per_shard: 1"), encoding="utf-8")
+    for path in (tag, SCENARIOS / "tag.yaml"):
+        done = _swarm(tmp_path, "validate", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "ok" in done.stdout
+    assert "groups adversary 48, agent 16" in done.stdout
+    listener = tmp_path / "speaker_listener.yaml"
+    listener.write_text(
+        HEAD.replace("COUNT", "1").replace("count: 1", "count: 2")
+        + "  env: mpe2.simple_speaker_listener_v4:parallel_env\n  kwargs: {max_cycles: 25}\n",
+        encoding="utf-8",
+    )
+    done = _swarm(tmp_path, "validate", str(listener))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "groups speaker 1, listener 1" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (("topology: decentralized ", "topology: coordinator "),
+         "gossip.topology: coordinator: one coordinator aggregates one model"),
+        (("  # groups: {adversary:", "  groups: {predator: 'adversary_\\d+'}\n  # {"),
+         "world: world.groups: agent 'agent_0' of world.env 'mpe2.simple_tag_v3:parallel_env' "
+         "matches no group"),
+        (("graph: {kind: exponential}", "graph: {kind: random_regular, degree: 20}"),
+         "group 'agent' has 16 agents: the degree (20) must be below that"),
+    ],
+    ids=["coordinator", "unmatched", "graph"],
+)  # fmt: skip
+def test_what_a_scenario_cannot_do_with_its_groups_is_refused_by_validate(
+    tmp_path: Path, change: tuple[str, str], says: str
+) -> None:
+    text = (SCENARIOS / "tag.yaml").read_text(encoding="utf-8")
+    assert change[0] in text
+    path = tmp_path / "tag.yaml"
+    path.write_text(text.replace(*change), encoding="utf-8")
+    # Execute
+    done = _swarm(tmp_path, "validate", str(path))
+    # Assert: exit 2, one line naming the file and the reason
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: {path}: " in done.stdout + done.stderr
+    assert says in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_swarm_compare_refuses_the_modes_a_world_of_groups_cannot_run(tmp_path: Path) -> None:
+    done = _swarm(
+        tmp_path, "compare", str(SCENARIOS / "tag.yaml"), "--modes", "isolated,coordinator",
+        "--runs", str(tmp_path / "runs"), "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--modes coordinator: gossip.topology: coordinator" in done.stdout + done.stderr
+    assert not (tmp_path / "runs").exists()
