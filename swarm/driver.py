@@ -313,7 +313,7 @@ class Driver:
         for tick in range(start, sc.ticks):
             done = tick + 1  # ticks completed once this one is
             steps, twin_step = self._act(steps, twin_step)
-            if self.runner.exchange.rounds and done % sc.gossip.interval == 0:
+            if sc.shares and done % sc.gossip.interval == 0:
                 sent = [s.share.remote(round_, done) for s in shards]
                 barrier = sent if sc.gossip.mode == "sync" else []
                 # Kept so a failed round surfaces as an error instead of vanishing.

@@ -248,6 +248,8 @@ class Runner:
                     f"faults.kill: shard {k.shard} does not exist ({sc.n_shards} shards)"
                 )
         (self.run_dir / "scenario.yaml").write_text(dump_scenario(sc))
+        if self.exchange.rounds and not sc.shares:
+            self.on_info("gossip: no rounds (rl.enabled is false: the weights never change)")
         if sc.faults.byzantine.active:
             seed = sc.seed if sc.faults.seed is None else sc.faults.seed
             self.byzantine = FaultPlan(sc.faults, sc.total_agents, seed).byzantine

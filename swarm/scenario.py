@@ -398,6 +398,15 @@ class Scenario(Section):
         return self.model_copy(update={"agents": self.agents.model_copy(update={"per_shard": per})})
 
     @property
+    def shares(self) -> bool:
+        """Whether gossip rounds run: the topology exchanges, and the weights can change. A
+        world with rewards run with rl.enabled false (the no-learning baseline) keeps its
+        initial weights, so every delta would be zero: no round runs and nothing is sent."""
+        if not exchange_for(self.gossip.topology).rounds:
+            return False
+        return self.rl.enabled or task_of_world(self.world.kind).name != "rl"
+
+    @property
     def isolated_twins(self) -> bool:
         """Whether every agent has an isolated twin (the baseline): asked for, and meaningful
         only where the agents share (isolated and centralized runs are their own baseline)."""

@@ -225,3 +225,15 @@ def test_a_world_of_agent_groups_runs_each_group_gossiping_within_itself(
     # each group's policies moved and its gossip holds them together: a finite distance
     assert 0 < rows[-1]["learn/consensus_distance"] < float("inf")
     assert rows[-1]["rl/entropy"] is not None
+
+
+def test_without_learning_no_gossip_round_runs_and_nothing_is_sent(ray_local, tmp_path) -> None:
+    # rl.enabled false: the weights never change, so every delta would be zero
+    data = _small().model_dump(mode="json")
+    data["rl"]["enabled"] = False
+    sc = Scenario.model_validate(data)
+    assert sc.gossip.topology == "decentralized" and not sc.shares and _small().shares
+    result = Runner(sc, new_run_dir(tmp_path, sc)).run()
+    m = result.summary["metrics"]
+    assert m["rl/episodes"] == 12
+    assert m["gossip/bytes_sent"] == 0 and m["gossip/rounds"] == 0
