@@ -147,14 +147,17 @@ def throughput(base: Scenario, ticks: int) -> tuple[list[float], list[SpeedRow]]
     w = world_of(base)
     raws = [raw_ticks_per_s(w, max(ticks // 2, 50), base.seed)]
     log(f"raw env: {raws[0]:.1f} ticks/s ({raws[0] * w.copies:.0f} env steps/s)")
-    lag = max(base.rl.rollout // 2, 1)  # half a rollout of acting beside each update
+    # the other way of updating than the scenario's: in the tick, or on a thread beside half
+    # a rollout of acting
+    lag = 0 if base.rl.update_lag else max(base.rl.rollout // 2, 1)
     variants = [
         ("the scenario: learning and gossip on", {}),
         ("learning on, gossip off (isolated)", {"gossip.topology": "isolated"}),
         ("no learning, no gossip", {"rl.enabled": False, "gossip.topology": "isolated"}),
         ("the scenario, world.pipeline off (turns)", {"world.pipeline": False}),
         (
-            f"the scenario, rl.update_lag {lag} (updates on a thread)",
+            f"the scenario, rl.update_lag {lag}"
+            + (" (updates in the tick)" if not lag else " (updates on a thread)"),
             {"rl.update_lag": lag},
         ),
     ]
