@@ -30,7 +30,7 @@ def _small() -> Scenario:
     data = load_scenario(rl_bench.SCENARIO).model_dump(mode="json")
     data["agents"] = {"count": 6, "per_shard": 3}
     data["world"].update(copies=2, kwargs={"N": 3, "max_cycles": 10})
-    data["rl"].update(rollout=10)
+    data["rl"].update(rollout=10, update_lag=4)  # the scenario runs updates on a thread
     data["metrics"]["interval"] = 20
     return Scenario.model_validate(data)
 
