@@ -298,6 +298,7 @@ class Driver:
         sc = self.sc
         world, shards = self.actors.world, self.actors.shards
         self._firsts = self._parts(info)
+        shares = sc.shares  # asked once: it looks up the exchange and the task
         steps = [self._start_world(world)] * len(shards)
         twin_step = (
             None if self.actors.twin is None else self._start_world(self.actors.twin, "twin")
@@ -313,7 +314,7 @@ class Driver:
         for tick in range(start, sc.ticks):
             done = tick + 1  # ticks completed once this one is
             steps, twin_step = self._act(steps, twin_step)
-            if sc.shares and done % sc.gossip.interval == 0:
+            if shares and done % sc.gossip.interval == 0:
                 sent = [s.share.remote(round_, done) for s in shards]
                 barrier = sent if sc.gossip.mode == "sync" else []
                 # Kept so a failed round surfaces as an error instead of vanishing.
